@@ -1,0 +1,184 @@
+"""Job-side wiring: one module per stage (``jobs.<stage>.run(ctx) -> StepResult``) and the
+submitit-callable that runs one or several steps of a stage and writes their receipts.
+
+A step receives its spec and nothing else; it reads its inputs' output directories, writes its
+own outputs atomically, and its receipt last. It never opens the manifest.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+import submitit
+
+from cdhpc import __version__
+from cdhpc.plan import StepSpec
+from cdhpc.receipts import Receipt, describe_outputs, read_receipt, receipt_path, ReceiptError, write_receipt
+
+log = logging.getLogger("cdhpc")
+PACKAGES = ("torch", "transformers", "deepspeed", "tokenizers", "submitit", "numpy")
+
+
+@dataclass
+class StepContext:
+    """What a stage function gets: its spec, where to write, and where its inputs are."""
+
+    spec: StepSpec
+    workdir: Path
+    attempt: int = 1
+
+    @property
+    def out_dir(self) -> Path:
+        return self.workdir / self.spec.dirname
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.spec.params
+
+    def input_receipt(self, role: str) -> Receipt:
+        """The receipt of the input step playing `role` (its outputs, metrics and rows)."""
+        key = self.spec.inputs[role]
+        matches = list((self.workdir / "receipts").glob(f"*/*-{key[:8]}.json"))
+        for path in matches:
+            r = read_receipt(path)
+            if r.key == key and r.status == "ok":
+                return r
+        raise FileNotFoundError(f"input {role!r} (step key {key}) has no ok receipt under {self.workdir}/receipts")
+
+    def input_dir(self, role: str) -> Path:
+        r = self.input_receipt(role)
+        return self.workdir / StepSpec.from_dict(r.spec).dirname
+
+
+@dataclass
+class StepResult:
+    """What a stage function returns. `outputs` default to the step's whole output directory."""
+
+    outputs: list[Path] | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
+def resolve_entry(spec: StepSpec) -> Callable[[StepContext], StepResult]:
+    module, _, fn = spec.options.get("entry", f"jobs.{spec.stage}:run").partition(":")
+    return getattr(importlib.import_module(module), fn)
+
+
+@cache
+def versions() -> dict[str, str]:
+    out = {"cdhpc": __version__, "python": platform.python_version(), "git": git_commit()}
+    for pkg in PACKAGES:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def git_commit() -> str:
+    """HEAD of the checkout cdhpc runs from, with +dirty; 'unknown' for an installed copy."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if head.returncode:
+            return "unknown"
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def slurm_ids() -> dict[str, str]:
+    names = {"job_id": "SLURM_JOB_ID", "array_job_id": "SLURM_ARRAY_JOB_ID", "array_index": "SLURM_ARRAY_TASK_ID",
+             "node": "SLURMD_NODENAME", "local_job_id": "SUBMITIT_LOCAL_JOB_ID"}
+    return {k: os.environ[v] for k, v in names.items() if v in os.environ}
+
+
+def log_paths() -> dict[str, str]:
+    try:
+        paths = submitit.JobEnvironment().paths
+        return {"stdout": str(paths.stdout), "stderr": str(paths.stderr)}
+    except RuntimeError:  # not inside a submitit job (e.g. a direct call in a test)
+        return {}
+
+
+def run_step(workdir: Path, spec: StepSpec, attempt: int = 1) -> Receipt:
+    """Run one step and write its receipt (status ok, or failed with the traceback)."""
+    ctx = StepContext(spec, workdir, attempt)
+    log.info("step %s/%s key=%s attempt=%d", spec.stage, spec.name, spec.key, attempt)
+    log.info("spec %s", json.dumps(spec.to_dict(), sort_keys=True))
+    log.info("versions %s host=%s cpus=%s CUDA_VISIBLE_DEVICES=%s", json.dumps(versions()), platform.node(),
+             os.cpu_count(), os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+    base = dict(key=spec.key, stage=spec.stage, name=spec.name, spec=spec.to_dict(), versions=versions(),
+                host=platform.node(), slurm=slurm_ids(), attempt=attempt, logs=log_paths())
+    started = time.time()
+    try:
+        result = resolve_entry(spec)(ctx)
+        outputs = result.outputs if result.outputs is not None else [ctx.out_dir]
+        receipt = Receipt(status="ok", outputs=describe_outputs(workdir, outputs), metrics=result.metrics,
+                          rows=result.rows, started=started, finished=time.time(), **base)
+    except BaseException as e:  # noqa: BLE001 - every failure (even SIGTERM as SystemExit) leaves a receipt
+        receipt = Receipt(status="failed", error="".join(traceback.format_exception(e)), started=started,
+                          finished=time.time(), **base)
+        write_receipt(workdir, receipt)
+        raise
+    write_receipt(workdir, receipt)
+    log.info("step %s/%s done in %.1f s", spec.stage, spec.name, receipt.finished - started)
+    return receipt
+
+
+def is_done(workdir: Path, spec: StepSpec) -> bool:
+    """A receipt with status ok exists for this exact key (the job-side check before re-running)."""
+    try:
+        r = read_receipt(receipt_path(workdir, spec.stage, spec.name, spec.key))
+    except ReceiptError:
+        return False
+    return r.status == "ok" and r.key == spec.key
+
+
+class StepJob(submitit.helpers.Checkpointable):
+    """The submitit callable: runs its steps in order, skipping those already done, so a requeued
+    job (preemption, time limit) resumes where it stopped."""
+
+    def __init__(self, workdir: str, specs: list[dict[str, Any]], attempt: int = 1):
+        self.workdir = workdir
+        self.specs = specs
+        self.attempt = attempt
+
+    def __call__(self) -> list[str]:
+        configure_job_logging()
+        workdir = Path(self.workdir)
+        failed = []
+        for d in self.specs:
+            spec = StepSpec.from_dict(d)
+            if is_done(workdir, spec):
+                continue
+            try:
+                run_step(workdir, spec, self.attempt)
+            except Exception:  # siblings in a pack are independent: run them, then fail the job
+                log.exception("step %s/%s failed", spec.stage, spec.name)
+                failed.append(spec.name)
+        if failed:
+            raise RuntimeError(f"{len(failed)} of {len(self.specs)} steps failed: {', '.join(failed)}")
+        return [d["key"] for d in self.specs]
+
+
+def configure_job_logging() -> None:
+    """Jobs log to stdout (the step's log file) with the step's array index in every line."""
+    index = os.environ.get("SLURM_ARRAY_TASK_ID", "-")
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True,
+                        format=f"%(asctime)s [%(levelname)s] [array {index}] %(message)s")

@@ -1,0 +1,5 @@
+import sys
+
+from cdhpc.cli import main
+
+sys.exit(main())

@@ -1,0 +1,91 @@
+"""``cdhpc``: the everyday commands. Handlers import what they need, so ``--help`` is instant."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from cdhpc import STAGES
+
+
+def _workdir(arg: str) -> Path:
+    """A sweep's workdir from a workdir path or a sweep .yaml. Raises SystemExit(2) otherwise."""
+    from cdhpc.launch import MARKER
+
+    p = Path(arg)
+    if p.suffix in (".yaml", ".yml") and p.is_file():
+        from cdhpc.config import ConfigError, load_config
+
+        try:
+            p = load_config(p).workdir
+        except ConfigError as e:
+            print(e, file=sys.stderr)
+            raise SystemExit(2) from None
+    if not (p / MARKER).is_file():
+        why = "does not exist" if not p.exists() else f"is not a cdhpc workdir (no {MARKER})"
+        print(f"cdhpc: {p} {why}; give a sweep's workdir or its .yaml", file=sys.stderr)
+        raise SystemExit(2)
+    return p.resolve()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from cdhpc.status import print_status
+
+    return print_status(_workdir(args.sweep))
+
+
+def cmd_manifest(args: argparse.Namespace) -> int:
+    from cdhpc.manifest import Manifest
+
+    workdir = _workdir(args.sweep)
+    with Manifest(workdir) as m:
+        result = m.rebuild() if args.action == "rebuild" else m.ingest()
+    for msg in result.bad:
+        print(f"not ingested: {msg}", file=sys.stderr)
+    print(json.dumps({"receipts": result.receipts, "jobs": result.jobs, "bad": len(result.bad)}))
+    return 1 if result.bad else 0
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from cdhpc.launch import main
+
+    return main(args.rest)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from cdhpc.evals.run import main_eval
+
+    return main_eval(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cdhpc", description="Contrastive-decoding studies as one sweep.")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("launch", help="validate, plan and run a sweep (same as python -m cdhpc.launch)", add_help=False)
+    s.add_argument("rest", nargs=argparse.REMAINDER)
+    s.set_defaults(fn=cmd_launch)
+    s = sub.add_parser("status", help="per-stage progress and failed steps of a sweep (exit 1 if any failed)")
+    s.add_argument("sweep", help="the sweep's workdir or .yaml")
+    s.add_argument("--once", action="store_true", help="print once and exit (the default when not a terminal)")
+    s.set_defaults(fn=cmd_status)
+    s = sub.add_parser("manifest", help="index receipts into manifest.sqlite, or rebuild it from them")
+    s.add_argument("action", choices=("ingest", "rebuild"))
+    s.add_argument("sweep", help="the sweep's workdir or .yaml")
+    s.set_defaults(fn=cmd_manifest)
+    s = sub.add_parser("eval", help="evaluate any HF causal LM directory on BabyLM tasks", add_help=False)
+    s.add_argument("rest", nargs=argparse.REMAINDER)
+    s.set_defaults(fn=cmd_eval)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.fn(args)
+
+
+__all__ = ["main", "STAGES"]
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""The ``--dry-run`` report: per stage, steps, arrays, dependencies, resources, states and the
+estimated GPU-hours, plus the decisions made at run time. Pure rows first, then a Rich table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cdhpc import STAGES
+from cdhpc.config import SweepConfig
+from cdhpc.plan import Plan, StepSpec
+
+MAX_ARRAY_SIZE = 1000  # arrays are chunked to the cluster's MaxArraySize (slurm profiles set it)
+
+
+@dataclass(frozen=True)
+class StageRow:
+    stage: str
+    steps: int
+    arrays: int
+    dependencies: int
+    resources: str
+    done: int
+    running: int
+    to_run: int
+    gpu_hours: float
+
+
+def stage_rows(plan: Plan, states: dict[str, str] | None) -> list[StageRow]:
+    """Pure: one row per planned stage. GPU-hours = steps x nodes x GPUs/node x time limit."""
+    rows = []
+    for stage in STAGES:
+        steps = plan.stage(stage)
+        if not steps:
+            continue
+        r = steps[0].resources
+        st = [states.get(s.key, "missing") if states else "missing" for s in steps]
+        to_run = sum(x not in ("done", "running", "queued") for x in st)
+        gpus = r["nodes"] * r["gpus_per_node"]
+        res = f"{r['nodes']}x{r['tasks_per_node']} tasks, {gpus} GPU, {r['cpus_per_task']} CPU, {r['mem_gb']:g} GB, {r['timeout_min']} min"
+        rows.append(StageRow(stage, len(steps), -(-len(steps) // MAX_ARRAY_SIZE), sum(len(s.inputs) for s in steps),
+                             res, st.count("done"), st.count("running") + st.count("queued"), to_run,
+                             to_run * gpus * r["timeout_min"] / 60))
+    return rows
+
+
+def decisions(cfg: SweepConfig, plan: Plan) -> list[str]:
+    """Choices made at run time by select steps, in words."""
+    out = []
+    for s in plan.stage("select"):
+        good = s.params["good"]
+        runs = ", ".join(k.removeprefix("run:") for k in s.inputs if k.startswith("run:"))
+        g = (f"GOOD = baseline run seed {good['seed']} step {good['step']}" if good["rule"] == "fixed"
+             else f"GOOD = lowest validation perplexity over {runs}")
+        a = s.params["amateur"]
+        bad = "" if a is None else {"early": f"; BAD = step {a['step']} of the GOOD run",
+                                    "small": f"; BAD = best checkpoint of preset {a['model']}",
+                                    "dropout": f"; BAD = GOOD with attention dropout {a['dropout']}"}[a["kind"]]
+        out.append(f"select/{s.name}: {g}{bad} (decided at run time)")
+    return out
+
+
+def model_lines(cfg: SweepConfig, plan: Plan) -> list[str]:
+    seen = {}
+    for s in plan.stage("pretrain"):
+        seen.setdefault(s.params["model"], 0)
+        seen[s.params["model"]] += 1
+    presets = cfg.presets()
+    return [f"{name}: {presets[name].n_params(cfg.tokenizer.vocab_size) / 1e6:.2f}M parameters, {n} run(s)"
+            for name, n in seen.items()]
+
+
+def print_dry_run(cfg: SweepConfig, plan: Plan, states: dict[str, str] | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"sweep {cfg.name}: plan until {plan.until} ({len(plan.steps)} steps)")
+    for col in ("stage", "steps", "arrays", "deps", "resources per step", "done", "running", "to run", "GPU-h"):
+        table.add_column(col, justify="left" if col in ("stage", "resources per step") else "right")
+    rows = stage_rows(plan, states)
+    for r in rows:
+        table.add_row(r.stage, str(r.steps), str(r.arrays), str(r.dependencies), r.resources, str(r.done),
+                      str(r.running), str(r.to_run), f"{r.gpu_hours:.1f}")
+    table.add_row("total", str(len(plan.steps)), "", "", "", "", "", str(sum(r.to_run for r in rows)),
+                  f"{sum(r.gpu_hours for r in rows):.1f}")
+    console = Console(width=160)
+    console.print(table)
+    console.print("methods: " + ", ".join(cfg.methods))
+    for line in model_lines(cfg, plan) + decisions(cfg, plan):
+        console.print(line, highlight=False)
+    if states is None:
+        console.print(f"workdir {cfg.workdir} does not exist yet: every step will run.")
+
+
+__all__ = ["StageRow", "stage_rows", "decisions", "print_dry_run", "StepSpec"]

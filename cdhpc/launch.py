@@ -1,0 +1,137 @@
+"""``python -m cdhpc.launch sweep.yaml [key=value ...]``: load -> plan -> diff with manifest -> run.
+
+Re-running the same command is always safe: done steps are skipped, running ones are waited for,
+failed and missing ones run (again). Nothing is written before the config has loaded cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from cdhpc import STAGES
+from cdhpc.config import ConfigError, SweepConfig, dump_config, load_config
+from cdhpc.plan import Plan, plan_sweep
+
+log = logging.getLogger("cdhpc")
+MARKER = "cdhpc.json"
+
+
+class UsageError(Exception):
+    """A bad invocation (exit 2), e.g. a workdir that belongs to another sweep."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m cdhpc.launch", description=__doc__.splitlines()[0])
+    p.add_argument("sweep", type=Path, help="the sweep .yaml file")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted-path overrides, values typed as YAML")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (steps, resources, states, GPU-hours) and exit")
+    p.add_argument("--until", choices=STAGES, default="aggregate", help="plan only up to this stage")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--verify", action="store_true", help="re-hash every output of done steps (default: size+mtime)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        cfg = load_config(args.sweep, args.overrides)
+        if args.print_config:
+            sys.stdout.write(dump_config(cfg))
+            return 0
+        plan = plan_sweep(cfg, args.until)
+        if args.dry_run:
+            from cdhpc.dryrun import print_dry_run
+
+            print_dry_run(cfg, plan, read_states(cfg, plan))
+            return 0
+        return launch(cfg, plan, verify=args.verify)
+    except (ConfigError, UsageError) as e:
+        print(e, file=sys.stderr)
+        return 2
+
+
+def check_workdir(cfg: SweepConfig) -> Path:
+    """The sweep's workdir: new, or already this sweep's. Raises UsageError otherwise."""
+    workdir = cfg.workdir.resolve()
+    marker = workdir / MARKER
+    if marker.is_file():
+        owner = json.loads(marker.read_text()).get("sweep")
+        if owner != cfg.name:
+            raise UsageError(f"workdir {workdir} belongs to sweep {owner!r}, not {cfg.name!r}; set workdir= to another directory")
+    elif workdir.exists() and any(workdir.iterdir()):
+        raise UsageError(f"workdir {workdir} exists, is not empty and is not a cdhpc workdir (no {MARKER}); choose another workdir")
+    return workdir
+
+
+def read_states(cfg: SweepConfig, plan: Plan) -> dict[str, str] | None:
+    """States of the planned steps from an existing manifest (None for a new sweep)."""
+    workdir = check_workdir(cfg)
+    if not (workdir / "manifest.sqlite").is_file():
+        return None
+    from cdhpc.manifest import Manifest
+    from cdhpc.scheduler import step_states
+
+    with Manifest(workdir) as m:
+        m.ingest()
+        return step_states(workdir, plan, m.receipts_by_key(), m.jobs_by_key(), m.outputs_of)
+
+
+def prepare_workdir(cfg: SweepConfig, plan: Plan) -> Path:
+    from cdhpc.receipts import atomic_write_json, atomic_write_text
+
+    workdir = check_workdir(cfg)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if not (workdir / MARKER).is_file():
+        atomic_write_json(workdir / MARKER, {"sweep": cfg.name, "created": time.time()})
+    atomic_write_text(workdir / "sweep.resolved.yaml", dump_config(cfg))
+    atomic_write_json(workdir / "plan.json", {"sweep": cfg.name, "until": plan.until,
+                                              "steps": [s.to_dict() for s in plan.steps]})
+    return workdir
+
+
+def launch(cfg: SweepConfig, plan: Plan, verify: bool = False) -> int:
+    from cdhpc.manifest import Manifest
+    from cdhpc.scheduler import DONE, LocalScheduler, step_states
+
+    if cfg.executor.kind != "local":
+        raise UsageError("executor.kind 'slurm' is not available in this version yet; use executor.kind=local")
+    workdir = prepare_workdir(cfg, plan)
+    with Manifest(workdir) as m:
+        m.register_plan(s.to_dict() for s in plan.steps)
+        report_bad(m.ingest().bad)
+        states = step_states(workdir, plan, m.receipts_by_key(), m.jobs_by_key(), m.outputs_of, rehash=verify)
+        todo = sum(s != DONE for s in states.values())
+        log.info("sweep %s: %d steps, %d done, %d to run or wait for (workdir %s)", cfg.name, len(states),
+                 len(states) - todo, todo, workdir)
+        e = cfg.executor
+        sched = LocalScheduler(workdir, max_parallel=e.max_parallel, retries=e.retries, poll_s=e.poll_s,
+                               on_change=lambda: report_bad(m.ingest().bad))
+        summary = sched.run(plan, states, m.jobs_by_key())
+        report_bad(m.ingest().bad)
+    by_key = plan.by_key()
+    for label, keys in (("failed", summary.failed), ("blocked by a failed input", summary.blocked)):
+        if keys:
+            log.error("%d step(s) %s: %s", len(keys), label, ", ".join(f"{by_key[k].stage}/{by_key[k].name}" for k in keys[:10]))
+    log.info("sweep %s: %d/%d steps done", cfg.name, len(summary.done), len(plan.steps))
+    return 1 if summary.failed or summary.blocked else 0
+
+
+_REPORTED: set[str] = set()
+
+
+def report_bad(bad: list[str]) -> None:
+    """Log receipts or job records that could not be ingested (once each)."""
+    for msg in bad:
+        if msg not in _REPORTED:
+            _REPORTED.add(msg)
+            log.error("not ingested: %s", msg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

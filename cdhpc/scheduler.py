@@ -1,0 +1,201 @@
+"""Executors: where steps run. ``local`` runs the DAG on this machine through submitit's
+LocalExecutor, in dependency order, with a parallelism limit.
+
+State is files: a job record ``workdir/jobs/<stage>/<name>-<key8>.json`` is written when a job is
+submitted and when it ends; a receipt is the only proof of success. A launcher killed mid-sweep
+leaves its local jobs running (submitit's controllers outlive it); the next launch finds them by
+pid and waits for them instead of starting the same work twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from cdhpc.plan import Plan, StepSpec
+from cdhpc.receipts import atomic_write_json, output_intact, OutputFile
+
+log = logging.getLogger("cdhpc")
+
+DONE, FAILED, RUNNING, QUEUED, MISSING, BLOCKED = "done", "failed", "running", "queued", "missing", "blocked"
+LIVE_JOB_STATES = ("PENDING", "RUNNING", "REQUEUED")
+
+
+def job_record_path(workdir: Path, spec: StepSpec) -> Path:
+    return workdir / "jobs" / spec.stage / f"{spec.name}-{spec.key[:8]}.json"
+
+
+def classify(receipt: Any | None, outputs: list[OutputFile] | None, job: Any | None, alive: bool) -> str:
+    """Pure: the state of one step from its receipt row, its recorded outputs' integrity (None
+    when not checked) and its job record. A receipt is the proof of success; a job that left the
+    queue without one failed."""
+    if receipt is not None and receipt["status"] == "ok" and outputs is not None:
+        return DONE
+    if job is not None and job["state"] in LIVE_JOB_STATES and alive:
+        return QUEUED if job["state"] == "PENDING" else RUNNING
+    if receipt is not None or job is not None:
+        return FAILED
+    return MISSING
+
+
+def pid_alive(job_id: str | None) -> bool:
+    """A local job's controller is still running (and is a submitit controller, not a reused pid)."""
+    if not job_id or not job_id.isdigit():
+        return False
+    try:
+        cmdline = Path(f"/proc/{job_id}/cmdline").read_bytes()
+        stat = Path(f"/proc/{job_id}/stat").read_text()
+    except OSError:
+        return False
+    return b"submitit" in cmdline and ") Z " not in stat
+
+
+def step_states(workdir: Path, plan: Plan, receipts: dict[str, Any], jobs: dict[str, Any],
+                outputs_of: Callable[[str], list[Any]], rehash: bool = False) -> dict[str, str]:
+    """State of every planned step; done steps have every output still intact."""
+    states = {}
+    for spec in plan.steps:
+        r, j = receipts.get(spec.key), jobs.get(spec.key)
+        intact = None
+        if r is not None and r["status"] == "ok":
+            outs = [OutputFile(path=o["path"], sha256=o["sha256"], bytes=o["bytes"], mtime_ns=o["mtime_ns"])
+                    for o in outputs_of(spec.key)]
+            intact = outs if all(output_intact(workdir, o, rehash) for o in outs) else None
+            if intact is None:
+                log.warning("step %s/%s: outputs changed since its receipt; it will run again", spec.stage, spec.name)
+        alive = j is not None and j["executor"] == "local" and pid_alive(j["job_id"])
+        states[spec.key] = classify(r, intact, j, alive)
+    return states
+
+
+@dataclass
+class RunSummary:
+    done: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    blocked: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Running:
+    specs: list[StepSpec]
+    job: Any  # submitit LocalJob, or None for a job a previous launcher started
+    job_id: str
+    attempt: int
+
+
+class LocalScheduler:
+    """Runs steps as submitit local jobs, at most `max_parallel` at once, inputs first."""
+
+    def __init__(self, workdir: Path, *, max_parallel: int, retries: int, poll_s: float,
+                 on_change: Callable[[], None] | None = None):
+        self.workdir = workdir
+        self.max_parallel = max_parallel
+        self.retries = retries
+        self.poll_s = poll_s
+        self.on_change = on_change or (lambda: None)
+
+    def run(self, plan: Plan, states: dict[str, str], jobs: dict[str, Any]) -> RunSummary:
+        """Run every step not done; wait for steps already running. Returns when nothing can run."""
+        by_key = plan.by_key()
+        state = dict(states)
+        attempts = {k: (jobs[k]["attempt"] or 0) if k in jobs else 0 for k in by_key}
+        running: list[_Running] = [_Running([by_key[k]], None, jobs[k]["job_id"], attempts[k])
+                                   for k, s in state.items() if s in (RUNNING, QUEUED)]
+        for k, s in state.items():
+            if s in (FAILED, MISSING):
+                state[k] = MISSING
+        try:
+            while True:
+                self._finish(running, state, attempts)
+                self._block(plan, state)
+                self._submit(plan, state, running, attempts)
+                if not running:
+                    break
+                time.sleep(self.poll_s)
+        except KeyboardInterrupt:
+            self._cancel(running)
+            raise
+        return RunSummary(done=[k for k, s in state.items() if s == DONE],
+                          failed=[k for k, s in state.items() if s == FAILED],
+                          blocked=[k for k, s in state.items() if s == BLOCKED])
+
+    def _block(self, plan: Plan, state: dict[str, str]) -> None:
+        for spec in plan.steps:  # dependency order: blocking propagates in one pass
+            if state[spec.key] == MISSING and any(state.get(k) in (FAILED, BLOCKED) for k in spec.inputs.values()):
+                state[spec.key] = BLOCKED
+
+    def _ready(self, plan: Plan, state: dict[str, str]) -> Iterable[StepSpec]:
+        return (s for s in plan.steps if state[s.key] == MISSING and all(state.get(k) == DONE for k in s.inputs.values()))
+
+    def _submit(self, plan: Plan, state: dict[str, str], running: list[_Running], attempts: dict[str, int]) -> None:
+        ready = list(self._ready(plan, state))
+        while ready and len(running) < self.max_parallel:
+            pack = [s for s in ready if s.stage == ready[0].stage][: max(1, ready[0].options.get("steps_per_job", 1))]
+            ready = [s for s in ready if s not in pack]
+            for s in pack:
+                attempts[s.key] += 1
+                state[s.key] = RUNNING
+            running.append(self._start(pack, max(attempts[s.key] for s in pack)))
+        self.on_change()
+
+    def _start(self, pack: list[StepSpec], attempt: int) -> _Running:
+        import submitit
+
+        from jobs import StepJob
+
+        stage = pack[0].stage
+        executor = submitit.LocalExecutor(folder=self.workdir / "logs" / stage)
+        res = pack[0].resources
+        executor.update_parameters(timeout_min=res.get("timeout_min", 60) * len(pack),
+                                   tasks_per_node=1, gpus_per_node=res.get("gpus_per_node", 0))
+        job = executor.submit(StepJob(str(self.workdir), [s.to_dict() for s in pack], attempt))
+        for s in pack:
+            self._record(s, job.job_id, "RUNNING", attempt, job.paths)
+        log.info("started %s: %s (job %s)", stage, ", ".join(s.name for s in pack), job.job_id)
+        return _Running(pack, job, job.job_id, attempt)
+
+    def _finish(self, running: list[_Running], state: dict[str, str], attempts: dict[str, int]) -> None:
+        from jobs import is_done
+
+        for r in list(running):
+            if (r.job is not None and not r.job.done()) or (r.job is None and pid_alive(r.job_id)):
+                continue
+            running.remove(r)
+            for s in r.specs:
+                ok = is_done(self.workdir, s)
+                self._record(s, r.job_id, "COMPLETED" if ok else "FAILED", r.attempt, r.job.paths if r.job else None)
+                if ok:
+                    state[s.key] = DONE
+                elif attempts[s.key] <= self.retries:
+                    log.warning("step %s/%s failed (attempt %d); retrying", s.stage, s.name, attempts[s.key])
+                    state[s.key] = MISSING
+                else:
+                    log.error("step %s/%s failed; see its receipt and %s", s.stage, s.name,
+                              r.job.paths.stdout if r.job else "its log")
+                    state[s.key] = FAILED
+
+    def _record(self, spec: StepSpec, job_id: str, job_state: str, attempt: int, paths: Any) -> None:
+        path = job_record_path(self.workdir, spec)
+        rec = {"key": spec.key, "executor": "local", "job_id": str(job_id), "array_index": None,
+               "state": job_state, "attempt": attempt, "updated": time.time(),
+               "stdout": str(paths.stdout) if paths else None, "stderr": str(paths.stderr) if paths else None}
+        if path.is_file():
+            rec["submitted"] = json.loads(path.read_text()).get("submitted") if job_state != "RUNNING" else time.time()
+        else:
+            rec["submitted"] = time.time()
+        atomic_write_json(path, rec)
+
+    def _cancel(self, running: list[_Running]) -> None:
+        for r in running:
+            if r.job is not None:
+                r.job.cancel(check=False)
+            elif pid_alive(r.job_id):
+                os.kill(int(r.job_id), 2)
+            for s in r.specs:
+                self._record(s, r.job_id, "CANCELLED", r.attempt, r.job.paths if r.job else None)
+        log.warning("cancelled %d running job(s)", len(running))
