@@ -7,6 +7,7 @@ written or submitted before a config has loaded cleanly.
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -275,6 +276,9 @@ class ResourcesConfig(Strict):
     """Memory per node (GB)."""
     timeout_min: Positive = 60
     """Wall-clock limit per step (minutes)."""
+    steps_per_job: Positive = 1
+    """Steps of this stage packed into one job (thousands of short evaluate steps need not be
+    thousands of jobs); the job's time limit is steps_per_job x timeout_min."""
 
 
 class ExecutorConfig(Strict):
@@ -358,21 +362,28 @@ def _apply_generation_defaults(raw: dict) -> dict:
     return {**raw, "methods": merged}
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> SweepConfig:
-    """Read, override, validate and cross-check a sweep.yaml. Raises ConfigError."""
+def load_config(path: str | Path, overrides: list[str] = (), *, allow_missing_paths: bool = False) -> SweepConfig:
+    """Read, override, validate and cross-check a sweep.yaml. Raises ConfigError. Top-level keys
+    starting with ``x-`` hold shared YAML anchors and are ignored. With `allow_missing_paths`
+    (the dry-run), data paths that do not exist yet are logged as warnings instead."""
     from cdhpc.configcheck import check_references
     from cdhpc.configio import apply_overrides
 
     path = Path(path)
     raw, lines = load_yaml(path)
     raw, overridden = apply_overrides(path, raw, list(overrides))
+    raw = {k: v for k, v in raw.items() if not str(k).startswith("x-")}
     try:
         cfg = SweepConfig.model_validate(_apply_generation_defaults(raw))
     except ValidationError as e:
         raise ConfigError(path, format_pydantic_errors(e, SweepConfig, lines, overridden)) from None
-    issues = check_references(cfg)
+    issues = [i.located(lines, overridden) for i in check_references(cfg)]
+    if allow_missing_paths:
+        for i in (i for i in issues if i.missing_path):
+            logging.getLogger("cdhpc").warning("%s (needed before launch)", i.render(path))
+        issues = [i for i in issues if not i.missing_path]
     if issues:
-        raise ConfigError(path, [i.located(lines, overridden) for i in issues])
+        raise ConfigError(path, issues)
     return cfg
 
 

@@ -29,7 +29,8 @@ def _check_data(cfg: SweepConfig) -> list[Issue]:
         if path is None:
             issues.append(Issue(("data", key), f"required when data.kind is {d.kind!r}", has_value=False))
         elif not Path(path).exists():
-            issues.append(Issue(("data", key), "path does not exist (give a local file or directory)", str(path)))
+            issues.append(Issue(("data", key), "path does not exist (give a local file or directory)", str(path),
+                                missing_path=True))
     if d.kind == "prepared" and d.corpus_dir is not None and Path(d.corpus_dir).is_dir():
         for split in ("train", "seed", "test"):
             if not (Path(d.corpus_dir) / split).is_dir():
@@ -116,7 +117,8 @@ def _check_eval_and_stats(cfg: SweepConfig) -> list[Issue]:
     issues = []
     e, s = cfg.eval, cfg.stats
     if e.data_dir != "toy" and not Path(e.data_dir).is_dir():
-        issues.append(Issue(("eval", "data_dir"), "directory does not exist (the BabyLM evaluation_data dir, or toy)", str(e.data_dir)))
+        issues.append(Issue(("eval", "data_dir"), "directory does not exist (the BabyLM evaluation_data dir, or toy)",
+                            str(e.data_dir), missing_path=True))
     if e.data_dir == "toy" and cfg.data.kind != "toy" and any(t != "perplexity" for t in e.tasks):
         issues.append(Issue(("eval", "data_dir"), "toy eval data comes with data.kind 'toy'; give the evaluation_data directory", "toy"))
     if isinstance(e.checkpoints, list):

@@ -27,6 +27,7 @@ class Issue:
     has_value: bool = True
     line: int | None = None
     source: str | None = None
+    missing_path: bool = False  # a local path that does not exist (a warning in --dry-run)
 
     def located(self, lines: dict[Loc, int], overridden: dict[Loc, str]) -> Issue:
         """The same issue with the YAML line (nearest key above) or the override that set it."""
@@ -143,8 +144,10 @@ def _set_dotted(data: dict, parts: list[str], value: Any) -> Loc | None:
         loc.append(key)
         if not parts:
             node[key] = value
-        else:
-            node = node.setdefault(key, {})
+        else:  # copy on the way down: YAML aliases share one dict, an override must touch one path
+            child = node.get(key, {})
+            node[key] = child = dict(child) if isinstance(child, dict) else child
+            node = child
     return tuple(loc)
 
 
@@ -174,7 +177,8 @@ def _issue_for(e: dict, loc: Loc, model: type) -> Issue:
     kind, value = e["type"], e.get("input")
     if kind == "extra_forbidden":
         allowed = _keys_at(model, loc[:-1])
-        hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
+        key = str(loc[-1])
+        hint = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6) or [k for k in allowed if k.startswith(key)][:1]
         msg = f"unknown key{f'; did you mean {hint[0]!r}?' if hint else ''} (allowed: {', '.join(allowed)})"
         return Issue(loc, msg, has_value=False)
     if kind == "missing":

@@ -16,6 +16,7 @@ MAX_ARRAY_SIZE = 1000  # arrays are chunked to the cluster's MaxArraySize (slurm
 class StageRow:
     stage: str
     steps: int
+    jobs: int
     arrays: int
     dependencies: int
     resources: str
@@ -26,7 +27,8 @@ class StageRow:
 
 
 def stage_rows(plan: Plan, states: dict[str, str] | None) -> list[StageRow]:
-    """Pure: one row per planned stage. GPU-hours = steps x nodes x GPUs/node x time limit."""
+    """Pure: one row per planned stage. Jobs pack steps_per_job steps; GPU-hours are the upper
+    bound the time limits allow: steps to run x nodes x GPUs/node x timeout."""
     rows = []
     for stage in STAGES:
         steps = plan.stage(stage)
@@ -37,7 +39,8 @@ def stage_rows(plan: Plan, states: dict[str, str] | None) -> list[StageRow]:
         to_run = sum(x not in ("done", "running", "queued") for x in st)
         gpus = r["nodes"] * r["gpus_per_node"]
         res = f"{r['nodes']}x{r['tasks_per_node']} tasks, {gpus} GPU, {r['cpus_per_task']} CPU, {r['mem_gb']:g} GB, {r['timeout_min']} min"
-        rows.append(StageRow(stage, len(steps), -(-len(steps) // MAX_ARRAY_SIZE), sum(len(s.inputs) for s in steps),
+        jobs = -(-len(steps) // r["steps_per_job"])
+        rows.append(StageRow(stage, len(steps), jobs, -(-jobs // MAX_ARRAY_SIZE), sum(len(s.inputs) for s in steps),
                              res, st.count("done"), st.count("running") + st.count("queued"), to_run,
                              to_run * gpus * r["timeout_min"] / 60))
     return rows
@@ -74,13 +77,13 @@ def print_dry_run(cfg: SweepConfig, plan: Plan, states: dict[str, str] | None) -
     from rich.table import Table
 
     table = Table(title=f"sweep {cfg.name}: plan until {plan.until} ({len(plan.steps)} steps)")
-    for col in ("stage", "steps", "arrays", "deps", "resources per step", "done", "running", "to run", "GPU-h"):
+    for col in ("stage", "steps", "jobs", "arrays", "deps", "resources per step", "done", "running", "to run", "GPU-h max"):
         table.add_column(col, justify="left" if col in ("stage", "resources per step") else "right")
     rows = stage_rows(plan, states)
     for r in rows:
-        table.add_row(r.stage, str(r.steps), str(r.arrays), str(r.dependencies), r.resources, str(r.done),
+        table.add_row(r.stage, str(r.steps), str(r.jobs), str(r.arrays), str(r.dependencies), r.resources, str(r.done),
                       str(r.running), str(r.to_run), f"{r.gpu_hours:.1f}")
-    table.add_row("total", str(len(plan.steps)), "", "", "", "", "", str(sum(r.to_run for r in rows)),
+    table.add_row("total", str(len(plan.steps)), str(sum(r.jobs for r in rows)), "", "", "", "", "", str(sum(r.to_run for r in rows)),
                   f"{sum(r.gpu_hours for r in rows):.1f}")
     console = Console(width=160)
     console.print(table)

@@ -37,10 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)  # flags may come after key=value overrides
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
-        cfg = load_config(args.sweep, args.overrides)
+        cfg = load_config(args.sweep, args.overrides, allow_missing_paths=args.dry_run or args.print_config)
         if args.print_config:
             sys.stdout.write(dump_config(cfg))
             return 0
@@ -96,30 +96,37 @@ def prepare_workdir(cfg: SweepConfig, plan: Plan) -> Path:
 
 
 def launch(cfg: SweepConfig, plan: Plan, verify: bool = False) -> int:
-    from cdhpc.manifest import Manifest
-    from cdhpc.scheduler import DONE, LocalScheduler, step_states
-
     if cfg.executor.kind != "local":
         raise UsageError("executor.kind 'slurm' is not available in this version yet; use executor.kind=local")
     workdir = prepare_workdir(cfg, plan)
+    e = cfg.executor
+    summary = execute(workdir, plan, max_parallel=e.max_parallel, retries=e.retries, poll_s=e.poll_s, verify=verify)
+    log.info("sweep %s: %d/%d steps done", cfg.name, len(summary.done), len(plan.steps))
+    return 1 if summary.failed or summary.blocked else 0
+
+
+def execute(workdir: Path, plan: Plan, *, max_parallel: int, retries: int, poll_s: float, verify: bool = False):
+    """Diff the plan with the manifest and run what is not done on this machine. Returns the
+    scheduler's RunSummary."""
+    from cdhpc.manifest import Manifest
+    from cdhpc.scheduler import DONE, LocalScheduler, step_states
+
     with Manifest(workdir) as m:
         m.register_plan(s.to_dict() for s in plan.steps)
         report_bad(m.ingest().bad)
         states = step_states(workdir, plan, m.receipts_by_key(), m.jobs_by_key(), m.outputs_of, rehash=verify)
         todo = sum(s != DONE for s in states.values())
-        log.info("sweep %s: %d steps, %d done, %d to run or wait for (workdir %s)", cfg.name, len(states),
-                 len(states) - todo, todo, workdir)
-        e = cfg.executor
-        sched = LocalScheduler(workdir, max_parallel=e.max_parallel, retries=e.retries, poll_s=e.poll_s,
+        log.info("%d steps, %d done, %d to run or wait for (workdir %s)", len(states), len(states) - todo, todo, workdir)
+        sched = LocalScheduler(workdir, max_parallel=max_parallel, retries=retries, poll_s=poll_s,
                                on_change=lambda: report_bad(m.ingest().bad))
         summary = sched.run(plan, states, m.jobs_by_key())
         report_bad(m.ingest().bad)
     by_key = plan.by_key()
     for label, keys in (("failed", summary.failed), ("blocked by a failed input", summary.blocked)):
         if keys:
-            log.error("%d step(s) %s: %s", len(keys), label, ", ".join(f"{by_key[k].stage}/{by_key[k].name}" for k in keys[:10]))
-    log.info("sweep %s: %d/%d steps done", cfg.name, len(summary.done), len(plan.steps))
-    return 1 if summary.failed or summary.blocked else 0
+            names = ", ".join(f"{by_key[k].stage}/{by_key[k].name}" for k in keys[:10])
+            log.error("%d step(s) %s: %s", len(keys), label, names)
+    return summary
 
 
 _REPORTED: set[str] = set()

@@ -135,7 +135,7 @@ class LocalScheduler:
     def _submit(self, plan: Plan, state: dict[str, str], running: list[_Running], attempts: dict[str, int]) -> None:
         ready = list(self._ready(plan, state))
         while ready and len(running) < self.max_parallel:
-            pack = [s for s in ready if s.stage == ready[0].stage][: max(1, ready[0].options.get("steps_per_job", 1))]
+            pack = [s for s in ready if s.stage == ready[0].stage][: ready[0].resources.get("steps_per_job", 1)]
             ready = [s for s in ready if s not in pack]
             for s in pack:
                 attempts[s.key] += 1
