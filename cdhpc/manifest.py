@@ -106,7 +106,11 @@ class Manifest:
         table = "receipts" if sub == "receipts" else "jobs"
         seen = {r["path"]: (r["mtime_ns"], r["size"]) for r in self.db.execute(f"SELECT path, mtime_ns, size FROM {table}")}
         n = 0
-        for f in sorted((self.workdir / sub).glob("*/*.json")):
+        files = sorted((self.workdir / sub).glob("*/*.json"))
+        for gone in seen.keys() - {str(f.relative_to(self.workdir)) for f in files}:
+            self._forget(table, gone)
+            n += 1
+        for f in files:
             rel = str(f.relative_to(self.workdir))
             st = f.stat()
             if seen.get(rel) == (st.st_mtime_ns, st.st_size):
@@ -138,6 +142,14 @@ class Manifest:
             cols = ("key",) + ROW_TABLES[table]
             self.db.executemany(f"INSERT OR REPLACE INTO {table} ({','.join(cols)}) VALUES ({','.join('?' * len(cols))})",
                                 [(r.key, *(row.get(c) for c in ROW_TABLES[table])) for row in rows])
+
+    def _forget(self, table: str, rel: str) -> None:
+        """A receipt or job record file was removed: drop what was derived from it."""
+        for (key,) in self.db.execute(f"SELECT key FROM {table} WHERE path = ?", (rel,)).fetchall():
+            if table == "receipts":
+                self._delete_key(key)
+            else:
+                self.db.execute("DELETE FROM jobs WHERE key = ?", (key,))
 
     def _delete_key(self, key: str) -> None:
         for table in ("receipts", "outputs", *ROW_TABLES):

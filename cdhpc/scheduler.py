@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from cdhpc.plan import Plan, StepSpec
-from cdhpc.receipts import atomic_write_json, output_intact, OutputFile
+from cdhpc.receipts import OutputFile, atomic_write_json, output_intact, receipt_path
 
 log = logging.getLogger("cdhpc")
 
@@ -153,6 +153,8 @@ class LocalScheduler:
         res = pack[0].resources
         executor.update_parameters(timeout_min=res.get("timeout_min", 60) * len(pack),
                                    tasks_per_node=1, gpus_per_node=res.get("gpus_per_node", 0))
+        for s in pack:  # a stale receipt (outputs changed) must not let the job skip the step
+            receipt_path(self.workdir, s.stage, s.name, s.key).unlink(missing_ok=True)
         job = executor.submit(StepJob(str(self.workdir), [s.to_dict() for s in pack], attempt))
         for s in pack:
             self._record(s, job.job_id, "RUNNING", attempt, job.paths)

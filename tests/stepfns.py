@@ -1,0 +1,36 @@
+"""Small real step functions for scheduler tests (importable by submitit's job processes).
+
+Each call appends its step name to ``workdir/calls.log`` so tests can count executions.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from jobs import StepContext, StepResult
+from cdhpc.receipts import atomic_write_text
+
+
+def _count(ctx: StepContext) -> None:
+    with open(ctx.workdir / "calls.log", "a") as f:  # O_APPEND: one line per call, atomic for short writes
+        f.write(ctx.spec.name + "\n")
+
+
+def add(ctx: StepContext) -> StepResult:
+    """value = params.add + the values of every input; optional sleep and failure switch."""
+    _count(ctx)
+    total = ctx.params.get("add", 0)
+    for role in ctx.spec.inputs:
+        total += int((ctx.input_dir(role) / "value.txt").read_text())
+    if ctx.params.get("sleep_s"):
+        time.sleep(ctx.params["sleep_s"])
+    once = ctx.params.get("fail_once_flag")
+    if once and os.path.exists(once):
+        os.unlink(once)
+        raise RuntimeError("failing once on purpose")
+    flag = ctx.params.get("fail_if_exists")
+    if flag and os.path.exists(flag):
+        raise RuntimeError(f"failing on purpose: {flag} exists")
+    atomic_write_text(ctx.out_dir / "value.txt", str(total))
+    return StepResult(metrics={"value": total}, rows={"scores": [{"run": ctx.spec.name, "task": "t", "score": float(total)}]})
