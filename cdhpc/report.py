@@ -1,0 +1,356 @@
+"""The paper's tables and plots from scores: one pure aggregation (``build_paper_table``), pure
+renderers returning strings (CSV, Markdown, LaTeX), and thin writers (files, matplotlib plots).
+
+Layout of the paper (PAPER.md section 5): one row per method, muDeltaREL first, then per task
+"value ± pm", ``*`` when significantly better than the baseline, the best value per column in
+bold (perplexity: lowest).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import numbers
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Hashable, Iterable, Literal, Mapping, Sequence
+
+import numpy as np
+
+from cdhpc import stats
+
+TABLE_TASKS = ("perplexity", "blimp", "blimp_supplement", "entity_tracking", "ewok", "wug", "reading", "eye_tracking")
+"""Column order of the paper's main table."""
+TASK_TITLES = {
+    "perplexity": "Perplexity", "blimp": "BLiMP", "blimp_supplement": "BLiMP Supp.",
+    "entity_tracking": "Entity Tracking", "ewok": "EWoK", "wug": "WUG",
+    "reading": "Reading", "eye_tracking": "Eye Tracking",
+}
+SCORES_LONG_COLUMNS = ("run", "method", "seed", "step", "task", "score", "task_version")
+Correction = Literal["none", "holm", "bh"]
+Key = tuple[str, Hashable, int, str]  # (method, seed, step, task)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (method, task) cell of the table; the comparison fields are None for the baseline."""
+
+    value: float  # mean-max over seeds (task units)
+    pm: float  # std over seeds x resamples / sqrt(n_seeds)
+    significant: bool = False  # better than the baseline (CI rule, or adjusted p with a correction)
+    p: float | None = None  # one-sided p vs the baseline, adjusted when a correction is set
+    ci_low: float | None = None  # percentile CI of baseline - method (task units)
+    ci_high: float | None = None
+    rel: float | None = None  # relative improvement over the baseline, percent (> 0: better)
+    rel_ci_low: float | None = None  # its percentile CI over resamples, percent
+    rel_ci_high: float | None = None
+
+
+@dataclass(frozen=True)
+class PaperTable:
+    """The results table: rows ``methods`` (baseline first), columns ``tasks``; missing cells
+    (a task not evaluated yet) are absent from ``cells``."""
+
+    methods: tuple[str, ...]
+    tasks: tuple[str, ...]
+    cells: Mapping[tuple[str, str], Cell]
+    mu_delta_rel: Mapping[str, float]  # percent, non-baseline methods with all seven tasks
+    baseline: str = "baseline"
+    lower_is_better: tuple[str, ...] = ("perplexity",)
+
+
+# ----------------------------------------------------------------------------- aggregation
+def _task_cells(
+    results: Mapping[str, stats.MeanMaxResult], task: str, baseline: str, lower: bool,
+    ties: stats.Ties, ci: float, rng: np.random.Generator | None,
+) -> dict[str, Cell]:
+    if baseline not in results:
+        raise KeyError(f"task {task!r}: no scores for the baseline method {baseline!r}; methods: {sorted(results)}")
+    base = results[baseline]
+    cells = {baseline: Cell(base.value, base.pm)}
+    tails = [50 * (1 - ci), 50 * (1 + ci)]
+    base_mean = base.per_seed_vectors.mean(axis=0)
+    for method, res in results.items():
+        if method == baseline:
+            continue
+        cmp = stats.compare(base.per_seed_vectors, res.per_seed_vectors, not lower, ties, ci, rng)
+        sign = -1.0 if lower else 1.0
+        rel_vec = 100.0 * sign * (res.per_seed_vectors.mean(axis=0) - base_mean) / base_mean
+        low, high = np.percentile(rel_vec, tails)
+        cells[method] = Cell(
+            res.value, res.pm, cmp.better, cmp.p, cmp.ci_low, cmp.ci_high,
+            stats.relative_change(res.value, base.value, lower), float(low), float(high),
+        )
+    return cells
+
+
+def _correct(cells: dict[tuple[str, str], Cell], correction: Correction, ci: float) -> dict[tuple[str, str], Cell]:
+    """Adjust every p-value of the table as one family; significance becomes adjusted p < (1-ci)/2."""
+    if correction == "none":
+        return cells
+    adjust = {"holm": stats.holm, "bh": stats.benjamini_hochberg}.get(correction)
+    if adjust is None:
+        raise ValueError(f"stats correction must be one of none|holm|bh, got {correction!r}")
+    keys = [k for k, c in cells.items() if c.p is not None]
+    adjusted = adjust(np.array([cells[k].p for k in keys])) if keys else []
+    out = dict(cells)
+    for key, p in zip(keys, adjusted):
+        c = cells[key]
+        out[key] = Cell(c.value, c.pm, bool(p < (1 - ci) / 2), float(p), c.ci_low, c.ci_high, c.rel, c.rel_ci_low, c.rel_ci_high)
+    return out
+
+
+def build_paper_table(
+    vectors: Mapping[Key, np.ndarray],
+    points: Mapping[Key, float],
+    baseline: str = "baseline",
+    tasks: Sequence[str] = TABLE_TASKS,
+    methods: Sequence[str] | None = None,
+    ties: stats.Ties = "against",
+    correction: Correction = "none",
+    ci: float = 0.95,
+    lower_is_better: Sequence[str] = ("perplexity",),
+    rng: np.random.Generator | None = None,
+) -> PaperTable:
+    """The whole aggregation of PAPER.md section 4 as one pure function.
+
+    ``vectors``/``points``: per (method, seed, step, task) the bootstrap vector (B,) on the
+    shared index sets and the point value. Per task: mean-max over checkpoints and seeds, paired
+    comparison with the baseline, relative change; muDeltaREL over the seven paper tasks.
+    ``rng`` switches on the two-level (seeds, then items) bootstrap.
+    """
+    cells: dict[tuple[str, str], Cell] = {}
+    for task in tasks:
+        keys = [k for k in points if k[3] == task]
+        task_vectors = {k[:3]: vectors[k] for k in keys}
+        results = stats.mean_max(task_vectors, {k[:3]: points[k] for k in keys}, task not in lower_is_better)
+        if not results:
+            continue
+        task_cells = _task_cells(results, task, baseline, task in lower_is_better, ties, ci, rng)
+        cells.update({(m, task): c for m, c in task_cells.items()})
+    cells = _correct(cells, correction, ci)
+    seen = sorted({m for m, _ in cells} - {baseline})
+    order = tuple(methods) if methods is not None else (baseline, *seen)
+    values = {m: {t: c.value for (mm, t), c in cells.items() if mm == m} for m in order}
+    paper = [t for t in stats.PAPER_TASKS if t in tasks]
+    complete = {m: v for m, v in values.items() if all(t in v for t in paper)}
+    mu = stats.mu_delta_rel(complete, baseline, paper, lower_is_better) if paper and baseline in complete else {}
+    return PaperTable(order, tuple(tasks), cells, mu, baseline, tuple(lower_is_better))
+
+
+def points_from_scores(records: Iterable[Mapping[str, object]]) -> dict[Key, float]:
+    """Point values keyed (method, seed, step, task) from ``scores_long`` records."""
+    return {(str(r["method"]), r["seed"], int(r["step"]), str(r["task"])): float(r["score"]) for r in records}
+
+
+# ----------------------------------------------------------------------------- rendering
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(inf|nan)")
+
+
+def csv_cell(value: object) -> str:
+    """A CSV cell a spreadsheet will not run as a formula: text starting with = + - @ tab or CR
+    gets a leading ``'`` (OWASP); plain numbers, negative ones included, stay numbers."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    text = repr(float(value)) if isinstance(value, (float, np.floating)) else str(value)
+    if text[:1] in ("=", "+", "-", "@", "\t", "\r") and not _NUMBER.fullmatch(text):
+        return "'" + text
+    return text
+
+
+def _csv(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow([csv_cell(h) for h in header])
+    writer.writerows([csv_cell(v) for v in row] for row in rows)
+    return buf.getvalue()
+
+
+def paper_table_header(tasks: Sequence[str]) -> list[str]:
+    """Columns of ``paper_table.csv``."""
+    per_task = ("", "_pm", "_sig", "_p", "_ci_low", "_ci_high")
+    return ["method", "mu_delta_rel"] + [f"{t}{suffix}" for t in tasks for suffix in per_task]
+
+
+def render_paper_csv(table: PaperTable) -> str:
+    """``paper_table.csv``: one row per method; empty cells where there is no value."""
+    rows = []
+    for m in table.methods:
+        row: list[object] = [m, table.mu_delta_rel.get(m)]
+        for t in table.tasks:
+            c = table.cells.get((m, t))
+            row += [None] * 6 if c is None else [c.value, c.pm, c.significant if c.p is not None else None, c.p, c.ci_low, c.ci_high]
+        rows.append(row)
+    return _csv(paper_table_header(table.tasks), rows)
+
+
+def render_scores_long(records: Iterable[Mapping[str, object]]) -> str:
+    """``scores_long.csv``: one row per run x checkpoint x task, sorted."""
+    rows = []
+    for i, r in enumerate(records):
+        missing = [c for c in SCORES_LONG_COLUMNS if c not in r]
+        if missing:
+            raise KeyError(f"score record {i} lacks {missing}; has {sorted(r)}")
+        rows.append([r[c] for c in SCORES_LONG_COLUMNS])
+    rows.sort(key=lambda row: tuple((0, v, "") if isinstance(v, numbers.Real) else (1, 0, str(v)) for v in row))
+    return _csv(SCORES_LONG_COLUMNS, rows)
+
+
+def _best(table: PaperTable, task: str, digits: int = 2) -> set[str]:
+    """Methods whose displayed value is the best of the column (ties all bold)."""
+    shown = {m: round(c.value, digits) for (m, t), c in table.cells.items() if t == task}
+    if not shown:
+        return set()
+    target = min(shown.values()) if task in table.lower_is_better else max(shown.values())
+    return {m for m, v in shown.items() if v == target}
+
+
+def _best_mu(table: PaperTable) -> set[str]:
+    shown = {m: round(v, 2) for m, v in table.mu_delta_rel.items()}
+    return {m for m, v in shown.items() if v == max(shown.values())} if shown else set()
+
+
+def _title(task: str) -> str:
+    return TASK_TITLES.get(task, task)
+
+
+def render_markdown(table: PaperTable, names: Mapping[str, str] | None = None) -> str:
+    """The table in Markdown: "value ± pm", ``\\*`` when significant, best per column in bold."""
+    names = names or {}
+    arrows = ["↓" if t in table.lower_is_better else "↑" for t in table.tasks]
+    header = ["Name", "μΔREL ↑"] + [f"{_title(t)} {a}" for t, a in zip(table.tasks, arrows)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
+    best = {t: _best(table, t) for t in table.tasks}
+    for m in table.methods:
+        mu = table.mu_delta_rel.get(m)
+        mu_text = "-" if mu is None else f"{mu:.2f}%"
+        row = [names.get(m, m), f"**{mu_text}**" if m in _best_mu(table) else mu_text]
+        for t in table.tasks:
+            c = table.cells.get((m, t))
+            text = "-" if c is None else f"{c.value:.2f} ± {c.pm:.2f}"
+            if c is not None and m in best[t]:
+                text = f"**{text}**"
+            row.append(text + ("\\*" if c is not None and c.significant else ""))
+        lines.append("| " + " | ".join(r.replace("|", "\\|") for r in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+_LATEX_SPECIAL = {c: "\\" + c for c in "&%$#_{}"} | {"~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}
+
+
+def latex_escape(text: str) -> str:
+    """Text safe inside a LaTeX tabular cell."""
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
+
+
+def render_latex(table: PaperTable, names: Mapping[str, str] | None = None) -> str:
+    """The table as a booktabs ``tabular``: ``$v \\pm pm$``, ``^{*}`` when significant, bold best."""
+    names = names or {}
+    arrows = [r"$\downarrow$" if t in table.lower_is_better else r"$\uparrow$" for t in table.tasks]
+    header = ["Name", r"$\mu\Delta_{\mathrm{REL}}$ $\uparrow$"] + [f"{latex_escape(_title(t))} {a}" for t, a in zip(table.tasks, arrows)]
+    lines = [r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule", " & ".join(header) + r" \\", r"\midrule"]
+    best = {t: _best(table, t) for t in table.tasks}
+    for m in table.methods:
+        mu = table.mu_delta_rel.get(m)
+        mu_text = "--" if mu is None else f"{mu:.2f}\\%"
+        row = [latex_escape(names.get(m, m)), rf"\textbf{{{mu_text}}}" if m in _best_mu(table) else mu_text]
+        for t in table.tasks:
+            c = table.cells.get((m, t))
+            if c is None:
+                row.append("--")
+                continue
+            body = rf"{c.value:.2f} \pm {c.pm:.2f}"
+            body = rf"\mathbf{{{body}}}" if m in best[t] else body
+            row.append(f"${body}" + ("^{*}" if c.significant else "") + "$")
+        lines.append(" & ".join(row) + r" \\")
+    return "\n".join(lines + [r"\bottomrule", r"\end{tabular}"]) + "\n"
+
+
+# ----------------------------------------------------------------------------- plots and writers
+def plot_delta_rel(table: PaperTable, path: Path) -> Path:
+    """``delta_rel.png``: per task, each method's relative improvement over the baseline (%) with
+    its bootstrap CI."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [m for m in table.methods if m != table.baseline]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(table.tasks)), 4.0))
+    width = 0.8 / max(1, len(methods))
+    for i, m in enumerate(methods):
+        cells = [table.cells.get((m, t)) for t in table.tasks]
+        xs = [j + (i - (len(methods) - 1) / 2) * width for j, c in enumerate(cells) if c is not None and c.rel is not None]
+        got = [c for c in cells if c is not None and c.rel is not None]
+        rel = np.array([c.rel for c in got])
+        err = np.array([[c.rel - c.rel_ci_low, c.rel_ci_high - c.rel] for c in got]).T.reshape(2, -1)
+        ax.bar(xs, rel, width, yerr=np.clip(err, 0, None), capsize=2, label=m)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(table.tasks)), [_title(t) for t in table.tasks], rotation=30, ha="right")
+    ax.set_ylabel(f"relative improvement vs {table.baseline} (%)")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(points: Mapping[Key, float], path: Path, tasks: Sequence[str] | None = None) -> Path:
+    """``curves.png``: per task, each method's score vs checkpoint step (mean over seeds, band =
+    min..max over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(tasks or [t for t in TABLE_TASKS if any(k[3] == t for k in points)] or sorted({k[3] for k in points}))
+    cols = min(4, max(1, len(tasks)))
+    rows = -(-len(tasks) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    for ax, task in zip(axes.ravel(), tasks):
+        for method in sorted({k[0] for k in points if k[3] == task}):
+            by_step: dict[int, list[float]] = {}
+            for (m, _, step, t), v in points.items():
+                if m == method and t == task:
+                    by_step.setdefault(step, []).append(v)
+            steps = sorted(by_step)
+            ax.plot(steps, [np.mean(by_step[s]) for s in steps], marker="o", markersize=3, label=method)
+            ax.fill_between(steps, [min(by_step[s]) for s in steps], [max(by_step[s]) for s in steps], alpha=0.15)
+        ax.set_title(_title(task))
+        ax.set_xlabel("step")
+    for ax in axes.ravel()[len(tasks):]:
+        ax.set_visible(False)
+    axes.ravel()[0].legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_report(
+    out_dir: Path, table: PaperTable, records: Iterable[Mapping[str, object]] | None = None,
+    names: Mapping[str, str] | None = None,
+) -> list[Path]:
+    """Write ``paper_table.{csv,md,tex}``, ``delta_rel.png`` and, given score records,
+    ``scores_long.csv`` and ``curves.png`` into ``out_dir``; returns the paths written."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    texts = {
+        "paper_table.csv": render_paper_csv(table),
+        "paper_table.md": render_markdown(table, names),
+        "paper_table.tex": render_latex(table, names),
+    }
+    records = list(records) if records is not None else None
+    if records is not None:
+        texts["scores_long.csv"] = render_scores_long(records)
+    written = []
+    for name, text in texts.items():
+        (out_dir / name).write_text(text, encoding="utf-8")
+        written.append(out_dir / name)
+    written.append(plot_delta_rel(table, out_dir / "delta_rel.png"))
+    if records:
+        written.append(plot_curves(points_from_scores(records), out_dir / "curves.png"))
+    return written

@@ -1,0 +1,379 @@
+"""Statistics of the paper's tables (PAPER.md section 4), as a notebook-friendly pure API.
+
+- Bootstrap index sets are drawn once per (seed, UID) and shared by every method, seed and
+  checkpoint, so comparisons are paired over items. Each UID has its own generator derived from
+  ``(seed, sha256(UID))``: adding or removing a UID never changes another UID's draws (the
+  authors matched index sets to UIDs by dictionary order; we key them by UID).
+- Per-task bootstrap vectors (shape ``(B,)``): accuracy (macro-mean over UIDs, x100),
+  perplexity (exp of the mean resampled block loss), reading / eye tracking (refit of the OLS
+  delta-R^2 on resampled rows, batched as weighted least squares). Passing
+  ``point_indices(...)`` instead of drawn indices gives the point estimate (``B = 1``).
+- ``mean_max`` (best checkpoint per seed, mean over seeds), ``compare`` (paired test vs the
+  baseline), ``mu_delta_rel``, and beyond the paper ``holm``, ``benjamini_hochberg`` and a
+  two-level (seeds, then items) bootstrap in ``compare``.
+
+Only numpy here: importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from itertools import combinations
+from typing import Hashable, Literal, Mapping, Sequence
+
+import numpy as np
+
+PAPER_TASKS = ("blimp", "blimp_supplement", "entity_tracking", "ewok", "wug", "reading", "eye_tracking")
+"""The seven tasks muDeltaREL averages over (perplexity excluded), PAPER.md section 4."""
+EYE_TRACKING_MEASURES = ("RTfirstfix", "RTfirstpass", "RTgopast", "RTrightbound")
+READING_MEASURE = "self_paced_reading_time"
+EYE_TRACKING_PREDICTORS = ("Subtlex_log10", "length", "context_length")
+READING_PREDICTORS = EYE_TRACKING_PREDICTORS + ("prev_length", "prev_surprisal")
+_CHUNK_ELEMENTS = 1 << 22  # temporaries of at most ~32 MB (float64) per chunk of resamples
+
+Ties = Literal["against", "strict"]
+
+
+# ----------------------------------------------------------------------------- index sets
+def uid_seed_sequence(seed: int, uid: str) -> np.random.SeedSequence:
+    """The seed sequence of one UID: depends on ``seed`` and the UID's text only."""
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"bootstrap seed must be a non-negative integer, got {seed!r}")
+    words = np.frombuffer(hashlib.sha256(uid.encode("utf-8")).digest()[:16], dtype="<u4")
+    return np.random.SeedSequence([int(seed), *(int(w) for w in words)])
+
+
+def _index_dtype(n: int) -> type:
+    # Small index dtypes halve memory and gather time (10,000 x 67,000 uint16 = 1.3 GB).
+    return np.uint16 if n <= 1 << 16 else np.uint32 if n <= 1 << 32 else np.int64
+
+
+def draw_indices(n_by_uid: Mapping[str, int], resamples: int, seed: int) -> dict[str, np.ndarray]:
+    """Bootstrap index sets ``{uid: (resamples, n_uid)}`` of item indices drawn with replacement.
+
+    Reading rows and perplexity blocks are one "UID" each. A UID's draw depends only on
+    ``(seed, uid, n_uid, resamples)`` and the numpy version; save the arrays to reuse them.
+    """
+    if not isinstance(resamples, (int, np.integer)) or resamples < 1:
+        raise ValueError(f"resamples must be a positive integer, got {resamples!r}")
+    out = {}
+    for uid, n in n_by_uid.items():
+        if not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"UID {uid!r}: item count must be a positive integer, got {n!r}")
+        rng = np.random.Generator(np.random.PCG64DXSM(uid_seed_sequence(seed, uid)))
+        out[uid] = rng.integers(0, n, size=(resamples, n), dtype=_index_dtype(n))
+    return out
+
+
+def point_indices(n_by_uid: Mapping[str, int]) -> dict[str, np.ndarray]:
+    """Identity "index sets" ``{uid: (1, n_uid)}``: the bootstrap functions then return the
+    point estimate (no resampling) as a vector of length 1."""
+    return {uid: np.arange(n)[None, :] for uid, n in n_by_uid.items()}
+
+
+def _check_indices(name: str, idx: np.ndarray, n: int) -> np.ndarray:
+    idx = np.asarray(idx)
+    if idx.ndim != 2 or idx.shape[1] != n:
+        raise ValueError(f"{name}: index set has shape {idx.shape}, expected (resamples, {n}) for {n} items")
+    return idx
+
+
+def _row_chunks(resamples: int, n: int) -> list[slice]:
+    step = max(1, _CHUNK_ELEMENTS // max(n, 1))
+    return [slice(i, min(i + step, resamples)) for i in range(0, resamples, step)]
+
+
+# ----------------------------------------------------------------------------- per-task vectors
+def accuracy_bootstrap(correct_by_uid: Mapping[str, np.ndarray], idx: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Bootstrap vector (B,) of the task accuracy in percent: per resample, the unweighted mean
+    over UIDs of each UID's accuracy on its resampled items (BabyLM's macro mean)."""
+    missing, extra = set(correct_by_uid) - set(idx), set(idx) - set(correct_by_uid)
+    if missing or extra:
+        raise ValueError(f"UIDs without index sets: {sorted(missing)}; index sets without scores: {sorted(extra)}")
+    if not correct_by_uid:
+        raise ValueError("accuracy_bootstrap needs at least one UID")
+    resamples = {np.shape(i)[0] for i in idx.values()}
+    if len(resamples) != 1:
+        raise ValueError(f"index sets disagree on the number of resamples: {sorted(resamples)}")
+    total = np.zeros(resamples.pop())
+    for uid in sorted(correct_by_uid):
+        correct = np.asarray(correct_by_uid[uid], dtype=bool).view(np.uint8)
+        rows = _check_indices(f"UID {uid!r}", idx[uid], correct.size)
+        # uint32 sums of 0/1 bytes: half the memory traffic of int64, cannot overflow (n < 2**32)
+        total += np.take(correct, rows).sum(axis=1, dtype=np.uint32) / correct.size
+    return 100.0 * total / len(correct_by_uid)
+
+
+def perplexity_bootstrap(
+    block_losses: np.ndarray, idx: np.ndarray, block_tokens: np.ndarray | None = None
+) -> np.ndarray:
+    """Bootstrap vector (B,) of perplexity: exp(mean resampled per-block loss in nats/token).
+
+    ``block_tokens`` (optional) weights each block by its token count (a short last block);
+    without it every block counts equally, as the authors do.
+    """
+    losses = np.asarray(block_losses, dtype=np.float64)
+    idx = _check_indices("perplexity blocks", idx, losses.size)
+    weights = np.ones_like(losses) if block_tokens is None else np.asarray(block_tokens, dtype=np.float64)
+    out = np.empty(idx.shape[0])
+    for rows in _row_chunks(idx.shape[0], losses.size):
+        w = np.take(weights, idx[rows])
+        out[rows] = (np.take(losses, idx[rows]) * w).sum(axis=1) / w.sum(axis=1)
+    return np.exp(out)
+
+
+def interaction_design(columns: Mapping[str, np.ndarray], predictors: Sequence[str]) -> np.ndarray:
+    """Design (n, 1 + k + k(k-1)/2): intercept, main effects and all pairwise interactions.
+
+    Main effects are standardised first; with an intercept and all main effects in the model the
+    interactions of standardised columns span the same space as the raw ones, so R^2 is
+    unchanged while the normal equations stay well conditioned.
+    """
+    z = []
+    for name in predictors:
+        col = np.asarray(columns[name], dtype=np.float64)
+        finite = np.isfinite(col)
+        mu, sd = col[finite].mean(), col[finite].std()
+        z.append((col - mu) / (sd if sd > 0 else 1.0))
+    inter = [a * b for a, b in combinations(z, 2)]
+    return np.column_stack([np.ones(len(z[0]))] + z + inter)
+
+
+def _counts(idx: np.ndarray, n: int) -> np.ndarray:
+    offsets = (np.arange(idx.shape[0], dtype=np.int64) * n)[:, None]
+    flat = np.bincount((idx.astype(np.int64) + offsets).ravel(), minlength=idx.shape[0] * n)
+    return flat.reshape(idx.shape[0], n).astype(np.float64)
+
+
+def _weighted_r2(gram: np.ndarray, xy: np.ndarray, yy: np.ndarray, sy: np.ndarray, w: np.ndarray) -> np.ndarray:
+    try:
+        beta = np.linalg.solve(gram, xy[..., None])[..., 0]
+    except np.linalg.LinAlgError:  # a degenerate resample: minimum-norm solution instead
+        beta = (np.linalg.pinv(gram) @ xy[..., None])[..., 0]
+    ssr = yy - np.einsum("bp,bp->b", beta, xy)
+    sst = yy - sy**2 / w
+    return 1.0 - ssr / sst
+
+
+def _fit_terms(x: np.ndarray, y: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per-row terms of the normal equations; rows outside ``keep`` are zeroed (weight 0)."""
+    x, y = np.where(keep[:, None], x, 0.0), np.where(keep, y, 0.0)
+    outer = (x[:, :, None] * x[:, None, :]).reshape(len(y), -1)
+    return keep.astype(np.float64), outer, x * y[:, None], y * y, y
+
+
+def _r2_batch(counts: np.ndarray, terms: tuple[np.ndarray, ...]) -> np.ndarray:
+    """R^2 of the OLS fit per row of ``counts`` (B, n), each row a weighting by multiplicity."""
+    keep, outer, xy_rows, yy_rows, y = terms
+    c = counts * keep
+    p = xy_rows.shape[1]
+    return _weighted_r2((c @ outer).reshape(-1, p, p), c @ xy_rows, c @ yy_rows, c @ y, c.sum(axis=1))
+
+
+def delta_r2_bootstrap(
+    columns: Mapping[str, np.ndarray], idx: np.ndarray, measure: str, predictors: Sequence[str]
+) -> np.ndarray:
+    """Bootstrap vector (B,) of 100*(R2_model - R2_base)/(1 - R2_base) for one reading measure.
+
+    Base: OLS ``measure ~ predictors + their pairwise interactions``; model: base + surprisal.
+    Each resample is the OLS on the resampled rows, computed exactly as least squares weighted
+    by each row's multiplicity. Rows with a missing value are dropped per fit, as the BabyLM
+    pipeline's ``dropna`` does (a row lacking only its surprisal stays in the base fit).
+    """
+    needed = (measure, "surprisal", *predictors)
+    missing = [c for c in needed if c not in columns]
+    if missing:
+        raise KeyError(f"reading data lacks columns {missing}; has {sorted(columns)}")
+    y = np.asarray(columns[measure], dtype=np.float64)
+    n = len(y)
+    idx = _check_indices(f"reading rows ({measure})", idx, n)
+    surprisal = np.asarray(columns["surprisal"], dtype=np.float64)
+    base_x = interaction_design(columns, predictors)
+    keep_base = np.isfinite(y) & np.isfinite(base_x).all(axis=1)
+    y = y - y[keep_base].mean()  # centring keeps the normal equations well conditioned
+    base = _fit_terms(base_x, y, keep_base)
+    model = _fit_terms(np.column_stack([base_x, surprisal]), y, keep_base & np.isfinite(surprisal))
+    out = np.empty(idx.shape[0])
+    for rows in _row_chunks(idx.shape[0], n):
+        counts = _counts(idx[rows], n)
+        r2_base, r2_model = _r2_batch(counts, base), _r2_batch(counts, model)
+        out[rows] = 100.0 * (r2_model - r2_base) / (1.0 - r2_base)
+    return out
+
+
+def regression_bootstrap(
+    columns: Mapping[str, np.ndarray], idx: np.ndarray, task: Literal["reading", "eye_tracking"]
+) -> np.ndarray:
+    """Bootstrap vector (B,) of the reading or eye-tracking score (PAPER.md section 3).
+
+    ``columns``: the rows of ``reading_data.csv`` by column name plus ``surprisal`` and
+    ``prev_surprisal`` (nats or bits: R^2 does not care). Eye tracking is the mean over the four
+    RT measures; self-paced reading adds prev_length and prev_surprisal to the base model.
+    """
+    if task == "eye_tracking":
+        scores = [delta_r2_bootstrap(columns, idx, m, EYE_TRACKING_PREDICTORS) for m in EYE_TRACKING_MEASURES]
+        return np.mean(scores, axis=0)
+    if task == "reading":
+        return delta_r2_bootstrap(columns, idx, READING_MEASURE, READING_PREDICTORS)
+    raise ValueError(f"regression task must be 'reading' or 'eye_tracking', got {task!r}")
+
+
+# ----------------------------------------------------------------------------- aggregation
+@dataclass(frozen=True)
+class MeanMaxResult:
+    """One table cell before significance: mean over seeds of each seed's best checkpoint."""
+
+    value: float  # mean over seeds of the best checkpoints' point values (task units)
+    pm: float  # std over all seeds x resamples / sqrt(n_seeds) (task units)
+    best_steps: dict[Hashable, int]  # seed -> chosen checkpoint step
+    per_seed_vectors: np.ndarray  # (S, B) bootstrap vectors of the chosen checkpoints, seeds sorted
+
+
+def mean_max(
+    vectors: Mapping[tuple[str, Hashable, int], np.ndarray],
+    point: Mapping[tuple[str, Hashable, int], float],
+    higher_is_better: bool,
+) -> dict[str, MeanMaxResult]:
+    """Mean-max per method (PAPER.md section 4) for one task.
+
+    For each (method, seed) the checkpoint with the best point value (highest, or lowest when
+    ``higher_is_better`` is False, e.g. perplexity) is chosen; ties go to the earliest step.
+    ``value`` is the mean over seeds of the chosen point values, as the authors report; ``pm`` is
+    the population std (ddof=0) over the (seeds x resamples) array divided by sqrt(n_seeds).
+    """
+    if set(vectors) != set(point):
+        diff = sorted(map(str, set(vectors) ^ set(point)))[:5]
+        raise ValueError(f"bootstrap vectors and point values must have the same keys; differ at {diff}")
+    best: dict[str, dict[Hashable, int]] = {}
+    for method, seed, step in sorted(point, key=lambda k: (k[0], str(k[1]), k[2])):
+        chosen = best.setdefault(method, {}).get(seed)
+        value, current = point[(method, seed, step)], None if chosen is None else point[(method, seed, chosen)]
+        if current is None or (value > current if higher_is_better else value < current):
+            best[method][seed] = step
+    out = {}
+    for method, steps in best.items():
+        seeds = sorted(steps, key=str)
+        per_seed = np.stack([np.asarray(vectors[(method, s, steps[s])], dtype=np.float64) for s in seeds])
+        out[method] = MeanMaxResult(
+            value=float(np.mean([point[(method, s, steps[s])] for s in seeds])),
+            pm=float(per_seed.std() / np.sqrt(len(seeds))),
+            best_steps={s: steps[s] for s in seeds},
+            per_seed_vectors=per_seed,
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    """Paired bootstrap comparison of a method with the baseline on one task."""
+
+    diff_mean: float  # mean over resamples of baseline - method (task units)
+    ci_low: float  # percentile CI of baseline - method
+    ci_high: float
+    p: float  # one-sided: (#resamples where the baseline is at least as good + 1) / (B + 1)
+    better: bool  # the CI excludes 0 in the method's favour
+
+
+def _seed_mean(per_seed: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+    per_seed = np.atleast_2d(np.asarray(per_seed, dtype=np.float64))
+    if rng is None:
+        return per_seed.mean(axis=0)
+    seeds, resamples = per_seed.shape
+    pick = rng.integers(0, seeds, size=(resamples, seeds))  # one seed resample per item resample
+    return per_seed[pick, np.arange(resamples)[:, None]].mean(axis=1)
+
+
+def compare(
+    baseline: np.ndarray,
+    method: np.ndarray,
+    higher_is_better: bool,
+    ties: Ties = "against",
+    ci: float = 0.95,
+    rng: np.random.Generator | None = None,
+) -> CompareResult:
+    """Paired bootstrap test of ``method`` against ``baseline``, arrays (S, B) on shared indices.
+
+    Each is averaged over seeds, diff = baseline - method per resample. ``ties="against"``
+    counts a tie as the baseline winning (identical systems: p = 1, CI [0, 0]);
+    ``ties="strict"`` is the authors' count (ties give p = 1/(B+1)). With ``rng`` the seeds are
+    resampled too (two-level bootstrap), independently for the two arrays.
+    """
+    if ties not in ("against", "strict"):
+        raise ValueError(f"ties must be 'against' or 'strict', got {ties!r}")
+    if not 0 < ci < 1:
+        raise ValueError(f"ci must be in (0, 1), got {ci!r}")
+    base, meth = _seed_mean(baseline, rng), _seed_mean(method, rng)
+    if base.shape != meth.shape:
+        raise ValueError(f"baseline and method disagree on resamples: {base.shape} vs {meth.shape}")
+    diff = base - meth
+    signed = diff if higher_is_better else -diff  # > 0: the baseline is better
+    wins = np.count_nonzero(signed >= 0 if ties == "against" else signed > 0)
+    low, high = np.percentile(diff, [50 * (1 - ci), 50 * (1 + ci)])
+    return CompareResult(
+        diff_mean=float(diff.mean()),
+        ci_low=float(low),
+        ci_high=float(high),
+        p=float((wins + 1) / (diff.size + 1)),
+        better=bool(high < 0 if higher_is_better else low > 0),
+    )
+
+
+def relative_change(method: float, baseline: float, lower_is_better: bool = False) -> float:
+    """Relative improvement in percent: (method - baseline)/baseline, sign flipped when lower is better."""
+    if baseline == 0:
+        raise ZeroDivisionError("relative change against a baseline score of 0 is undefined")
+    sign = -1.0 if lower_is_better else 1.0
+    return 100.0 * sign * (method - baseline) / baseline
+
+
+def mu_delta_rel(
+    values: Mapping[str, Mapping[str, float]],
+    baseline: str = "baseline",
+    tasks: Sequence[str] = PAPER_TASKS,
+    lower_is_better: Sequence[str] = ("perplexity",),
+) -> dict[str, float]:
+    """muDeltaREL in percent per non-baseline method: the mean over ``tasks`` of the relative
+    improvement over the baseline (PAPER.md section 4; perplexity is excluded by default)."""
+    if baseline not in values:
+        raise KeyError(f"baseline method {baseline!r} not among {sorted(values)}")
+    out = {}
+    for method, scores in values.items():
+        if method == baseline:
+            continue
+        missing = [t for t in tasks if t not in scores or t not in values[baseline]]
+        if missing:
+            raise KeyError(f"method {method!r} or baseline lacks tasks {missing} needed for muDeltaREL")
+        rel = [relative_change(scores[t], values[baseline][t], t in lower_is_better) for t in tasks]
+        out[method] = float(np.mean(rel))
+    return out
+
+
+# ----------------------------------------------------------------------------- corrections
+def _check_pvalues(pvalues: np.ndarray) -> np.ndarray:
+    p = np.asarray(pvalues, dtype=np.float64)
+    if not np.all((p >= 0) & (p <= 1)):
+        raise ValueError(f"p-values must lie in [0, 1] (no NaN); got min {np.nanmin(p)}, max {np.nanmax(p)}")
+    return p
+
+
+def holm(pvalues: np.ndarray) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (family-wise error), same shape as the input."""
+    p = _check_pvalues(pvalues)
+    flat = p.ravel()
+    order = np.argsort(flat, kind="stable")
+    scaled = (flat.size - np.arange(flat.size)) * flat[order]
+    adjusted = np.empty_like(flat)
+    adjusted[order] = np.minimum(1.0, np.maximum.accumulate(scaled))
+    return adjusted.reshape(p.shape)
+
+
+def benjamini_hochberg(pvalues: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (false discovery rate), same shape as the input."""
+    p = _check_pvalues(pvalues)
+    flat = p.ravel()
+    order = np.argsort(flat, kind="stable")
+    scaled = flat[order] * flat.size / np.arange(1, flat.size + 1)
+    adjusted = np.empty_like(flat)
+    adjusted[order] = np.minimum(1.0, np.minimum.accumulate(scaled[::-1])[::-1])
+    return adjusted.reshape(p.shape)
