@@ -1,0 +1,285 @@
+"""cdhpc.toydata: determinism, layout, real BabyLM 2025 schemas, intended (un)grammaticality,
+entity-tracking answers re-derived by an independent simulator, and a reading signal."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import re
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cdhpc import toydata
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = {"train_docs": 60, "seed_docs": 20, "test_docs": 20}
+SOURCES = ("stories", "wiki", "puzzles")
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> tuple[Path, dict]:
+    """One write with the default sizes (timed, not asserted)."""
+    out = tmp_path_factory.mktemp("toy") / "out"
+    t0 = time.perf_counter()
+    counts = toydata.write_toy(out, seed=0)
+    print(f"\nwrite_toy(defaults) took {time.perf_counter() - t0:.2f} s")
+    return out, counts
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def _full(root: Path, folder: str) -> list[Path]:
+    return sorted((root / "evaluation_data/full_eval" / folder).glob("*.jsonl"))
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path):
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        toydata.write_toy(tmp_path / name, seed, **SMALL)
+    a, b, c = (_hashes(tmp_path / name) for name in "abc")
+    assert a == b and len(a) == 9 + 34
+    assert a.keys() == c.keys()
+    differ = [k for k in a if a[k] != c[k]]
+    assert len(differ) >= len(a) - 2, f"seed change left files identical: {set(a) - set(differ)}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c"], "temp dir left behind"
+
+
+def test_layout_matches_babylm_2025(toy):
+    root, counts = toy
+    for split in ("train", "seed", "test"):
+        assert sorted(p.name for p in (root / "corpus" / split).iterdir()) == sorted(f"{s}.txt" for s in SOURCES)
+    ev = root / "evaluation_data"
+    assert len(_full(root, "blimp_filtered")) >= 4
+    assert len(_full(root, "supplement_filtered")) >= 2
+    assert len(_full(root, "ewok_filtered")) >= 2
+    assert {p.stem for p in _full(root, "entity_tracking")} == {"regular", "ambiref", "move_contents"}
+    for kind in ("full_eval", "fast_eval"):
+        assert (ev / kind / "wug_adj_nominalization/wug_adj_nominalization.jsonl").is_file()
+        assert (ev / kind / "reading/reading_data.csv").is_file()
+    pairs = [("blimp_filtered", "blimp_fast"), ("supplement_filtered", "supplement_fast"),
+             ("ewok_filtered", "ewok_fast"), ("entity_tracking", "entity_tracking_fast"),
+             ("wug_adj_nominalization", "wug_adj_nominalization")]
+    for full, fast in pairs:  # fast sets are non-empty subsets of the full sets
+        for path in _full(root, full):
+            fast_lines = (ev / "fast_eval" / fast / path.name).read_text().splitlines()
+            assert fast_lines and set(fast_lines) < set(path.read_text().splitlines()), path
+    assert counts["eval"]["evaluation_data/full_eval/blimp_filtered/anaphor_gender_agreement.jsonl"] == 100
+
+
+def test_corpus_documents_are_well_formed(toy):
+    root, counts = toy
+    for split in ("train", "seed", "test"):
+        for src in SOURCES:
+            text = (root / "corpus" / split / f"{src}.txt").read_bytes().decode("utf-8")
+            assert text.endswith("\n") and not text.endswith("\n\n") and "\n\n\n" not in text
+            docs = text[:-1].split("\n\n")
+            lines = [doc.split("\n") for doc in docs]
+            assert all(line.strip() == line and line for doc in lines for line in doc), (split, src)
+            words = [sum(len(line.split()) for line in doc) for doc in lines]
+            assert counts["corpus"][split][src] == {"docs": len(docs), "words": sum(words)}
+            if split == "seed":
+                assert 20 <= min(words) and max(words) <= 200, (src, min(words), max(words))
+    train_words = sum(c["words"] for c in counts["corpus"]["train"].values())
+    assert 500_000 <= train_words <= 1_000_000
+
+
+def test_checker_known_answers():
+    v = toydata.agreement_violations
+    assert v("The dogs near the cat run.") == []
+    assert v("The dog that the cats see runs.") == []
+    assert len(v("The dogs near the cat runs.")) == 1
+    assert len(v("The dog that the cats sees run.")) == 2
+    assert "determiner" in v("These dog runs.")[0]
+    assert v("Anna saw herself.") == [] and len(v("Anna saw himself.")) == 1
+    assert len(v("The boys like himself.")) == 1 and v("The teacher washed herself.") == []
+    assert len(v("The teacher washed itself.")) == 1
+    assert v("The dog hurt the cat.") == [] and v("The dogs hurt the cat.") == []  # past = bare form
+    assert v("Hello world.") is None and v("The dogs near.") is None and v("Is the dog big?") is None
+
+
+def test_nominalize_rule_and_exceptions():
+    cases = {"kind": "kindness", "happy": "happiness", "stable": "stability", "visible": "visibility",
+             "formal": "formality", "active": "activity", "brave": "bravery", "warm": "warmth",
+             "zorpable": "zorpability", "glimish": "glimishness"}
+    assert {a: toydata.nominalize(a) for a in cases} == cases
+
+
+def test_blimp_pairs_are_good_and_bad_as_intended(toy):
+    root, _ = toy
+    required = {"sentence_good", "sentence_bad", "field", "linguistics_term", "UID", "pairID"}
+    for path in _full(root, "blimp_filtered"):
+        recs = _jsonl(path)
+        assert 50 <= len(recs) <= 200
+        for r in recs:
+            assert required <= r.keys() and r["UID"] == path.stem and isinstance(r["pairID"], str)
+            assert r["sentence_good"] != r["sentence_bad"]
+            assert toydata.agreement_violations(r["sentence_good"]) == [], r
+            bad = toydata.agreement_violations(r["sentence_bad"])
+            assert bad is not None and len(bad) >= 1, r
+
+
+def test_corpus_sentences_obey_the_checker(toy):
+    root, _ = toy
+    checked = 0
+    for src in ("stories", "wiki"):
+        text = (root / "corpus/train" / f"{src}.txt").read_text(encoding="utf-8")
+        for sent in re.split(r"(?<=[.?])\s+", text[:200_000]):
+            errs = toydata.agreement_violations(sent.strip())
+            if errs is not None:
+                assert errs == [], (sent, errs)
+                checked += 1
+    assert checked > 1000
+
+
+def test_supplement_and_ewok_schemas(toy):
+    root, _ = toy
+    for path in _full(root, "supplement_filtered"):
+        for r in _jsonl(path):
+            assert {"sentence_good", "sentence_bad", "pair_ID"} <= r.keys() and "field" not in r
+            assert r["sentence_good"] != r["sentence_bad"]
+    size = {a: i for i, a in enumerate(toydata.ANIMALS)}
+    fields = {"Domain", "ConceptA", "ConceptB", "ContextType", "ContextDiff", "TargetDiff",
+              "Context1", "Context2", "Target1", "Target2"}
+    for path in _full(root, "ewok_filtered"):
+        for r in _jsonl(path):
+            assert set(r) == fields and r["Domain"] == path.stem
+            assert r["Context1"] != r["Context2"] and r["Target1"] != r["Target2"]
+            if r["Domain"] == "physical-relations":  # Target1 agrees with the hidden world
+                for target, truth in ((r["Target1"], True), (r["Target2"], False)):
+                    x, rel, y = re.fullmatch(r"The (\w+) is (bigger|smaller) than the (\w+)\.", target).groups()
+                    assert ((size[x] > size[y]) == (rel == "bigger")) == truth, r
+
+
+def _simulate(prefix: str) -> tuple[list[str], int, int]:
+    """Independent reading of an entity-tracking prefix: (true contents of the queried box,
+    its index, number of operations that touched it)."""
+    body, q = re.fullmatch(r"(.*) Box (\d) contains ", prefix).groups()
+    sents = body[:-1].split(". ")
+    items = lambda d: [] if d == "nothing" else [x.removeprefix("the ") for x in d.split(" and ")]
+    boxes = {int(i): items(d) for i, d in re.findall(r"Box (\d) contains ([^,]+)", sents[0])}
+    touched = Counter()
+    for op in sents[1:]:
+        if m := re.fullmatch(r"Put (.+) into Box (\d)", op):
+            boxes[int(m[2])] += items(m[1]); touched[int(m[2])] += 1
+        elif m := re.fullmatch(r"Remove (.+) from Box (\d)", op):
+            boxes[int(m[2])] = [o for o in boxes[int(m[2])] if o not in items(m[1])]; touched[int(m[2])] += 1
+        elif m := re.fullmatch(r"Move the contents of Box (\d) to Box (\d)", op):
+            a, b = int(m[1]), int(m[2])
+            boxes[b], boxes[a] = boxes[b] + boxes[a], []; touched.update([a, b])
+        else:
+            m = re.fullmatch(r"Move (.+) from Box (\d) to Box (\d)", op)
+            a, b = int(m[2]), int(m[3])
+            boxes[a] = [o for o in boxes[a] if o not in items(m[1])]
+            boxes[b] += items(m[1])
+            touched.update([a, b])
+    return sorted(boxes[int(q)]), int(q), touched[int(q)]
+
+
+def _said(option: str) -> list[str]:
+    return [] if option == "nothing." else sorted(x.removeprefix("the ") for x in option[:-1].split(" and "))
+
+
+def test_entity_tracking_answers_are_right(toy):
+    root, _ = toy
+    for path in _full(root, "entity_tracking"):
+        recs = _jsonl(path)
+        assert {r["numops"] for r in recs} >= {0, 1, 2, 3}
+        for r in recs:
+            assert {"sample_id", "numops", "input_prefix", "options", "example_id"} <= r.keys()
+            assert len(r["options"]) == 5 == len(set(r["options"]))
+            truth, _, touched = _simulate(r["input_prefix"])
+            assert _said(r["options"][0]) == truth, r
+            assert all(_said(o) != truth for o in r["options"][1:]), r
+            assert touched == r["numops"], r
+
+
+def test_wug_records(toy):
+    root, _ = toy
+    recs = _jsonl(root / "evaluation_data/full_eval/wug_adj_nominalization/wug_adj_nominalization.jsonl")
+    assert len(recs) == 100
+    for r in recs:
+        first, second = r["sentences"].split("\t")
+        adj = re.fullmatch(r"Create a noun out of the following adjective: (\w+)\. \w+", first)[1]
+        assert second.startswith(f"Create a noun out of the following adjective: {adj}. ")
+        assert first.endswith(" " + toydata.nominalize(adj)) and first != second
+        assert isinstance(r["ratio"], float) and 0.0 <= r["ratio"] <= 1.0
+        assert adj[:-4 if adj.endswith("able") else -3] in toydata.WUG_EVAL_STEMS  # novel stems
+
+
+def _r2(cols: list[np.ndarray], y: np.ndarray) -> float:
+    x = np.column_stack([np.ones(len(y))] + cols)
+    resid = y - x @ np.linalg.lstsq(x, y, rcond=None)[0]
+    return 1 - resid.var() / y.var()
+
+
+def test_reading_csv_schema_and_surprisal_signal(toy):
+    root, _ = toy
+    path = root / "evaluation_data/full_eval/reading/reading_data.csv"
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == toydata.READING_COLUMNS and len(rows) >= 100
+    for r in rows:
+        assert r["sentence"].startswith(r["item"] + " " + r["word"])
+        assert int(r["context_length"]) == len(r["item"].split()) and int(r["length"]) == len(r["word"])
+        assert (r["prev_word"] == "") == (int(r["prev_length"]) == -1) == (int(r["context_length"]) == 1)
+        assert all(float(r[k]) > 0 for k in ("RTfirstfix", "RTfirstpass", "RTgopast", "RTrightbound"))
+    # Surprisal from an independent bigram count over the train files explains RT variance that
+    # frequency, length and context length (with interactions, as in the pipeline) do not.
+    text = " ".join((root / "corpus/train" / f"{s}.txt").read_text() for s in SOURCES)
+    words = [w.lower().strip(".,?!:") for w in text.split()]
+    uni, bi = Counter(words), Counter(zip(words, words[1:]))
+    norm = lambda w: w.lower().strip(".,?!:")
+    pred = np.array([-math.log((bi[norm(r["item"].split()[-1]), norm(r["word"])] + 0.1) /
+                               (uni[norm(r["item"].split()[-1])] + 0.1 * len(uni))) for r in rows])
+    f, l, c = (np.array([float(r[k]) for r in rows]) for k in ("Subtlex_log10", "length", "context_length"))
+    base = [f, l, c, f * l, f * c, l * c]
+    for dv in ("RTfirstpass", "self_paced_reading_time"):
+        y = np.array([float(r[dv]) for r in rows])
+        r2_base, r2_model = _r2(base, y), _r2(base + [pred], y)
+        assert 100 * (r2_model - r2_base) / (1 - r2_base) > 3.0, dv
+
+
+def test_cli_refuses_non_empty_out_and_writes_fresh(tmp_path, capsys):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    proc = subprocess.run([sys.executable, "-m", "cdhpc.toydata", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and str(out) in proc.stderr and "not an empty directory" in proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    with pytest.raises(FileExistsError):
+        toydata.write_toy(out, **SMALL)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    argv = [str(empty), "--seed", "1", "--train-docs", "30", "--seed-docs", "10", "--test-docs", "10"]
+    assert toydata.main(argv) == 0
+    assert "corpus/train: 30 docs" in capsys.readouterr().out
+    assert (empty / "corpus/train/stories.txt").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "taken"]
+
+
+def test_bad_sizes_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="train_docs=0"):
+        toydata.write_toy(tmp_path / "x", train_docs=0)
+    assert not (tmp_path / "x").exists()
+
+
+def test_import_does_not_pull_torch():
+    code = ("import sys, cdhpc.toydata; "
+            "print(sorted(m for m in ('torch', 'transformers', 'deepspeed') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "[]", proc.stderr
