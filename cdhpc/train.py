@@ -1,0 +1,363 @@
+"""The DeepSpeed pretraining loop: one code path for CPU (gloo) and GPU (nccl), one or many ranks.
+
+Pure helpers (``lr_at``, ``deepspeed_config``, ``distributed_env``) render what the shell hands to
+DeepSpeed; ``train`` is the shell. Checkpoints: HF directories ``out_dir/checkpoints/step_<N>``
+(safetensors + config + tokenizer + ``val.json``, written in a temp dir and renamed) and the latest
+DeepSpeed checkpoint in ``out_dir/ds/`` for bit-exact resumption.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+from cdhpc.data import MixedBatches, TokenArray
+from cdhpc.model import ModelPreset, build_model, flops_per_token, get_preset, peak_flops
+
+PRECISIONS = ("bf16", "fp32")
+_CLIENT_OWNED_KEYS = ("optimizer", "scheduler")
+
+
+@dataclass
+class TrainSpec:
+    """Everything a pretrain step needs, plain data (PAPER.md section 1.3 defaults)."""
+
+    preset: ModelPreset | str  # a preset or its name in cdhpc.model.PRESETS
+    vocab_size: int
+    seed: int
+    steps: int  # optimizer steps
+    checkpoint_every: int  # optimizer steps between checkpoints (+ one at the end)
+    lr: float = 1e-3
+    min_lr: float = 0.0
+    weight_decay: float = 0.1  # applied to every parameter, as the authors do
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 150
+    global_batch: int = 256  # sequences per optimizer step, over all ranks
+    micro_batch: int = 16  # sequences per forward pass per rank
+    seq_len: int = 1024  # tokens per sequence
+    precision: str = "bf16"  # bf16 | fp32
+    deepspeed: dict = field(default_factory=dict)  # the sweep's DeepSpeed block, merged last
+    synthetic_share: float = 0.0  # fraction of synthetic sequences per global batch
+    mix_rounding: str = "exact"  # exact | per_device (the authors' quirk)
+    log_every: int = 10  # optimizer steps
+    val_batches: int = 8  # validation micro-batches at each checkpoint
+    compile: bool = False  # torch.compile the model (GPU only)
+
+
+def lr_at(step: int, spec: TrainSpec) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): linear warm-up ``lr * step / warmup``
+    (as HF's cosine schedule, which the authors' Trainer used), then cosine to ``min_lr`` at
+    ``spec.steps``."""
+    if step < spec.warmup_steps:
+        return spec.lr * step / spec.warmup_steps
+    progress = min(1.0, (step - spec.warmup_steps) / max(1, spec.steps - spec.warmup_steps))
+    return spec.min_lr + 0.5 * (spec.lr - spec.min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def grad_accumulation(spec: TrainSpec, world_size: int) -> int:
+    """Micro-batches per rank per optimizer step: ``global_batch / (micro_batch * world_size)``."""
+    per_round = spec.micro_batch * world_size
+    if spec.global_batch % per_round:
+        raise ValueError(f"global_batch={spec.global_batch} is not a multiple of micro_batch x "
+                         f"world_size = {spec.micro_batch} x {world_size}; change global_batch or "
+                         f"micro_batch")
+    return spec.global_batch // per_round
+
+
+def _merge(base: dict, override: Mapping) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(out[key], value) if isinstance(value, Mapping) and isinstance(
+            out.get(key), dict) else value
+    return out
+
+
+def deepspeed_config(spec: TrainSpec, world_size: int) -> dict:
+    """The DeepSpeed config: batch sizes, clipping 1.0, precision, ZeRO stage 0, then the sweep's
+    ``deepspeed`` block merged over it (its keys win). Optimizer and scheduler come from the spec."""
+    if spec.precision not in PRECISIONS:
+        raise ValueError(f"precision={spec.precision!r}: allowed values are {', '.join(PRECISIONS)} "
+                         f"(fp16 is unsupported on CPU and not used by the paper)")
+    owned = [k for k in _CLIENT_OWNED_KEYS if k in spec.deepspeed]
+    if owned:
+        raise ValueError(f"deepspeed.{owned[0]}: not allowed; the optimizer (AdamW) and the cosine "
+                         f"schedule are set by lr, min_lr, betas, weight_decay and warmup_steps")
+    base = {
+        "train_batch_size": spec.global_batch,
+        "train_micro_batch_size_per_gpu": spec.micro_batch,
+        "gradient_accumulation_steps": grad_accumulation(spec, world_size),
+        "gradient_clipping": 1.0,
+        "bf16": {"enabled": spec.precision == "bf16"},
+        "zero_optimization": {"stage": 0},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    config = _merge(base, spec.deepspeed)
+    if config["zero_optimization"].get("stage") == 3:
+        config["zero_optimization"].setdefault("stage3_gather_16bit_weights_on_model_save", True)
+    return config
+
+
+def distributed_env(environ: Mapping[str, str], free_port: int) -> dict[str, str]:
+    """Launcher variables missing from ``environ`` for a single-process run (rank 0 of 1 on
+    localhost at ``free_port``). A multi-process run (WORLD_SIZE > 1) must bring its own."""
+    world_size = int(environ.get("WORLD_SIZE", "1"))
+    missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in environ]
+    if world_size > 1 and missing:
+        raise RuntimeError(f"WORLD_SIZE={world_size} but {', '.join(missing)} unset: a multi-process "
+                           f"run must set RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT")
+    defaults = {"RANK": "0", "LOCAL_RANK": environ.get("RANK", "0"), "WORLD_SIZE": "1",
+                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port)}
+    return {k: v for k, v in defaults.items() if k not in environ}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _init_distributed() -> tuple[str, int, int]:
+    """Initialise torch.distributed through DeepSpeed; returns (device, rank, world_size)."""
+    import deepspeed
+    import torch
+
+    os.environ.update(distributed_env(os.environ, _free_port()))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        device, backend = f"cuda:{os.environ['LOCAL_RANK']}", "nccl"
+    else:
+        # Without this, DeepSpeed JIT-builds its shared-memory allreduce (~30 s) at every init.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        device, backend = "cpu", "gloo"
+    deepspeed.init_distributed(dist_backend=backend)
+    return device, int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+
+
+def build_engine(spec: TrainSpec, world_size: int, device: str):
+    """Model + AdamW + warm-up/cosine LambdaLR wrapped by ``deepspeed.initialize``."""
+    import deepspeed
+    import torch
+
+    model = build_model(spec.preset, spec.vocab_size, seed=spec.seed)
+    fused = {"fused": True} if device.startswith("cuda") else {}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=tuple(spec.betas),
+                                  weight_decay=spec.weight_decay, **fused)
+
+    def scheduler(opt):
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_at(step, spec) / spec.lr)
+
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                      config=deepspeed_config(spec, world_size))
+    if world_size == 1 and engine.zero_optimization_stage() == 0 and spec.precision == "fp32":
+        # One rank, plain fp32 gradients: the all-reduce is an identity copy (~2% of a CPU step).
+        engine.enable_backward_allreduce = False
+    if spec.compile and device.startswith("cuda"):
+        engine.compile()
+    return engine
+
+
+def _loss(engine, rows) -> "torch.Tensor":
+    """Mean next-token cross-entropy of int64 rows ``[B, T + 1]`` (fp32 logits)."""
+    import torch
+    import torch.nn.functional as F
+
+    batch = torch.from_numpy(rows).to(engine.device)
+    logits = engine(input_ids=batch[:, :-1], use_cache=False).logits
+    return F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
+
+
+def train_step(engine, micro_batches: list) -> float:
+    """One optimizer step over this rank's micro-batches; returns their mean loss (this rank)."""
+    total = 0.0
+    for rows in micro_batches:
+        loss = _loss(engine, rows)
+        engine.backward(loss)
+        engine.step()
+        total += loss.item()
+    return total / len(micro_batches)
+
+
+def _all_sum(values: list[float], device: str) -> list[float]:
+    import torch
+    import torch.distributed as dist
+
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def validate(engine, val: TokenArray, spec: TrainSpec, rank: int, world_size: int) -> dict:
+    """Loss/perplexity on ``val_batches`` fixed micro-batches of evenly spaced windows, split over
+    ranks. Every rank runs the same number of forwards (ZeRO-3 gathers need all of them)."""
+    import torch
+
+    m, length = spec.micro_batch, spec.seq_len + 1
+    starts = val.fixed_starts(spec.val_batches * m, length)
+    loss_sum = weight = 0.0
+    engine.eval()
+    with torch.no_grad():
+        for b in range(rank, -(-spec.val_batches // world_size) * world_size, world_size):
+            used = b < spec.val_batches
+            rows = val.windows(starts[(b if used else 0) * m:((b if used else 0) + 1) * m], length)
+            loss = _loss(engine, rows).item()
+            loss_sum, weight = loss_sum + used * loss, weight + used
+    engine.train()
+    loss_sum, weight = _all_sum([loss_sum, weight], str(engine.device))
+    val_loss = loss_sum / weight
+    return {"val_loss": val_loss, "val_ppl": math.exp(val_loss), "val_tokens": int(weight) * m * spec.seq_len}
+
+
+def _save_hf(engine, spec: TrainSpec, step: int, rank: int, tokenizer_dir: Path, out_dir: Path,
+             metrics: dict) -> dict:
+    """``out_dir/checkpoints/step_<step>``: written by rank 0 in a temp dir, then renamed."""
+    import torch.distributed as dist
+
+    stage3 = engine.zero_optimization_stage() == 3
+    state = engine._zero3_consolidated_16bit_state_dict() if stage3 else None
+    final = out_dir / "checkpoints" / f"step_{step}"
+    record = {"step": step, "path": str(final), **metrics}
+    if rank == 0:
+        tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        engine.module.save_pretrained(str(tmp), state_dict=state)
+        for item in Path(tokenizer_dir).iterdir():
+            if item.is_file():
+                shutil.copy2(item, tmp / item.name)
+        (tmp / "val.json").write_text(json.dumps(record | {"spec": asdict(spec)}, indent=2))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    dist.barrier()
+    return record
+
+
+def _save_ds(engine, ds_dir: Path, step: int, rank: int, world_size: int) -> None:
+    """DeepSpeed checkpoint tagged ``step_<step>``; older tags are removed once it is complete."""
+    import torch
+    import torch.distributed as dist
+
+    engine.save_checkpoint(str(ds_dir), tag=f"step_{step}",
+                           client_state={"cdhpc_step": step, "torch_rng": torch.get_rng_state()})
+    dist.barrier()
+    if rank == 0:
+        for old in ds_dir.glob("step_*"):
+            if old.is_dir() and old.name != f"step_{step}":
+                shutil.rmtree(old)
+        progress = {"step": step, "world_size": world_size,
+                    "zero_stage": engine.zero_optimization_stage()}
+        (ds_dir / "progress.json.tmp").write_text(json.dumps(progress))
+        os.replace(ds_dir / "progress.json.tmp", ds_dir / "progress.json")
+    dist.barrier()
+
+
+def _resume(engine, ds_dir: Path, world_size: int) -> int:
+    """Load the latest DeepSpeed checkpoint if any; returns the optimizer step to continue from."""
+    import torch
+
+    if not (ds_dir / "latest").is_file():
+        return 0
+    progress_file = ds_dir / "progress.json"
+    saved = json.loads(progress_file.read_text()) if progress_file.is_file() else {}
+    if saved.get("zero_stage", 0) > 0 and saved.get("world_size") != world_size:
+        raise RuntimeError(f"{progress_file}: ZeRO checkpoint written by {saved.get('world_size')} "
+                           f"ranks cannot resume on {world_size}; run with the same world size")
+    _, client = engine.load_checkpoint(str(ds_dir))
+    torch.set_rng_state(client["torch_rng"])
+    return int(client["cdhpc_step"])
+
+
+def _existing_checkpoints(out_dir: Path) -> list[dict]:
+    records = [json.loads(p.read_text()) for p in (out_dir / "checkpoints").glob("step_*/val.json")]
+    return sorted(({k: v for k, v in r.items() if k != "spec"} for r in records), key=lambda r: r["step"])
+
+
+def _open_batches(spec: TrainSpec, train_array: Path, synthetic_array: Path | None) -> MixedBatches:
+    return MixedBatches(TokenArray.open(train_array),
+                        TokenArray.open(synthetic_array) if synthetic_array else None,
+                        global_batch=spec.global_batch, seq_len=spec.seq_len, seed=spec.seed,
+                        share=spec.synthetic_share, micro_batch=spec.micro_batch,
+                        rounding=spec.mix_rounding)
+
+
+@dataclass
+class _Run:
+    """What the step loop needs besides the spec: the world and where to write."""
+
+    engine: object
+    batches: MixedBatches
+    val: TokenArray
+    rank: int
+    world_size: int
+    device: str
+    tokenizer_dir: Path
+    out_dir: Path
+    say: Callable[[str], None]
+
+
+def _run_steps(spec: TrainSpec, run: _Run, start: int, stop: int, peak: float) -> float:
+    """Optimizer steps ``start + 1 .. stop`` with logging and checkpoints; returns the seconds
+    spent in training steps (checkpoints and validation excluded)."""
+    flops = flops_per_token(spec.preset, spec.vocab_size, spec.seq_len)
+    tokens_per_step = spec.global_batch * spec.seq_len
+    step_s = window_s = window_loss = 0.0
+    window_steps = 0  # a resumed run's first window may be shorter than log_every
+    for step in range(start + 1, stop + 1):
+        begin = time.perf_counter()
+        batch = run.batches.micro_batches(step - 1, run.rank, run.world_size)
+        window_loss += train_step(run.engine, batch)
+        elapsed = time.perf_counter() - begin
+        step_s, window_s, window_steps = step_s + elapsed, window_s + elapsed, window_steps + 1
+        if step % spec.log_every == 0:
+            loss = _all_sum([window_loss / window_steps], run.device)[0] / run.world_size
+            rate = window_steps * tokens_per_step / window_s
+            run.say(f"step {step} loss {loss:.4f} lr {lr_at(step - 1, spec):.3e} "
+                    f"tokens/s {rate:,.0f} mfu {rate * flops / peak:.3f}")
+            window_s, window_loss, window_steps = 0.0, 0.0, 0
+        if step % spec.checkpoint_every == 0 or step == spec.steps:
+            metrics = validate(run.engine, run.val, spec, run.rank, run.world_size)
+            _save_hf(run.engine, spec, step, run.rank, run.tokenizer_dir, run.out_dir, metrics)
+            _save_ds(run.engine, run.out_dir / "ds", step, run.rank, run.world_size)
+            run.say(f"checkpoint step_{step} val_loss {metrics['val_loss']:.4f} "
+                    f"ppl {metrics['val_ppl']:.2f}")
+    return step_s
+
+
+def train(spec: TrainSpec, *, tokenizer_dir: Path, train_array: Path, val_array: Path,
+          synthetic_array: Path | None, out_dir: Path, log: Callable[[str], None] = print,
+          stop_after: int | None = None) -> dict:
+    """Pretrain (or resume, from ``out_dir/ds``) one run; see the module docstring for what is
+    written. ``stop_after`` ends this process's work after that optimizer step, as a preemption
+    would (tests, drills); the next call resumes from the last checkpoint."""
+    import deepspeed.utils
+    import transformers
+
+    get_preset(spec.preset)  # fail on an unknown preset before any process group exists
+    deepspeed.utils.logger.setLevel("WARNING")
+    transformers.utils.logging.disable_progress_bar()
+    device, rank, world_size = _init_distributed()
+    out_dir = Path(out_dir)
+    (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    engine = build_engine(spec, world_size, device)
+    run = _Run(engine, _open_batches(spec, train_array, synthetic_array), TokenArray.open(val_array),
+               rank, world_size, device, Path(tokenizer_dir), out_dir,
+               log if rank == 0 else (lambda _msg: None))
+    start = _resume(engine, out_dir / "ds", world_size)
+    params = sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters())  # ZeRO-3
+    run.say(f"train: device={device} world_size={world_size} grad_accumulation="
+            f"{grad_accumulation(spec, world_size)} params={params} start_step={start}")
+    peak = peak_flops(device, spec.precision) * world_size
+    stop = max(start, min(spec.steps, stop_after or spec.steps))
+    step_s = _run_steps(spec, run, start, stop, peak)
+    tokens_per_s = (stop - start) * spec.global_batch * spec.seq_len / step_s if step_s else 0.0
+    return {"checkpoints": _existing_checkpoints(out_dir), "steps": stop, "params": params,
+            "realised_synthetic_share": run.batches.realised_share(stop),
+            "tokens": stop * spec.global_batch * spec.seq_len, "tokens_per_s": tokens_per_s,
+            "world_size": world_size, "device": device,
+            "mfu": tokens_per_s * flops_per_token(spec.preset, spec.vocab_size, spec.seq_len) / peak}
