@@ -1,0 +1,161 @@
+"""`python -m cdhpc.bench eval [--device cpu|cuda] [--pairs N]`: BLiMP-style minimal pairs scored
+by our engine vs the official pipeline's way (fixed batches of 64 in file order, each candidate
+its own padded batch, full log-softmax over B x T x V), same model, same data, one run.
+Reports pairs/s of both, the ratio, and whether every decision is identical."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+PRESETS = {"cpu": dict(layers=4, hidden=256, heads=4, mlp=1024, vocab=8000),
+           "cuda": dict(layers=12, hidden=768, heads=12, mlp=3072, vocab=32000)}
+
+
+def make_words(rng: Any, vocab: int) -> list[str]:
+    """`vocab - 5` distinct pseudo-words (the specials and "." take ids 0-4)."""
+    consonants, vowels = "bcdfghjklmnprstvwz", "aeiou"
+    words: set[str] = set()
+    while len(words) < vocab - 5:
+        n = int(rng.integers(1, 4))
+        words.add("".join(rng.choice(list(consonants)) + rng.choice(list(vowels)) for _ in range(n)))
+    return sorted(words)
+
+
+def make_pairs(rng: Any, words: list[str], n: int) -> list[tuple[str, str]]:
+    """BLiMP-shaped pairs: a sentence of 3-20 words (log-normal, median 8, as BLiMP's short
+    template sentences) and a copy with two adjacent words swapped or one word replaced at a
+    uniformly drawn position (so good and bad share a prefix of varying length)."""
+    import numpy as np
+
+    zipf = 1.0 / (1 + rng.permutation(len(words)))
+    p = zipf / zipf.sum()
+    pairs = []
+    for _ in range(n):
+        length = int(np.clip(round(8 * np.exp(0.35 * rng.standard_normal())), 3, 20))
+        sent = list(rng.choice(words, size=length, p=p))
+        bad = list(sent)
+        k = int(rng.integers(0, len(sent) - 1))
+        if rng.random() < 0.5:
+            bad[k], bad[k + 1] = bad[k + 1], bad[k]
+        else:
+            bad[k] = str(rng.choice(words, p=p))
+        pairs.append((" ".join(sent) + ".", " ".join(bad) + "."))
+    return pairs
+
+
+def build(device: str, seed: int = 0) -> tuple[Any, Any, list[str]]:
+    """A random-init Llama of the device's preset and a word-level tokenizer over pseudo-words."""
+    import numpy as np
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    cfg = PRESETS[device]
+    words = make_words(np.random.default_rng(seed), cfg["vocab"])
+    vocab = {t: i for i, t in enumerate(["<unk>", "<s>", "</s>", "<pad>", "."] + words)}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>",
+                                  unk_token="<unk>", pad_token="<pad>")
+    torch.manual_seed(seed)
+    lcfg = LlamaConfig(vocab_size=len(vocab), hidden_size=cfg["hidden"], num_attention_heads=cfg["heads"],
+                       intermediate_size=cfg["mlp"], num_hidden_layers=cfg["layers"],
+                       max_position_embeddings=1024, bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    model = LlamaForCausalLM(lcfg).to(device=device, dtype=dtype).eval()
+    return model, tok, words
+
+
+def reference_scores(model: Any, tok: Any, pairs: list[tuple[str, str]], device: str,
+                     batch_size: int = 64) -> list[list[float]]:
+    """The official causal scorer: per batch of 64 pairs in file order, each candidate padded and
+    run on its own, full log-softmax, gather, phrase-mask sum (whole sentence after BOS)."""
+    import torch
+
+    out: list[list[float]] = []
+    with torch.inference_mode():
+        for s in range(0, len(pairs), batch_size):
+            batch = pairs[s:s + batch_size]
+            cand_scores = []
+            for c in range(2):
+                seqs = [[tok.bos_token_id] + tok(p[c], add_special_tokens=False)["input_ids"] for p in batch]
+                width = max(map(len, seqs))
+                ids = torch.full((len(seqs), width), tok.pad_token_id)
+                att = torch.zeros((len(seqs), width), dtype=torch.long)
+                for i, q in enumerate(seqs):
+                    ids[i, :len(q)], att[i, :len(q)] = torch.tensor(q), 1
+                ids, att = ids.to(device), att.to(device)
+                logits = model(input_ids=ids[:, :-1], attention_mask=att[:, :-1]).logits
+                logp = torch.log_softmax(logits.float(), dim=-1)
+                tgt = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
+                cand_scores.append((tgt * att[:, 1:]).sum(1).cpu())
+            out.extend(torch.stack(cand_scores, 1).tolist())
+    return out
+
+
+def _timed(fn: Any, device: str, repeats: int) -> tuple[Any, float]:
+    """Result and best wall time (s) over `repeats` runs (the machine is shared: the minimum is
+    the least disturbed run)."""
+    import torch
+
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        result = fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return result, best
+
+
+def token_counts(tok: Any, pairs: list[tuple[str, str]], reqs: list[Any], batch_size: int) -> dict:
+    """Tokens per pair through the body: the reference's padded batches vs our packed rows."""
+    from cdhpc.evals.engine import pack_requests, plan_batches
+
+    lens = [[len(tok(p[c], add_special_tokens=False)["input_ids"]) for c in range(2)] for p in pairs]
+    ref = sum(len(lens[s:s + 64]) * max(x[c] for x in lens[s:s + 64])
+              for s in range(0, len(pairs), 64) for c in range(2))
+    rows = pack_requests(tok, reqs, tok.bos_token_id)
+    ours = sum(len(b) * len(b[0].ids) for b in plan_batches(rows, batch_size, batch_size * 128))
+    return {"ref_tokens_per_pair": ref / len(pairs), "our_tokens_per_pair": ours / len(pairs),
+            "our_head_rows_per_pair": sum(len(r.pairs) for r in rows) / len(pairs)}
+
+
+def run(argv: list[str]) -> dict:
+    """Measure both scorers on the same pairs (best of `--repeats` alternating-free runs each,
+    after a warm-up); check that every decision agrees."""
+    import numpy as np
+    import torch
+
+    from cdhpc.evals.engine import ScoreRequest, score_candidates
+
+    ap = argparse.ArgumentParser(prog="python -m cdhpc.bench eval")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--pairs", type=int, default=None, help="default 2000 (cpu), 8000 (cuda)")
+    ap.add_argument("--batch-size", type=int, default=None, help="ours: rows per batch")
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args(argv)
+    n = args.pairs or (2000 if args.device == "cpu" else 8000)
+    bs = args.batch_size or (32 if args.device == "cpu" else 256)
+    model, tok, words = build(args.device)
+    pairs = make_pairs(np.random.default_rng(1), words, n)
+    reqs = [ScoreRequest("", s, group=i) for i, p in enumerate(pairs) for s in p]
+    warm = min(128, n)
+    reference_scores(model, tok, pairs[:warm], args.device)
+    score_candidates(model, tok, reqs[:2 * warm], batch_size=bs, device=args.device)
+    ref, t_ref = _timed(lambda: reference_scores(model, tok, pairs, args.device), args.device, args.repeats)
+    ours, t_ours = _timed(lambda: score_candidates(model, tok, reqs, batch_size=bs, device=args.device),
+                          args.device, args.repeats)
+    ours_pairs = [ours[2 * i:2 * i + 2] for i in range(n)]
+    same = all((o[0] >= o[1]) == (r[0] >= r[1]) for o, r in zip(ours_pairs, ref))
+    max_diff = max(abs(a - b) for o, r in zip(ours_pairs, ref) for a, b in zip(o, r))
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    return {"bench": "eval", "device": device_name, "ours": n / t_ours, "peer": n / t_ref,
+            "ratio": t_ref / t_ours, "unit": "pairs/s", "pairs": n, "identical_decisions": same,
+            "max_abs_score_diff": max_diff, "model": PRESETS[args.device], "batch_size_ours": bs,
+            "threads": torch.get_num_threads(), "ours_s": t_ours, "peer_s": t_ref,
+            **token_counts(tok, pairs, reqs, bs)}

@@ -1,0 +1,154 @@
+"""Multiple-choice tasks (BLiMP, supplement, EWoK, entity tracking, WUG): items -> requests ->
+predictions -> per-UID scores, plus the official pipeline's predictions.json and report text.
+Pure apart from reading the data files; scores come from the engine."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from cdhpc.evals.data import EvalDataError, read_jsonl
+from cdhpc.evals.engine import ScoreRequest
+from cdhpc.evals.task import ChoiceItem, Task
+
+
+ENTITY_SPLITS = ("regular", "ambiref", "move_contents")
+
+
+def load_items(task: Task, files: list[Path]) -> list[ChoiceItem]:
+    """Every record of every file (sorted order) as a ChoiceItem; errors name file and line."""
+    assert task.parse is not None
+    items: list[ChoiceItem] = []
+    for path in files:
+        for line_no, record in enumerate(read_jsonl(path, task.required), start=1):
+            try:
+                item = task.parse(record, path)
+            except (TypeError, ValueError, AttributeError) as err:
+                raise EvalDataError(f"{path}: record {line_no}: {err}") from None
+            if len(item.continuations) < 2:
+                raise EvalDataError(f"{path}: record {line_no}: needs >= 2 candidates, "
+                                    f"got {len(item.continuations)}")
+            items.append(item)
+    return items
+
+
+def item_requests(items: list[ChoiceItem]) -> list[ScoreRequest]:
+    """One request per candidate, grouped by item so shared prefixes run once."""
+    return [ScoreRequest(ctx, cont, group=i) for i, it in enumerate(items)
+            for ctx, cont in zip(it.contexts, it.continuations)]
+
+
+def prediction_rows(items: list[ChoiceItem], scores: list[float]) -> list[dict[str, Any]]:
+    """One row per item: uid, item_id (`<uid>_<n>`, as the official ids), scores, pred, correct.
+    pred is the first argmax (torch.max's tie rule), so a tie counts as correct."""
+    rows, seen, k = [], {}, 0
+    for item in items:
+        n = len(item.continuations)
+        cand = scores[k:k + n]
+        k += n
+        pred = max(range(n), key=cand.__getitem__)
+        idx = seen.get(item.uid, 0)
+        seen[item.uid] = idx + 1
+        row = {"uid": item.uid, "item_id": f"{item.uid}_{idx}", "scores": cand, "pred": pred,
+               "correct": pred == 0}
+        if item.ratio is not None:
+            row["prob"] = p_first(cand)
+            row["ratio"] = item.ratio
+        rows.append(row)
+    return rows
+
+
+def p_first(scores: list[float]) -> float:
+    """Probability of candidate 0 under a softmax over the candidates' log-probs."""
+    top = max(scores)
+    exp = [math.exp(s - top) for s in scores]
+    return exp[0] / sum(exp)
+
+
+def accuracy_by(rows: list[dict[str, Any]], keys: list[str]) -> dict[str, float]:
+    """Accuracy (x100) per value of keys, in order of first appearance."""
+    total: dict[str, int] = {}
+    correct: dict[str, int] = {}
+    for row, key in zip(rows, keys):
+        total[key] = total.get(key, 0) + 1
+        correct[key] = correct.get(key, 0) + int(row["correct"])
+    return {k: 100.0 * correct[k] / total[k] for k in total}
+
+
+def spearman(rows: list[dict[str, Any]]) -> float:
+    """Spearman's rho between P(candidate 0 | item) and the human `ratio` (later pipeline)."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr([r["prob"] for r in rows], [r["ratio"] for r in rows])[0])
+
+
+def entity_tracking_score(per_uid: dict[str, float]) -> float:
+    """Official averaging: mean over the `<split>_<n>_ops` UIDs of each split (regular, ambiref,
+    move_contents), then the mean over the splits present."""
+    means = split_means(per_uid)
+    return sum(means.values()) / len(means)
+
+
+def split_means(per_uid: dict[str, float]) -> dict[str, float]:
+    """Mean accuracy of each entity-tracking split present, keyed by split name."""
+    out = {}
+    for split in ENTITY_SPLITS:
+        accs = [v for k, v in per_uid.items() if k.startswith(split)]
+        if accs:
+            out[split] = sum(accs) / len(accs)
+    return out
+
+
+def official_predictions(rows: list[dict[str, Any]], items: list[ChoiceItem],
+                         with_prob: bool) -> dict[str, Any]:
+    """predictions.json as the 2025 pipeline writes it: {uid: {"predictions": [{"id", "pred"}]}}
+    where pred is the chosen completion text (and "prob" for WUG under Spearman)."""
+    out: dict[str, Any] = {}
+    for row, item in zip(rows, items):
+        entry = {"id": row["item_id"], "pred": item.completions[row["pred"]]}
+        if with_prob:
+            entry["prob"] = row["prob"]
+        out.setdefault(row["uid"], {"predictions": []})["predictions"].append(entry)
+    return out
+
+
+def report_sections(task: Task, rows: list[dict[str, Any]], items: list[ChoiceItem],
+                    metric: str) -> dict[str, dict[str, float]]:
+    """The sections of best_temperature_report.txt: one per metadata key (official order)."""
+    if metric == "spearman":
+        return {"UID": {"avg": spearman(rows)}}
+    sections = {key: accuracy_by(rows, [it.meta[key] for it in items]) for key in items[0].meta}
+    if task.name == "entity_tracking":
+        sections["UID"].update(split_means(sections["UID"]))
+    return sections
+
+
+def report_text(sections: dict[str, dict[str, float]], average: float, metric: str) -> str:
+    """best_temperature_report.txt of the official pipeline (temperature 1)."""
+    name = "SPEARMAN'S RHO" if metric == "spearman" else "ACCURACY"
+    lines = ["TEMPERATURE: 1.00", ""]
+    for domain, values in sections.items():
+        lines.append(f"### {domain.upper()} {name}")
+        lines.extend(f"{k}: {v:.2f}" for k, v in values.items())
+        lines.append("")
+    lines += [f"### AVERAGE {name}", f"{average:.2f}", ""]
+    return "\n".join(lines) + "\n"
+
+
+def summarize_choice(task: Task, items: list[ChoiceItem], scores: list[float],
+                     metric: str) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """Prediction rows, the summary fields (score, per_uid, n_items, metric) and the official
+    files {name: content} of a choice task."""
+    rows = prediction_rows(items, scores)
+    if metric == "spearman":
+        score = spearman(rows)
+        per_uid = {items[0].uid: score}
+    else:
+        per_uid = accuracy_by(rows, [r["uid"] for r in rows])
+        score = task.aggregate(per_uid)
+    sections = report_sections(task, rows, items, metric)
+    official = {"predictions.json": official_predictions(rows, items, metric == "spearman"),
+                "best_temperature_report.txt": report_text(sections, score, metric)}
+    fields = {"score": score, "per_uid": per_uid, "n_items": len(rows), "metric": metric}
+    return rows, fields, official

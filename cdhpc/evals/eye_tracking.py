@@ -1,0 +1,12 @@
+"""Eye tracking: the reading CSV's four first-fixation/first-pass/go-past/right-bound times;
+score = mean over them of the surprisal delta-R^2 (see cdhpc.evals.reading)."""
+
+from __future__ import annotations
+
+from cdhpc.evals.reading import REQUIRED_EYE
+from cdhpc.evals.task import Task
+
+VERSION = "eye_tracking-2025.1"
+
+TASK = Task("eye_tracking", VERSION, "reading", "full_eval/reading", "fast_eval/reading",
+            "reading_data.csv", REQUIRED_EYE, metric="delta_r2")

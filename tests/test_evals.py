@@ -1,0 +1,360 @@
+"""cdhpc.evals: engine scores equal plain HF scoring, official aggregation, reading regressions,
+malformed-file errors, output shapes. A tiny random LlamaForCausalLM and a SentencePiece-style BPE
+tokenizer are built here and saved with save_pretrained; data files are written in the real
+on-disk layout into a tmp dir."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cdhpc.evals import TASK_NAMES, get_task
+from cdhpc.evals.choice import entity_tracking_score, prediction_rows
+from cdhpc.evals.data import EvalDataError
+from cdhpc.evals.perplexity import cut_blocks
+from cdhpc.evals.reading import delta_r2, word_request
+from cdhpc.evals.task import ChoiceItem
+
+SENTENCES = [
+    "Who should Derek hug after shocking Richard?", "Who should Derek hug Richard after shocking?",
+    "The cat sat on the mat.", "The cat sat on mat the.", "Ali gives orders to Wei.",
+    "Ali is Wei's boss.", "Ali is Wei's subordinate.", "Box 0 contains the ball, Box 1 contains ",
+    "the key.", "the gift.", "the ball.", "This is very wuggy.", "Its wuggity is clear.",
+    "The dog barked at the man who walked by the river.",
+]
+WORDS = "the a man dog river walked slowly quietly xylophonic zephyrous ran to house green".split()
+
+
+def _tiny_model_dir(root: Path) -> Path:
+    import torch
+    from tokenizers import SentencePieceBPETokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    bpe = SentencePieceBPETokenizer()
+    bpe.train_from_iterator(SENTENCES * 5, vocab_size=150, min_frequency=1,
+                            special_tokens=["<unk>", "<s>", "</s>", "<pad>"])
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>",
+                                  unk_token="<unk>", pad_token="<pad>")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                      num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    out = root / "model"
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def _jsonl(path: Path, records: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def _reading_csv(path: Path, rng: np.random.Generator) -> None:
+    header = ("item,word,prev_item,prev_word,Subtlex_log10,length,context_length,prev_length,"
+              "RTfirstfix,RTfirstpass,RTgopast,RTrightbound,self_paced_reading_time")
+    lines = [header]
+    for s in range(6):
+        words = list(rng.choice(WORDS, size=8))
+        for k, w in enumerate(words):
+            item, prev_item = " ".join(words[:k]), " ".join(words[:k - 1]) if k else ""
+            prev_word = words[k - 1] if k else ""
+            nums = [rng.normal(3, 1), len(w), k, len(prev_word) if k else "",
+                    *rng.normal(250, 40, size=5).round(1)]
+            cells = [f'"{item}"', w, f'"{prev_item}"', prev_word] + [str(x) for x in nums]
+            lines.append(",".join(cells))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _eval_dir(root: Path) -> Path:
+    d = root / "evaluation_data" / "full_eval"
+    blimp = [{"sentence_good": SENTENCES[0], "sentence_bad": SENTENCES[1], "field": "syntax",
+              "linguistics_term": "island_effects", "UID": "adjunct_island", "pairID": "0"},
+             {"sentence_good": SENTENCES[2], "sentence_bad": SENTENCES[3], "field": "syntax",
+              "linguistics_term": "order", "UID": "word_order", "pairID": "1"},
+             {"sentence_good": SENTENCES[3], "sentence_bad": SENTENCES[3], "field": "syntax",
+              "linguistics_term": "order", "UID": "word_order", "pairID": "2"}]
+    _jsonl(d / "blimp_filtered" / "adjunct_island.jsonl", blimp[:1])
+    _jsonl(d / "blimp_filtered" / "word_order.jsonl", blimp[1:])
+    sup = [{"sentence_good": SENTENCES[2], "sentence_bad": SENTENCES[3], "pair_ID": 0}]
+    _jsonl(d / "supplement_filtered" / "hypernym.jsonl", sup)
+    _jsonl(d / "supplement_filtered" / "turn_taking.jsonl", sup * 2)
+    ewok = {"Domain": "social-relations", "Context1": SENTENCES[4], "Context2": "Wei gives orders.",
+            "Target1": SENTENCES[5], "Target2": SENTENCES[6], "ContextType": "x",
+            "ContextDiff": "y", "TargetDiff": "z"}
+    _jsonl(d / "ewok_filtered" / "social-relations.jsonl", [ewok, {**ewok, "Target1": SENTENCES[6]}])
+    _jsonl(d / "ewok_filtered" / "agent-properties.jsonl", [{**ewok, "Domain": "agent-properties"}])
+    for split in ("regular", "ambiref", "move_contents"):
+        et = [{"sample_id": i, "numops": i % 2, "input_prefix": SENTENCES[7],
+               "options": SENTENCES[8:11][i:] + SENTENCES[8:11][:i]} for i in range(3)]
+        _jsonl(d / "entity_tracking" / f"{split}.jsonl", et)
+    wug = [{"sentences": f"{SENTENCES[11]}\t{SENTENCES[12]}", "ratio": r} for r in (0.1, 0.5, 0.9)]
+    wug.append({"sentences": f"{SENTENCES[12]}\t{SENTENCES[11]}", "ratio": 0.3})
+    _jsonl(d / "wug_adj_nominalization" / "wug_adj_nominalization.jsonl", wug)
+    _reading_csv(d / "reading" / "reading_data.csv", np.random.default_rng(0))
+    return root / "evaluation_data"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evals")
+    return _tiny_model_dir(root), _eval_dir(root)
+
+
+@pytest.fixture(scope="module")
+def hf(world):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir, _ = world
+    return (AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval(),
+            AutoTokenizer.from_pretrained(model_dir))
+
+
+def plain_score(hf, context: str, continuation: str) -> float:
+    """The straightforward way: the whole string alone, full log-softmax, official phrase mask."""
+    import torch
+
+    model, tok = hf
+    enc = tok(context + continuation, add_special_tokens=False, return_offsets_mapping=True)
+    ids = [tok.bos_token_id] + enc["input_ids"]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([ids])).logits[0], dim=-1)
+    return sum(logp[j, ids[j + 1]].item() for j, (_, end) in enumerate(enc["offset_mapping"])
+               if end > len(context))
+
+
+def _run(world, task, out, **kw):
+    from cdhpc.evals.run import evaluate_task
+
+    model_dir, data = world
+    return evaluate_task(model_dir, task, data, out, batch_size=2, **kw)
+
+
+def _rows(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("task", ["blimp", "blimp_supplement", "ewok", "entity_tracking", "wug"])
+def test_choice_scores_equal_plain_scoring(world, hf, tmp_path, task):
+    summary = _run(world, task, tmp_path)
+    spec = get_task(task)
+    from cdhpc.evals.choice import load_items
+
+    items = load_items(spec, sorted(spec.data_dir(world[1], False).glob("*.jsonl")))
+    rows = _rows(tmp_path)
+    assert len(rows) == len(items) == summary["n_items"]
+    for row, item in zip(rows, items):
+        expect = [plain_score(hf, c, x) for c, x in zip(item.contexts, item.continuations)]
+        assert row["scores"] == pytest.approx(expect, abs=1e-4)
+        assert row["pred"] == int(np.argmax(expect)) and row["correct"] == (row["pred"] == 0)
+
+
+def test_reading_surprisal_equals_plain_with_multi_token_words(world, hf, tmp_path):
+    _run(world, "reading", tmp_path)
+    rows = _rows(tmp_path)
+    model, tok = hf
+    multi = [r for r in rows if len(tok(" " + r["word"], add_special_tokens=False)["input_ids"]) > 1]
+    assert multi, "fixture must contain words split into several tokens"
+    for r in rows:
+        req = word_request(r["item"], r["word"])
+        assert r["surprisal"] == pytest.approx(-plain_score(hf, req.context, req.continuation), abs=1e-4)
+    firsts = [r for r in rows if r["item"] == ""]
+    assert firsts and all(r["prev_surprisal"] is None for r in firsts)
+
+
+def test_word_request_spacing():
+    assert word_request("", "The") == word_request("", "The")
+    assert (word_request("", "The").context, word_request("", "The").continuation) == ("", "The")
+    assert word_request("The dog", "ran").continuation == " ran"
+
+
+def test_summary_and_official_files(world, tmp_path):
+    s = _run(world, "entity_tracking", tmp_path)
+    for key in ("task", "version", "data_sha256", "score", "per_uid", "n_items", "metric", "fast"):
+        assert key in s
+    assert json.loads((tmp_path / "summary.json").read_text()) == s
+    assert set(s["per_uid"]) == {f"{sp}_{n}_ops" for sp in ("regular", "ambiref", "move_contents")
+                                 for n in (0, 1)}
+    assert s["score"] == pytest.approx(entity_tracking_score(s["per_uid"]))
+    row = _rows(tmp_path)[0]
+    assert set(row) >= {"uid", "item_id", "scores", "pred", "correct"}
+    preds = json.loads((tmp_path / "predictions.json").read_text())
+    assert preds["regular_0_ops"]["predictions"][0]["id"] == "regular_0_ops_0"
+    assert preds["regular_0_ops"]["predictions"][0]["pred"] in SENTENCES[8:11]
+    report = (tmp_path / "best_temperature_report.txt").read_text()
+    assert report.startswith("TEMPERATURE: 1.00\n\n### UID ACCURACY\n")
+    assert "regular: " in report and f"### AVERAGE ACCURACY\n{s['score']:.2f}\n" in report
+
+
+def test_blimp_tie_counts_as_correct_and_macro_mean(world, tmp_path):
+    s = _run(world, "blimp", tmp_path)
+    tie = _rows(tmp_path)[-1]  # identical good and bad sentence
+    assert tie["scores"][0] == tie["scores"][1] and tie["pred"] == 0 and tie["correct"]
+    assert s["score"] == pytest.approx(sum(s["per_uid"].values()) / 2)
+    assert "### FIELD ACCURACY" in (tmp_path / "best_temperature_report.txt").read_text()
+
+
+def test_wug_spearman(world, hf, tmp_path):
+    from scipy.stats import spearmanr
+
+    s = _run(world, "wug", tmp_path, wug_metric="spearman")
+    a, b = SENTENCES[11], SENTENCES[12]
+    sa, sb = plain_score(hf, "", a), plain_score(hf, "", b)
+    p_ab = 1 / (1 + math.exp(sb - sa))
+    expect = spearmanr([p_ab, p_ab, p_ab, 1 - p_ab], [0.1, 0.5, 0.9, 0.3])[0]
+    assert s["metric"] == "spearman" and s["score"] == pytest.approx(expect)
+    pred = json.loads((tmp_path / "predictions.json").read_text())
+    assert pred["wug_adj_nominalization"]["predictions"][0]["prob"] == pytest.approx(p_ab, abs=1e-5)
+
+
+def test_entity_tracking_averaging_known_answer():
+    per_uid = {"regular_0_ops": 100.0, "regular_1_ops": 50.0, "ambiref_0_ops": 0.0,
+               "move_contents_0_ops": 30.0, "move_contents_1_ops": 40.0, "move_contents_2_ops": 50.0}
+    assert entity_tracking_score(per_uid) == pytest.approx((75.0 + 0.0 + 40.0) / 3)
+
+
+def test_prediction_rows_first_argmax():
+    items = [ChoiceItem("u", ("", "", ""), ("a", "b", "c")), ChoiceItem("u", ("", ""), ("a", "b"))]
+    rows = prediction_rows(items, [-2.0, -1.0, -1.0, -3.0, -3.0])
+    assert [r["pred"] for r in rows] == [1, 0] and [r["item_id"] for r in rows] == ["u_0", "u_1"]
+
+
+def _reading_columns(rng, n=60):
+    cols = {c: rng.normal(size=n) for c in ("Subtlex_log10", "length", "context_length", "prev_length")}
+    return cols
+
+
+def test_delta_r2_known_answers():
+    rng = np.random.default_rng(1)
+    c = _reading_columns(rng)
+    s = rng.normal(size=60)
+    c["RT"] = 2 * c["length"] - c["Subtlex_log10"] * c["length"] + 0.5 * s  # exact in surprisal
+    assert delta_r2(c, s, "RT", "eye_tracking") == pytest.approx(100.0)
+    c["RT2"] = c["length"] + rng.normal(size=60)
+    collinear = 3 * c["length"] - c["context_length"]  # already in the baseline
+    assert delta_r2(c, collinear, "RT2", "eye_tracking") == pytest.approx(0.0, abs=1e-9)
+
+
+def test_delta_r2_equals_squared_partial_correlation():
+    rng = np.random.default_rng(2)
+    c = _reading_columns(rng)
+    s, prev = rng.normal(size=60), rng.normal(size=60)
+    c["y"] = c["length"] + 0.3 * s + rng.normal(size=60)
+    c["y"][3] = np.nan  # dropped as pandas dropna would
+    names = ["Subtlex_log10", "length", "context_length", "prev_length"]
+    v = [c[n] for n in names] + [prev]
+    x = np.column_stack([np.ones(60)] + v + [v[i] * v[j] for i in range(5) for j in range(i + 1, 5)])
+    keep = ~np.isnan(c["y"])
+    res = [y - x[keep] @ np.linalg.pinv(x[keep]) @ y for y in (c["y"][keep], s[keep])]
+    partial = np.corrcoef(res[0], res[1])[0, 1]
+    assert delta_r2(c, s, "y", "reading", prev) == pytest.approx(100 * partial**2, rel=1e-8)
+    with pytest.raises(ValueError, match="prev_surprisal"):
+        delta_r2(c, s, "y", "reading")
+
+
+def test_reading_and_eye_tracking_scores(world, tmp_path):
+    for task in ("reading", "eye_tracking"):
+        s = _run(world, task, tmp_path / task)
+        assert s["metric"] == "delta_r2" and math.isfinite(s["score"])
+        measures = ["self_paced_reading_time"] if task == "reading" else \
+            ["RTfirstfix", "RTfirstpass", "RTgopast", "RTrightbound"]
+        assert list(s["per_uid"]) == measures
+        assert s["score"] == pytest.approx(sum(s["per_uid"].values()) / len(measures))
+        preds = json.loads((tmp_path / task / "predictions.json").read_text())
+        assert len(preds["reading"]["predictions"]) == s["n_items"] == 48
+
+
+def test_perplexity_equals_hf_loss(world, hf, tmp_path):
+    import torch
+
+    held = tmp_path / "heldout"
+    held.mkdir()
+    (held / "a.txt").write_text("The cat sat on the mat.\nThe dog barked.\n\nAli is Wei's boss.\n")
+    (held / "b.txt").write_text(" ".join(SENTENCES * 3) + "\n")
+    s = _run(world, "perplexity", tmp_path / "out", heldout_dir=held)
+    model, tok = hf
+    docs = ["The cat sat on the mat.\nThe dog barked.", "Ali is Wei's boss.", " ".join(SENTENCES * 3)]
+    ids = [t for d in docs for t in [1] + tok(d, add_special_tokens=False)["input_ids"] + [2]]
+    blocks = torch.tensor([ids[i:i + 64] for i in range(0, len(ids) - 63, 64)])
+    with torch.no_grad():
+        losses = [model(b[None], labels=b[None]).loss.item() for b in blocks]
+    assert s["n_items"] == len(losses) and s["block_tokens"] == 64
+    assert s["score"] == pytest.approx(math.exp(sum(losses) / len(losses)), rel=1e-4)
+    assert [r["mean_loss"] for r in _rows(tmp_path / "out")] == pytest.approx(losses, abs=1e-4)
+
+
+def test_cut_blocks():
+    assert cut_blocks(list(range(10)), 4) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert cut_blocks([5, 6, 7], 4) == [[5, 6, 7]]
+    with pytest.raises(EvalDataError):
+        cut_blocks([5], 4)
+
+
+@pytest.mark.parametrize("case,match", [
+    ("missing", r"good\.jsonl:2: missing field\(s\) \['UID'\]"),
+    ("empty", r"good\.jsonl: empty file"),
+    ("badjson", r"good\.jsonl:3: bad JSON"),
+])
+def test_malformed_jsonl_fails_and_writes_nothing(world, tmp_path, case, match):
+    from cdhpc.evals.run import evaluate_task
+
+    rec = {"sentence_good": "a b", "sentence_bad": "b a", "field": "f", "linguistics_term": "t",
+           "UID": "good", "pairID": "0"}
+    lines = {"missing": [json.dumps(rec), json.dumps({k: v for k, v in rec.items() if k != "UID"})],
+             "empty": [], "badjson": [json.dumps(rec), json.dumps(rec), '{"sentence_good": ']}[case]
+    data = tmp_path / "evaluation_data"
+    (data / "full_eval" / "blimp_filtered").mkdir(parents=True)
+    (data / "full_eval" / "blimp_filtered" / "good.jsonl").write_text("\n".join(lines))
+    with pytest.raises(EvalDataError, match=match):
+        evaluate_task(world[0], "blimp", data, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_malformed_csv_and_options_fail(world, tmp_path):
+    from cdhpc.evals.run import evaluate_task
+
+    data = tmp_path / "evaluation_data" / "full_eval"
+    (data / "reading").mkdir(parents=True)
+    (data / "reading" / "reading_data.csv").write_text("item,word,length\n,the,3\n")
+    with pytest.raises(EvalDataError, match=r"reading_data\.csv:1: CSV header lacks .*Subtlex_log10"):
+        evaluate_task(world[0], "eye_tracking", data.parent, tmp_path / "out")
+    _jsonl(data / "entity_tracking" / "regular.jsonl",
+           [{"input_prefix": "x", "options": "the key.", "numops": 0}])
+    with pytest.raises(EvalDataError, match=r"regular\.jsonl: record 1: field 'options' must be a list"):
+        evaluate_task(world[0], "entity_tracking", data.parent, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_task_lists_known_ones():
+    with pytest.raises(ValueError, match="did you mean 'blimp'.*known tasks: blimp, blimp_supplement"):
+        get_task("blimpp")
+    assert [get_task(n).name for n in TASK_NAMES] == list(TASK_NAMES)
+
+
+def test_main_eval_cli(world, tmp_path, capsys):
+    from cdhpc.evals.run import main_eval
+
+    model_dir, data = world
+    rc = main_eval(["--model", str(model_dir), "--tasks", "blimp_supplement,wug", "--data", str(data),
+                    "--out", str(tmp_path), "--batch-size", "3"])
+    assert rc == 0 and (tmp_path / "wug" / "summary.json").exists()
+    assert "blimp_supplement\taccuracy" in capsys.readouterr().out
+    assert main_eval(["--model", str(model_dir), "--tasks", "nope", "--out", str(tmp_path)]) == 2
+    assert "known tasks" in capsys.readouterr().err
+
+
+def test_import_evals_is_light():
+    code = ("import sys, cdhpc.evals, cdhpc.evals.run, cdhpc.evals.choice, cdhpc.evals.engine, "
+            "cdhpc.evals.reading; [cdhpc.evals.get_task(n) for n in cdhpc.evals.TASK_NAMES]; "
+            "print([m for m in ('torch', 'transformers') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "[]"
