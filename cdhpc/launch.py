@@ -102,7 +102,19 @@ def launch(cfg: SweepConfig, plan: Plan, verify: bool = False) -> int:
     e = cfg.executor
     summary = execute(workdir, plan, max_parallel=e.max_parallel, retries=e.retries, poll_s=e.poll_s, verify=verify)
     log.info("sweep %s: %d/%d steps done", cfg.name, len(summary.done), len(plan.steps))
+    print_results(workdir, plan, summary.done)
     return 1 if summary.failed or summary.blocked else 0
+
+
+def print_results(workdir: Path, plan: Plan, done: list[str]) -> None:
+    """The paper table and the files of the results, once the aggregate step is done."""
+    agg = plan.stage("aggregate")
+    if not agg or agg[0].key not in done:
+        return
+    results = workdir / "results"
+    print((results / "paper_table.md").read_text())
+    for f in sorted(results.iterdir()):
+        print(f"  {f}")
 
 
 def execute(workdir: Path, plan: Plan, *, max_parallel: int, retries: int, poll_s: float, verify: bool = False):
