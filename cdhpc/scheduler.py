@@ -159,7 +159,8 @@ class LocalScheduler:
         job = executor.submit(StepJob(str(self.workdir), [s.to_dict() for s in pack], attempt))
         for s in pack:
             self._record(s, job.job_id, "RUNNING", attempt, job.paths)
-        log.info("started %s: %s (job %s)", stage, ", ".join(s.name for s in pack), job.job_id)
+        names = pack[0].name if len(pack) == 1 else f"{len(pack)} steps, {pack[0].name} ... {pack[-1].name}"
+        log.info("started %s: %s (job %s)", stage, names, job.job_id)
         return _Running(pack, job, job.job_id, attempt)
 
     def _finish(self, running: list[_Running], state: dict[str, str], attempts: dict[str, int]) -> None:
