@@ -98,7 +98,8 @@ def prepare_workdir(cfg: SweepConfig, plan: Plan) -> Path:
 def launch(cfg: SweepConfig, plan: Plan, verify: bool = False) -> int:
     if cfg.executor.kind != "local":
         raise UsageError("executor.kind 'slurm' is not available in this version yet; use executor.kind=local")
-    workdir = prepare_workdir(cfg, plan)
+    # The workdir records the whole sweep (what status shows); --until limits what runs now.
+    workdir = prepare_workdir(cfg, plan if plan.until == STAGES[-1] else plan_sweep(cfg))
     e = cfg.executor
     summary = execute(workdir, plan, max_parallel=e.max_parallel, retries=e.retries, poll_s=e.poll_s, verify=verify)
     log.info("sweep %s: %d/%d steps done", cfg.name, len(summary.done), len(plan.steps))
@@ -123,8 +124,9 @@ def execute(workdir: Path, plan: Plan, *, max_parallel: int, retries: int, poll_
     from cdhpc.manifest import Manifest
     from cdhpc.scheduler import DONE, LocalScheduler, step_states
 
+    recorded = workdir / "plan.json"
     with Manifest(workdir) as m:
-        m.register_plan(s.to_dict() for s in plan.steps)
+        m.register_plan(json.loads(recorded.read_text())["steps"] if recorded.is_file() else [s.to_dict() for s in plan.steps])
         report_bad(m.ingest().bad)
         states = step_states(workdir, plan, m.receipts_by_key(), m.jobs_by_key(), m.outputs_of, rehash=verify)
         todo = sum(s != DONE for s in states.values())

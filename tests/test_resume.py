@@ -1,0 +1,117 @@
+"""Kill a running step (and its launcher) with SIGKILL, re-launch, and get exactly the bytes an
+uninterrupted run gives: pretraining resumes from its DeepSpeed checkpoint, generation from its
+last flushed chunk (marker: slow)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+
+SWEEP = """\
+name: resume
+workdir: {workdir}
+data: {{kind: toy, toy: {{train_docs: 800, seed_docs: 60, test_docs: 60}}}}
+tokenizer: {{vocab_size: 500}}
+pretrain: {{model: tiny, steps: 80, checkpoint_every: 20, seeds: [1], lr: 3.0e-3, warmup_steps: 5,
+           global_batch: 8, micro_batch: 8, seq_len: 64, precision: fp32, log_every: 5, val_batches: 2}}
+generation: {{prompt_tokens: 6, continuations: 2, new_tokens: 48, total_tokens: 9216, shards: 1,
+             batch_size: 8, chunk_prompts: 6}}
+methods:
+  baseline: {{}}
+  cd: {{decoding: {{mode: cd}}, amateur: {{kind: early, step: 20}}}}
+retrain: {{seeds: [1]}}
+eval: {{tasks: [blimp]}}
+"""
+
+
+def write_sweep(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(SWEEP.format(workdir=tmp_path / name))
+    return path
+
+
+def launch(sweep: Path, until: str, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cdhpc.launch", str(sweep), "--until", until], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def run_to_end(sweep: Path, until: str) -> str:
+    p = launch(sweep, until)
+    out, _ = p.communicate(timeout=900)
+    assert p.returncode == 0, out[-3000:]
+    return out
+
+
+def kill_step_and_launcher(launcher: subprocess.Popen, workdir: Path, stage: str) -> None:
+    """SIGKILL the launcher and every process of the running job of `stage` (a preemption)."""
+    os.kill(launcher.pid, signal.SIGKILL)
+    launcher.wait()
+    for record in (workdir / "jobs" / stage).glob("*.json"):
+        controller = psutil.Process(int(json.loads(record.read_text())["job_id"]))
+        for proc in controller.children(recursive=True) + [controller]:
+            proc.kill()
+
+
+def wait_for(predicate, launcher: subprocess.Popen, timeout_s: float = 600) -> None:
+    deadline = time.time() + timeout_s
+    while not predicate():
+        assert launcher.poll() is None, launcher.stdout.read()[-3000:]
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def digests(directory: Path) -> dict[str, str]:
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("resume")
+    return write_sweep(tmp, "whole"), write_sweep(tmp, "killed")
+
+
+def test_pretrain_killed_mid_run_resumes_to_identical_weights(sweeps):
+    whole, killed = sweeps
+    run_to_end(whole, "pretrain")
+    workdir = killed.parent / "killed"
+    launcher = launch(killed, "pretrain")
+    wait_for(lambda: any(workdir.glob("pretrain/baseline-s1-*/ds/progress.json")), launcher)
+    kill_step_and_launcher(launcher, workdir, "pretrain")
+    run_dir = next(workdir.glob("pretrain/baseline-s1-*"))
+    assert not (run_dir / "checkpoints" / "step_80").exists(), "the kill came too late to test a resume"
+    out = run_to_end(killed, "pretrain")
+    log = "".join(p.read_text() for p in (workdir / "logs" / "pretrain").glob("*_log.out"))
+    assert "start_step=0" in log and any(f"start_step={n}" in log for n in (20, 40, 60))
+    reference = next((whole.parent / "whole").glob("pretrain/baseline-s1-*"))
+    assert run_dir.name == reference.name  # same content key
+    assert digests(run_dir / "checkpoints") == digests(reference / "checkpoints")
+    assert "steps done" in out
+
+
+def test_generate_killed_mid_shard_resumes_to_identical_bytes(sweeps):
+    whole, killed = sweeps
+    run_to_end(whole, "generate")
+    workdir = killed.parent / "killed"
+    launcher = launch(killed, "generate")
+    wait_for(lambda: any(workdir.glob("generate/cd-0000-*/shard.parts/part-00001.parquet")), launcher)
+    kill_step_and_launcher(launcher, workdir, "generate")
+    assert not any(workdir.glob("generate/cd-0000-*/shard.parquet")), "the kill came too late to test a resume"
+    run_to_end(killed, "generate")
+    receipt = json.loads(next((workdir / "receipts" / "generate").glob("cd-0000-*.json")).read_text())
+    assert 0 < receipt["metrics"]["chunks_generated"] < receipt["metrics"]["chunks"]  # resumed, not restarted
+    ours = next(workdir.glob("generate/cd-0000-*/shard.parquet"))
+    reference = next((whole.parent / "whole").glob("generate/cd-0000-*/shard.parquet"))
+    assert ours.read_bytes() == reference.read_bytes()
