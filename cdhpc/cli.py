@@ -48,6 +48,12 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     return 1 if result.bad else 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from cdhpc.export import export
+
+    return export(_workdir(args.sweep), write=args.command == "export")
+
+
 def cmd_launch(args: argparse.Namespace) -> int:
     from cdhpc.launch import main
 
@@ -74,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("action", choices=("ingest", "rebuild"))
     s.add_argument("sweep", help="the sweep's workdir or .yaml")
     s.set_defaults(fn=cmd_manifest)
+    for name, text in (("export", "write results/ (CSV, Markdown, LaTeX, plots) from the scores so far"),
+                       ("report", "print the paper table from the scores so far (marked partial)")):
+        s = sub.add_parser(name, help=text)
+        s.add_argument("sweep", help="the sweep's workdir or .yaml")
+        s.set_defaults(fn=cmd_export)
     s = sub.add_parser("eval", help="evaluate any HF causal LM directory on BabyLM tasks", add_help=False)
     s.add_argument("rest", nargs=argparse.REMAINDER)
     s.set_defaults(fn=cmd_eval)

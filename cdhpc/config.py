@@ -253,8 +253,8 @@ class StatsConfig(Strict):
     """Seed of the shared bootstrap index sets."""
     baseline: str = "baseline"
     """Method every other method is compared with."""
-    tasks: list[str] = Field(default_factory=lambda: list(PAPER_DELTA_TASKS))
-    """Tasks averaged into muDeltaREL."""
+    tasks: list[str] | None = None
+    """Tasks averaged into muDeltaREL (default: the paper's seven that eval.tasks includes)."""
     ties: Literal["against", "strict"] = "against"
     """Ties count against the method (p = 1 for identical systems), or the authors' strict count."""
     correction: Literal["none", "holm", "bh"] = "none"
@@ -336,6 +336,12 @@ class SweepConfig(Strict):
     """Aggregation."""
     executor: ExecutorConfig = ExecutorConfig()
     """Where steps run."""
+
+    def delta_tasks(self) -> list[str]:
+        """The tasks averaged into muDeltaREL."""
+        if self.stats.tasks is not None:
+            return self.stats.tasks
+        return [t for t in PAPER_DELTA_TASKS if t in self.eval.tasks]
 
     def presets(self) -> dict[str, ModelPreset]:
         return {**PRESETS, **self.models}

@@ -132,7 +132,7 @@ def _check_eval_and_stats(cfg: SweepConfig) -> list[Issue]:
         if m.is_baseline and name != s.baseline:
             msg = f"a second method without decoding; the baseline is stats.baseline ({s.baseline!r})"
             issues.append(Issue(("methods", name), msg, has_value=False))
-    for i, task in enumerate(s.tasks):
+    for i, task in enumerate(s.tasks or ()):
         if task not in e.tasks:
             issues.append(Issue(("stats", "tasks", i), f"not an evaluated task (eval.tasks: {', '.join(e.tasks)})", task))
     if cfg.executor.kind == "slurm" and cfg.executor.profile is None:

@@ -125,7 +125,7 @@ def plan_sweep(cfg: SweepConfig, until: str = "aggregate") -> Plan:
         evals = _plan_evaluate(b, prepare, runs)
     if last >= 7:
         b.add("aggregate", "results", {"stats": _dump(cfg.stats), "methods": list(cfg.methods),
-                                       "tasks": cfg.eval.tasks},
+                                       "tasks": cfg.eval.tasks, "delta_tasks": cfg.delta_tasks()},
               {f"{s.name}": s for s in evals})
     return Plan(b.steps, until)
 

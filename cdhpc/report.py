@@ -112,13 +112,15 @@ def build_paper_table(
     ci: float = 0.95,
     lower_is_better: Sequence[str] = ("perplexity",),
     rng: np.random.Generator | None = None,
+    delta_tasks: Sequence[str] | None = None,
 ) -> PaperTable:
     """The whole aggregation of PAPER.md section 4 as one pure function.
 
     ``vectors``/``points``: per (method, seed, step, task) the bootstrap vector (B,) on the
     shared index sets and the point value. Per task: mean-max over checkpoints and seeds, paired
     comparison with the baseline, relative change; muDeltaREL over the seven paper tasks.
-    ``rng`` switches on the two-level (seeds, then items) bootstrap.
+    ``rng`` switches on the two-level (seeds, then items) bootstrap. ``delta_tasks``: the tasks
+    averaged into muDeltaREL (default: the paper's seven, among ``tasks``).
     """
     cells: dict[tuple[str, str], Cell] = {}
     for task in tasks:
@@ -133,7 +135,7 @@ def build_paper_table(
     seen = sorted({m for m, _ in cells} - {baseline})
     order = tuple(methods) if methods is not None else (baseline, *seen)
     values = {m: {t: c.value for (mm, t), c in cells.items() if mm == m} for m in order}
-    paper = [t for t in stats.PAPER_TASKS if t in tasks]
+    paper = [t for t in (stats.PAPER_TASKS if delta_tasks is None else delta_tasks) if t in tasks]
     complete = {m: v for m, v in values.items() if all(t in v for t in paper)}
     mu = stats.mu_delta_rel(complete, baseline, paper, lower_is_better) if paper and baseline in complete else {}
     return PaperTable(order, tuple(tasks), cells, mu, baseline, tuple(lower_is_better))

@@ -1,5 +1,6 @@
 """aggregate: every score of the sweep -> mean-max, paired bootstrap vs the baseline, muDeltaREL,
-and the paper's tables (CSV, Markdown, LaTeX) and plots, published under workdir/results/."""
+and the paper's tables (CSV, Markdown, LaTeX) and plots, published under workdir/results/.
+``cdhpc export`` / ``cdhpc report`` run the same aggregation over the scores that exist so far."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from collections import defaultdict
 from pathlib import Path
 
 from cdhpc import stats
-from cdhpc.aggregate import items_per_uid, task_vector
-from cdhpc.receipts import atomic_dir
+from cdhpc.aggregate import REGRESSION_TASKS, items_per_uid, task_vector
+from cdhpc.plan import StepSpec
+from cdhpc.receipts import Receipt, atomic_dir
 from jobs import StepContext, StepResult
 
 log = logging.getLogger("cdhpc")
@@ -25,53 +27,68 @@ def row_labels(evals: list[dict]) -> dict[tuple[str, float], str]:
     return {(m, q): m if len(qs) == 1 else f"{m}@q{q:g}" for m, qs in shares.items() for q in qs}
 
 
-def run(ctx: StepContext) -> StepResult:
-    from cdhpc.report import build_paper_table, render_markdown, write_report
+def reading_columns(workdir: Path, receipt: Receipt):
+    """The numeric columns of the reading CSV an evaluate step read."""
+    from cdhpc.evals import get_task
+    from cdhpc.evals.reading import load_rows
 
-    cfg = ctx.params["stats"]
-    roles = list(ctx.spec.inputs)
-    receipts = {role: ctx.input_receipt(role) for role in roles}
-    evals = {role: r.spec["params"] for role, r in receipts.items()}
-    labels = row_labels(list(evals.values()))
+    p = receipt.spec["params"]
+    if p["data_dir"] == "toy":
+        prepare_key = receipt.spec["inputs"]["data"]
+        data = next(workdir.glob(f"prepare/*-{prepare_key[:8]}")) / "evaluation_data"
+    else:
+        data = Path(p["data_dir"])
+    task = get_task(p["task"])
+    return load_rows(task.data_dir(data, p["set"] == "fast") / task.pattern, p["task"])[1]
+
+
+def build_table(workdir: Path, receipts: list[Receipt], params: dict):
+    """(PaperTable, score records) from the evaluate receipts given; one index set per task."""
+    from cdhpc.report import build_paper_table
+
+    cfg = params["stats"]
+    labels = row_labels([r.spec["params"] for r in receipts])
     idx, columns, vectors, points, records = {}, {}, {}, {}, []
-    for role in roles:
-        p = evals[role]
-        rows = [json.loads(line) for line in (ctx.input_dir(role) / "predictions.jsonl").read_text().splitlines()]
+    for r in receipts:
+        p = r.spec["params"]
+        out_dir = workdir / StepSpec.from_dict(r.spec).dirname
+        rows = [json.loads(line) for line in (out_dir / "predictions.jsonl").read_text().splitlines()]
         n_by_uid = items_per_uid(p["task"], rows)
         if p["task"] not in idx:
             idx[p["task"]] = (n_by_uid, stats.draw_indices(n_by_uid, cfg["resamples"], cfg["seed"]))
         elif idx[p["task"]][0] != n_by_uid:
-            raise ValueError(f"{role}: item counts differ from other runs of task {p['task']!r}; all runs must see the same data")
-        if p["task"] in ("reading", "eye_tracking") and p["task"] not in columns:
-            columns[p["task"]] = _reading_columns(ctx, role, p)
+            raise ValueError(f"{r.name}: item counts differ from other runs of task {p['task']!r}")
+        if p["task"] in REGRESSION_TASKS and p["task"] not in columns:
+            columns[p["task"]] = reading_columns(workdir, r)
         key = (labels[(p["method"], p["synthetic_share"])], p["seed"], p["step"], p["task"])
         vectors[key] = task_vector(p["task"], rows, idx[p["task"]][1], columns.get(p["task"]))
         points[key] = float(task_vector(p["task"], rows, stats.point_indices(n_by_uid), columns.get(p["task"]))[0])
         records.append({"run": p["run"], "method": key[0], "seed": p["seed"], "step": p["step"], "task": p["task"],
-                        "score": points[key], "task_version": receipts[role].rows["scores"][0]["task_version"]})
-    methods = list(dict.fromkeys(labels[(e["method"], e["synthetic_share"])] for e in evals.values()))
-    table = build_paper_table(vectors, points, baseline=cfg["baseline"], tasks=ctx.params["tasks"], methods=methods,
-                              ties=cfg["ties"], correction=cfg["correction"])
-    write_report(ctx.out_dir, table, records)
-    with atomic_dir(ctx.workdir / "results") as tmp:  # the published copy: results/paper_table.csv, ...
-        for f in ctx.out_dir.iterdir():
+                        "score": points[key], "task_version": r.rows["scores"][0]["task_version"]})
+    order = {m: i for i, m in enumerate(params["methods"])}  # the config's order, shares ascending
+    methods = [labels[k] for k in sorted(labels, key=lambda k: (order[k[0]], k[1]))]
+    table = build_paper_table(vectors, points, baseline=cfg["baseline"], tasks=params["tasks"], methods=methods,
+                              ties=cfg["ties"], correction=cfg["correction"], delta_tasks=params["delta_tasks"])
+    return table, records
+
+
+def publish(workdir: Path, table, records, out_dir: Path) -> list[Path]:
+    """Write the report into out_dir and publish a copy as workdir/results/ (atomically)."""
+    from cdhpc.report import write_report
+
+    write_report(out_dir, table, records)
+    with atomic_dir(workdir / "results") as tmp:
+        for f in out_dir.iterdir():
             shutil.copy2(f, tmp / f.name)
+    return sorted((workdir / "results").iterdir())
+
+
+def run(ctx: StepContext) -> StepResult:
+    from cdhpc.report import render_markdown
+
+    receipts = [ctx.input_receipt(role) for role in ctx.spec.inputs]
+    table, records = build_table(ctx.workdir, receipts, ctx.params)
+    publish(ctx.workdir, table, records, ctx.out_dir)
     markdown = render_markdown(table)
     log.info("results table:\n%s", markdown)
-    return StepResult(metrics={"table_markdown": markdown, "rows": len(methods)})
-
-
-def _reading_columns(ctx: StepContext, role: str, params: dict):
-    """The numeric columns of the reading CSV this evaluate step read."""
-    from cdhpc.evals import get_task
-    from cdhpc.evals.reading import load_rows
-
-    eval_receipt = ctx.input_receipt(role)
-    if params["data_dir"] == "toy":
-        prepare_key = eval_receipt.spec["inputs"]["data"]
-        prepare_dir = next(p for p in ctx.workdir.glob(f"prepare/*-{prepare_key[:8]}"))
-        data = prepare_dir / "evaluation_data"
-    else:
-        data = Path(params["data_dir"])
-    task = get_task(params["task"])
-    return load_rows(task.data_dir(data, params["set"] == "fast") / task.pattern, params["task"])[1]
+    return StepResult(metrics={"table_markdown": markdown, "rows": len(table.methods)})

@@ -1,0 +1,44 @@
+"""``cdhpc export`` / ``cdhpc report``: the paper table from the scores that exist so far (the
+aggregate step's computation over the done evaluate steps; marked partial until all are done)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def done_evaluations(workdir: Path) -> tuple[dict, list, int]:
+    """(aggregate step spec, ok receipts of its evaluate inputs, number of inputs planned)."""
+    from cdhpc.manifest import Manifest
+    from cdhpc.receipts import read_receipt
+
+    steps = json.loads((workdir / "plan.json").read_text())["steps"]
+    agg = next((s for s in steps if s["stage"] == "aggregate"), None)
+    if agg is None:
+        raise SystemExit("cdhpc: this sweep has no aggregate step")
+    with Manifest(workdir) as m:
+        m.ingest()
+        ok = {k: r["path"] for k, r in m.receipts_by_key().items() if r["status"] == "ok"}
+    wanted = list(agg["inputs"].values())
+    return agg, [read_receipt(workdir / ok[k]) for k in wanted if k in ok], len(wanted)
+
+
+def export(workdir: Path, write: bool) -> int:
+    """Print the (possibly partial) table; with `write`, publish results/ as aggregate does."""
+    from cdhpc.report import render_markdown
+    from jobs.aggregate import build_table, publish
+
+    agg, receipts, planned = done_evaluations(workdir)
+    if not receipts:
+        print(f"cdhpc: no evaluate step of {workdir} is done yet; nothing to report", file=sys.stderr)
+        return 1
+    table, records = build_table(workdir, receipts, agg["params"])
+    if len(receipts) < planned:
+        print(f"PARTIAL: {len(receipts)} of {planned} evaluate steps done; mean-max over the checkpoints evaluated so far\n")
+    print(render_markdown(table))
+    if write:
+        out = workdir / "export"
+        for f in publish(workdir, table, records, out):
+            print(f"  {f}")
+    return 0
