@@ -1,28 +1,110 @@
-"""``cdhpc status --once``: the sweep's per-stage progress and its failed steps, as Rich tables."""
+"""The data behind ``cdhpc status``: one shell that reads a workdir into a ``Snapshot`` (ingest
+only what changed, then one query per table), and pure functions from a snapshot to the rows the
+plain table (``--once``) and the terminal UI (``cdhpc.tui``) show.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cdhpc import STAGES
+
+STATES = ("done", "running", "queued", "failed", "missing", "blocked")
+LOWER_IS_BETTER = ("perplexity",)
+
+
+@dataclass
+class Snapshot:
+    """One consistent view of a sweep: its plan, each step's state, and the manifest rows."""
+
+    workdir: Path
+    steps: list[dict[str, Any]]  # plan.json's step dicts, in dependency order
+    states: dict[str, str]  # key -> one of STATES
+    receipts: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> receipts row
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> jobs row
+    val_ppl: dict[str, float] = field(default_factory=dict)  # pretrain key -> last checkpoint's val PPL
+    tokens: dict[str, int] = field(default_factory=dict)  # generate key -> tokens in its shard
+    scores: dict[str, float] = field(default_factory=dict)  # evaluate key -> score (task units)
+    now: float = 0.0  # unix time of the read (s)
+
+
+class SnapshotReader:
+    """Reads a workdir again and again, cheaply: the plan is re-parsed only when plan.json
+    changes, and the manifest is ingested and queried only when a receipts/ or jobs/ directory
+    changed (receipts and job records are written by atomic rename, which always touches their
+    directory's mtime). Step states (output integrity, live pids) are recomputed on every read."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = Path(workdir)
+        self._plan_sig: tuple | None = None
+        self._dirs_sig: tuple | None = None
+        self._plan: Any = None
+        self._steps: list[dict[str, Any]] = []
+        self._rows: dict[str, Any] = {}
+
+    def read(self) -> Snapshot:
+        from cdhpc.manifest import Manifest
+        from cdhpc.plan import Plan, StepSpec
+        from cdhpc.scheduler import step_states
+
+        plan_file = self.workdir / "plan.json"
+        st = plan_file.stat()
+        plan_sig = (st.st_mtime_ns, st.st_size)
+        dirs_sig = _dirs_signature(self.workdir)
+        if plan_sig != self._plan_sig or dirs_sig != self._dirs_sig:
+            with Manifest(self.workdir) as m:
+                if plan_sig != self._plan_sig:
+                    self._steps = json.loads(plan_file.read_text())["steps"]
+                    self._plan = Plan([StepSpec.from_dict(s) for s in self._steps])
+                    m.register_plan(self._steps)
+                m.ingest()
+                self._rows = _query(m)
+            self._plan_sig, self._dirs_sig = plan_sig, _dirs_signature(self.workdir)
+        rows = self._rows
+        outputs = rows["outputs"]
+        states = step_states(self.workdir, self._plan, rows["receipts"], rows["jobs"], lambda k: outputs.get(k, []))
+        return Snapshot(self.workdir, self._steps, states, rows["receipts"], rows["jobs"], rows["val_ppl"],
+                        rows["tokens"], rows["scores"], time.time())
+
+
+def _dirs_signature(workdir: Path) -> tuple:
+    """(name, mtime_ns) of receipts/, jobs/ and their per-stage directories."""
+    sig = []
+    for top in ("receipts", "jobs"):
+        try:
+            with os.scandir(workdir / top) as it:
+                sig += [(e.path, e.stat().st_mtime_ns) for e in it if e.is_dir()]
+            sig.append((top, (workdir / top).stat().st_mtime_ns))
+        except FileNotFoundError:
+            sig.append((top, None))
+    return tuple(sorted(sig, key=str))
+
+
+def _query(m: Any) -> dict[str, Any]:
+    """Every manifest row the status views need, in one pass per table."""
+    outputs: dict[str, list[dict]] = {}
+    for r in m.db.execute("SELECT key, path, sha256, bytes, mtime_ns FROM outputs ORDER BY key, path"):
+        outputs.setdefault(r[0], []).append({"path": r[1], "sha256": r[2], "bytes": r[3], "mtime_ns": r[4]})
+    return {
+        "receipts": {r["key"]: dict(r) for r in m.db.execute("SELECT * FROM receipts")},
+        "jobs": {r["key"]: dict(r) for r in m.db.execute("SELECT * FROM jobs")},
+        "outputs": outputs,
+        "val_ppl": {k: v for k, v in m.db.execute("SELECT key, val_ppl FROM checkpoints ORDER BY key, step")},
+        "tokens": {k: v for k, v in m.db.execute("SELECT key, SUM(tokens) FROM shards GROUP BY key")},
+        "scores": {k: v for k, v in m.db.execute("SELECT key, score FROM scores")},
+    }
 
 
 def sweep_states(workdir: Path) -> tuple[list[dict], dict[str, str], dict[str, dict]]:
     """(planned step dicts, state by key, receipt rows by key), after ingesting new receipts."""
-    from cdhpc.manifest import Manifest
-    from cdhpc.plan import Plan, StepSpec
-    from cdhpc.scheduler import step_states
-
-    steps = json.loads((workdir / "plan.json").read_text())["steps"]
-    plan = Plan([StepSpec.from_dict(s) for s in steps])
-    with Manifest(workdir) as m:
-        m.register_plan(steps)
-        m.ingest()
-        receipts = m.receipts_by_key()
-        states = step_states(workdir, plan, receipts, m.jobs_by_key(), m.outputs_of)
-        return steps, states, {k: dict(v) for k, v in receipts.items()}
+    snap = SnapshotReader(workdir).read()
+    return snap.steps, snap.states, snap.receipts
 
 
 def stage_counts(steps: list[dict], states: dict[str, str]) -> list[tuple[str, Counter]]:
@@ -33,27 +115,244 @@ def stage_counts(steps: list[dict], states: dict[str, str]) -> list[tuple[str, C
     return [(stage, counts[stage]) for stage in STAGES if stage in counts]
 
 
+# ----------------------------------------------------------------------------- overview
+@dataclass(frozen=True)
+class StageRow:
+    """One stage of the overview."""
+
+    stage: str
+    counts: Counter  # state -> number of steps
+    total: int
+    elapsed_s: float  # first start (or submission) to last finish, or to now while any step is live
+    remaining_s: float | None  # estimate; None when no step of the stage has finished yet
+    tokens: int  # generated tokens (generate stage; 0 elsewhere)
+    gpu_hours: float  # sum of runtime x GPUs over the stage's receipts (h)
+
+
+def _gpus(spec: dict[str, Any]) -> int:
+    res = spec.get("resources") or {}
+    return int(res.get("gpus_per_node") or 0) * int(res.get("nodes") or 1)
+
+
+def _elapsed_s(steps: list[dict], snap: Snapshot, live: bool) -> float:
+    starts, ends = [], []
+    for s in steps:
+        r, j = snap.receipts.get(s["key"]), snap.jobs.get(s["key"])
+        if r is not None:
+            starts.append(r["started"])
+            ends.append(r["finished"])
+        if j is not None and j.get("submitted"):
+            starts.append(j["submitted"])
+    if not starts:
+        return 0.0
+    return max(0.0, (snap.now if live or not ends else max(ends)) - min(starts))
+
+
+def remaining_estimate_s(runtimes_s: list[float], left: int, running: int) -> float | None:
+    """Pure: time until `left` unfinished steps are done, at the mean runtime of the finished ones,
+    `max(1, running)` at a time (s). None before any step has finished."""
+    if left == 0:
+        return 0.0
+    if not runtimes_s:
+        return None
+    return sum(runtimes_s) / len(runtimes_s) * left / max(1, running)
+
+
+def stage_overview(snap: Snapshot) -> list[StageRow]:
+    """Pure: one row per stage with counts, elapsed and remaining time, tokens and GPU-hours."""
+    by_stage: dict[str, list[dict]] = {}
+    for s in snap.steps:
+        by_stage.setdefault(s["stage"], []).append(s)
+    out = []
+    for stage in [st for st in STAGES if st in by_stage] + sorted(set(by_stage) - set(STAGES)):
+        steps = by_stage[stage]
+        counts = Counter(snap.states[s["key"]] for s in steps)
+        done = [snap.receipts[s["key"]] for s in steps if snap.states[s["key"]] == "done"]
+        live = counts["running"] + counts["queued"]
+        gpu_h = sum((snap.receipts[s["key"]]["runtime_s"] or 0.0) * _gpus(s) for s in steps if s["key"] in snap.receipts) / 3600
+        out.append(StageRow(stage, counts, len(steps), _elapsed_s(steps, snap, live > 0),
+                            remaining_estimate_s([r["runtime_s"] for r in done], len(steps) - len(done), counts["running"]),
+                            sum(snap.tokens.get(s["key"], 0) or 0 for s in steps), gpu_h))
+    return out
+
+
+def format_duration(seconds: float | None) -> str:
+    """Pure: '-', '45s', '12m05s', '3h07m' or '2d04h'."""
+    if seconds is None:
+        return "-"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+# ----------------------------------------------------------------------------- steps table
+@dataclass(frozen=True)
+class StepRow:
+    """One step of the steps table."""
+
+    key: str
+    stage: str
+    name: str
+    state: str
+    job: str  # job id, with `_<array_index>` for an array element; '' before submission
+    attempts: int
+    node: str
+    runtime_s: float | None  # receipt's runtime, or time since submission while live
+    metric: str  # val PPL (pretrain), score (evaluate), tokens (generate)
+
+
+def _metric(stage: str, key: str, snap: Snapshot) -> str:
+    if stage == "pretrain" and key in snap.val_ppl:
+        return f"ppl {snap.val_ppl[key]:.2f}"
+    if stage == "evaluate" and key in snap.scores:
+        return f"{snap.scores[key]:.2f}"
+    if stage == "generate" and key in snap.tokens:
+        return f"{snap.tokens[key]:,} tok"
+    return ""
+
+
+def step_rows(snap: Snapshot) -> list[StepRow]:
+    """Pure: one row per planned step, in plan order."""
+    rows = []
+    for s in snap.steps:
+        key, state = s["key"], snap.states[s["key"]]
+        r, j = snap.receipts.get(key), snap.jobs.get(key)
+        job = "" if j is None else str(j["job_id"]) + ("" if j["array_index"] is None else f"_{j['array_index']}")
+        runtime = r["runtime_s"] if r is not None and state not in ("running", "queued") else None
+        if runtime is None and j is not None and state in ("running", "queued") and j.get("submitted"):
+            runtime = max(0.0, snap.now - j["submitted"])
+        attempts = (j["attempt"] if j is not None else None) or (r["attempt"] if r is not None else 0)
+        rows.append(StepRow(key, s["stage"], s["name"], state, job, attempts or 0,
+                            (r["host"] or "") if r is not None else "", runtime, _metric(s["stage"], key, snap)))
+    return rows
+
+
+def filter_rows(rows: list[StepRow], query: str) -> list[StepRow]:
+    """Pure: rows matching every word of `query`. A word that is a state name (done, failed, ...)
+    or `state:<name>` keeps that state; any other word must occur in the stage, name, job id or
+    node (case-insensitive)."""
+    words = query.lower().split()
+    states = {w.removeprefix("state:") for w in words if w.removeprefix("state:") in STATES}
+    texts = [w for w in words if w.removeprefix("state:") not in STATES]
+    out = []
+    for r in rows:
+        hay = f"{r.stage} {r.name} {r.job} {r.node}".lower()
+        if (not states or r.state in states) and all(t in hay for t in texts):
+            out.append(r)
+    return out
+
+
+SORT_COLUMNS = ("stage", "name", "state", "job", "attempts", "node", "runtime_s", "metric")
+
+
+def sort_rows(rows: list[StepRow], column: str, reverse: bool = False) -> list[StepRow]:
+    """Pure: rows sorted by one column; stages in pipeline order, empty values last."""
+    if column not in SORT_COLUMNS:
+        raise ValueError(f"cannot sort steps by {column!r}; columns: {', '.join(SORT_COLUMNS)}")
+
+    def key(r: StepRow) -> tuple:
+        v = getattr(r, column)
+        if column == "stage":
+            v = STAGES.index(v) if v in STAGES else len(STAGES)
+        elif column == "metric":
+            num = v.replace("ppl ", "").replace(" tok", "").replace(",", "")
+            v = float(num) if num else None
+        return (v is None or v == "", v if v is not None else 0)
+
+    present = [r for r in rows if not key(r)[0]]
+    empty = [r for r in rows if key(r)[0]]
+    return sorted(present, key=key, reverse=reverse) + empty
+
+
+# ----------------------------------------------------------------------------- partial results
+@dataclass(frozen=True)
+class PartialTable:
+    """The paper table from the point scores evaluated so far (no bootstrap, no significance).
+
+    cells[(method, task)] = (mean over seeds of each seed's best checkpoint so far,
+    evaluate steps with a score, evaluate steps planned)."""
+
+    methods: tuple[str, ...]
+    tasks: tuple[str, ...]
+    cells: dict[tuple[str, str], tuple[float, int, int]]
+
+    @property
+    def complete(self) -> bool:
+        return all(n == planned for _, n, planned in self.cells.values()) and len(self.cells) == len(self.methods) * len(self.tasks)
+
+
+def method_labels(evals: list[dict[str, Any]]) -> dict[tuple[str, float], str]:
+    """Pure: a table row per (method, synthetic share): the method's name, plus `@q<share>` when
+    the method is trained at several shares (as the aggregate stage labels them)."""
+    shares: dict[str, set] = {}
+    for p in evals:
+        shares.setdefault(p["method"], set()).add(p["synthetic_share"])
+    return {(m, q): m if len(qs) == 1 else f"{m}@q{q:g}" for m, qs in shares.items() for q in qs}
+
+
+def partial_table(snap: Snapshot) -> PartialTable:
+    """Pure: mean-max over the checkpoints scored so far, per (method, task). Perplexity keeps the
+    lowest checkpoint, every other task the highest; ties go to the earliest step."""
+    evals = [s for s in snap.steps if s["stage"] == "evaluate"]
+    labels = method_labels([s["params"] for s in evals])
+    planned: Counter = Counter()
+    scored: Counter = Counter()
+    best: dict[tuple[str, str], dict[Any, tuple[int, float]]] = {}
+    for s in sorted(evals, key=lambda s: s["params"]["step"]):
+        p = s["params"]
+        cell = (labels[(p["method"], p["synthetic_share"])], p["task"])
+        planned[cell] += 1
+        score = snap.scores.get(s["key"])
+        if score is None:
+            continue
+        scored[cell] += 1
+        seeds = best.setdefault(cell, {})
+        old = seeds.get(p["seed"])
+        better = old is None or (score < old[1] if p["task"] in LOWER_IS_BETTER else score > old[1])
+        if better:
+            seeds[p["seed"]] = (p["step"], score)
+    cells = {cell: (sum(v for _, v in seeds.values()) / len(seeds), scored[cell], planned[cell])
+             for cell, seeds in best.items()}
+    methods = tuple(dict.fromkeys(c[0] for c in planned))
+    tasks = tuple(dict.fromkeys(c[1] for c in planned))
+    return PartialTable(methods, tasks, cells)
+
+
+# ----------------------------------------------------------------------------- plain mode
 def print_status(workdir: Path) -> int:
+    """``cdhpc status --once``: the per-stage table and the failed steps. Exit 1 if any failed."""
     from rich.console import Console
     from rich.table import Table
 
-    steps, states, receipts = sweep_states(workdir)
-    table = Table(title=f"{workdir.name}: {len(steps)} steps")
-    for col in ("stage", "done", "running", "queued", "failed", "to run", "total"):
+    snap = SnapshotReader(workdir).read()
+    table = Table(title=f"{workdir.name}: {len(snap.steps)} steps")
+    for col in ("stage", "done", "running", "queued", "failed", "to run", "total", "elapsed", "remaining", "GPU-h"):
         table.add_column(col, justify="left" if col == "stage" else "right")
-    for stage, c in stage_counts(steps, states):
-        table.add_row(stage, str(c["done"]), str(c["running"]), str(c["queued"]), str(c["failed"]),
-                      str(c["missing"] + c["blocked"]), str(sum(c.values())))
+    for row in stage_overview(snap):
+        c = row.counts
+        table.add_row(row.stage, str(c["done"]), str(c["running"]), str(c["queued"]), str(c["failed"]),
+                      str(c["missing"] + c["blocked"]), str(row.total), format_duration(row.elapsed_s),
+                      format_duration(row.remaining_s), f"{row.gpu_hours:.2f}")
     console = Console(width=140)
     console.print(table)
-    failed = [s for s in steps if states[s["key"]] == "failed"]
+    failed = [s for s in snap.steps if snap.states[s["key"]] == "failed"]
     if failed:
         ft = Table(title=f"{len(failed)} failed step(s)")
         for col in ("stage", "name", "error", "log"):
             ft.add_column(col)
         for s in failed[:50]:
-            r = receipts.get(s["key"]) or {}
-            err = (r.get("error") or "no receipt: the job ended without writing one").strip().splitlines()[-1]
-            ft.add_row(s["stage"], s["name"], err[:80], r.get("stdout") or "")
+            r = snap.receipts.get(s["key"]) or {}
+            ft.add_row(s["stage"], s["name"], failure_line(r)[:80], r.get("stdout") or "")
         console.print(ft)
     return 1 if failed else 0
+
+
+def failure_line(receipt: dict[str, Any]) -> str:
+    """Pure: the last line of a failed step's error, or why there is none."""
+    err = (receipt.get("error") or "no receipt: the job ended without writing one").strip()
+    return err.splitlines()[-1] if err else "failed without an error message"

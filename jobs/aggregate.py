@@ -68,7 +68,7 @@ def build_table(workdir: Path, receipts: list[Receipt], params: dict):
     order = {m: i for i, m in enumerate(params["methods"])}  # the config's order, shares ascending
     methods = [labels[k] for k in sorted(labels, key=lambda k: (order[k[0]], k[1]))]
     table = build_paper_table(vectors, points, baseline=cfg["baseline"], tasks=params["tasks"], methods=methods,
-                              ties=cfg["ties"], correction=cfg["correction"], delta_tasks=params["delta_tasks"])
+                              ties=cfg["ties"], correction=cfg["correction"], delta_tasks=params.get("delta_tasks"))
     return table, records
 
 
