@@ -42,8 +42,11 @@ def _check_data(cfg: SweepConfig) -> list[Issue]:
 def _check_pretrain(cfg: SweepConfig) -> list[Issue]:
     p = cfg.pretrain
     issues = _check_preset(cfg, ("pretrain", "model"), p.model)
-    if p.global_batch % p.micro_batch:
-        msg = f"must be a multiple of pretrain.micro_batch ({p.micro_batch})"
+    res = cfg.executor.resources_for("pretrain")
+    ranks = res.nodes * res.tasks_per_node
+    if p.global_batch % (p.micro_batch * ranks):
+        msg = (f"must be a multiple of pretrain.micro_batch x ranks = {p.micro_batch} x {ranks} "
+               f"(executor.resources.pretrain: nodes x tasks_per_node)")
         issues.append(Issue(("pretrain", "global_batch"), msg, p.global_batch))
     if len(set(p.seeds)) != len(p.seeds):
         issues.append(Issue(("pretrain", "seeds"), "seeds must be distinct", p.seeds))

@@ -152,7 +152,7 @@ class LocalScheduler:
         executor = submitit.LocalExecutor(folder=self.workdir / "logs" / stage)
         res = pack[0].resources
         executor.update_parameters(timeout_min=res.get("timeout_min", 60) * len(pack),
-                                   tasks_per_node=1, gpus_per_node=res.get("gpus_per_node", 0))
+                                   tasks_per_node=res.get("tasks_per_node", 1), gpus_per_node=res.get("gpus_per_node", 0))
         os.environ["OMP_NUM_THREADS"] = str(res.get("cpus_per_task", 1))  # inherited by the job process
         for s in pack:  # a stale receipt (outputs changed) must not let the job skip the step
             receipt_path(self.workdir, s.stage, s.name, s.key).unlink(missing_ok=True)

@@ -231,7 +231,8 @@ def _save_hf(engine, spec: TrainSpec, step: int, rank: int, tokenizer_dir: Path,
         for item in Path(tokenizer_dir).iterdir():
             if item.is_file():
                 shutil.copy2(item, tmp / item.name)
-        (tmp / "val.json").write_text(json.dumps(record | {"spec": asdict(spec)}, indent=2))
+        # no absolute path inside: a workdir must stay movable and its bytes location-independent
+        (tmp / "val.json").write_text(json.dumps({k: v for k, v in record.items() if k != "path"} | {"spec": asdict(spec)}, indent=2))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
     dist.barrier()
@@ -274,7 +275,7 @@ def _resume(engine, ds_dir: Path, world_size: int) -> int:
 
 
 def _existing_checkpoints(out_dir: Path) -> list[dict]:
-    records = [json.loads(p.read_text()) for p in (out_dir / "checkpoints").glob("step_*/val.json")]
+    records = [{**json.loads(p.read_text()), "path": str(p.parent)} for p in (out_dir / "checkpoints").glob("step_*/val.json")]
     return sorted(({k: v for k, v in r.items() if k != "spec"} for r in records), key=lambda r: r["step"])
 
 

@@ -116,8 +116,34 @@ def log_paths() -> dict[str, str]:
         return {}
 
 
-def run_step(workdir: Path, spec: StepSpec, attempt: int = 1) -> Receipt:
-    """Run one step and write its receipt (status ok, or failed with the traceback)."""
+def job_rank() -> tuple[int, int]:
+    """(global rank, number of tasks) of this process in its submitit job; (0, 1) outside one."""
+    try:
+        env = submitit.JobEnvironment()
+    except RuntimeError:
+        return 0, 1
+    return env.global_rank, env.num_tasks
+
+
+def distributed_env() -> dict[str, str]:
+    """torch.distributed variables for a multi-task job, from submitit's JobEnvironment (the same
+    on SLURM and locally): rank 0's host is the master, the port derives from the job id."""
+    env = submitit.JobEnvironment()
+    master = env.hostnames[0] if env.num_nodes > 1 else "127.0.0.1"
+    port = 20000 + int("".join(c for c in str(env.job_id) if c.isdigit()) or 0) % 20000
+    return {"RANK": str(env.global_rank), "LOCAL_RANK": str(env.local_rank), "WORLD_SIZE": str(env.num_tasks),
+            "MASTER_ADDR": master, "MASTER_PORT": str(port)}
+
+
+def run_step(workdir: Path, spec: StepSpec, attempt: int = 1) -> Receipt | None:
+    """Run one step and write its receipt (status ok, or failed with the traceback). In a
+    multi-task job every rank runs the step and only rank 0 writes the receipt."""
+    rank, n_tasks = job_rank()
+    if n_tasks > 1:
+        os.environ.update(distributed_env())
+        if rank:
+            resolve_entry(spec)(StepContext(spec, workdir, attempt))
+            return None
     ctx = StepContext(spec, workdir, attempt)
     log.info("step %s/%s key=%s attempt=%d", spec.stage, spec.name, spec.key, attempt)
     log.info("spec %s", json.dumps(spec.to_dict(), sort_keys=True))
@@ -180,5 +206,6 @@ class StepJob(submitit.helpers.Checkpointable):
 def configure_job_logging() -> None:
     """Jobs log to stdout (the step's log file) with the step's array index in every line."""
     index = os.environ.get("SLURM_ARRAY_TASK_ID", "-")
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout, force=True,
+    rank, _ = job_rank()  # only rank 0 logs progress
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, stream=sys.stdout, force=True,
                         format=f"%(asctime)s [%(levelname)s] [array {index}] %(message)s")

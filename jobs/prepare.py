@@ -1,12 +1,16 @@
-"""prepare: the training corpus (train/seed/test splits of <source>.txt) and, for toy sweeps, the
-evaluation data in the BabyLM 2025 layout."""
+"""prepare: the training corpus (train/seed/test splits of <source>.txt): generated (toy, with the
+evaluation data in the BabyLM 2025 layout), built from BabyLM 2024 + TinyStories (tinybabylm), or
+an existing prepared directory."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 
 from cdhpc.config import DataConfig
 from jobs import StepContext, StepResult
+
+log = logging.getLogger("cdhpc")
 
 
 def run(ctx: StepContext) -> StepResult:
@@ -26,8 +30,12 @@ def run(ctx: StepContext) -> StepResult:
         ctx.out_dir.mkdir(parents=True)
         return StepResult(outputs=[], metrics={"corpus_dir": str(data.corpus_dir.resolve()),
                                                "files": {f.path: f.sha256 for f in files}})
-    raise RuntimeError("data.kind 'tinybabylm' needs the TinyBabyLM builder, which this version does not "
-                       "have yet; build the splits yourself and use data.kind 'prepared' with data.corpus_dir")
+    from cdhpc.tinybabylm import build_tinybabylm
+
+    counts = build_tinybabylm(data.babylm_dir, data.tinystories, ctx.out_dir / "corpus",
+                              tinystories_words=data.tinystories_words, seed_fraction=data.seed_fraction,
+                              split_seed=data.split_seed, chunk_words=tuple(data.chunk_words), log=log.info)
+    return StepResult(metrics={"corpus_dir": None, "counts": counts})
 
 
 def corpus_dir(ctx: StepContext, role: str = "corpus"):

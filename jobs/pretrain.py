@@ -38,5 +38,5 @@ def run(ctx: StepContext) -> StepResult:
     shutil.rmtree(ctx.out_dir / "ds", ignore_errors=True)  # resume state is not needed once the run is done
     rows = [{"run": ctx.spec.name, "step": c["step"], "path": str((ctx.out_dir / "checkpoints" / f"step_{c['step']}").relative_to(ctx.workdir)),
              "val_loss": c["val_loss"], "val_ppl": c["val_ppl"]} for c in result["checkpoints"]]
-    metrics = {k: result[k] for k in ("params", "tokens", "tokens_per_s", "mfu", "realised_synthetic_share", "device")}
+    metrics = {k: result[k] for k in ("params", "tokens", "tokens_per_s", "mfu", "realised_synthetic_share", "device", "world_size")}
     return StepResult(outputs=[ctx.out_dir / "checkpoints"], metrics=metrics, rows={"checkpoints": rows})

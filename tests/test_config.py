@@ -66,6 +66,7 @@ CASES = [
     ("unknown-resource", edit("executor", {"resources": {"pretrain": {"gpus": 2}}}), "executor.resources.pretrain.gpus", "did you mean 'gpus_per_node'"),
     ("unknown-stage", edit("executor", {"resources": {"trian": {}}}), "executor.resources", "unknown stage 'trian'"),
     ("batch-not-multiple", edit("pretrain/global_batch", 20), "pretrain.global_batch", "multiple of pretrain.micro_batch"),
+    ("batch-not-multiple-of-ranks", edit("executor", {"resources": {"pretrain": {"tasks_per_node": 2}}}), "pretrain.global_batch", "x ranks = 16 x 2"),
     ("missing-eval-dir", edit("eval", {"data_dir": "/nonexistent/evaluation_data"}), "eval.data_dir", "directory does not exist"),
     ("top-p-above-1", edit("methods/cd-early-100/decoding", {"mode": "cd", "top_p": 1.5}), "methods.cd-early-100.decoding.top_p", "less than or equal to 1"),
     ("fixed-good-without-seed", edit("select", {"good": {"rule": "fixed", "step": 100}}), "select.good.seed", "required when rule is 'fixed'"),

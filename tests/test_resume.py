@@ -115,3 +115,16 @@ def test_generate_killed_mid_shard_resumes_to_identical_bytes(sweeps):
     ours = next(workdir.glob("generate/cd-0000-*/shard.parquet"))
     reference = next((whole.parent / "whole").glob("generate/cd-0000-*/shard.parquet"))
     assert ours.read_bytes() == reference.read_bytes()
+
+
+def test_pretrain_with_two_ranks_from_submitit_job_environment(tmp_path):
+    """tasks_per_node=2: both ranks get RANK/WORLD_SIZE from submitit's JobEnvironment (as on
+    SLURM), train data-parallel with gloo, and only rank 0 writes the receipt."""
+    sweep = write_sweep(tmp_path, "multi")
+    p = subprocess.run([sys.executable, "-m", "cdhpc.launch", str(sweep), "--until", "pretrain",
+                        "executor.resources.pretrain.tasks_per_node=2", "pretrain.micro_batch=4", "pretrain.steps=20", "pretrain.checkpoint_every=20",
+                        "methods.cd.amateur.step=20"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    receipt = json.loads(next((tmp_path / "multi" / "receipts" / "pretrain").glob("baseline-s1-*.json")).read_text())
+    assert receipt["status"] == "ok" and receipt["metrics"]["world_size"] == 2
+    assert any((tmp_path / "multi").glob("pretrain/baseline-s1-*/checkpoints/step_20/model.safetensors"))
