@@ -165,3 +165,37 @@ def test_status_and_manifest_rebuild(sweep):
     with Manifest(workdir) as m:
         after = {t: sorted(map(tuple, (r.values() for r in m.rows(t)))) for t in before}
     assert after == before
+
+
+@pytest.mark.parametrize("method", ["cd-early-60-top-k-50", "no-contrast-vhead"])
+def test_truncated_and_vhead_shards_obey_their_rule(sweep, method):
+    """Re-scored with full forward passes of the selected checkpoints: a V-head token lies in the
+    expert's alpha-head; a top-k CD token lies within the k best CD scores at its position."""
+    import pyarrow.parquet as pq
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from cdhpc.decoding import method_scores
+    from jobs.generate import decoding_params
+
+    workdir, _ = sweep
+    selection = json.loads(next(workdir.glob(f"select/{method}-*/selection.json")).read_text())
+    receipt = json.loads(next((workdir / "receipts" / "generate").glob(f"{method}-0000-*.json")).read_text())
+    params = decoding_params(receipt["spec"]["params"]["decoding"])
+    expert = AutoModelForCausalLM.from_pretrained(workdir / selection["good"]["path"]).eval()
+    amateur = AutoModelForCausalLM.from_pretrained(workdir / selection["bad"]["path"]).eval() if selection["bad"] else None
+    table = pq.read_table(next(workdir.glob(f"generate/{method}-0000-*/shard.parquet"))).slice(0, 6)
+    for prompt, generated in zip(table["prompt_ids"].to_pylist(), table["input_ids"].to_pylist()):
+        ids = torch.tensor([prompt + generated])
+        with torch.no_grad():
+            ze = expert(input_ids=ids).logits[0, len(prompt) - 1:-1].float()
+            za = amateur(input_ids=ids).logits[0, len(prompt) - 1:-1].float() if amateur is not None else None
+        tokens = torch.tensor(generated)[:, None]
+        logp = torch.log_softmax(ze, -1)
+        in_head = logp.gather(1, tokens)[:, 0] >= logp.max(1).values + math.log(params.alpha) - 1e-4
+        assert bool(in_head.all()), "a token outside the expert's head was sampled"
+        if params.top_k:
+            scores = method_scores(ze, za, params)
+            chosen, kth = scores.gather(1, tokens)[:, 0], scores.topk(params.top_k, dim=1).values[:, -1]
+            inside = torch.isfinite(chosen)  # head-boundary tokens may round to -inf when re-scored
+            assert bool((chosen[inside] >= kth[inside] - 1e-4).all()) and inside.float().mean() > 0.95
