@@ -14,16 +14,14 @@ Every document is stored as ``<s> ids </s>``. torch is never imported here.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+
+from cdhpc.receipts import atomic_dir, sha256_file  # noqa: F401 (sha256_file is part of this API)
 
 SPECIALS = ("<unk>", "<s>", "</s>", "<pad>")
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
@@ -69,33 +67,6 @@ def read_documents(path_or_dir: str | Path, doc_sep: str = "blank_line") -> Iter
                 yield "\n".join(lines)
 
 
-def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
-    """Hex sha256 of a file, streamed in ``chunk_bytes`` chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk_bytes):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-@contextmanager
-def _atomic_dir(out: Path) -> Iterator[Path]:
-    """Yield a fresh temp directory next to ``out``; on success it replaces ``out`` (rename), on
-    error it is removed and ``out`` is left as it was."""
-    out = Path(out)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-
-
 def train_tokenizer(train_dir: Path, out_dir: Path, *, vocab_size: int, min_frequency: int = 2,
                     doc_sep: str = "blank_line", seed: int = 42) -> dict:
     """Train the SentencePiece-style BPE tokenizer (NFKC, specials ``<unk> <s> </s> <pad>`` = 0-3)
@@ -122,7 +93,7 @@ def train_tokenizer(train_dir: Path, out_dir: Path, *, vocab_size: int, min_freq
     hf = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<s>",
                                  eos_token="</s>", pad_token="<pad>")
     out_dir = Path(out_dir)
-    with _atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp:
         hf.save_pretrained(str(tmp))
     files = {p.name: sha256_file(p) for p in sorted(out_dir.iterdir()) if p.is_file()}
     return {"vocab_size": core.get_vocab_size(), "seed": seed, "files": files,
@@ -175,7 +146,7 @@ class _ArrayWriter:
 def write_token_array(out: Path, docs: Iterable[np.ndarray], vocab_size: int, meta: dict) -> dict:
     """Write already-tokenised documents (each a full ``<s> ... </s>`` id array, or any ids the
     caller wants stored verbatim) as a token array directory, atomically. Returns the meta."""
-    with _atomic_dir(Path(out)) as tmp:
+    with atomic_dir(Path(out)) as tmp:
         writer = _ArrayWriter(tmp, vocab_size)
         try:
             for doc in docs:
@@ -209,7 +180,7 @@ def encode_split(tokenizer_dir: Path, src: Path, out: Path, *, doc_sep: str = "b
         raise FileNotFoundError(f"{tokenizer_json}: missing (tokenizer_dir must come from train_tokenizer)")
     core = Tokenizer.from_file(str(tokenizer_json))
     inputs = {str(p): sha256_file(p) for p in _text_files(Path(src))}
-    with _atomic_dir(Path(out)) as tmp:
+    with atomic_dir(Path(out)) as tmp:
         writer = _ArrayWriter(tmp, core.get_vocab_size())
         try:
             for chunk in _chunks(read_documents(src, doc_sep), _ENCODE_CHUNK_DOCS):

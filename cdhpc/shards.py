@@ -16,7 +16,6 @@ generated ids) and ``prompt_ids`` (list<int32>). Pads never reach ``text``.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -26,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from cdhpc.receipts import atomic_write_bytes
 
 if TYPE_CHECKING:  # torch is imported only when generating
     from cdhpc.decoding import DecodingParams
@@ -76,18 +77,10 @@ def part_path(out: Path, chunk: int) -> Path:
 
 
 def write_table_atomic(table: pa.Table, path: Path) -> None:
-    """Write ``table`` to ``path`` via a temporary file, fsync, rename, fsync of the folder."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        pq.write_table(table.combine_chunks(), f, **_PARQUET)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Write ``table`` as Parquet to ``path`` atomically (fixed writer options: same rows, same bytes)."""
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table.combine_chunks(), buffer, **_PARQUET)
+    atomic_write_bytes(path, buffer.getvalue().to_pybytes())
 
 
 def _chunk_table(expert: Any, amateur: Any, prompts: list[list[int]], lo: int, hi: int,
