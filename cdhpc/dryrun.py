@@ -62,6 +62,33 @@ def decisions(cfg: SweepConfig, plan: Plan) -> list[str]:
     return out
 
 
+BYTES_PER_PARAM = {"bf16": 2, "fp32": 4}
+SHARD_BYTES_PER_TOKEN = 6  # Parquet (zstd) of int32 ids + decoded text, measured on tiny shards
+WORDS_TO_TOKENS = 1.3      # BPE tokens per whitespace word, English prose at vocab 32k
+
+
+def generated_tokens(plan: Plan) -> int:
+    """Pure: tokens all generate steps will write."""
+    return sum((g.params["prompts"][1] - g.params["prompts"][0]) * g.params["continuations"] * g.params["new_tokens"]
+               for g in plan.stage("generate"))
+
+
+def disk_estimate(cfg: SweepConfig, plan: Plan) -> dict[str, float]:
+    """Pure: bytes of the sweep's outputs by kind (an estimate: checkpoints exactly, shards and
+    token arrays from tokens). DeepSpeed resume state (~16 B/param) exists only while a run trains."""
+    p = cfg.pretrain
+    ckpts = sum(cfg.presets()[s.params["model"]].n_params(cfg.tokenizer.vocab_size) * BYTES_PER_PARAM[p.precision]
+                * len(p.saved_steps()) for s in plan.stage("pretrain"))
+    gen = generated_tokens(plan)
+    d = cfg.data
+    corpus_words = (d.toy.train_docs * 120 if d.kind == "toy" else
+                    d.tinystories_words / 0.38 if d.kind == "tinybabylm" else None)
+    token_bytes = 2 if cfg.tokenizer.vocab_size <= 65535 else 4
+    real = corpus_words * WORDS_TO_TOKENS * token_bytes if corpus_words else float("nan")
+    return {"checkpoints": ckpts, "shards": gen * SHARD_BYTES_PER_TOKEN,
+            "token arrays": real + (gen * token_bytes if plan.stage("corpus") else 0)}
+
+
 def model_lines(cfg: SweepConfig, plan: Plan) -> list[str]:
     seen = {}
     for s in plan.stage("pretrain"):
@@ -88,6 +115,10 @@ def print_dry_run(cfg: SweepConfig, plan: Plan, states: dict[str, str] | None) -
     console = Console(width=160)
     console.print(table)
     console.print("methods: " + ", ".join(cfg.methods))
+    disk = disk_estimate(cfg, plan)
+    console.print(f"generated tokens: {generated_tokens(plan) / 1e6:,.1f}M; disk: "
+                  + ", ".join(f"{k} {v / 1e9:,.1f} GB" for k, v in disk.items())
+                  + f" (total {sum(v for v in disk.values() if v == v) / 1e9:,.1f} GB)", highlight=False)
     for line in model_lines(cfg, plan) + decisions(cfg, plan):
         console.print(line, highlight=False)
     if states is None:
