@@ -31,9 +31,14 @@ def _workdir(arg: str) -> Path:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from cdhpc.status import print_status
+    workdir = _workdir(args.sweep)
+    if args.once or not sys.stdout.isatty():
+        from cdhpc.status import print_status
 
-    return print_status(_workdir(args.sweep))
+        return print_status(workdir)
+    from cdhpc.tui import run_app
+
+    return run_app(workdir)
 
 
 def cmd_manifest(args: argparse.Namespace) -> int:
@@ -72,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("launch", help="validate, plan and run a sweep (same as python -m cdhpc.launch)", add_help=False)
     s.add_argument("rest", nargs=argparse.REMAINDER)
     s.set_defaults(fn=cmd_launch)
-    s = sub.add_parser("status", help="per-stage progress and failed steps of a sweep (exit 1 if any failed)")
+    s = sub.add_parser("status", help="the sweep's job-status terminal UI; --once: a plain table (exit 1 if any step failed)")
     s.add_argument("sweep", help="the sweep's workdir or .yaml")
     s.add_argument("--once", action="store_true", help="print once and exit (the default when not a terminal)")
     s.set_defaults(fn=cmd_status)

@@ -68,7 +68,7 @@ def step_states(workdir: Path, plan: Plan, receipts: dict[str, Any], jobs: dict[
             intact = outs if all(output_intact(workdir, o, rehash) for o in outs) else None
             if intact is None:
                 log.warning("step %s/%s: outputs changed since its receipt; it will run again", spec.stage, spec.name)
-        alive = j is not None and j["executor"] == "local" and pid_alive(j["job_id"])
+        alive = j is not None and j["executor"] == "local" and j["state"] in LIVE_JOB_STATES and pid_alive(j["job_id"])
         states[spec.key] = classify(r, intact, j, alive)
     return states
 
@@ -172,6 +172,9 @@ class LocalScheduler:
             running.remove(r)
             for s in r.specs:
                 ok = is_done(self.workdir, s)
+                if not ok and self._cancelled(s):  # cancelled by the user (cdhpc status): no retry
+                    state[s.key] = FAILED
+                    continue
                 self._record(s, r.job_id, "COMPLETED" if ok else "FAILED", r.attempt, r.job.paths if r.job else None)
                 if ok:
                     state[s.key] = DONE
@@ -182,6 +185,10 @@ class LocalScheduler:
                     log.error("step %s/%s failed; see its receipt and %s", s.stage, s.name,
                               r.job.paths.stdout if r.job else "its log")
                     state[s.key] = FAILED
+
+    def _cancelled(self, spec: StepSpec) -> bool:
+        path = job_record_path(self.workdir, spec)
+        return path.is_file() and json.loads(path.read_text()).get("state") == "CANCELLED"
 
     def _record(self, spec: StepSpec, job_id: str, job_state: str, attempt: int, paths: Any) -> None:
         path = job_record_path(self.workdir, spec)

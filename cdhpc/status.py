@@ -26,8 +26,8 @@ class Snapshot:
     workdir: Path
     steps: list[dict[str, Any]]  # plan.json's step dicts, in dependency order
     states: dict[str, str]  # key -> one of STATES
-    receipts: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> receipts row
-    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> jobs row
+    receipts: dict[str, Any] = field(default_factory=dict)  # key -> receipts row (a mapping)
+    jobs: dict[str, Any] = field(default_factory=dict)  # key -> jobs row (a mapping)
     val_ppl: dict[str, float] = field(default_factory=dict)  # pretrain key -> last checkpoint's val PPL
     tokens: dict[str, int] = field(default_factory=dict)  # generate key -> tokens in its shard
     scores: dict[str, float] = field(default_factory=dict)  # evaluate key -> score (task units)
@@ -35,69 +35,160 @@ class Snapshot:
 
 
 class SnapshotReader:
-    """Reads a workdir again and again, cheaply: the plan is re-parsed only when plan.json
-    changes, and the manifest is ingested and queried only when a receipts/ or jobs/ directory
-    changed (receipts and job records are written by atomic rename, which always touches their
-    directory's mtime). Step states (output integrity, live pids) are recomputed on every read."""
+    """Reads a workdir again and again, cheaply. plan.json is re-parsed only when it changes.
+    Receipts and job records are written by atomic rename, which gives the file a new inode and
+    touches its directory's mtime: only directories whose mtime changed are listed (os.scandir,
+    no stat), only files with a new inode are ingested, and only their steps' rows are queried
+    again. Outputs of done steps are re-checked (size + mtime) on `read(verify=True)` and for
+    receipts that changed; live jobs' pids are probed on every read."""
 
     def __init__(self, workdir: Path):
         self.workdir = Path(workdir)
         self._plan_sig: tuple | None = None
-        self._dirs_sig: tuple | None = None
-        self._plan: Any = None
+        self._dirs: dict[str, int] = {}  # receipts/<stage>, jobs/<stage> -> mtime_ns
+        self._inodes: dict[str, int] = {}  # relative path -> inode
         self._steps: list[dict[str, Any]] = []
-        self._rows: dict[str, Any] = {}
+        self._rows: dict[str, dict] = {}
+        self._intact: dict[str, bool] = {}  # key -> outputs intact at the last check
 
-    def read(self) -> Snapshot:
+    def read(self, verify: bool = False, ingest: bool = True) -> Snapshot:
+        """The current snapshot; `verify` re-checks every done step's outputs. `ingest=False`
+        (for a first render within a second) shows the manifest as last ingested."""
         from cdhpc.manifest import Manifest
-        from cdhpc.plan import Plan, StepSpec
-        from cdhpc.scheduler import step_states
 
-        plan_file = self.workdir / "plan.json"
-        st = plan_file.stat()
-        plan_sig = (st.st_mtime_ns, st.st_size)
-        dirs_sig = _dirs_signature(self.workdir)
-        if plan_sig != self._plan_sig or dirs_sig != self._dirs_sig:
+        st = (self.workdir / "plan.json").stat()
+        plan_sig, first = (st.st_mtime_ns, st.st_size), not self._rows
+        full = ingest and not self._dirs  # the first ingest lists every file (Manifest.ingest)
+        changed = self._changed_files() if ingest else []
+        if plan_sig != self._plan_sig:
+            self._steps = json.loads((self.workdir / "plan.json").read_text())["steps"]
+        if first or full or changed or plan_sig != self._plan_sig:
             with Manifest(self.workdir) as m:
-                if plan_sig != self._plan_sig:
-                    self._steps = json.loads(plan_file.read_text())["steps"]
-                    self._plan = Plan([StepSpec.from_dict(s) for s in self._steps])
+                if plan_sig != self._plan_sig and ingest:
                     m.register_plan(self._steps)
-                m.ingest()
-                self._rows = _query(m)
-            self._plan_sig, self._dirs_sig = plan_sig, _dirs_signature(self.workdir)
+                    self._plan_sig = plan_sig
+                if full:
+                    m.ingest()
+                if first or full:
+                    self._rows, self._intact = _query(m), {}
+                else:
+                    self._requery(m, ingest_files(m, changed))
         rows = self._rows
-        outputs = rows["outputs"]
-        states = step_states(self.workdir, self._plan, rows["receipts"], rows["jobs"], lambda k: outputs.get(k, []))
+        states = fast_states(self.workdir, self._steps, rows["receipts"], rows["jobs"], rows["outputs"],
+                             None if verify else self._intact)
         return Snapshot(self.workdir, self._steps, states, rows["receipts"], rows["jobs"], rows["val_ppl"],
                         rows["tokens"], rows["scores"], time.time())
 
+    def _changed_files(self) -> list[str]:
+        """Relative paths of receipts/job records added, replaced or removed since the last call."""
+        changed = []
+        for top in ("receipts", "jobs"):
+            try:
+                subdirs = [e for e in os.scandir(self.workdir / top) if e.is_dir()]
+            except FileNotFoundError:
+                continue
+            for d in subdirs:
+                rel, mtime = f"{top}/{d.name}", d.stat().st_mtime_ns
+                if self._dirs.get(rel) == mtime:
+                    continue
+                self._dirs[rel] = mtime
+                now = {f"{rel}/{e.name}": e.inode() for e in os.scandir(d.path) if e.name.endswith(".json")}
+                old = {p: i for p, i in self._inodes.items() if p.startswith(rel + "/")}
+                changed += [p for p in now.keys() | old.keys() if now.get(p) != old.get(p)]
+                self._inodes.update(now)
+                for p in old.keys() - now.keys():
+                    del self._inodes[p]
+        return sorted(changed)
 
-def _dirs_signature(workdir: Path) -> tuple:
-    """(name, mtime_ns) of receipts/, jobs/ and their per-stage directories."""
-    sig = []
-    for top in ("receipts", "jobs"):
-        try:
-            with os.scandir(workdir / top) as it:
-                sig += [(e.path, e.stat().st_mtime_ns) for e in it if e.is_dir()]
-            sig.append((top, (workdir / top).stat().st_mtime_ns))
-        except FileNotFoundError:
-            sig.append((top, None))
-    return tuple(sorted(sig, key=str))
+    def _requery(self, m: Any, keys: set[str]) -> None:
+        """Replace the cached rows of the given steps with the manifest's."""
+        fresh = _query(m, sorted(keys))
+        for table, rows in self._rows.items():
+            for key in keys:
+                rows.pop(key, None)
+            rows.update(fresh[table])
+        for key in keys:
+            self._intact.pop(key, None)
 
 
-def _query(m: Any) -> dict[str, Any]:
-    """Every manifest row the status views need, in one pass per table."""
+def ingest_files(m: Any, rel_paths: list[str]) -> set[str]:
+    """Manifest.ingest for the given receipts/ and jobs/ files only (new, rewritten or removed):
+    the rows a full ingest would write, without listing and stat-ing every file of the workdir.
+    Returns the keys of the steps whose rows changed."""
+    from cdhpc.receipts import ReceiptError
+
+    keys: set[str] = set()
+    with m._tx():
+        for rel in rel_paths:
+            table = "receipts" if rel.startswith("receipts/") else "jobs"
+            old = m.db.execute(f"SELECT key, mtime_ns, size FROM {table} WHERE path = ?", (rel,)).fetchone()
+            keys.update([old[0]] if old else [])
+            try:
+                st = os.stat(m.workdir / rel)
+            except FileNotFoundError:
+                m._forget(table, rel)
+                continue
+            if old is None or (old[1], old[2]) != (st.st_mtime_ns, st.st_size):
+                try:
+                    (m._put_receipt if table == "receipts" else m._put_job)(m.workdir / rel, rel, st)
+                except (ReceiptError, ValueError, KeyError):
+                    continue  # reported by the launcher and `cdhpc manifest ingest` (full ingests)
+            new = m.db.execute(f"SELECT key FROM {table} WHERE path = ?", (rel,)).fetchone()
+            keys.update([new[0]] if new else [])
+    return keys
+
+
+def fast_states(workdir: Path, steps: list[dict], receipts: dict[str, Any], jobs: dict[str, Any],
+                outputs: dict[str, list[dict]], intact_cache: dict[str, bool] | None = None) -> dict[str, str]:
+    """scheduler.step_states for many steps: the same states (scheduler.classify); outputs are
+    checked by os.stat (re-hashed only when size or mtime changed) unless `intact_cache` already
+    holds the step's answer (it is filled in), and pids are probed only for live job records."""
+    from cdhpc.receipts import OutputFile, output_intact
+    from cdhpc.scheduler import LIVE_JOB_STATES, classify, pid_alive
+
+    root, states, cache = str(workdir), {}, {} if intact_cache is None else intact_cache
+    for s in steps:
+        key = s["key"]
+        r, j = receipts.get(key), jobs.get(key)
+        intact = None
+        if r is not None and r["status"] == "ok":
+            if key not in cache:
+                cache[key] = all(_intact(root, o) or output_intact(workdir, OutputFile(**o)) for o in outputs.get(key, []))
+            intact = outputs.get(key, []) if cache[key] else None
+        alive = j is not None and j["state"] in LIVE_JOB_STATES and j["executor"] == "local" and pid_alive(j["job_id"])
+        states[key] = classify(r, intact, j, alive)
+    return states
+
+
+def _intact(root: str, out: dict) -> bool:
+    try:
+        st = os.stat(os.path.join(root, out["path"]))
+    except FileNotFoundError:
+        return False
+    return st.st_size == out["bytes"] and st.st_mtime_ns == out["mtime_ns"]
+
+
+RECEIPT_COLUMNS = "key, stage, name, status, started, finished, runtime_s, host, attempt, error, stdout, stderr"
+
+
+def _query(m: Any, keys: list[str] | None = None) -> dict[str, dict]:
+    """The manifest rows the status views need (of the given steps only, if `keys`)."""
+    where = "" if keys is None else f" WHERE key IN ({','.join('?' * len(keys))})"
+    args = keys or []
+
+    def q(sql: str) -> Any:
+        return m.db.execute(sql.format(where=where), args)
+
     outputs: dict[str, list[dict]] = {}
-    for r in m.db.execute("SELECT key, path, sha256, bytes, mtime_ns FROM outputs ORDER BY key, path"):
+    for r in q("SELECT key, path, sha256, bytes, mtime_ns FROM outputs{where} ORDER BY key, path"):
         outputs.setdefault(r[0], []).append({"path": r[1], "sha256": r[2], "bytes": r[3], "mtime_ns": r[4]})
     return {
-        "receipts": {r["key"]: dict(r) for r in m.db.execute("SELECT * FROM receipts")},
-        "jobs": {r["key"]: dict(r) for r in m.db.execute("SELECT * FROM jobs")},
+        "receipts": {r["key"]: r for r in q(f"SELECT {RECEIPT_COLUMNS} FROM receipts{{where}}")},
+        "jobs": {r["key"]: r for r in q("SELECT * FROM jobs{where}")},
         "outputs": outputs,
-        "val_ppl": {k: v for k, v in m.db.execute("SELECT key, val_ppl FROM checkpoints ORDER BY key, step")},
-        "tokens": {k: v for k, v in m.db.execute("SELECT key, SUM(tokens) FROM shards GROUP BY key")},
-        "scores": {k: v for k, v in m.db.execute("SELECT key, score FROM scores")},
+        "val_ppl": {k: v for k, v in q("SELECT key, val_ppl FROM checkpoints{where} ORDER BY key, step")},
+        "tokens": {k: v for k, v in q("SELECT key, SUM(tokens) FROM shards{where} GROUP BY key")},
+        "scores": {k: v for k, v in q("SELECT key, score FROM scores{where}")},
     }
 
 
@@ -141,7 +232,7 @@ def _elapsed_s(steps: list[dict], snap: Snapshot, live: bool) -> float:
         if r is not None:
             starts.append(r["started"])
             ends.append(r["finished"])
-        if j is not None and j.get("submitted"):
+        if j is not None and j["submitted"]:
             starts.append(j["submitted"])
     if not starts:
         return 0.0
@@ -224,7 +315,7 @@ def step_rows(snap: Snapshot) -> list[StepRow]:
         r, j = snap.receipts.get(key), snap.jobs.get(key)
         job = "" if j is None else str(j["job_id"]) + ("" if j["array_index"] is None else f"_{j['array_index']}")
         runtime = r["runtime_s"] if r is not None and state not in ("running", "queued") else None
-        if runtime is None and j is not None and state in ("running", "queued") and j.get("submitted"):
+        if runtime is None and j is not None and state in ("running", "queued") and j["submitted"]:
             runtime = max(0.0, snap.now - j["submitted"])
         attempts = (j["attempt"] if j is not None else None) or (r["attempt"] if r is not None else 0)
         rows.append(StepRow(key, s["stage"], s["name"], state, job, attempts or 0,
@@ -346,13 +437,13 @@ def print_status(workdir: Path) -> int:
         for col in ("stage", "name", "error", "log"):
             ft.add_column(col)
         for s in failed[:50]:
-            r = snap.receipts.get(s["key"]) or {}
-            ft.add_row(s["stage"], s["name"], failure_line(r)[:80], r.get("stdout") or "")
+            r = snap.receipts.get(s["key"])
+            ft.add_row(s["stage"], s["name"], failure_line(r)[:80], r["stdout"] or "" if r else "")
         console.print(ft)
     return 1 if failed else 0
 
 
-def failure_line(receipt: dict[str, Any]) -> str:
+def failure_line(receipt: Any) -> str:
     """Pure: the last line of a failed step's error, or why there is none."""
-    err = (receipt.get("error") or "no receipt: the job ended without writing one").strip()
+    err = ((receipt["error"] if receipt else None) or "no receipt: the job ended without writing one").strip()
     return err.splitlines()[-1] if err else "failed without an error message"

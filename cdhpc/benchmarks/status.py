@@ -1,0 +1,184 @@
+"""``python -m cdhpc.bench status [--steps N] [--repeats R]``: ``cdhpc status`` on a synthetic
+workdir of N planned steps (80% done with receipts, outputs and job records, 5% failed, the rest
+not started).
+
+ours: one refresh after a new receipt arrived (ingest of what changed, query, step states), median
+of R; the app's whole refresh (every view rebuilt, Steps tab shown) is reported beside it. peer: the naive refresh, re-parsing every receipt
+and job record JSON each time and checking outputs. Also measured: start-up to first render of
+the app in a fresh process (the manifest already ingested, as the launcher leaves it), and the
+cold first ingest of all receipts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+STAGE_MIX = (("prepare", 1), ("tokenizer", 1), ("pretrain", 0.004), ("select", 0.002), ("generate", 0.2),
+             ("corpus", 0.002), ("evaluate", None), ("aggregate", 1))
+
+
+def plan_steps(n_steps: int) -> list[dict[str, Any]]:
+    """Pure: n_steps step dicts shaped like plan.json's, stages in pipeline proportions."""
+    counts = {st: (int(share) if share is not None and share >= 1 else int((share or 0) * n_steps)) for st, share in STAGE_MIX}
+    counts["evaluate"] = n_steps - sum(counts.values())
+    steps = []
+    for stage, n in counts.items():
+        for i in range(n):
+            params: dict[str, Any] = {"i": i}
+            if stage == "evaluate":
+                params = {"method": f"m{i % 8}", "synthetic_share": 0.3, "seed": i % 3, "step": 100 * (i // 24 % 50),
+                          "task": f"task{i // 8 % 3}", "run": f"m{i % 8}-s{i % 3}"}
+            key = f"{len(steps):016x}"
+            steps.append({"stage": stage, "name": f"{stage}-{i:05d}", "key": key, "params": params, "inputs": {},
+                          "options": {}, "resources": {"gpus_per_node": 1 if stage in ("pretrain", "generate") else 0}})
+    return steps
+
+
+def _rows(step: dict[str, Any], i: int) -> dict[str, list[dict]]:
+    if step["stage"] == "evaluate":
+        p = step["params"]
+        return {"scores": [{"run": p["run"], "method": p["method"], "seed": p["seed"], "step": p["step"],
+                            "task": p["task"], "score": 50.0 + i % 17}]}
+    if step["stage"] == "generate":
+        return {"shards": [{"method": "m0", "shard": i, "tokens": 1000 + i}]}
+    return {}
+
+
+def write_step(workdir: Path, step: dict[str, Any], i: int, status: str, now: float) -> None:
+    """One step's output file, receipt and job record (plain writes: a fixture, not a job)."""
+    from cdhpc.receipts import OutputFile, Receipt, receipt_path, sha256_file
+
+    out = workdir / step["stage"] / f"{step['name']}-{step['key'][:8]}" / "out.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(f"output {i}\n")
+    st = out.stat()
+    outputs = [OutputFile(path=str(out.relative_to(workdir)), sha256=sha256_file(out), bytes=st.st_size, mtime_ns=st.st_mtime_ns)]
+    receipt = Receipt(key=step["key"], stage=step["stage"], name=step["name"], status=status, spec=step,
+                      outputs=outputs if status == "ok" else [], rows=_rows(step, i) if status == "ok" else {},
+                      started=now - 60 - i % 50, finished=now - i % 50, host=f"node{i % 7}",
+                      error=None if status == "ok" else "RuntimeError: synthetic failure")
+    path = receipt_path(workdir, step["stage"], step["name"], step["key"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(receipt.model_dump_json(indent=1))
+    job = workdir / "jobs" / step["stage"] / path.name
+    job.parent.mkdir(parents=True, exist_ok=True)
+    job.write_text(json.dumps({"key": step["key"], "executor": "local", "job_id": str(900000 + i), "array_index": None,
+                               "state": "COMPLETED" if status == "ok" else "FAILED", "attempt": 1,
+                               "submitted": now - 100, "updated": now, "stdout": None, "stderr": None}))
+
+
+def build_workdir(workdir: Path, n_steps: int) -> list[dict[str, Any]]:
+    """A synthetic workdir: plan.json, marker, and receipts for 80% done and 5% failed steps."""
+    steps = plan_steps(n_steps)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "cdhpc.json").write_text(json.dumps({"sweep": "bench-status"}))
+    (workdir / "plan.json").write_text(json.dumps({"sweep": "bench-status", "until": "aggregate", "steps": steps}))
+    now = time.time()
+    for i, step in enumerate(steps):
+        if i % 20 < 16:
+            write_step(workdir, step, i, "ok", now)
+        elif i % 20 == 16:
+            write_step(workdir, step, i, "failed", now)
+    return steps
+
+
+def naive_refresh(workdir: Path) -> dict[str, str]:
+    """The peer: every receipt and job record parsed again, outputs checked, states classified."""
+    from cdhpc.receipts import read_receipt
+    from cdhpc.scheduler import classify, output_intact
+
+    steps = json.loads((workdir / "plan.json").read_text())["steps"]
+    receipts = {r.key: r for r in map(read_receipt, sorted((workdir / "receipts").glob("*/*.json")))}
+    jobs = {j["key"]: j for j in (json.loads(f.read_text()) for f in sorted((workdir / "jobs").glob("*/*.json")))}
+    states = {}
+    for s in steps:
+        r, j = receipts.get(s["key"]), jobs.get(s["key"])
+        intact = None
+        if r is not None and r.status == "ok":
+            intact = r.outputs if all(output_intact(workdir, o) for o in r.outputs) else None
+        states[s["key"]] = classify(None if r is None else {"status": r.status}, intact, j, False)
+    return states
+
+
+STARTUP = """
+import asyncio, sys, time
+t0 = time.perf_counter()
+from pathlib import Path
+from cdhpc.tui import StatusApp
+async def main():
+    app = StatusApp(Path(sys.argv[1]), refresh_s=3600)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await pilot.pause()
+        print(app.first_paint - t0, app.query_one("#summary").render())
+asyncio.run(main())
+"""
+
+
+async def _refresh_times(workdir: Path, steps: list[dict], repeats: int) -> dict[str, list[float]]:
+    """Per new receipt: the snapshot read (ingest + query + states), the same with nothing new,
+    and the app's whole refresh with the Steps tab shown (read + every view rebuilt) (s)."""
+    from cdhpc.tui import StatusApp
+
+    pending = [i for i in range(len(steps)) if i % 20 > 16]
+    app = StatusApp(workdir, refresh_s=3600)
+    times: dict[str, list[float]] = {"read": [], "idle": [], "ui": []}
+    async with app.run_test(size=(160, 50)) as pilot:
+        await pilot.press("2")
+        await pilot.pause()
+        for n, i in enumerate(pending[: 2 * repeats]):
+            write_step(workdir, steps[i], i, "ok", time.time())
+            t0 = time.perf_counter()
+            if n % 2:
+                app.refresh_data()
+                times["ui"].append(time.perf_counter() - t0)
+                continue
+            app.reader.read()
+            times["read"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            app.reader.read()
+            times["idle"].append(time.perf_counter() - t0)
+    return times
+
+
+def run(argv: list[str]) -> dict:
+    import asyncio
+
+    from cdhpc.manifest import Manifest
+
+    p = argparse.ArgumentParser(prog="python -m cdhpc.bench status")
+    p.add_argument("--steps", type=int, default=10_000)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--device", default="cpu", help="ignored: status is CPU and disk only")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp) / "sweep"
+        steps = build_workdir(workdir, args.steps)
+        t0 = time.perf_counter()
+        with Manifest(workdir) as m:
+            m.register_plan(steps)
+            m.ingest()
+        cold_ingest_s = time.perf_counter() - t0
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+        t0 = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", STARTUP, str(workdir)], capture_output=True, text=True, env=env, check=True)
+        startup_wall_s = time.perf_counter() - t0
+        times = asyncio.run(_refresh_times(workdir, steps, args.repeats))
+        peer = []
+        for _ in range(max(1, min(args.repeats, 3))):
+            t0 = time.perf_counter()
+            naive_refresh(workdir)
+            peer.append(time.perf_counter() - t0)
+    ours, theirs = statistics.median(times["read"]), statistics.median(peer)
+    return {"bench": "status", "device": "cpu", "ours": ours, "peer": theirs, "ratio": theirs / ours,
+            "unit": "s per refresh (ingest+query+states, one new receipt); ratio = times faster", "steps": args.steps,
+            "refresh_idle_s": statistics.median(times["idle"]), "ui_refresh_s": statistics.median(times["ui"]), "startup_first_render_s": float(out.stdout.split()[0]),
+            "startup_process_wall_s": startup_wall_s, "cold_ingest_s": cold_ingest_s, "repeats": args.repeats}
