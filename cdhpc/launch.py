@@ -79,7 +79,13 @@ def read_states(cfg: SweepConfig, plan: Plan) -> dict[str, str] | None:
 
     with Manifest(workdir) as m:
         m.ingest()
-        return step_states(workdir, plan, m.receipts_by_key(), m.jobs_by_key(), m.outputs_of)
+        return step_states(workdir, plan, m.receipts_by_key(), m.jobs_by_key(), _outputs(m))
+
+
+def _outputs(m):
+    """outputs_of over one query of the whole outputs table."""
+    by_key = m.outputs_by_key()
+    return lambda key: by_key.get(key, [])
 
 
 def prepare_workdir(cfg: SweepConfig, plan: Plan) -> Path:
@@ -128,7 +134,7 @@ def execute(workdir: Path, plan: Plan, *, max_parallel: int, retries: int, poll_
     with Manifest(workdir) as m:
         m.register_plan(json.loads(recorded.read_text())["steps"] if recorded.is_file() else [s.to_dict() for s in plan.steps])
         report_bad(m.ingest().bad)
-        states = step_states(workdir, plan, m.receipts_by_key(), m.jobs_by_key(), m.outputs_of, rehash=verify)
+        states = step_states(workdir, plan, m.receipts_by_key(), m.jobs_by_key(), _outputs(m), rehash=verify)
         todo = sum(s != DONE for s in states.values())
         log.info("%d steps, %d done, %d to run or wait for (workdir %s)", len(states), len(states) - todo, todo, workdir)
         sched = LocalScheduler(workdir, max_parallel=max_parallel, retries=retries, poll_s=poll_s,

@@ -9,6 +9,7 @@ network filesystems compute nodes share).
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,20 +104,28 @@ class Manifest:
         return _Transaction(self.db)
 
     def _ingest_dir(self, sub: str, put: Any, bad: list[str]) -> int:
+        """Index new or changed files of receipts/ or jobs/ and forget removed ones. Files are
+        compared by (mtime, size) with what was indexed: os.scandir, no per-file Path objects."""
         table = "receipts" if sub == "receipts" else "jobs"
         seen = {r["path"]: (r["mtime_ns"], r["size"]) for r in self.db.execute(f"SELECT path, mtime_ns, size FROM {table}")}
+        files = {}
+        root = self.workdir / sub
+        for stage in (os.scandir(root) if root.is_dir() else ()):
+            if stage.is_dir():
+                for e in os.scandir(stage.path):
+                    if e.name.endswith(".json"):
+                        st = e.stat()
+                        files[f"{sub}/{stage.name}/{e.name}"] = st
         n = 0
-        files = sorted((self.workdir / sub).glob("*/*.json"))
-        for gone in seen.keys() - {str(f.relative_to(self.workdir)) for f in files}:
+        for gone in seen.keys() - files.keys():
             self._forget(table, gone)
             n += 1
-        for f in files:
-            rel = str(f.relative_to(self.workdir))
-            st = f.stat()
+        for rel in sorted(files):
+            st = files[rel]
             if seen.get(rel) == (st.st_mtime_ns, st.st_size):
                 continue
             try:
-                put(f, rel, st)
+                put(self.workdir / rel, rel, st)
                 n += 1
             except (ReceiptError, ValueError, KeyError) as e:
                 bad.append(str(e))
@@ -175,6 +184,13 @@ class Manifest:
 
     def outputs_of(self, key: str) -> list[sqlite3.Row]:
         return list(self.db.execute("SELECT * FROM outputs WHERE key = ? ORDER BY path", (key,)))
+
+    def outputs_by_key(self) -> dict[str, list[sqlite3.Row]]:
+        """Every indexed output, grouped by step key (one query instead of one per step)."""
+        out: dict[str, list[sqlite3.Row]] = {}
+        for r in self.db.execute("SELECT * FROM outputs ORDER BY key, path"):
+            out.setdefault(r["key"], []).append(r)
+        return out
 
 
 class _Transaction:
