@@ -220,3 +220,32 @@ def test_document_readers():
     lines = ["Once.\n", "\n", "  Then.  \n", "<|endoftext|>\n", "Two.<|endoftext|>Three.\n"]
     assert list(iter_stories(lines)) == ["Once.\nThen.", "Two.", "Three."]
     assert cap_words("a b\nc  d") == 4 and count_words("a b\nc  d") == 4
+
+
+def test_prepare_stage_builds_tinybabylm_through_the_launcher(tmp_path):
+    """data.kind tinybabylm: the prepare step builds the splits, the tokenizer step reads them."""
+    import json
+    import subprocess
+    import sys
+
+    babylm, tinystories, _ = _fake_inputs(tmp_path / "in")
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(f"""\
+name: tb
+workdir: {tmp_path / 'work'}
+data: {{kind: tinybabylm, babylm_dir: {babylm}, tinystories: {tinystories}, tinystories_words: 5000}}
+tokenizer: {{vocab_size: 300}}
+pretrain: {{model: tiny, steps: 10, checkpoint_every: 10}}
+methods: {{baseline: {{}}}}
+eval: {{tasks: [perplexity]}}
+""")
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-m", "cdhpc.launch", str(sweep), "--until", "tokenizer"], cwd=root,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    receipt = json.loads(next((tmp_path / "work/receipts/prepare").glob("*.json")).read_text())
+    counts = receipt["metrics"]["counts"]["corpus"]
+    assert set(counts) == {"train", "seed", "test"} and "tinystories" in counts["train"]
+    assert counts["train"]["tinystories"]["words"] <= 5000
+    tok = json.loads(next((tmp_path / "work/receipts/tokenizer").glob("*.json")).read_text())
+    assert tok["status"] == "ok" and tok["metrics"]["arrays"]["train"]["n_tokens"] > 0
