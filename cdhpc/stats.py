@@ -18,6 +18,8 @@ Only numpy here: importing this module is cheap.
 from __future__ import annotations
 
 import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import combinations
 from typing import Hashable, Literal, Mapping, Sequence
@@ -57,13 +59,25 @@ def draw_indices(n_by_uid: Mapping[str, int], resamples: int, seed: int) -> dict
     """
     if not isinstance(resamples, (int, np.integer)) or resamples < 1:
         raise ValueError(f"resamples must be a positive integer, got {resamples!r}")
-    out = {}
     for uid, n in n_by_uid.items():
         if not isinstance(n, (int, np.integer)) or n < 1:
             raise ValueError(f"UID {uid!r}: item count must be a positive integer, got {n!r}")
+
+    def draw(uid: str) -> np.ndarray:
         rng = np.random.Generator(np.random.PCG64DXSM(uid_seed_sequence(seed, uid)))
-        out[uid] = rng.integers(0, n, size=(resamples, n), dtype=_index_dtype(n))
-    return out
+        n = n_by_uid[uid]
+        return rng.integers(0, n, size=(resamples, n), dtype=_index_dtype(n))
+
+    return dict(zip(n_by_uid, _map_uids(draw, list(n_by_uid))))
+
+
+def _map_uids(fn, uids: list[str]) -> list:
+    """fn over UIDs on every core: each UID has its own generator and numpy's fills and gathers
+    release the GIL; results come back in input order, so sums over them stay deterministic."""
+    if len(uids) < 2 or (os.cpu_count() or 1) < 2:
+        return [fn(u) for u in uids]
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        return list(pool.map(fn, uids))
 
 
 def point_indices(n_by_uid: Mapping[str, int]) -> dict[str, np.ndarray]:
@@ -97,11 +111,15 @@ def accuracy_bootstrap(correct_by_uid: Mapping[str, np.ndarray], idx: Mapping[st
     if len(resamples) != 1:
         raise ValueError(f"index sets disagree on the number of resamples: {sorted(resamples)}")
     total = np.zeros(resamples.pop())
-    for uid in sorted(correct_by_uid):
+
+    def uid_accuracy(uid: str) -> np.ndarray:
         correct = np.asarray(correct_by_uid[uid], dtype=bool).view(np.uint8)
         rows = _check_indices(f"UID {uid!r}", idx[uid], correct.size)
         # uint32 sums of 0/1 bytes: half the memory traffic of int64, cannot overflow (n < 2**32)
-        total += np.take(correct, rows).sum(axis=1, dtype=np.uint32) / correct.size
+        return np.take(correct, rows).sum(axis=1, dtype=np.uint32) / correct.size
+
+    for acc in _map_uids(uid_accuracy, sorted(correct_by_uid)):
+        total += acc
     return 100.0 * total / len(correct_by_uid)
 
 

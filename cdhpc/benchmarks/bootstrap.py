@@ -9,6 +9,7 @@ them. The index draw is timed separately (it is done once per sweep and shared b
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 
@@ -58,7 +59,7 @@ def run(argv: list[str]) -> dict:
     peer_s = (time.perf_counter() - start) * args.resamples / peer_b
     return {
         "bench": "bootstrap",
-        "device": f"cpu ({platform.processor() or platform.machine()}, 1 thread numpy)",
+        "device": f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} threads)",
         "ours": round(ours_s, 3),
         "peer": round(peer_s, 3),
         "ratio": round(peer_s / ours_s, 1),
