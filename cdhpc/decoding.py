@@ -206,15 +206,20 @@ def sample(scores: Tensor, generator: torch.Generator) -> Tensor:
     and one block only, in float64, so a tiny weight (a finite ``tail``, e^-20 of the head) is
     never absorbed into a large running float32 sum. No host synchronisation.
     """
-    b, v = scores.shape
-    weights = _exp_shifted(scores, _row_max(scores))
+    return sample_weights(_exp_shifted(scores, _row_max(scores)), generator)
+
+
+def sample_weights(weights: Tensor, generator: torch.Generator) -> Tensor:
+    """Draw one token per row with probability proportional to ``weights [B, V]`` (>= 0, finite,
+    row sums > 0); the two-level inverse CDF of `sample`."""
+    b, v = weights.shape
     n_blocks = -(-v // _BLOCK)
     if n_blocks * _BLOCK != v:
         weights = torch.nn.functional.pad(weights, (0, n_blocks * _BLOCK - v))
     blocks = weights.view(b, n_blocks, _BLOCK)
     block_mass = blocks.sum(dim=-1).double()
     block_cum = block_mass.cumsum(dim=-1)
-    u = torch.rand(b, 1, dtype=torch.float64, device=scores.device, generator=generator)
+    u = torch.rand(b, 1, dtype=torch.float64, device=weights.device, generator=generator)
     u = u * block_cum[:, -1:]
     block = _search(block_cum, u)  # [B, 1]
     start = block_cum.gather(-1, block) - block_mass.gather(-1, block)
@@ -223,8 +228,23 @@ def sample(scores: Tensor, generator: torch.Generator) -> Tensor:
     return (block * _BLOCK + offset).squeeze(1)
 
 
+def cd_weights(expert_logits: Tensor, amateur_logits: Tensor, p: DecodingParams) -> Tensor:
+    """Unnormalised CD probabilities ``[B, V]``: ``(pG + eps) / (pB + eps)`` on the head (lam 1,
+    eps > 0) and ``e^tail`` outside it, i.e. ``exp(method_scores)``: softmax(log r) is r / sum r,
+    so sampling needs no log and no exp. Finite: both terms are >= eps."""
+    z_g = _tempered(expert_logits, p.temperature)
+    g_max = _row_max(z_g)
+    z_b = _tempered(amateur_logits, p.amateur_temperature)
+    ratio = _softmax(z_g, g_max).add_(p.eps).div_(_softmax(z_b, _row_max(z_b)).add_(p.eps))
+    outside = outside_head(z_g, g_max, p.alpha, p.strict_head)
+    tail = math.exp(p.tail) if p.tail != float("-inf") else 0.0
+    return ratio.mul_(outside.neg().add_(1.0)).add_(outside.mul_(tail))
+
+
 def next_tokens(expert_logits: Tensor, amateur_logits: Tensor | None, p: DecodingParams,
                 generator: torch.Generator) -> Tensor:
     """One full decoding step: method scores, truncation, one sampled token per row (int64 [B])."""
+    if p.mode == "cd" and p.top_k is None and p.top_p is None and p.eps > 0 and p.lam == 1.0:
+        return sample_weights(cd_weights(expert_logits, amateur_logits, p), generator)  # same law, fewer passes
     scores = truncate(method_scores(expert_logits, amateur_logits, p), p.top_k, p.top_p)
     return sample(scores, generator)

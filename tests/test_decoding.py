@@ -159,3 +159,19 @@ def test_params_reject_bad_values(key, value):
 def test_cd_without_amateur_logits_fails():
     with pytest.raises(ValueError, match="amateur"):
         method_scores(logits(P_G), None, DecodingParams("cd"))
+
+
+@pytest.mark.parametrize("tail", [float("-inf"), -20.0])
+@pytest.mark.parametrize("strict", [False, True])
+def test_cd_weights_are_the_softmax_of_the_cd_scores(tail, strict):
+    """The sampler's fast path draws from cd_weights: it must be exactly softmax(method_scores)."""
+    import torch
+
+    from cdhpc.decoding import DecodingParams, cd_weights, method_scores
+
+    gen = torch.Generator().manual_seed(0)
+    zg, zb = torch.randn(8, 50, generator=gen) * 3, torch.randn(8, 50, generator=gen) * 3
+    p = DecodingParams(mode="cd", alpha=0.1, strict_head=strict, eps=1e-10, tail=tail)
+    w = cd_weights(zg, zb, p).double()
+    expected = torch.softmax(method_scores(zg, zb, p).double(), dim=-1)
+    assert torch.allclose(w / w.sum(-1, keepdim=True), expected, rtol=1e-5, atol=1e-12)
