@@ -59,6 +59,29 @@ def cmd_export(args: argparse.Namespace) -> int:
     return export(_workdir(args.sweep), write=args.command == "export")
 
 
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from cdhpc.status import LIVE, SnapshotReader, cancel_steps
+
+    snap = SnapshotReader(_workdir(args.sweep)).read()
+    keys = [s["key"] for s in snap.steps if snap.states[s["key"]] in LIVE
+            and (args.stage is None or s["stage"] == args.stage) and (args.step is None or s["name"] == args.step)]
+    if not keys:
+        print("cdhpc: no queued or running step matches; nothing to cancel", file=sys.stderr)
+        return 1
+    for msg in cancel_steps(snap, keys):
+        print(msg)
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    """Re-launch the sweep from its resolved config: failed and missing steps run again."""
+    import subprocess
+
+    from cdhpc.status import retry_command
+
+    return subprocess.run(retry_command(_workdir(args.sweep))).returncode
+
+
 def cmd_launch(args: argparse.Namespace) -> int:
     from cdhpc.launch import main
 
@@ -90,6 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=text)
         s.add_argument("sweep", help="the sweep's workdir or .yaml")
         s.set_defaults(fn=cmd_export)
+    s = sub.add_parser("cancel", help="cancel the queued/running steps of a sweep (all, one --stage, or one --step)")
+    s.add_argument("sweep", help="the sweep's workdir or .yaml")
+    s.add_argument("--stage", choices=STAGES, help="only this stage")
+    s.add_argument("--step", help="only the step with this name")
+    s.set_defaults(fn=cmd_cancel)
+    s = sub.add_parser("retry", help="re-launch a sweep from its resolved config: failed and missing steps run again")
+    s.add_argument("sweep", help="the sweep's workdir or .yaml")
+    s.set_defaults(fn=cmd_retry)
     s = sub.add_parser("eval", help="evaluate any HF causal LM directory on BabyLM tasks", add_help=False)
     s.add_argument("rest", nargs=argparse.REMAINDER)
     s.set_defaults(fn=cmd_eval)
@@ -101,7 +132,6 @@ def main(argv: list[str] | None = None) -> int:
     return args.fn(args)
 
 
-__all__ = ["main", "STAGES"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -447,3 +450,44 @@ def failure_line(receipt: Any) -> str:
     """Pure: the last line of a failed step's error, or why there is none."""
     err = ((receipt["error"] if receipt else None) or "no receipt: the job ended without writing one").strip()
     return err.splitlines()[-1] if err else "failed without an error message"
+
+
+# ----------------------------------------------------------------------------- actions
+LIVE = ("running", "queued")
+
+
+def cancel_steps(snap: Snapshot, keys: list[str]) -> list[str]:
+    """Cancel the live jobs of the given steps: SIGINT to a local job's controller pid (it stops
+    its step), `scancel` for a SLURM job; every job record of a cancelled job is marked
+    CANCELLED. Returns one message per job."""
+    from cdhpc.receipts import atomic_write_json
+    from cdhpc.scheduler import pid_alive
+
+    by_job: dict[tuple[str, str], list[dict]] = {}
+    for key in keys:
+        j = snap.jobs.get(key)
+        if j is not None and snap.states.get(key) in LIVE:
+            by_job.setdefault((j["executor"], str(j["job_id"])), []).append(j)
+    for (executor, job_id), rows in by_job.items():  # a packed job also runs steps not asked for
+        rows += [j for k, j in snap.jobs.items() if str(j["job_id"]) == job_id and k not in keys and snap.states.get(k) in LIVE]
+    messages = []
+    for (executor, job_id), rows in by_job.items():
+        if executor == "local":
+            if pid_alive(job_id):
+                os.kill(int(job_id), signal.SIGINT)
+        else:
+            ids = sorted({job_id if j["array_index"] is None else f"{job_id}_{j['array_index']}" for j in rows})
+            subprocess.run(["scancel", *ids], check=False, capture_output=True)
+        for j in rows:
+            path = snap.workdir / j["path"]
+            rec = json.loads(path.read_text())
+            rec.update(state="CANCELLED", updated=time.time())
+            atomic_write_json(path, rec)
+        messages.append(f"cancelled {executor} job {job_id} ({len(rows)} step(s))")
+    return messages
+
+
+def retry_command(workdir: Path) -> list[str]:
+    """Pure: the launch that retries failed steps: the workdir's resolved config, pinned to this
+    workdir (so a moved workdir is not confused with where it was created)."""
+    return [sys.executable, "-m", "cdhpc.launch", str(workdir / "sweep.resolved.yaml"), f"workdir={workdir}"]

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,13 +21,12 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, DataTable, Footer, Header, Input, Label, Log, Static, TabbedContent, TabPane
 
-from cdhpc.status import (PartialTable, Snapshot, SnapshotReader, StageRow, StepRow, filter_rows, format_duration,
+from cdhpc.status import (LIVE, PartialTable, cancel_steps, retry_command, Snapshot, SnapshotReader, StageRow, StepRow, filter_rows, format_duration,
                           partial_table, sort_rows, stage_overview, step_rows)
 
 BAR_COLOURS = {"done": "green", "running": "yellow", "queued": "cyan", "failed": "red"}
 STEP_COLUMNS = ("stage", "name", "state", "job", "attempts", "node", "runtime_s", "metric")
 STATE_STYLE = {"done": "green", "running": "yellow", "queued": "cyan", "failed": "bold red", "blocked": "magenta"}
-LIVE = ("running", "queued")
 TAIL_START_BYTES = 64 * 1024
 
 
@@ -73,43 +70,6 @@ class LogTail:
 
 
 # ----------------------------------------------------------------------------- actions
-def cancel_steps(snap: Snapshot, keys: list[str]) -> list[str]:
-    """Cancel the live jobs of the given steps: SIGINT to a local job's controller pid (it stops
-    its step), `scancel` for a SLURM job; every job record of a cancelled job is marked
-    CANCELLED. Returns one message per job."""
-    from cdhpc.receipts import atomic_write_json
-    from cdhpc.scheduler import pid_alive
-
-    by_job: dict[tuple[str, str], list[dict]] = {}
-    for key in keys:
-        j = snap.jobs.get(key)
-        if j is not None and snap.states.get(key) in LIVE:
-            by_job.setdefault((j["executor"], str(j["job_id"])), []).append(j)
-    for (executor, job_id), rows in by_job.items():  # a packed job also runs steps not asked for
-        rows += [j for k, j in snap.jobs.items() if str(j["job_id"]) == job_id and k not in keys and snap.states.get(k) in LIVE]
-    messages = []
-    for (executor, job_id), rows in by_job.items():
-        if executor == "local":
-            if pid_alive(job_id):
-                os.kill(int(job_id), signal.SIGINT)
-        else:
-            ids = sorted({job_id if j["array_index"] is None else f"{job_id}_{j['array_index']}" for j in rows})
-            subprocess.run(["scancel", *ids], check=False, capture_output=True)
-        for j in rows:
-            path = snap.workdir / j["path"]
-            rec = json.loads(path.read_text())
-            rec.update(state="CANCELLED", updated=time.time())
-            atomic_write_json(path, rec)
-        messages.append(f"cancelled {executor} job {job_id} ({len(rows)} step(s))")
-    return messages
-
-
-def retry_command(workdir: Path) -> list[str]:
-    """Pure: the launch that retries failed steps: the workdir's resolved config, pinned to this
-    workdir (so a moved workdir is not confused with where it was created)."""
-    return [sys.executable, "-m", "cdhpc.launch", str(workdir / "sweep.resolved.yaml"), f"workdir={workdir}"]
-
-
 def start_retry(workdir: Path) -> tuple[subprocess.Popen, Path]:
     """Start `retry_command` in the background, in its own session (it outlives this UI), with
     its output in workdir/logs/retry-<unix time>.log. Returns the process and the log path."""

@@ -140,3 +140,29 @@ def test_classify_is_pure_and_receipt_is_the_proof():
     assert classify(failed, None, None, False) == FAILED
     assert classify(None, None, None, False) == MISSING
     assert BLOCKED == "blocked"
+
+
+def test_cdhpc_cancel_stops_a_running_step_and_it_is_not_retried(tmp_path):
+    slow = step("pretrain", "slow", {"add": 1, "sleep_s": 60})
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "cdhpc.json").write_text(json.dumps({"sweep": "t"}))
+    (work / "plan.json").write_text(json.dumps({"steps": [slow.to_dict()]}))
+    plan_file = tmp_path / "steps.json"
+    plan_file.write_text(json.dumps([slow.to_dict()]))
+    launcher = subprocess.Popen([sys.executable, str(TESTS / "run_plan.py"), str(work), str(plan_file), "2"],
+                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while calls(work)["slow"] == 0:
+            assert time.time() < deadline and launcher.poll() is None
+            time.sleep(0.1)
+        out = subprocess.run([sys.executable, "-m", "cdhpc", "cancel", str(work), "--stage", "pretrain"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and "cancelled local job" in out.stdout, out.stderr
+        assert launcher.wait(timeout=60) == 1  # the step failed (cancelled), and was not resubmitted
+    finally:
+        launcher.kill()
+    assert calls(work)["slow"] == 1
+    record = json.loads(next((work / "jobs" / "pretrain").glob("*.json")).read_text())
+    assert record["state"] == "CANCELLED"
