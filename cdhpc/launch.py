@@ -7,6 +7,7 @@ failed and missing ones run (again). Nothing is written before the config has lo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -128,6 +129,7 @@ def execute(workdir: Path, plan: Plan, *, max_parallel: int, retries: int, poll_
     """Diff the plan with the manifest and run what is not done on this machine. Returns the
     scheduler's RunSummary."""
     from cdhpc.manifest import Manifest
+    from cdhpc.progress import StageProgress
     from cdhpc.scheduler import DONE, LocalScheduler, step_states
 
     recorded = workdir / "plan.json"
@@ -137,9 +139,16 @@ def execute(workdir: Path, plan: Plan, *, max_parallel: int, retries: int, poll_
         states = step_states(workdir, plan, m.receipts_by_key(), m.jobs_by_key(), _outputs(m), rehash=verify)
         todo = sum(s != DONE for s in states.values())
         log.info("%d steps, %d done, %d to run or wait for (workdir %s)", len(states), len(states) - todo, todo, workdir)
-        sched = LocalScheduler(workdir, max_parallel=max_parallel, retries=retries, poll_s=poll_s,
-                               on_change=lambda: report_bad(m.ingest().bad))
-        summary = sched.run(plan, states, m.jobs_by_key())
+        bars = StageProgress(plan) if sys.stderr.isatty() else contextlib.nullcontext()
+
+        def changed(now: dict[str, str]) -> None:
+            report_bad(m.ingest().bad)
+            if isinstance(bars, StageProgress):
+                bars.update(now)
+
+        sched = LocalScheduler(workdir, max_parallel=max_parallel, retries=retries, poll_s=poll_s, on_change=changed)
+        with bars:
+            summary = sched.run(plan, states, m.jobs_by_key())
         report_bad(m.ingest().bad)
     by_key = plan.by_key()
     for label, keys in (("failed", summary.failed), ("blocked by a failed input", summary.blocked)):

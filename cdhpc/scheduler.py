@@ -92,12 +92,12 @@ class LocalScheduler:
     """Runs steps as submitit local jobs, at most `max_parallel` at once, inputs first."""
 
     def __init__(self, workdir: Path, *, max_parallel: int, retries: int, poll_s: float,
-                 on_change: Callable[[], None] | None = None):
+                 on_change: Callable[[dict[str, str]], None] | None = None):
         self.workdir = workdir
         self.max_parallel = max_parallel
         self.retries = retries
         self.poll_s = poll_s
-        self.on_change = on_change or (lambda: None)
+        self.on_change = on_change or (lambda states: None)
 
     def run(self, plan: Plan, states: dict[str, str], jobs: dict[str, Any]) -> RunSummary:
         """Run every step not done; wait for steps already running. Returns when nothing can run."""
@@ -141,7 +141,7 @@ class LocalScheduler:
                 attempts[s.key] += 1
                 state[s.key] = RUNNING
             running.append(self._start(pack, max(attempts[s.key] for s in pack)))
-        self.on_change()
+        self.on_change(state)
 
     def _start(self, pack: list[StepSpec], attempt: int) -> _Running:
         import submitit
