@@ -15,9 +15,9 @@ CHOICE_TASKS = ("blimp", "blimp_supplement", "ewok", "entity_tracking", "wug")
 REGRESSION_TASKS = ("reading", "eye_tracking")
 
 
-def items_per_uid(task: str, rows: list[dict[str, Any]]) -> dict[str, int]:
+def items_per_uid(task: str, rows: list[dict[str, Any]], metric: str = "accuracy") -> dict[str, int]:
     """How many resampling units each UID of a task has (items, words or blocks)."""
-    if task in CHOICE_TASKS:
+    if task in CHOICE_TASKS and metric != "spearman":
         counts: dict[str, int] = defaultdict(int)
         for r in rows:
             counts[f"{task}/{r['uid']}"] += 1
@@ -26,9 +26,12 @@ def items_per_uid(task: str, rows: list[dict[str, Any]]) -> dict[str, int]:
 
 
 def task_vector(task: str, rows: list[dict[str, Any]], idx: Mapping[str, np.ndarray],
-                columns: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+                columns: Mapping[str, np.ndarray] | None = None, metric: str = "accuracy") -> np.ndarray:
     """Bootstrap vector (B,) of one evaluate step's score on the given index sets (point indices
-    give the point value). `columns`: the reading CSV's numeric columns (regression tasks)."""
+    give the point value). `columns`: the reading CSV's numeric columns (regression tasks);
+    `metric` spearman: WUG as the rank correlation of P(candidate 0) with the human ratio."""
+    if task == "wug" and metric == "spearman":
+        return stats.spearman_bootstrap([r["prob"] for r in rows], [r["ratio"] for r in rows], idx[task])
     if task in CHOICE_TASKS:
         correct: dict[str, list[bool]] = defaultdict(list)
         for r in rows:

@@ -141,6 +141,24 @@ def perplexity_bootstrap(
     return np.exp(out)
 
 
+def spearman_bootstrap(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Bootstrap vector (B,) of Spearman's rho between ``x`` and ``y`` on resampled items (ties
+    get average ranks, as scipy.stats.spearmanr): WUG's later-pipeline metric, P(candidate 0) vs
+    the human ratio."""
+    from scipy.stats import rankdata
+
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    idx = _check_indices("spearman items", idx, x.size)
+    out = np.empty(idx.shape[0])
+    for rows in _row_chunks(idx.shape[0], x.size):
+        rx, ry = rankdata(x[idx[rows]], axis=1), rankdata(y[idx[rows]], axis=1)
+        rx -= rx.mean(axis=1, keepdims=True)
+        ry -= ry.mean(axis=1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):  # a constant resample has no correlation: nan
+            out[rows] = (rx * ry).sum(1) / np.sqrt((rx * rx).sum(1) * (ry * ry).sum(1))
+    return out
+
+
 def interaction_design(columns: Mapping[str, np.ndarray], predictors: Sequence[str]) -> np.ndarray:
     """Design (n, 1 + k + k(k-1)/2): intercept, main effects and all pairwise interactions.
 

@@ -53,7 +53,8 @@ def build_table(workdir: Path, receipts: list[Receipt], params: dict):
         p = r.spec["params"]
         out_dir = workdir / StepSpec.from_dict(r.spec).dirname
         rows = [json.loads(line) for line in (out_dir / "predictions.jsonl").read_text().splitlines()]
-        n_by_uid = items_per_uid(p["task"], rows)
+        metric = p["wug_metric"] if p["task"] == "wug" else "accuracy"
+        n_by_uid = items_per_uid(p["task"], rows, metric)
         if p["task"] not in idx:
             idx[p["task"]] = (n_by_uid, stats.draw_indices(n_by_uid, cfg["resamples"], cfg["seed"]))
         elif idx[p["task"]][0] != n_by_uid:
@@ -61,8 +62,8 @@ def build_table(workdir: Path, receipts: list[Receipt], params: dict):
         if p["task"] in REGRESSION_TASKS and p["task"] not in columns:
             columns[p["task"]] = reading_columns(workdir, r)
         key = (labels[(p["method"], p["synthetic_share"])], p["seed"], p["step"], p["task"])
-        vectors[key] = task_vector(p["task"], rows, idx[p["task"]][1], columns.get(p["task"]))
-        points[key] = float(task_vector(p["task"], rows, stats.point_indices(n_by_uid), columns.get(p["task"]))[0])
+        vectors[key] = task_vector(p["task"], rows, idx[p["task"]][1], columns.get(p["task"]), metric)
+        points[key] = float(task_vector(p["task"], rows, stats.point_indices(n_by_uid), columns.get(p["task"]), metric)[0])
         records.append({"run": p["run"], "method": key[0], "seed": p["seed"], "step": p["step"], "task": p["task"],
                         "score": points[key], "task_version": r.rows["scores"][0]["task_version"]})
     order = {m: i for i, m in enumerate(params["methods"])}  # the config's order, shares ascending

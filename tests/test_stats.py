@@ -255,3 +255,16 @@ def test_bootstrap_benchmark_small_run_agrees_with_naive_peer():
     assert {"bench", "device", "ours", "peer", "ratio", "unit", "peer_measured_resamples"} <= set(out)
     assert out["bench"] == "bootstrap" and out["peer_measured_resamples"] == 10 and out["peer_extrapolated"]
     assert out["max_abs_diff_vs_peer"] < 1e-9
+
+
+def test_spearman_bootstrap_matches_scipy_with_ties():
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(0)
+    x = rng.random(40)
+    y = np.round(x * 5 + rng.normal(0, 1, 40)) / 11  # ties, like WUG's k/11 ratios
+    point = stats.spearman_bootstrap(x, y, np.arange(40)[None, :])
+    assert point[0] == pytest.approx(spearmanr(x, y).statistic, abs=1e-12)
+    idx = stats.draw_indices({"wug": 40}, resamples=30, seed=1)["wug"]
+    vec = stats.spearman_bootstrap(x, y, idx)
+    assert vec[7] == pytest.approx(spearmanr(x[idx[7]], y[idx[7]]).statistic, abs=1e-12)
