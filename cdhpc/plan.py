@@ -17,7 +17,7 @@ from cdhpc import STAGES
 from cdhpc.config import MethodConfig, SweepConfig
 
 # Bump a stage's version when its code changes what it writes: its steps (and descendants) re-run.
-STAGE_VERSIONS = {stage: 1 for stage in STAGES}
+STAGE_VERSIONS = {stage: 1 for stage in STAGES} | {"generate": 2}  # 2: sampler seeds from derive_seed
 
 
 def canonical_json(obj: Any) -> str:

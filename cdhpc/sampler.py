@@ -10,7 +10,6 @@ Nothing synchronises with the host inside the token loop.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,12 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cdhpc.decoding import DecodingParams, next_tokens
-
-
-def derive_seed(seed: int, *parts: object) -> int:
-    """A 63-bit seed that depends only on ``seed`` and ``parts`` (stable across processes)."""
-    text = ":".join(str(x) for x in (seed, *parts))
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+from cdhpc.plan import derive_seed  # one seed derivation for the whole sweep
 
 
 @dataclass(frozen=True)

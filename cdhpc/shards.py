@@ -86,7 +86,8 @@ def write_table_atomic(table: pa.Table, path: Path) -> None:
 def _chunk_table(expert: Any, amateur: Any, prompts: list[list[int]], lo: int, hi: int,
                  opts: dict[str, Any]) -> pa.Table:
     """Generate the samples of prompts ``lo:hi`` (seed from ``(seed, chunk)``) as a table."""
-    from cdhpc.sampler import derive_seed, generate
+    from cdhpc.plan import derive_seed
+    from cdhpc.sampler import generate
 
     n = opts["continuations"]
     pairs = [(pi, si) for pi in range(lo, hi) for si in range(n)]
