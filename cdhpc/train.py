@@ -106,16 +106,17 @@ def deepspeed_config(spec: TrainSpec, world_size: int) -> dict:
 
 
 def distributed_env(environ: Mapping[str, str], free_port: int) -> dict[str, str]:
-    """Launcher variables missing from ``environ`` for a single-process run (rank 0 of 1 on
-    localhost at ``free_port``). A multi-process run (WORLD_SIZE > 1) must bring its own."""
+    """torch.distributed variables to set. A single-process run is rank 0 of 1 on localhost at
+    ``free_port``, whatever it inherited; a multi-process run (WORLD_SIZE > 1) brings its own."""
     world_size = int(environ.get("WORLD_SIZE", "1"))
     missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in environ]
     if world_size > 1 and missing:
         raise RuntimeError(f"WORLD_SIZE={world_size} but {', '.join(missing)} unset: a multi-process "
                            f"run must set RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT")
-    defaults = {"RANK": "0", "LOCAL_RANK": environ.get("RANK", "0"), "WORLD_SIZE": "1",
-                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port)}
-    return {k: v for k, v in defaults.items() if k not in environ}
+    if world_size == 1:  # nobody to meet: never reuse an inherited port (parallel runs would collide)
+        return {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(free_port)}
+    return {"LOCAL_RANK": environ["RANK"]} if "LOCAL_RANK" not in environ else {}
 
 
 def _free_port() -> int:

@@ -82,6 +82,8 @@ def test_deepspeed_config_and_accumulation():
 def test_distributed_env_single_and_multi_process():
     assert distributed_env({}, 29511) == {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
                                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29511"}
+    inherited = {"MASTER_PORT": "38703", "RANK": "0", "MASTER_ADDR": "127.0.0.1"}  # e.g. from a parent shell
+    assert distributed_env(inherited, 29512)["MASTER_PORT"] == "29512"
     launched = {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "n1", "MASTER_PORT": "5"}
     assert distributed_env(launched, 1) == {}
     with pytest.raises(RuntimeError, match="MASTER_ADDR, MASTER_PORT unset"):
