@@ -83,37 +83,39 @@ def sweeps(tmp_path_factory):
     return write_sweep(tmp, "whole"), write_sweep(tmp, "killed")
 
 
-def test_pretrain_killed_mid_run_resumes_to_identical_weights(sweeps):
+def kill_midway_and_relaunch(sweeps, stage: str, started: str, finished: str) -> tuple[Path, Path, str]:
+    """Run `whole` to the end of `stage`; run `killed` until the glob `started` exists, SIGKILL
+    its step and launcher (the glob `finished` must not exist yet), relaunch it to the end.
+    Returns (whole's workdir, killed's workdir, the relaunch's output)."""
     whole, killed = sweeps
-    run_to_end(whole, "pretrain")
+    run_to_end(whole, stage)
     workdir = killed.parent / "killed"
-    launcher = launch(killed, "pretrain")
-    wait_for(lambda: any(workdir.glob("pretrain/baseline-s1-*/ds/progress.json")), launcher)
-    kill_step_and_launcher(launcher, workdir, "pretrain")
+    launcher = launch(killed, stage)
+    wait_for(lambda: any(workdir.glob(started)), launcher)
+    kill_step_and_launcher(launcher, workdir, stage)
+    assert not any(workdir.glob(finished)), "the kill came too late to test a resume"
+    return whole.parent / "whole", workdir, run_to_end(killed, stage)
+
+
+def test_pretrain_killed_mid_run_resumes_to_identical_weights(sweeps):
+    whole_dir, workdir, out = kill_midway_and_relaunch(sweeps, "pretrain", "pretrain/baseline-s1-*/ds/progress.json",
+                                                       "pretrain/baseline-s1-*/checkpoints/step_80")
     run_dir = next(workdir.glob("pretrain/baseline-s1-*"))
-    assert not (run_dir / "checkpoints" / "step_80").exists(), "the kill came too late to test a resume"
-    out = run_to_end(killed, "pretrain")
     log = "".join(p.read_text() for p in (workdir / "logs" / "pretrain").glob("*_log.out"))
     assert "start_step=0" in log and any(f"start_step={n}" in log for n in (20, 40, 60))
-    reference = next((whole.parent / "whole").glob("pretrain/baseline-s1-*"))
+    reference = next(whole_dir.glob("pretrain/baseline-s1-*"))
     assert run_dir.name == reference.name  # same content key
     assert digests(run_dir / "checkpoints") == digests(reference / "checkpoints")
     assert "steps done" in out
 
 
 def test_generate_killed_mid_shard_resumes_to_identical_bytes(sweeps):
-    whole, killed = sweeps
-    run_to_end(whole, "generate")
-    workdir = killed.parent / "killed"
-    launcher = launch(killed, "generate")
-    wait_for(lambda: any(workdir.glob("generate/cd-0000-*/shard.parts/part-00001.parquet")), launcher)
-    kill_step_and_launcher(launcher, workdir, "generate")
-    assert not any(workdir.glob("generate/cd-0000-*/shard.parquet")), "the kill came too late to test a resume"
-    run_to_end(killed, "generate")
+    whole_dir, workdir, _ = kill_midway_and_relaunch(sweeps, "generate", "generate/cd-0000-*/shard.parts/part-00001.parquet",
+                                                     "generate/cd-0000-*/shard.parquet")
     receipt = json.loads(next((workdir / "receipts" / "generate").glob("cd-0000-*.json")).read_text())
     assert 0 < receipt["metrics"]["chunks_generated"] < receipt["metrics"]["chunks"]  # resumed, not restarted
     ours = next(workdir.glob("generate/cd-0000-*/shard.parquet"))
-    reference = next((whole.parent / "whole").glob("generate/cd-0000-*/shard.parquet"))
+    reference = next(whole_dir.glob("generate/cd-0000-*/shard.parquet"))
     assert ours.read_bytes() == reference.read_bytes()
 
 
