@@ -90,6 +90,30 @@ class Manifest:
             result.jobs = self._ingest_dir("jobs", self._put_job, result.bad)
         return result
 
+    def ingest_paths(self, rel_paths: list[str]) -> set[str]:
+        """Ingest only the given receipts/ or jobs/ files (new, rewritten or removed), without
+        listing the workdir: the rows a full ingest would write. Returns the keys whose rows
+        changed. Unreadable files are skipped here; full ingests report them."""
+        keys: set[str] = set()
+        with self._tx():
+            for rel in rel_paths:
+                table = "receipts" if rel.startswith("receipts/") else "jobs"
+                old = self.db.execute(f"SELECT key, mtime_ns, size FROM {table} WHERE path = ?", (rel,)).fetchone()
+                keys.update([old[0]] if old else [])
+                try:
+                    st = os.stat(self.workdir / rel)
+                except FileNotFoundError:
+                    self._forget(table, rel)
+                    continue
+                if old is None or (old[1], old[2]) != (st.st_mtime_ns, st.st_size):
+                    try:
+                        (self._put_receipt if table == "receipts" else self._put_job)(self.workdir / rel, rel, st)
+                    except (ReceiptError, ValueError, KeyError):
+                        continue
+                new = self.db.execute(f"SELECT key FROM {table} WHERE path = ?", (rel,)).fetchone()
+                keys.update([new[0]] if new else [])
+        return keys
+
     def rebuild(self) -> IngestResult:
         """Drop every derived row and ingest all files again."""
         with self._tx():

@@ -75,7 +75,7 @@ class SnapshotReader:
                 if first or full:
                     self._rows, self._intact = _query(m), {}
                 else:
-                    self._requery(m, ingest_files(m, changed))
+                    self._requery(m, m.ingest_paths(changed))
         rows = self._rows
         states = fast_states(self.workdir, self._steps, rows["receipts"], rows["jobs"], rows["outputs"],
                              None if verify else self._intact)
@@ -112,33 +112,6 @@ class SnapshotReader:
             rows.update(fresh[table])
         for key in keys:
             self._intact.pop(key, None)
-
-
-def ingest_files(m: Any, rel_paths: list[str]) -> set[str]:
-    """Manifest.ingest for the given receipts/ and jobs/ files only (new, rewritten or removed):
-    the rows a full ingest would write, without listing and stat-ing every file of the workdir.
-    Returns the keys of the steps whose rows changed."""
-    from cdhpc.receipts import ReceiptError
-
-    keys: set[str] = set()
-    with m._tx():
-        for rel in rel_paths:
-            table = "receipts" if rel.startswith("receipts/") else "jobs"
-            old = m.db.execute(f"SELECT key, mtime_ns, size FROM {table} WHERE path = ?", (rel,)).fetchone()
-            keys.update([old[0]] if old else [])
-            try:
-                st = os.stat(m.workdir / rel)
-            except FileNotFoundError:
-                m._forget(table, rel)
-                continue
-            if old is None or (old[1], old[2]) != (st.st_mtime_ns, st.st_size):
-                try:
-                    (m._put_receipt if table == "receipts" else m._put_job)(m.workdir / rel, rel, st)
-                except (ReceiptError, ValueError, KeyError):
-                    continue  # reported by the launcher and `cdhpc manifest ingest` (full ingests)
-            new = m.db.execute(f"SELECT key FROM {table} WHERE path = ?", (rel,)).fetchone()
-            keys.update([new[0]] if new else [])
-    return keys
 
 
 def fast_states(workdir: Path, steps: list[dict], receipts: dict[str, Any], jobs: dict[str, Any],
