@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cdhpc import STAGES
 from cdhpc.configio import ConfigError, Issue, format_pydantic_errors, load_yaml
@@ -285,15 +285,21 @@ class ExecutorConfig(Strict):
     kind: Literal["local", "slurm"] = "local"
     """local: this machine, through submitit's local executor; slurm: submitit's SlurmExecutor."""
     profile: str | None = None
-    """Cluster profile slurm/<profile>.yaml (kind slurm)."""
+    """Cluster profile slurm/<profile>.yaml, or a path to one (kind slurm; unset: the cluster's defaults)."""
     max_parallel: Positive = 2
     """Steps running at once (local)."""
     retries: Annotated[int, Field(ge=0)] = 1
-    """Times a failed step is resubmitted automatically before it counts as failed."""
+    """Times a failed step is rerun automatically within one launch (local; on SLURM, timeouts are
+    requeued up to the profile's max_requeues and a launch resubmits failed steps)."""
     poll_s: Annotated[float, Field(gt=0)] = 0.5
     """Seconds between scheduler polls (local)."""
     resources: dict[str, ResourcesConfig] = Field(default_factory=dict)
     """Per-stage resources (keys: stage names); stages not listed get the defaults."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_shorthand(cls, data: Any) -> Any:
+        return {"kind": data} if isinstance(data, str) else data  # executor: slurm
 
     @field_validator("resources")
     @classmethod

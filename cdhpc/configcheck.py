@@ -138,6 +138,4 @@ def _check_eval_and_stats(cfg: SweepConfig) -> list[Issue]:
     for i, task in enumerate(s.tasks or ()):
         if task not in e.tasks:
             issues.append(Issue(("stats", "tasks", i), f"not an evaluated task (eval.tasks: {', '.join(e.tasks)})", task))
-    if cfg.executor.kind == "slurm" and cfg.executor.profile is None:
-        issues.append(Issue(("executor", "profile"), "required when executor.kind is 'slurm' (a slurm/<profile>.yaml)", has_value=False))
     return issues

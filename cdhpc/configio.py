@@ -143,7 +143,11 @@ def _set_dotted(data: dict, parts: list[str], value: Any) -> Loc | None:
         key, parts = ".".join(parts[:n]), parts[n:]
         loc.append(key)
         if not parts:
-            node[key] = value
+            if isinstance(value, str) and isinstance(node.get(key), dict):  # executor=slurm sets executor.kind
+                node[key] = {**node[key], "kind": value}
+                loc.append("kind")
+            else:
+                node[key] = value
         else:  # copy on the way down: YAML aliases share one dict, an override must touch one path
             child = node.get(key, {})
             node[key] = child = dict(child) if isinstance(child, dict) else child

@@ -26,9 +26,14 @@ class StageRow:
     gpu_hours: float
 
 
-def stage_rows(plan: Plan, states: dict[str, str] | None) -> list[StageRow]:
-    """Pure: one row per planned stage. Jobs pack steps_per_job steps; GPU-hours are the upper
-    bound the time limits allow: steps to run x nodes x GPUs/node x timeout."""
+def stage_rows(plan: Plan, states: dict[str, str] | None, max_array_size: int = MAX_ARRAY_SIZE) -> list[StageRow]:
+    """Pure: one row per planned stage. Jobs and arrays are those a first SLURM submission makes
+    (steps with the same upstream jobs share an array, steps_per_job to an element, split at
+    max_array_size); GPU-hours are the upper bound the time limits allow: steps to run x nodes x
+    GPUs/node x timeout."""
+    from cdhpc.slurm import plan_arrays
+
+    arrays = plan_arrays(plan, {s.key for s in plan.steps}, {}, max_array_size)
     rows = []
     for stage in STAGES:
         steps = plan.stage(stage)
@@ -39,8 +44,8 @@ def stage_rows(plan: Plan, states: dict[str, str] | None) -> list[StageRow]:
         to_run = sum(x not in ("done", "running", "queued") for x in st)
         gpus = r["nodes"] * r["gpus_per_node"]
         res = f"{r['nodes']}x{r['tasks_per_node']} tasks, {gpus} GPU, {r['cpus_per_task']} CPU, {r['mem_gb']:g} GB, {r['timeout_min']} min"
-        jobs = -(-len(steps) // r["steps_per_job"])
-        rows.append(StageRow(stage, len(steps), jobs, -(-jobs // MAX_ARRAY_SIZE), sum(len(s.inputs) for s in steps),
+        mine = [a for a in arrays if a.stage == stage]
+        rows.append(StageRow(stage, len(steps), sum(len(a.packs) for a in mine), len(mine), sum(len(s.inputs) for s in steps),
                              res, st.count("done"), st.count("running") + st.count("queued"), to_run,
                              to_run * gpus * r["timeout_min"] / 60))
     return rows
@@ -99,14 +104,14 @@ def model_lines(cfg: SweepConfig, plan: Plan) -> list[str]:
             for name, n in seen.items()]
 
 
-def print_dry_run(cfg: SweepConfig, plan: Plan, states: dict[str, str] | None) -> None:
+def print_dry_run(cfg: SweepConfig, plan: Plan, states: dict[str, str] | None, max_array_size: int = MAX_ARRAY_SIZE) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"sweep {cfg.name}: plan until {plan.until} ({len(plan.steps)} steps)")
     for col in ("stage", "steps", "jobs", "arrays", "deps", "resources per step", "done", "running", "to run", "GPU-h max"):
         table.add_column(col, justify="left" if col in ("stage", "resources per step") else "right")
-    rows = stage_rows(plan, states)
+    rows = stage_rows(plan, states, max_array_size)
     for r in rows:
         table.add_row(r.stage, str(r.steps), str(r.jobs), str(r.arrays), str(r.dependencies), r.resources, str(r.done),
                       str(r.running), str(r.to_run), f"{r.gpu_hours:.1f}")

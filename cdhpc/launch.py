@@ -42,6 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
         cfg = load_config(args.sweep, args.overrides, allow_missing_paths=args.dry_run or args.print_config)
+        profile = None
+        if cfg.executor.kind == "slurm":
+            from cdhpc.profile import apply_profile, load_profile
+
+            profile = load_profile(cfg, args.sweep)
+            cfg = apply_profile(cfg, profile)
         if args.print_config:
             sys.stdout.write(dump_config(cfg))
             return 0
@@ -49,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             from cdhpc.dryrun import print_dry_run
 
-            print_dry_run(cfg, plan, read_states(cfg, plan))
+            print_dry_run(cfg, plan, read_states(cfg, plan), profile.max_array_size if profile else 1000)
             return 0
-        return launch(cfg, plan, verify=args.verify)
+        return launch(cfg, plan, verify=args.verify, profile=profile)
     except (ConfigError, UsageError) as e:
         print(e, file=sys.stderr)
         return 2
@@ -102,11 +108,13 @@ def prepare_workdir(cfg: SweepConfig, plan: Plan) -> Path:
     return workdir
 
 
-def launch(cfg: SweepConfig, plan: Plan, verify: bool = False) -> int:
-    if cfg.executor.kind != "local":
-        raise UsageError("executor.kind 'slurm' is not available in this version yet; use executor.kind=local")
+def launch(cfg: SweepConfig, plan: Plan, verify: bool = False, profile=None) -> int:
     # The workdir records the whole sweep (what status shows); --until limits what runs now.
     workdir = prepare_workdir(cfg, plan if plan.until == STAGES[-1] else plan_sweep(cfg))
+    if cfg.executor.kind == "slurm":
+        from cdhpc.launch_slurm import submit_sweep
+
+        return submit_sweep(cfg, plan, workdir, profile, verify=verify)
     e = cfg.executor
     summary = execute(workdir, plan, max_parallel=e.max_parallel, retries=e.retries, poll_s=e.poll_s, verify=verify)
     log.info("sweep %s: %d/%d steps done", cfg.name, len(summary.done), len(plan.steps))

@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS scores (key TEXT PRIMARY KEY, run TEXT, method TEXT, 
     path TEXT);
 CREATE TABLE IF NOT EXISTS jobs (key TEXT PRIMARY KEY, executor TEXT, job_id TEXT,
     array_index INTEGER, state TEXT, attempt INTEGER, submitted REAL, updated REAL, stdout TEXT,
-    stderr TEXT, path TEXT UNIQUE, mtime_ns INTEGER, size INTEGER);
+    stderr TEXT, job_name TEXT, mem_gb REAL, path TEXT UNIQUE, mtime_ns INTEGER, size INTEGER);
 CREATE INDEX IF NOT EXISTS steps_stage ON steps (stage);
 """
 
@@ -44,7 +44,8 @@ ROW_TABLES = {
     "shards": ("method", "shard", "path", "samples", "tokens", "sha256"),
     "scores": ("run", "method", "seed", "step", "task", "score", "task_version", "data_sha256", "n_items", "path"),
 }
-JOB_FIELDS = ("executor", "job_id", "array_index", "state", "attempt", "submitted", "updated", "stdout", "stderr")
+JOB_FIELDS = ("executor", "job_id", "array_index", "state", "attempt", "submitted", "updated", "stdout", "stderr",
+              "job_name", "mem_gb")
 
 
 @dataclass
@@ -62,6 +63,9 @@ class Manifest:
         self.path = self.workdir / "manifest.sqlite"
         self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
         self.db.row_factory = sqlite3.Row
+        cols = [r[1] for r in self.db.execute("PRAGMA table_info(jobs)")]
+        if cols and "mem_gb" not in cols:  # a manifest of an older cdhpc: job rows are re-derived
+            self.db.execute("DROP TABLE jobs")
         self.db.executescript(SCHEMA)
 
     def __enter__(self) -> Manifest:
@@ -193,7 +197,7 @@ class Manifest:
             rec = json.loads(f.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{f}: not a valid job record ({e.msg} at line {e.lineno})") from None
-        self.db.execute("INSERT OR REPLACE INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        self.db.execute(f"INSERT OR REPLACE INTO jobs VALUES ({','.join('?' * (len(JOB_FIELDS) + 4))})",
                         (rec["key"], *(rec.get(k) for k in JOB_FIELDS), rel, st.st_mtime_ns, st.st_size))
 
     # -- reads -------------------------------------------------------------------------------

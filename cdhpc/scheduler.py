@@ -23,7 +23,9 @@ from cdhpc.receipts import OutputFile, atomic_write_json, output_intact, receipt
 log = logging.getLogger("cdhpc")
 
 DONE, FAILED, RUNNING, QUEUED, MISSING, BLOCKED = "done", "failed", "running", "queued", "missing", "blocked"
-LIVE_JOB_STATES = ("PENDING", "RUNNING", "REQUEUED")
+LIVE_JOB_STATES = ("PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "CONFIGURING",
+                   "COMPLETING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT")
+QUEUED_JOB_STATES = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD")
 
 
 def job_record_path(workdir: Path, spec: StepSpec) -> Path:
@@ -37,7 +39,7 @@ def classify(receipt: Any | None, outputs: list[OutputFile] | None, job: Any | N
     if receipt is not None and receipt["status"] == "ok" and outputs is not None:
         return DONE
     if job is not None and job["state"] in LIVE_JOB_STATES and alive:
-        return QUEUED if job["state"] == "PENDING" else RUNNING
+        return QUEUED if job["state"] in QUEUED_JOB_STATES else RUNNING
     if receipt is not None or job is not None:
         return FAILED
     return MISSING
@@ -55,6 +57,14 @@ def pid_alive(job_id: str | None) -> bool:
     return b"submitit" in cmdline and ") Z " not in stat
 
 
+def job_alive(job: Any | None) -> bool:
+    """A job record in a live state whose job still exists: a local controller pid that runs, or
+    a SLURM job (its record is refreshed from sacct/squeue before states are computed)."""
+    if job is None or job["state"] not in LIVE_JOB_STATES:
+        return False
+    return job["executor"] != "local" or pid_alive(job["job_id"])
+
+
 def step_states(workdir: Path, plan: Plan, receipts: dict[str, Any], jobs: dict[str, Any],
                 outputs_of: Callable[[str], list[Any]], rehash: bool = False) -> dict[str, str]:
     """State of every planned step; done steps have every output still intact."""
@@ -68,8 +78,7 @@ def step_states(workdir: Path, plan: Plan, receipts: dict[str, Any], jobs: dict[
             intact = outs if all(output_intact(workdir, o, rehash) for o in outs) else None
             if intact is None:
                 log.warning("step %s/%s: outputs changed since its receipt; it will run again", spec.stage, spec.name)
-        alive = j is not None and j["executor"] == "local" and j["state"] in LIVE_JOB_STATES and pid_alive(j["job_id"])
-        states[spec.key] = classify(r, intact, j, alive)
+        states[spec.key] = classify(r, intact, j, job_alive(j))
     return states
 
 

@@ -53,10 +53,40 @@ class SnapshotReader:
         self._steps: list[dict[str, Any]] = []
         self._rows: dict[str, dict] = {}
         self._intact: dict[str, bool] = {}  # key -> outputs intact at the last check
+        self._last_poll = 0.0  # time.monotonic() of the last SLURM poll
+        self.slurm_poll_s = 2.0  # at most one sacct call per this many seconds
+        self.slurm_error: str | None = None  # why the last SLURM poll failed
 
     def read(self, verify: bool = False, ingest: bool = True) -> Snapshot:
         """The current snapshot; `verify` re-checks every done step's outputs. `ingest=False`
-        (for a first render within a second) shows the manifest as last ingested."""
+        (for a first render within a second) shows the manifest as last ingested. Live SLURM
+        jobs are polled first (one sacct call, at most every `slurm_poll_s`); the job records
+        whose state changed are rewritten and ingested like any other file."""
+        first = not self._rows
+        if ingest and not first:
+            self._poll_slurm()
+        snap = self._read(verify, ingest)
+        if ingest and first and self._poll_slurm():
+            snap = self._read(verify, ingest)
+        return snap
+
+    def _poll_slurm(self) -> int:
+        """Refresh the records of live SLURM jobs; how many changed (0 when polled recently)."""
+        from cdhpc.scheduler import LIVE_JOB_STATES
+        from cdhpc.slurm import refresh_job_records
+
+        now = time.monotonic()
+        if now - self._last_poll < self.slurm_poll_s:
+            return 0
+        self._last_poll = now
+        live = [j for j in self._rows.get("jobs", {}).values() if j["executor"] == "slurm" and j["state"] in LIVE_JOB_STATES]
+        try:
+            return refresh_job_records(self.workdir, live) if live else 0
+        except RuntimeError as e:  # SLURM unreachable: show the last known states
+            self.slurm_error = str(e)
+            return 0
+
+    def _read(self, verify: bool, ingest: bool) -> Snapshot:
         from cdhpc.manifest import Manifest
 
         st = (self.workdir / "plan.json").stat()
@@ -120,7 +150,7 @@ def fast_states(workdir: Path, steps: list[dict], receipts: dict[str, Any], jobs
     checked by os.stat (re-hashed only when size or mtime changed) unless `intact_cache` already
     holds the step's answer (it is filled in), and pids are probed only for live job records."""
     from cdhpc.receipts import OutputFile, output_intact
-    from cdhpc.scheduler import LIVE_JOB_STATES, classify, pid_alive
+    from cdhpc.scheduler import classify, job_alive
 
     root, states, cache = str(workdir), {}, {} if intact_cache is None else intact_cache
     for s in steps:
@@ -131,8 +161,7 @@ def fast_states(workdir: Path, steps: list[dict], receipts: dict[str, Any], jobs
             if key not in cache:
                 cache[key] = all(_intact(root, o) or output_intact(workdir, OutputFile(**o)) for o in outputs.get(key, []))
             intact = outputs.get(key, []) if cache[key] else None
-        alive = j is not None and j["state"] in LIVE_JOB_STATES and j["executor"] == "local" and pid_alive(j["job_id"])
-        states[key] = classify(r, intact, j, alive)
+        states[key] = classify(r, intact, j, job_alive(j))
     return states
 
 

@@ -1,0 +1,79 @@
+"""``executor.kind: slurm``: diff the plan with the manifest and SLURM's view, submit what is not
+done, queued or running, and return. The DAG then runs unattended; ``cdhpc status`` follows it
+and re-running the launch is always safe:
+
+- done steps are skipped; queued and running ones are left alone (no duplicate submissions,
+  even after a launcher was killed mid-submit: see `SlurmScheduler.adopt_intents`);
+- failed and missing steps are submitted with every dependent that is not done; dependents
+  still queued on a failed job (they can never start) are cancelled and submitted again;
+- a step that ran out of memory is submitted with ``oom_mem_factor`` times its memory.
+
+Timeouts and preemptions need no launcher: submitit's ``checkpoint()`` requeues the job, up to
+the profile's ``max_requeues``, and the step resumes from its last checkpoint. Code errors are
+not retried by themselves: the step fails with its traceback in its receipt until a launch.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from cdhpc.config import SweepConfig
+from cdhpc.plan import Plan
+from cdhpc.profile import ClusterProfile
+
+log = logging.getLogger("cdhpc")
+
+
+def submit_sweep(cfg: SweepConfig, plan: Plan, workdir: Path, profile: ClusterProfile, verify: bool = False) -> int:
+    import json
+
+    from cdhpc.launch import _outputs, print_results, report_bad
+    from cdhpc.manifest import Manifest
+    from cdhpc.scheduler import DONE, FAILED, MISSING, job_alive, step_states
+    from cdhpc.slurm import JobRef, SlurmScheduler, refresh_job_records
+
+    sched = SlurmScheduler(workdir, profile, cfg.name)
+    with Manifest(workdir) as m:
+        m.register_plan(json.loads((workdir / "plan.json").read_text())["steps"])
+        report_bad(m.ingest().bad)
+        adopted = sched.adopt_intents(plan)
+        m.ingest()
+        refresh_job_records(workdir, m.jobs_by_key().values())
+        report_bad(m.ingest().bad)
+        jobs = m.jobs_by_key()
+        states = step_states(workdir, plan, m.receipts_by_key(), jobs, _outputs(m), rehash=verify)
+        broken = {k for k, s in states.items() if s in (FAILED, MISSING)}
+        todo = {k for k in plan.descendants(broken) if states[k] != DONE}
+        stuck = [JobRef(jobs[k]["job_id"], jobs[k]["array_index"]) for k in todo if job_alive(jobs.get(k))]
+        sched.cancel(stuck)
+        live = {k: JobRef(j["job_id"], j["array_index"]) for k, j in jobs.items()
+                if k in states and k not in todo and job_alive(j)}
+        attempts = {k: j["attempt"] or 0 for k, j in jobs.items()}
+        resources = more_memory(plan, todo, jobs, profile)
+        sub = sched.submit(plan, todo, live, attempts, resources)
+        m.ingest()
+    n_done = sum(s == DONE for s in states.values())
+    log.info("sweep %s: %d steps: %d done, %d queued or running (left alone)%s, %d submitted in %d job(s), %d array(s)%s",
+             cfg.name, len(plan.steps), n_done, len(live), f", {adopted} adopted" if adopted else "", sub.steps,
+             sub.jobs, sub.arrays, f", {len(stuck)} stuck job(s) cancelled" if stuck else "")
+    if sub.steps or live:
+        log.info("the sweep runs on SLURM without this launcher; follow it with: cdhpc status %s", workdir)
+    elif n_done == len(plan.steps):
+        print_results(workdir, plan, [s.key for s in plan.steps])
+    return 0
+
+
+def more_memory(plan: Plan, todo: set[str], jobs: dict, profile: ClusterProfile) -> dict[str, dict]:
+    """Pure: resources of the steps to submit whose last job ran out of memory, with the memory
+    of that job times the profile's oom_mem_factor (capped at max_mem_gb)."""
+    out = {}
+    for s in plan.steps:
+        j = jobs.get(s.key)
+        if s.key in todo and j is not None and j["state"] == "OUT_OF_MEMORY":
+            mem = (j["mem_gb"] or s.resources["mem_gb"]) * profile.oom_mem_factor
+            if profile.max_mem_gb is not None:
+                mem = min(mem, profile.max_mem_gb)
+            log.warning("step %s/%s ran out of memory; resubmitting it with %.1f GB", s.stage, s.name, mem)
+            out[s.key] = {**s.resources, "mem_gb": mem}
+    return out

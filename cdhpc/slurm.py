@@ -1,0 +1,389 @@
+"""The SLURM executor: the whole DAG submitted at once as job arrays with ``afterok`` edges, so
+it runs unattended after the launcher exits.
+
+Pure part: which steps go into which array (`plan_arrays`), the sbatch parameters of an array
+(`sbatch_parameters`), dependency strings, and the parsing of sacct/squeue answers. Shell part
+(`SlurmScheduler`, `refresh_job_records`): submitit's SlurmExecutor, one sacct call per poll.
+
+Steps that read the same upstream jobs go into one array, so every edge is exact: an evaluate
+array waits for the one pretrain array element that trains its run, not for the whole stage.
+A launcher killed mid-submit leaves an intent file (``workdir/submitting/<job name>.json``)
+written before sbatch; the next launch finds the job by its unique name (squeue, then sacct)
+and adopts it instead of submitting it twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from cdhpc.plan import Plan, StepSpec
+from cdhpc.profile import ClusterProfile
+from cdhpc.receipts import atomic_write_json, receipt_path
+from cdhpc.scheduler import LIVE_JOB_STATES  # sacct/squeue states of a job that may still run
+
+log = logging.getLogger("cdhpc")
+
+LEFT_QUEUE = "LEFT_QUEUE"  # not listed by squeue any more and no accounting to say how it ended
+TRANSIENT_SBATCH = re.compile(r"Socket timed out|Unable to contact slurm controller|Resource temporarily unavailable|"
+                              r"try again|Connection refused|Zero Bytes were transmitted", re.I)
+
+
+# ----------------------------------------------------------------------------- pure: arrays
+@dataclass(frozen=True)
+class JobRef:
+    """One job, or one element of a job array. A `job_id` of ``@N`` is the N-th array of the
+    submission being planned (its real id is known once sbatch answers)."""
+
+    job_id: str
+    array_index: int | None = None
+
+    def __str__(self) -> str:
+        return self.job_id if self.array_index is None else f"{self.job_id}_{self.array_index}"
+
+
+@dataclass
+class ArraySpec:
+    """One sbatch call: a job array (or a single job) of packs of steps of one stage."""
+
+    stage: str
+    packs: list[list[StepSpec]]  # one pack of steps per array element, run in order
+    after: list[JobRef]  # the exact upstream jobs (afterok)
+    resources: dict[str, Any]
+    ref: str = ""  # "@N": its place in the submission
+
+    @property
+    def keys(self) -> list[str]:
+        return [s.key for pack in self.packs for s in pack]
+
+
+def plan_arrays(plan: Plan, todo: set[str], live: dict[str, JobRef], max_array_size: int,
+                resources: dict[str, dict] | None = None) -> list[ArraySpec]:
+    """Pure: the arrays that run the steps `todo`, upstream arrays first. Steps wait for the jobs
+    of inputs that are live (`live`: key -> job) or submitted in the same go; done inputs are not
+    waited for. Steps of one stage with the same upstream jobs and resources share an array,
+    packed `steps_per_job` to an element and split at `max_array_size`. `resources` overrides
+    a step's resources (e.g. more memory after OUT_OF_MEMORY)."""
+    resources = resources or {}
+    assigned: dict[str, JobRef] = dict(live)
+    pending = [s for s in plan.steps if s.key in todo]
+    arrays: list[ArraySpec] = []
+    while pending:
+        ready = [s for s in pending if all(k not in todo or k in assigned for k in s.inputs.values())]
+        if not ready:
+            raise ValueError(f"steps {[s.name for s in pending[:5]]} wait for inputs outside the plan")
+        groups: dict[tuple, list[StepSpec]] = {}
+        for s in ready:
+            after = sorted({str(assigned[k]): assigned[k] for k in s.inputs.values() if k in assigned}.items())
+            res = resources.get(s.key, s.resources)
+            groups.setdefault((s.stage, tuple(a for a, _ in after), json.dumps(res, sort_keys=True)), []).append(s)
+        for (stage, _, res_json), steps in groups.items():
+            res = json.loads(res_json)
+            after = sorted({str(assigned[k]): assigned[k] for k in steps[0].inputs.values() if k in assigned}.values(), key=str)
+            per_job = res.get("steps_per_job", 1)
+            packs = [steps[i:i + per_job] for i in range(0, len(steps), per_job)]
+            for lo in range(0, len(packs), max_array_size):
+                chunk = packs[lo:lo + max_array_size]
+                a = ArraySpec(stage, chunk, after, res, ref=f"@{len(arrays)}")
+                arrays.append(a)
+                for i, pack in enumerate(chunk):
+                    for s in pack:
+                        assigned[s.key] = JobRef(a.ref, i if len(chunk) > 1 else None)
+        pending = [s for s in pending if s.key not in assigned]
+    return arrays
+
+
+def dependency_string(after: Iterable[JobRef], sizes: dict[str, int]) -> str | None:
+    """Pure: ``afterok:...`` for the given upstream jobs; every element of an array of known size
+    (`sizes`: job id -> elements) collapses into the array's id."""
+    by_job: dict[str, set] = {}
+    for ref in after:
+        by_job.setdefault(ref.job_id, set()).add(ref.array_index)
+    parts = []
+    for job_id, indices in sorted(by_job.items()):
+        if None in indices or len(indices) == sizes.get(job_id, -1):
+            parts.append(job_id)
+        else:
+            parts += [f"{job_id}_{i}" for i in sorted(indices)]
+    return "afterok:" + ":".join(parts) if parts else None
+
+
+def job_name(sweep: str, stage: str, keys: list[str], salt: str) -> str:
+    """Pure: cdhpc.<sweep>.<stage>.<hash of the steps and the submission>: unique, and findable
+    by name after a launcher died between sbatch and writing the job records."""
+    digest = hashlib.sha256(json.dumps([keys, salt]).encode()).hexdigest()[:10]
+    return f"cdhpc.{sweep}.{stage}.{digest}"
+
+
+def sbatch_parameters(array: ArraySpec, profile: ClusterProfile, name: str, dependency: str | None) -> dict[str, Any]:
+    """Pure: submitit SlurmExecutor parameters of one array (the sbatch lines it renders)."""
+    res = array.resources
+    stage = profile.stages.get(array.stage)
+    params: dict[str, Any] = {
+        "job_name": name,
+        "time": res["timeout_min"] * max(len(p) for p in array.packs),
+        "nodes": res["nodes"],
+        "ntasks_per_node": res["tasks_per_node"],
+        "cpus_per_task": res["cpus_per_task"],
+        "mem": f"{math.ceil(res['mem_gb'] * 1024)}M",
+        "signal_delay_s": profile.signal_delay_s,
+        "array_parallelism": profile.array_parallelism,
+        "setup": [f"export OMP_NUM_THREADS={res['cpus_per_task']}"],
+        "additional_parameters": {"requeue": True},
+    }
+    if res["gpus_per_node"]:
+        params["gpus_per_node"] = res["gpus_per_node"]
+    for key in ("partition", "qos"):
+        value = getattr(stage, key, None) if stage is not None else None
+        if value or getattr(profile, key):
+            params[key] = value or getattr(profile, key)
+    for key in ("account", "constraint"):
+        if getattr(profile, key):
+            params[key] = getattr(profile, key)
+    if dependency:
+        params["dependency"] = dependency
+        params["additional_parameters"]["kill-on-invalid-dep"] = "yes"  # a failed input cancels its dependents
+    extra = {**profile.sbatch, **(stage.sbatch if stage is not None else {})}
+    params["additional_parameters"].update(extra.pop("additional_parameters", {}))
+    return params | extra
+
+
+# ----------------------------------------------------------------------------- pure: states
+def canonical_state(raw: str) -> str:
+    """'CANCELLED by 0' -> 'CANCELLED'; 'OUT_OF_MEMORY' stays."""
+    return raw.split()[0].rstrip("+") if raw.strip() else "UNKNOWN"
+
+
+def expand_job_id(text: str) -> list[str]:
+    """Pure: '123_[0-2,5%4]' -> ['123_0', '123_1', '123_2', '123_5']; anything else unchanged."""
+    m = re.fullmatch(r"(\d+)_\[([^\]]+)\]", text)
+    if not m:
+        return [text]
+    out = []
+    for part in m.group(2).split("%")[0].split(","):
+        lo, _, hi = part.partition("-")
+        out += [f"{m.group(1)}_{i}" for i in range(int(lo), int(hi or lo) + 1)]
+    return out
+
+
+def parse_states(text: str) -> dict[str, str]:
+    """Pure: 'JobID|State' lines (sacct -P, or squeue -o '%i|%T') -> job or element -> state.
+    The last line of a job wins (sacct lists a requeued job's earlier runs first); a line of
+    one element wins over the line of a pending range (sacct prints '3_[0-2%2]|PENDING' for an
+    array whose elements 3_0 and 3_1 already run)."""
+    single, ranges = {}, {}
+    for line in text.splitlines():
+        job, sep, state = line.strip().partition("|")
+        if sep and "." not in job:
+            for j in expand_job_id(job):
+                (ranges if "[" in job else single)[j] = canonical_state(state.split("|")[0])
+    return ranges | single
+
+
+def record_state(rec: dict, answer: dict[str, str], complete: bool, now: float, grace_s: float = 120.0) -> str:
+    """Pure: the new state of a live job record given a poll's answer. `complete`: the answer
+    lists every job still known to SLURM (squeue), so a job it omits has left the queue; sacct
+    may lag a fresh submission, so such a job keeps its state for `grace_s` seconds."""
+    ref = str(JobRef(rec["job_id"], rec.get("array_index")))
+    state = answer.get(ref) or (answer.get(rec["job_id"]) if rec.get("array_index") is None else None)
+    if state is not None:
+        return state
+    if complete or now - (rec.get("submitted") or now) > grace_s:
+        return LEFT_QUEUE
+    return rec["state"]
+
+
+# ----------------------------------------------------------------------------- shell: polling
+def _run(cmd: list[str], timeout_s: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+
+
+def query_states(job_ids: list[str]) -> tuple[dict[str, str], bool]:
+    """One sacct call for all the given jobs; squeue where accounting is off or down. Returns
+    (state by job or element, whether the answer is complete in the sense of record_state)."""
+    ids = ",".join(sorted(set(job_ids)))
+    try:
+        done = _run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ids])
+        if done.returncode == 0:
+            return parse_states(done.stdout), False
+        log.debug("sacct failed (%s); asking squeue", done.stderr.strip())
+        done = _run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T", "-j", ids])
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise RuntimeError(f"cannot ask SLURM for job states: {e}") from None
+    if done.returncode != 0:
+        if "Invalid job id" in done.stderr:  # every job has left squeue's memory
+            return {}, True
+        raise RuntimeError(f"neither sacct nor squeue answers: {done.stderr.strip()}")
+    return parse_states(done.stdout), True
+
+
+def refresh_job_records(workdir: Path, records: Iterable[Any]) -> int:
+    """Poll SLURM once for every live slurm job record (manifest rows or dicts with a `path`)
+    and rewrite the records whose state changed. Returns how many changed."""
+    live = [dict(r) for r in records if r["executor"] == "slurm" and r["state"] in LIVE_JOB_STATES]
+    if not live:
+        return 0
+    answer, complete = query_states([r["job_id"] for r in live])
+    now, changed = time.time(), 0
+    for r in live:
+        state = record_state(r, answer, complete, now)
+        if state != r["state"]:
+            path = Path(workdir) / r["path"]
+            rec = json.loads(path.read_text())
+            rec.update(state=state, updated=now)
+            atomic_write_json(path, rec)
+            changed += 1
+    return changed
+
+
+def find_jobs_by_name(names: list[str]) -> dict[str, list[str]]:
+    """Job ids (array elements expanded) SLURM knows under each name: squeue, then sacct."""
+    if not names:
+        return {}
+    out: dict[str, list[str]] = {}
+    for cmd in (["squeue", "-h", "-r", "-t", "all", "-o", "%j|%i", "--name", ",".join(names)],
+                ["sacct", "-n", "-P", "-X", "-S", "now-30days", "-o", "JobName,JobID", "--name", ",".join(names)]):
+        done = _run(cmd)
+        for line in done.stdout.splitlines() if done.returncode == 0 else ():
+            name, _, job = line.strip().partition("|")
+            if name in names:
+                out.setdefault(name, []).extend(j for j in expand_job_id(job) if j not in out.get(name, []))
+        if out:
+            break
+    return out
+
+
+# ----------------------------------------------------------------------------- shell: submission
+@dataclass
+class Submission:
+    arrays: int = 0
+    jobs: int = 0
+    steps: int = 0
+    adopted: int = 0
+    job_ids: list[str] = field(default_factory=list)
+
+
+class SlurmScheduler:
+    """Submits steps through submitit's SlurmExecutor, one array per `ArraySpec`."""
+
+    def __init__(self, workdir: Path, profile: ClusterProfile, sweep: str,
+                 submit_fn: Callable[[ArraySpec, dict, int], list[Any]] | None = None):
+        self.workdir = workdir
+        self.profile = profile
+        self.sweep = sweep
+        self.submit_fn = submit_fn or self._sbatch
+
+    # -- intents: no duplicate submission after a launcher died mid-submit ------------------
+    def intent_dir(self) -> Path:
+        return self.workdir / "submitting"
+
+    def adopt_intents(self, plan: Plan) -> int:
+        """Jobs a killed launcher submitted but did not record: find them by name and record
+        them; forget intents SLURM never saw. Returns how many steps were adopted."""
+        intents = sorted(self.intent_dir().glob("*.json")) if self.intent_dir().is_dir() else []
+        if not intents:
+            return 0
+        docs = [json.loads(p.read_text()) for p in intents]
+        found = find_jobs_by_name([d["name"] for d in docs])
+        by_key, adopted = plan.by_key(), 0
+        for path, d in zip(intents, docs):
+            ids = found.get(d["name"], [])
+            if ids:
+                base = ids[0].split("_")[0]
+                single = len(d["packs"]) == 1
+                for i, pack in enumerate(d["packs"]):
+                    for key in pack:
+                        if key in by_key:
+                            self._record(by_key[key], JobRef(base, None if single else i), d["attempts"].get(key, 1),
+                                         d["name"], d["resources"], None)
+                            adopted += 1
+                log.warning("adopted job %s (%s), submitted by a launcher that stopped before recording it", base, d["name"])
+            path.unlink()
+        return adopted
+
+    # -- submission --------------------------------------------------------------------------
+    def submit(self, plan: Plan, todo: set[str], live: dict[str, JobRef], attempts: dict[str, int],
+               resources: dict[str, dict] | None = None) -> Submission:
+        """Submit every step in `todo` (upstream first), waiting on `live` jobs where they are inputs."""
+        arrays = plan_arrays(plan, todo, live, self.profile.max_array_size, resources)
+        real: dict[str, str] = {}  # "@N" -> job id
+        sizes: dict[str, int] = {}
+        out = Submission()
+        salt = f"{time.time_ns()}"
+        for a in arrays:
+            after = [JobRef(real.get(r.job_id, r.job_id), r.array_index) for r in a.after]
+            name = job_name(self.sweep, a.stage, a.keys, salt)
+            params = sbatch_parameters(a, self.profile, name, dependency_string(after, sizes))
+            for s in (s for p in a.packs for s in p):  # a stale receipt must not let the job skip its step
+                receipt_path(self.workdir, s.stage, s.name, s.key).unlink(missing_ok=True)
+            intent = self.intent_dir() / f"{name}.json"
+            atomic_write_json(intent, {"name": name, "packs": [[s.key for s in p] for p in a.packs],
+                                       "attempts": {k: attempts.get(k, 0) + 1 for k in a.keys}, "resources": a.resources})
+            jobs = self._submit_with_retries(a, params, name, attempts)
+            base = str(jobs[0].job_id).split("_")[0]
+            real[a.ref], sizes[base] = base, len(a.packs)
+            for i, (pack, job) in enumerate(zip(a.packs, jobs)):
+                for s in pack:
+                    self._record(s, JobRef(base, None if len(jobs) == 1 else i), attempts.get(s.key, 0) + 1, name,
+                                 a.resources, job.paths)
+            intent.unlink()
+            out.arrays += 1
+            out.jobs += len(jobs)
+            out.steps += len(a.keys)
+            out.job_ids.append(base)
+            log.info("submitted %s: %d step(s) as %s%s", a.stage, len(a.keys),
+                     f"array {base} of {len(jobs)} jobs" if len(jobs) > 1 else f"job {base}",
+                     f", after {params['dependency'].removeprefix('afterok:').replace(':', ' ')}" if "dependency" in params else "")
+            time.sleep(self.profile.submit_interval_s)
+        return out
+
+    def _submit_with_retries(self, a: ArraySpec, params: dict, name: str, attempts: dict[str, int]) -> list[Any]:
+        """sbatch, retried with back-off on transient controller errors; a submission that went
+        through although sbatch reported an error is found by its name, not submitted twice."""
+        for attempt in range(self.profile.submit_retries + 1):
+            try:
+                return self.submit_fn(a, params, max(attempts.get(k, 0) + 1 for k in a.keys))
+            except Exception as e:  # noqa: BLE001 - submitit wraps sbatch's stderr in FailedJobError
+                if not TRANSIENT_SBATCH.search(str(e)) or attempt == self.profile.submit_retries:
+                    raise RuntimeError(f"sbatch for {a.stage} ({name}) failed: {e}") from None
+                if find_jobs_by_name([name]):
+                    raise RuntimeError(f"sbatch for {name} reported an error but the job exists; run the launch "
+                                       "again to adopt it") from None
+                wait = min(60.0, 2.0 ** attempt)
+                log.warning("sbatch failed transiently (%s); retrying in %.0f s", str(e).strip()[:200], wait)
+                time.sleep(wait)
+        raise AssertionError("unreachable")
+
+    def _sbatch(self, a: ArraySpec, params: dict, attempt: int) -> list[Any]:
+        import submitit
+
+        from jobs import StepJob
+
+        executor = submitit.SlurmExecutor(folder=self.workdir / "logs" / a.stage, max_num_timeout=self.profile.max_requeues)
+        executor.update_parameters(**params)
+        with executor.batch():
+            jobs = [executor.submit(StepJob(str(self.workdir), [s.to_dict() for s in pack], attempt)) for pack in a.packs]
+        return jobs
+
+    def _record(self, spec: StepSpec, ref: JobRef, attempt: int, name: str, resources: dict, paths: Any) -> None:
+        path = self.workdir / "jobs" / spec.stage / f"{spec.name}-{spec.key[:8]}.json"
+        now = time.time()
+        atomic_write_json(path, {
+            "key": spec.key, "executor": "slurm", "job_id": ref.job_id, "array_index": ref.array_index,
+            "state": "PENDING", "attempt": attempt, "submitted": now, "updated": now, "job_name": name,
+            "mem_gb": resources.get("mem_gb"),
+            "stdout": str(paths.stdout) if paths is not None else None,
+            "stderr": str(paths.stderr) if paths is not None else None})
+
+    def cancel(self, refs: list[JobRef]) -> None:
+        """scancel jobs that can never run (they wait on a failed input that is resubmitted)."""
+        if refs:
+            _run(["scancel", *sorted({str(r) for r in refs})])
