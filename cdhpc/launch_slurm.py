@@ -26,16 +26,31 @@ log = logging.getLogger("cdhpc")
 
 
 def submit_sweep(cfg: SweepConfig, plan: Plan, workdir: Path, profile: ClusterProfile, verify: bool = False) -> int:
+    """Submit what the sweep needs; print the table when everything is already done."""
+    from cdhpc.launch import print_results
+
+    states, sub, live = submit_plan(workdir, plan, profile, cfg.name, verify)
+    if sub.steps or live:
+        log.info("the sweep runs on SLURM without this launcher; follow it with: cdhpc status %s", workdir)
+    elif all(s == "done" for s in states.values()):
+        print_results(workdir, plan, [s.key for s in plan.steps])
+    return 0
+
+
+def submit_plan(workdir: Path, plan: Plan, profile: ClusterProfile, sweep: str, verify: bool = False):
+    """Diff `plan` with the manifest and SLURM, submit what is needed. Returns (states before
+    submission, the Submission, the live steps left alone)."""
     import json
 
-    from cdhpc.launch import _outputs, print_results, report_bad
+    from cdhpc.launch import _outputs, report_bad
     from cdhpc.manifest import Manifest
     from cdhpc.scheduler import DONE, FAILED, MISSING, job_alive, step_states
     from cdhpc.slurm import JobRef, SlurmScheduler, refresh_job_records
 
-    sched = SlurmScheduler(workdir, profile, cfg.name)
+    sched = SlurmScheduler(workdir, profile, sweep)
+    recorded = workdir / "plan.json"
     with Manifest(workdir) as m:
-        m.register_plan(json.loads((workdir / "plan.json").read_text())["steps"])
+        m.register_plan(json.loads(recorded.read_text())["steps"] if recorded.is_file() else [s.to_dict() for s in plan.steps])
         report_bad(m.ingest().bad)
         adopted = sched.adopt_intents(plan)
         m.ingest()
@@ -55,13 +70,9 @@ def submit_sweep(cfg: SweepConfig, plan: Plan, workdir: Path, profile: ClusterPr
         m.ingest()
     n_done = sum(s == DONE for s in states.values())
     log.info("sweep %s: %d steps: %d done, %d queued or running (left alone)%s, %d submitted in %d job(s), %d array(s)%s",
-             cfg.name, len(plan.steps), n_done, len(live), f", {adopted} adopted" if adopted else "", sub.steps,
+             sweep, len(plan.steps), n_done, len(live), f", {adopted} adopted" if adopted else "", sub.steps,
              sub.jobs, sub.arrays, f", {len(stuck)} stuck job(s) cancelled" if stuck else "")
-    if sub.steps or live:
-        log.info("the sweep runs on SLURM without this launcher; follow it with: cdhpc status %s", workdir)
-    elif n_done == len(plan.steps):
-        print_results(workdir, plan, [s.key for s in plan.steps])
-    return 0
+    return states, sub, live
 
 
 def more_memory(plan: Plan, todo: set[str], jobs: dict, profile: ClusterProfile) -> dict[str, dict]:

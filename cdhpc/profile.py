@@ -109,11 +109,11 @@ class ClusterProfile(Strict):
 
 
 def find_profile(name: str, sweep_path: Path) -> Path | None:
-    """slurm/<name>.yaml next to the working directory, the sweep file, or the sweep's parent;
-    a name that is a path (contains / or ends in .yaml) is used as it is."""
+    """slurm/<name>.yaml in the working directory or in the sweep file's directory or any
+    directory above it; a name that is a path (contains / or ends in .yaml) is used as it is."""
     if "/" in name or name.endswith((".yaml", ".yml")):
         return Path(name) if Path(name).is_file() else None
-    for root in (Path.cwd(), sweep_path.parent, sweep_path.parent.parent):
+    for root in (Path.cwd(), *Path(sweep_path).resolve().parents):
         p = root / "slurm" / f"{name}.yaml"
         if p.is_file():
             return p
@@ -131,7 +131,7 @@ def load_profile(cfg: SweepConfig, sweep_path: Path) -> ClusterProfile:
         if path is None:
             known = sorted(p.stem for p in (Path.cwd() / "slurm").glob("*.yaml"))
             raise ConfigError(sweep_path, [Issue(("executor", "profile"), "no such cluster profile: looked for "
-                                                 f"slurm/{name}.yaml in the working directory and beside the sweep "
+                                                 f"slurm/{name}.yaml in the working directory and above the sweep "
                                                  f"(profiles here: {', '.join(known) or 'none'})", name)])
         raw, lines = load_yaml(path)
         try:

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -187,6 +188,7 @@ class StepJob(submitit.helpers.Checkpointable):
 
     def __call__(self) -> list[str]:
         configure_job_logging()
+        run_past_last_requeue()
         workdir = Path(self.workdir)
         failed = []
         for d in self.specs:
@@ -201,6 +203,25 @@ class StepJob(submitit.helpers.Checkpointable):
         if failed:
             raise RuntimeError(f"{len(failed)} of {len(self.specs)} steps failed: {', '.join(failed)}")
         return [d["key"] for d in self.specs]
+
+
+def run_past_last_requeue() -> None:
+    """Once a job has no requeue left (the profile's max_requeues), submitit's USR2 handler
+    would end it with an error as its time limit nears. Keep computing instead: the step may
+    still finish, and otherwise SLURM ends it at the limit and says TIMEOUT, which is what the
+    manifest should show. Preemption (not near the limit) is always requeued."""
+    handler = signal.getsignal(signal.SIGUSR2)
+    owner = getattr(handler, "__self__", None)  # submitit's SignalHandler (job_environment.py)
+    if owner is None or not hasattr(owner, "has_timed_out") or not hasattr(owner, "_delayed"):
+        return
+
+    def on_usr2(signum: int, frame: Any) -> None:
+        if owner.has_timed_out() and getattr(owner._delayed, "_timeout_countdown", 1) <= 0:
+            log.warning("time limit near and no requeue left: running on until SLURM's limit")
+            return
+        handler(signum, frame)
+
+    signal.signal(signal.SIGUSR2, on_usr2)
 
 
 def configure_job_logging() -> None:

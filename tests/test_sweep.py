@@ -30,11 +30,8 @@ def started(out: subprocess.CompletedProcess) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("tiny") / "work"
-    out = launch(workdir)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return workdir, out
+def sweep(tiny_local):
+    return tiny_local
 
 
 def table_of(stdout: str) -> str:

@@ -1,0 +1,260 @@
+"""The SLURM executor against the real one-node cluster of slurm/dev-cluster/ (marker: slurm):
+the tiny sweep through sbatch arrays and afterok edges, equal to the local executor's results;
+scancel, time limits, requeue and resume; relaunch after a failure; a launcher killed
+mid-submit; status without accounting. Every wait is bounded."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from cdhpc.launch_slurm import submit_plan
+from cdhpc.manifest import Manifest
+from cdhpc.plan import Plan, StepSpec, content_key
+from cdhpc.profile import ClusterProfile
+from cdhpc.status import SnapshotReader
+
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.skipif(shutil.which("sinfo") is None, reason="SLURM not installed; run slurm/dev-cluster/start.sh"),
+]
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+DEV = ["executor=slurm", "executor.profile=dev"]
+
+
+@pytest.fixture(autouse=True)
+def job_pythonpath(monkeypatch):
+    """Jobs inherit the environment (sbatch --export=ALL) and import the test step functions."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+
+
+def launch(workdir: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cdhpc.launch", "configs/tiny.yaml", f"workdir={workdir}", *DEV, *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def wait_for(what: str, check: Callable[[], object], timeout_s: float, poll_s: float = 2.0) -> object:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what} (last: {value!r})")
+        time.sleep(poll_s)
+
+
+def states(workdir: Path) -> dict[str, str]:
+    snap = SnapshotReader(workdir).read()
+    return {f"{s['stage']}/{s['name']}": snap.states[s["key"]] for s in snap.steps}
+
+
+def job_records(workdir: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in (workdir / "jobs").glob("*/*.json")}
+
+
+def settled(workdir: Path) -> dict[str, str] | None:
+    """The states once nothing is queued or running any more."""
+    now = states(workdir)
+    return None if any(s in ("queued", "running") for s in now.values()) else now
+
+
+# ----------------------------------------------------------------------------- the tiny sweep
+@pytest.fixture(scope="module")
+def slurm_sweep(tmp_path_factory, cluster_up):
+    """The tiny sweep submitted to SLURM, relaunched once while it runs, followed with
+    `cdhpc status --once` to the end."""
+    workdir = tmp_path_factory.mktemp("tiny-slurm") / "work"
+    t0 = time.monotonic()
+    first = launch(workdir)
+    launch_s = time.monotonic() - t0
+    assert first.returncode == 0, first.stderr[-3000:]
+    right_after = states(workdir)
+    ids_before = {r["job_id"] for r in job_records(workdir).values()}
+    again = launch(workdir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    ids_after = {r["job_id"] for r in job_records(workdir).values()}
+    polls = []
+
+    def finished() -> bool:
+        out = subprocess.run([sys.executable, "-m", "cdhpc", "status", str(workdir), "--once"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+        polls.append(out)
+        return out.returncode == 0 and all(s == "done" for s in states(workdir).values())
+
+    wait_for("the tiny sweep to finish on SLURM", finished, timeout_s=1800, poll_s=10)
+    return {"workdir": workdir, "first": first, "again": again, "launch_s": launch_s, "right_after": right_after,
+            "ids_before": ids_before, "ids_after": ids_after, "polls": polls}
+
+
+@pytest.fixture(scope="module")
+def cluster_up():
+    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, timeout=10)
+    if out.returncode or out.stdout.split()[0] not in ("idle", "mixed", "allocated", "completing"):
+        pytest.fail(f"the dev cluster is not up ({out.stdout.strip()} {out.stderr.strip()}); run slurm/dev-cluster/start.sh")
+
+
+def test_launcher_submits_everything_and_exits_and_a_relaunch_submits_nothing(slurm_sweep):
+    s = slurm_sweep
+    assert "181 submitted in 55 job(s), 33 array(s)" in s["first"].stderr
+    assert s["launch_s"] < 60, "the launcher returns after submission"
+    assert sum(v in ("queued", "running") for v in s["right_after"].values()) > 100, "it did not wait for the jobs"
+    assert "0 submitted in 0 job(s)" in s["again"].stderr and s["ids_after"] == s["ids_before"]
+    recs = job_records(s["workdir"])
+    assert all(r["executor"] == "slurm" and r["job_name"].startswith("cdhpc.tiny.") for r in recs.values())
+    assert {r["state"] for r in recs.values()} == {"COMPLETED"}
+    assert any(r["array_index"] is not None for r in recs.values()), "stages run as job arrays"
+
+
+def test_status_follows_to_the_end_and_the_table_equals_the_local_executors(slurm_sweep, tiny_local):
+    polls = slurm_sweep["polls"]
+    assert polls[-1].returncode == 0 and "aggregate" in polls[-1].stdout
+    slurm_results, local_results = slurm_sweep["workdir"] / "results", tiny_local[0] / "results"
+    for name in ("paper_table.csv", "scores_long.csv", "paper_table.md"):
+        assert (slurm_results / name).read_text() == (local_results / name).read_text(), name
+    again = launch(slurm_sweep["workdir"])
+    assert "0 submitted" in again.stderr and "baseline" in again.stdout, "a finished sweep prints its table"
+
+
+def sha256_tree(d: Path) -> dict[str, str]:
+    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_time_limited_pretrain_step_is_requeued_and_resumes_from_its_checkpoint(slurm_sweep, tmp_path):
+    """USR2 as at a time limit (submitit's _interrupt(timeout=True)) once the first DeepSpeed
+    checkpoint exists: submitit checkpoints and requeues the job, the step resumes from step 60
+    and ends with the same weights as the uninterrupted run of the sweep."""
+    import submitit
+
+    workdir = tmp_path / "work"
+    out = launch(workdir, "--until", "pretrain", "pretrain.seeds=[1]")
+    assert out.returncode == 0, out.stderr[-3000:]
+    rec_path = next((workdir / "jobs" / "pretrain").glob("baseline-s1-*.json"))
+    out_dir = workdir / "pretrain" / rec_path.stem
+    wait_for("the first DeepSpeed checkpoint", lambda: (out_dir / "ds" / "progress.json").is_file(), 600, 0.5)
+    rec = json.loads(rec_path.read_text())
+    ref = rec["job_id"] if rec["array_index"] is None else f"{rec['job_id']}_{rec['array_index']}"
+    submitit.SlurmJob(folder=workdir / "logs" / "pretrain", job_id=ref)._interrupt(timeout=True)
+    wait_for("the pretrain steps to finish", lambda: settled(workdir), 900)
+    assert all(v == "done" for v in states(workdir).values()), states(workdir)
+    log = Path(rec["stdout"]).read_text()
+    assert "Requeued job" in log and "start_step=60" in log, log[-3000:]
+    uninterrupted = next((slurm_sweep["workdir"] / "pretrain").glob(f"{rec_path.stem}"))
+    assert sha256_tree(out_dir / "checkpoints") == sha256_tree(uninterrupted / "checkpoints")
+
+
+# ----------------------------------------------------------------------------- drills
+def step(name: str, params: dict, timeout_min: int = 5, **inputs: StepSpec) -> StepSpec:
+    keys = {role: s.key for role, s in inputs.items()}
+    res = {"nodes": 1, "tasks_per_node": 1, "gpus_per_node": 0, "cpus_per_task": 1, "mem_gb": 0.25,
+           "timeout_min": timeout_min, "steps_per_job": 1}
+    return StepSpec("evaluate", name, content_key("evaluate", name, params, keys), params, keys,
+                    {"entry": "stepfns:add"}, res)
+
+
+PROFILE = ClusterProfile(partition="debug", signal_delay_s=30, max_requeues=0, submit_interval_s=0.0)
+
+
+def submit(workdir: Path, steps: list[StepSpec]):
+    plan = Plan(steps)
+    if not (workdir / "plan.json").exists():
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "plan.json").write_text(json.dumps({"steps": [s.to_dict() for s in steps]}))
+    return submit_plan(workdir, plan, PROFILE, "drill")
+
+
+def test_after_a_failure_a_relaunch_submits_only_the_failed_step_and_its_dependents(cluster_up, tmp_path):
+    flag = tmp_path / "fail-b"
+    flag.touch()
+    a = step("a", {"add": 1})
+    b = step("b", {"add": 10, "fail_if_exists": str(flag)}, x=a)
+    c = step("c", {"add": 100}, x=b)
+    d = step("d", {"add": 1000}, x=a)
+    workdir = tmp_path / "w"
+    submit(workdir, [a, b, c, d])
+    final = wait_for("the first round to settle", lambda: settled(workdir), 300)
+    assert final == {"evaluate/a": "done", "evaluate/b": "failed", "evaluate/c": "failed", "evaluate/d": "done"}
+    recs = job_records(workdir)
+    assert recs[f"b-{b.key[:8]}"]["state"] == "FAILED"
+    assert recs[f"c-{c.key[:8]}"]["state"] == "CANCELLED", "kill-on-invalid-dep cancels the dependents of a failure"
+    status = subprocess.run([sys.executable, "-m", "cdhpc", "status", str(workdir), "--once"], capture_output=True,
+                            text=True, timeout=60)
+    assert status.returncode == 1 and "failing on purpose" in status.stdout
+    flag.unlink()
+    _, sub, live = submit(workdir, [a, b, c, d])
+    assert sub.steps == 2 and not live
+    wait_for("the relaunch to settle", lambda: settled(workdir), 300)
+    assert set(states(workdir).values()) == {"done"}
+    assert (tmp_path / "w" / "calls.log").read_text().split().count("a") == 1, "done steps are not run again"
+    assert int((workdir / c.dirname / "value.txt").read_text()) == 111
+
+
+def test_scancel_and_a_time_limit_are_seen_as_cancelled_and_timeout(cluster_up, tmp_path):
+    sleeper = step("sleeper", {"sleep_s": 600})
+    limited = step("limited", {"sleep_s": 600}, timeout_min=1)
+    workdir = tmp_path / "w"
+    submit(workdir, [sleeper, limited])
+    rec = workdir / "jobs" / "evaluate" / f"sleeper-{sleeper.key[:8]}.json"
+    wait_for("the sleeper to run", lambda: states(workdir)["evaluate/sleeper"] == "running", 120, 1)
+    job = json.loads(rec.read_text())
+    subprocess.run(["scancel", job["job_id"]], check=True, timeout=10)
+    # every states() polls SLURM once and rewrites the records whose state changed
+    wait_for("the sleeper to be cancelled", lambda: states(workdir)["evaluate/sleeper"] == "failed", 60, 1)
+    assert json.loads(rec.read_text())["state"] == "CANCELLED"
+    wait_for("the limited step to fail", lambda: states(workdir)["evaluate/limited"] == "failed", 240, 2)
+    with Manifest(workdir) as m:
+        rows = {r["key"]: r for r in m.rows("jobs")}
+    assert rows[limited.key]["state"] == "TIMEOUT" and rows[limited.key]["stdout"].endswith("_log.out")
+    assert "running on until SLURM's limit" in Path(rows[limited.key]["stdout"]).read_text()
+
+
+def test_a_launcher_killed_after_sbatch_is_adopted_not_submitted_again(cluster_up, tmp_path):
+    """The intent written before sbatch, and a job under its name that no record mentions: what
+    a launcher killed between sbatch and writing the job records leaves behind."""
+    a = step("a", {"add": 1, "sleep_s": 5})
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    (workdir / "plan.json").write_text(json.dumps({"steps": [a.to_dict()]}))
+    name = "cdhpc.drill.evaluate.killed0001"
+    (workdir / "submitting").mkdir()
+    (workdir / "submitting" / f"{name}.json").write_text(json.dumps(
+        {"name": name, "packs": [[a.key]], "attempts": {a.key: 1}, "resources": a.resources}))
+    out = subprocess.run(["sbatch", "--parsable", f"--job-name={name}", "--wrap", "sleep 20"], capture_output=True,
+                         text=True, timeout=10, check=True)
+    job_id = out.stdout.strip().split(";")[0]
+    try:
+        _, sub, live = submit(workdir, [a])
+        assert sub.steps == 0 and a.key in live
+        assert json.loads(next((workdir / "jobs" / "evaluate").glob("a-*.json")).read_text())["job_id"] == job_id
+        assert not list((workdir / "submitting").iterdir())
+    finally:
+        subprocess.run(["scancel", job_id], timeout=10)
+
+
+def test_without_accounting_status_converges_through_squeue(cluster_up, tmp_path):
+    """slurmdbd stopped: sacct fails, squeue and the receipts carry the states to the end."""
+    if os.geteuid() != 0:
+        pytest.skip("stopping slurmdbd needs root")
+    a = step("a", {"add": 1, "sleep_s": 3})
+    b = step("b", {"add": 2}, x=a)
+    workdir = tmp_path / "w"
+    subprocess.run(["bash", str(ROOT / "slurm/dev-cluster/stop.sh"), "--dbd-only"], check=True, timeout=60)
+    try:
+        assert subprocess.run(["sacct", "-n", "-X"], capture_output=True, timeout=30).returncode != 0
+        submit(workdir, [a, b])
+        final = wait_for("the states to converge", lambda: settled(workdir), 300)
+        assert final == {"evaluate/a": "done", "evaluate/b": "done"}
+        assert {r["state"] for r in job_records(workdir).values()} == {"COMPLETED"}, "squeue -t all still lists them"
+    finally:
+        subprocess.run(["bash", str(ROOT / "slurm/dev-cluster/start.sh")], check=True, timeout=120,
+                       capture_output=True)
