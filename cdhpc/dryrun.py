@@ -18,6 +18,7 @@ class StageRow:
     steps: int
     jobs: int
     arrays: int
+    largest_array: int  # elements of the stage's largest array
     dependencies: int
     resources: str
     done: int
@@ -45,7 +46,8 @@ def stage_rows(plan: Plan, states: dict[str, str] | None, max_array_size: int = 
         gpus = r["nodes"] * r["gpus_per_node"]
         res = f"{r['nodes']}x{r['tasks_per_node']} tasks, {gpus} GPU, {r['cpus_per_task']} CPU, {r['mem_gb']:g} GB, {r['timeout_min']} min"
         mine = [a for a in arrays if a.stage == stage]
-        rows.append(StageRow(stage, len(steps), sum(len(a.packs) for a in mine), len(mine), sum(len(s.inputs) for s in steps),
+        rows.append(StageRow(stage, len(steps), sum(len(a.packs) for a in mine), len(mine),
+                             max((len(a.packs) for a in mine), default=0), sum(len(s.inputs) for s in steps),
                              res, st.count("done"), st.count("running") + st.count("queued"), to_run,
                              to_run * gpus * r["timeout_min"] / 60))
     return rows
@@ -104,21 +106,27 @@ def model_lines(cfg: SweepConfig, plan: Plan) -> list[str]:
             for name, n in seen.items()]
 
 
-def print_dry_run(cfg: SweepConfig, plan: Plan, states: dict[str, str] | None, max_array_size: int = MAX_ARRAY_SIZE) -> None:
+def print_dry_run(cfg: SweepConfig, plan: Plan, states: dict[str, str] | None, profile=None) -> None:
+    """The plan as a table; with a cluster profile (executor.kind slurm), its arrays and limits."""
+    max_array_size = profile.max_array_size if profile is not None else MAX_ARRAY_SIZE
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"sweep {cfg.name}: plan until {plan.until} ({len(plan.steps)} steps)")
-    for col in ("stage", "steps", "jobs", "arrays", "deps", "resources per step", "done", "running", "to run", "GPU-h max"):
+    for col in ("stage", "steps", "jobs", "arrays", "largest", "deps", "resources per step", "done", "running", "to run", "GPU-h max"):
         table.add_column(col, justify="left" if col in ("stage", "resources per step") else "right")
     rows = stage_rows(plan, states, max_array_size)
     for r in rows:
-        table.add_row(r.stage, str(r.steps), str(r.jobs), str(r.arrays), str(r.dependencies), r.resources, str(r.done),
+        table.add_row(r.stage, str(r.steps), str(r.jobs), str(r.arrays), str(r.largest_array), str(r.dependencies), r.resources, str(r.done),
                       str(r.running), str(r.to_run), f"{r.gpu_hours:.1f}")
-    table.add_row("total", str(len(plan.steps)), str(sum(r.jobs for r in rows)), "", "", "", "", "", str(sum(r.to_run for r in rows)),
+    table.add_row("total", str(len(plan.steps)), str(sum(r.jobs for r in rows)), str(sum(r.arrays for r in rows)), "", "", "", "", "", str(sum(r.to_run for r in rows)),
                   f"{sum(r.gpu_hours for r in rows):.1f}")
     console = Console(width=160)
     console.print(table)
+    if profile is not None:
+        console.print(f"executor: slurm, profile {cfg.executor.profile or '(cluster defaults)'}: partition "
+                      f"{profile.partition or '(default)'}, account {profile.account or '-'}, qos {profile.qos or '-'}, "
+                      f"arrays of at most {profile.max_array_size} throttled to %{profile.array_parallelism}", highlight=False)
     console.print("methods: " + ", ".join(cfg.methods))
     disk = disk_estimate(cfg, plan)
     console.print(f"generated tokens: {generated_tokens(plan) / 1e6:,.1f}M; disk: "

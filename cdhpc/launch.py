@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             from cdhpc.dryrun import print_dry_run
 
-            print_dry_run(cfg, plan, read_states(cfg, plan), profile.max_array_size if profile else 1000)
+            print_dry_run(cfg, plan, read_states(cfg, plan), profile)
             return 0
         return launch(cfg, plan, verify=args.verify, profile=profile)
     except (ConfigError, UsageError) as e:

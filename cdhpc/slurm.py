@@ -206,23 +206,40 @@ def _run(cmd: list[str], timeout_s: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
 
 
-def query_states(job_ids: list[str]) -> tuple[dict[str, str], bool]:
-    """One sacct call for all the given jobs; squeue where accounting is off or down. Returns
-    (state by job or element, whether the answer is complete in the sense of record_state)."""
-    ids = ",".join(sorted(set(job_ids)))
+def _ask(cmd: list[str]) -> subprocess.CompletedProcess | None:
     try:
-        done = _run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ids])
-        if done.returncode == 0:
-            return parse_states(done.stdout), False
-        log.debug("sacct failed (%s); asking squeue", done.stderr.strip())
-        done = _run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T", "-j", ids])
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise RuntimeError(f"cannot ask SLURM for job states: {e}") from None
-    if done.returncode != 0:
-        if "Invalid job id" in done.stderr:  # every job has left squeue's memory
-            return {}, True
-        raise RuntimeError(f"neither sacct nor squeue answers: {done.stderr.strip()}")
-    return parse_states(done.stdout), True
+        return _run(cmd)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def squeue_states(job_ids: list[str]) -> dict[str, str] | None:
+    """What squeue knows of the given jobs (finished ones too, for MinJobAge); None if it fails."""
+    done = _ask(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T", "-j", ",".join(sorted(set(job_ids)))])
+    if done is None:
+        return None
+    if done.returncode:
+        return {} if "Invalid job id" in done.stderr else None  # every job has left squeue's memory
+    return parse_states(done.stdout)
+
+
+def query_states(job_ids: list[str], wanted: list[str] = ()) -> tuple[dict[str, str], bool]:
+    """One sacct call for all the given jobs; squeue where accounting is off or down, and for
+    the jobs sacct does not list (slurmdbd lags the controller, e.g. while an array's first
+    elements start). `wanted`: the jobs and elements asked about. Returns (state by job or element, whether a job missing from the answer
+    has left the queue, in the sense of record_state)."""
+    done = _ask(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(sorted(set(job_ids)))])
+    answer = parse_states(done.stdout) if done is not None and done.returncode == 0 else None
+    if answer is not None:
+        missing = [w for w in wanted if w not in answer and w.split("_")[0] not in answer]
+        if not missing:
+            return answer, False
+        queued = squeue_states([w.split("_")[0] for w in missing])
+        return (answer, False) if queued is None else (queued | answer, True)
+    queued = squeue_states(job_ids)
+    if queued is None:
+        raise RuntimeError(f"neither sacct nor squeue answers ({done.stderr.strip() if done is not None else 'not found'})")
+    return queued, True
 
 
 def refresh_job_records(workdir: Path, records: Iterable[Any]) -> int:
@@ -231,7 +248,7 @@ def refresh_job_records(workdir: Path, records: Iterable[Any]) -> int:
     live = [dict(r) for r in records if r["executor"] == "slurm" and r["state"] in LIVE_JOB_STATES]
     if not live:
         return 0
-    answer, complete = query_states([r["job_id"] for r in live])
+    answer, complete = query_states([r["job_id"] for r in live], [str(JobRef(r["job_id"], r["array_index"])) for r in live])
     now, changed = time.time(), 0
     for r in live:
         state = record_state(r, answer, complete, now)
@@ -297,7 +314,7 @@ class SlurmScheduler:
         for path, d in zip(intents, docs):
             ids = found.get(d["name"], [])
             if ids:
-                base = ids[0].split("_")[0]
+                base = max((i.split("_")[0] for i in ids), key=int)  # the newest, should a name recur
                 single = len(d["packs"]) == 1
                 for i, pack in enumerate(d["packs"]):
                     for key in pack:

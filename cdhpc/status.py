@@ -465,21 +465,24 @@ def cancel_steps(snap: Snapshot, keys: list[str]) -> list[str]:
     from cdhpc.receipts import atomic_write_json
     from cdhpc.scheduler import pid_alive
 
+    def job_of(j: Any) -> tuple[str, str]:  # one SLURM array element is one job
+        ref = str(j["job_id"]) if j["array_index"] is None else f"{j['job_id']}_{j['array_index']}"
+        return j["executor"], ref
+
     by_job: dict[tuple[str, str], list[dict]] = {}
     for key in keys:
         j = snap.jobs.get(key)
         if j is not None and snap.states.get(key) in LIVE:
-            by_job.setdefault((j["executor"], str(j["job_id"])), []).append(j)
-    for (executor, job_id), rows in by_job.items():  # a packed job also runs steps not asked for
-        rows += [j for k, j in snap.jobs.items() if str(j["job_id"]) == job_id and k not in keys and snap.states.get(k) in LIVE]
+            by_job.setdefault(job_of(j), []).append(j)
+    for job, rows in by_job.items():  # a packed job also runs steps not asked for
+        rows += [j for k, j in snap.jobs.items() if job_of(j) == job and k not in keys and snap.states.get(k) in LIVE]
     messages = []
     for (executor, job_id), rows in by_job.items():
         if executor == "local":
             if pid_alive(job_id):
                 os.kill(int(job_id), signal.SIGINT)
         else:
-            ids = sorted({job_id if j["array_index"] is None else f"{job_id}_{j['array_index']}" for j in rows})
-            subprocess.run(["scancel", *ids], check=False, capture_output=True)
+            subprocess.run(["scancel", job_id], check=False, capture_output=True)
         for j in rows:
             path = snap.workdir / j["path"]
             rec = json.loads(path.read_text())

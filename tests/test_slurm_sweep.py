@@ -146,7 +146,8 @@ def test_time_limited_pretrain_step_is_requeued_and_resumes_from_its_checkpoint(
     ref = rec["job_id"] if rec["array_index"] is None else f"{rec['job_id']}_{rec['array_index']}"
     submitit.SlurmJob(folder=workdir / "logs" / "pretrain", job_id=ref)._interrupt(timeout=True)
     wait_for("the pretrain steps to finish", lambda: settled(workdir), 900)
-    assert all(v == "done" for v in states(workdir).values()), states(workdir)
+    ran = {k: v for k, v in states(workdir).items() if v != "missing"}  # --until pretrain: no retrained runs
+    assert set(ran.values()) == {"done"} and len(ran) == 4, ran  # prepare, tokenizer, baseline-s1, amateur
     log = Path(rec["stdout"]).read_text()
     assert "Requeued job" in log and "start_step=60" in log, log[-3000:]
     uninterrupted = next((slurm_sweep["workdir"] / "pretrain").glob(f"{rec_path.stem}"))
@@ -170,6 +171,7 @@ def submit(workdir: Path, steps: list[StepSpec]):
     if not (workdir / "plan.json").exists():
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "plan.json").write_text(json.dumps({"steps": [s.to_dict() for s in steps]}))
+        (workdir / "cdhpc.json").write_text(json.dumps({"sweep": "drill"}))
     return submit_plan(workdir, plan, PROFILE, "drill")
 
 
@@ -225,7 +227,7 @@ def test_a_launcher_killed_after_sbatch_is_adopted_not_submitted_again(cluster_u
     workdir = tmp_path / "w"
     workdir.mkdir()
     (workdir / "plan.json").write_text(json.dumps({"steps": [a.to_dict()]}))
-    name = "cdhpc.drill.evaluate.killed0001"
+    name = f"cdhpc.drill.evaluate.killed{time.time_ns()}"  # unique: squeue remembers finished jobs for an hour
     (workdir / "submitting").mkdir()
     (workdir / "submitting" / f"{name}.json").write_text(json.dumps(
         {"name": name, "packs": [[a.key]], "attempts": {a.key: 1}, "resources": a.resources}))
@@ -258,3 +260,35 @@ def test_without_accounting_status_converges_through_squeue(cluster_up, tmp_path
     finally:
         subprocess.run(["bash", str(ROOT / "slurm/dev-cluster/start.sh")], check=True, timeout=120,
                        capture_output=True)
+
+
+def test_cdhpc_cancel_stops_a_slurm_array_element_and_status_shows_it(cluster_up, tmp_path):
+    sleepers = [step(f"s{i}", {"sleep_s": 600}) for i in range(2)]
+    workdir = tmp_path / "w"
+    submit(workdir, sleepers)
+    wait_for("both elements to run", lambda: set(states(workdir).values()) == {"running"}, 120, 1)
+    out = subprocess.run([sys.executable, "-m", "cdhpc", "cancel", str(workdir), "--step", "s0"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "cancelled slurm job" in out.stdout, out.stderr
+    rec = json.loads(next((workdir / "jobs" / "evaluate").glob("s0-*.json")).read_text())
+    ref = f"{rec['job_id']}_{rec['array_index']}"
+    wait_for(f"{ref} to leave the queue", lambda: subprocess.run(
+        ["squeue", "-h", "-r", "-t", "PD,R,CG", "-j", rec["job_id"], "-o", "%i"], capture_output=True, text=True,
+        timeout=10).stdout.split() == [f"{rec['job_id']}_1"], 60, 1)
+    now = states(workdir)
+    assert now == {"evaluate/s0": "failed", "evaluate/s1": "running"}, "only the chosen element is cancelled"
+    subprocess.run(["scancel", rec["job_id"]], timeout=10)
+
+
+def test_pretrain_with_two_ranks_from_slurm_runs_deepspeed_across_them(cluster_up, tmp_path):
+    """tasks_per_node: 2 -> srun starts two processes; each takes its rank from submitit's
+    JobEnvironment and DeepSpeed trains over gloo; only rank 0 writes the receipt."""
+    workdir = tmp_path / "work"
+    out = launch(workdir, "--until", "pretrain", "pretrain.seeds=[1]", "pretrain.steps=60", "pretrain.checkpoint_every=60",
+                 "pretrain.micro_batch=8", "executor.resources.pretrain.tasks_per_node=2")
+    assert out.returncode == 0, out.stderr[-3000:]
+    wait_for("the pretrain steps", lambda: settled(workdir), 600)
+    ran = {k: v for k, v in states(workdir).items() if v != "missing"}  # --until pretrain: no retrained runs
+    assert set(ran.values()) == {"done"} and len(ran) == 4, ran  # prepare, tokenizer, baseline-s1, amateur
+    receipt = json.loads(next((workdir / "receipts" / "pretrain").glob("baseline-s1-*.json")).read_text())
+    assert receipt["metrics"]["world_size"] == 2 and receipt["slurm"]["job_id"]
