@@ -281,6 +281,14 @@ class ResourcesConfig(Strict):
     thousands of jobs); the job's time limit is steps_per_job x timeout_min."""
 
 
+def known_stages(by_stage: dict[str, Any]) -> dict[str, Any]:
+    """A mapping keyed by stage names (per-stage resources); raises ValueError on another key."""
+    for stage in by_stage:
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    return by_stage
+
+
 class ExecutorConfig(Strict):
     kind: Literal["local", "slurm"] = "local"
     """local: this machine, through submitit's local executor; slurm: submitit's SlurmExecutor."""
@@ -304,10 +312,7 @@ class ExecutorConfig(Strict):
     @field_validator("resources")
     @classmethod
     def _known_stages(cls, resources: dict[str, ResourcesConfig]) -> dict[str, ResourcesConfig]:
-        for stage in resources:
-            if stage not in STAGES:
-                raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
-        return resources
+        return known_stages(resources)
 
     def resources_for(self, stage: str) -> ResourcesConfig:
         return self.resources.get(stage, ResourcesConfig())

@@ -124,7 +124,7 @@ def print_dry_run(cfg: SweepConfig, plan: Plan, states: dict[str, str] | None, p
     console = Console(width=160)
     console.print(table)
     if profile is not None:
-        console.print(f"executor: slurm, profile {cfg.executor.profile or '(cluster defaults)'}: partition "
+        console.print(f"executor: slurm, profile {cfg.executor.profile or '(none: cluster defaults)'}: partition "
                       f"{profile.partition or '(default)'}, account {profile.account or '-'}, qos {profile.qos or '-'}, "
                       f"arrays of at most {profile.max_array_size} throttled to %{profile.array_parallelism}", highlight=False)
     console.print("methods: " + ", ".join(cfg.methods))

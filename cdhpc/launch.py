@@ -44,10 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.sweep, args.overrides, allow_missing_paths=args.dry_run or args.print_config)
         profile = None
         if cfg.executor.kind == "slurm":
-            from cdhpc.profile import apply_profile, load_profile
+            from cdhpc.profile import resolve_profile
 
-            profile = load_profile(cfg, args.sweep)
-            cfg = apply_profile(cfg, profile)
+            cfg, profile = resolve_profile(cfg, args.sweep)
         if args.print_config:
             sys.stdout.write(dump_config(cfg))
             return 0

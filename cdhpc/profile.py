@@ -16,7 +16,7 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError, field_validator
 
 from cdhpc import STAGES
-from cdhpc.config import ResourcesConfig, Strict, SweepConfig
+from cdhpc.config import ResourcesConfig, Strict, SweepConfig, known_stages
 from cdhpc.configio import ConfigError, Issue, format_pydantic_errors, load_yaml
 
 # Parameters the scheduler sets itself from the step's resources and the DAG.
@@ -94,10 +94,7 @@ class ClusterProfile(Strict):
     @field_validator("stages")
     @classmethod
     def _known_stages(cls, stages: dict[str, StageProfile]) -> dict[str, StageProfile]:
-        for stage in stages:
-            if stage not in STAGES:
-                raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
-        return stages
+        return known_stages(stages)
 
     def resources_for(self, stage: str, sweep_resources: ResourcesConfig | None) -> ResourcesConfig:
         """Defaults <- this profile's stage entry <- the keys the sweep sets for the stage."""
@@ -118,6 +115,18 @@ def find_profile(name: str, sweep_path: Path) -> Path | None:
         if p.is_file():
             return p
     return None
+
+
+def resolve_profile(cfg: SweepConfig, sweep_path: Path) -> tuple[SweepConfig, ClusterProfile]:
+    """The sweep with its resources resolved against its profile, and the profile; the sweep's
+    executor.profile becomes the profile file's absolute path, so sweep.resolved.yaml (what
+    `cdhpc retry` launches) finds it from anywhere."""
+    profile = load_profile(cfg, sweep_path)
+    cfg = apply_profile(cfg, profile)
+    if cfg.executor.profile is not None:
+        path = str(find_profile(cfg.executor.profile, sweep_path).resolve())
+        cfg = cfg.model_copy(update={"executor": cfg.executor.model_copy(update={"profile": path})})
+    return cfg, profile
 
 
 def load_profile(cfg: SweepConfig, sweep_path: Path) -> ClusterProfile:

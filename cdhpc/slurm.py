@@ -190,13 +190,16 @@ def parse_states(text: str) -> dict[str, str]:
 
 def record_state(rec: dict, answer: dict[str, str], complete: bool, now: float, grace_s: float = 120.0) -> str:
     """Pure: the new state of a live job record given a poll's answer. `complete`: the answer
-    lists every job still known to SLURM (squeue), so a job it omits has left the queue; sacct
-    may lag a fresh submission, so such a job keeps its state for `grace_s` seconds."""
+    lists every job still known to SLURM (squeue was asked), so a job it omits has left the
+    queue; without squeue's word a job missing from sacct's answer may only be lagging, and is
+    declared gone after `grace_s` more. No job is declared gone within `grace_s` of its
+    submission (an array being split into elements can be missing from both for a moment)."""
     ref = str(JobRef(rec["job_id"], rec.get("array_index")))
     state = answer.get(ref) or (answer.get(rec["job_id"]) if rec.get("array_index") is None else None)
     if state is not None:
         return state
-    if complete or now - (rec.get("submitted") or now) > grace_s:
+    age_s = now - (rec.get("submitted") or now)
+    if age_s > grace_s and (complete or age_s > 2 * grace_s):
         return LEFT_QUEUE
     return rec["state"]
 
@@ -231,7 +234,9 @@ def query_states(job_ids: list[str], wanted: list[str] = ()) -> tuple[dict[str, 
     done = _ask(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(sorted(set(job_ids)))])
     answer = parse_states(done.stdout) if done is not None and done.returncode == 0 else None
     if answer is not None:
-        missing = [w for w in wanted if w not in answer and w.split("_")[0] not in answer]
+        # an array sacct has not split into elements yet is one line under the array's id,
+        # whose state is not its elements' (PENDING while they run): ask squeue for those
+        missing = [w for w in wanted if w not in answer]
         if not missing:
             return answer, False
         queued = squeue_states([w.split("_")[0] for w in missing])

@@ -137,8 +137,10 @@ def test_record_state_after_a_job_left_the_queue():
     rec = {"job_id": "4", "array_index": 1, "state": "PENDING", "submitted": 1000.0}
     assert record_state(rec, {"4_1": "TIMEOUT"}, complete=False, now=1001) == "TIMEOUT"
     assert record_state(rec, {}, complete=False, now=1010) == "PENDING", "sacct may lag a fresh submission"
+    assert record_state(rec, {}, complete=True, now=1010) == "PENDING", "nothing is declared gone at once"
+    assert record_state(rec, {}, complete=True, now=1200) == LEFT_QUEUE, "squeue lists every job it knows"
+    assert record_state(rec, {}, complete=False, now=1200) == "PENDING"
     assert record_state(rec, {}, complete=False, now=2000) == LEFT_QUEUE
-    assert record_state(rec, {}, complete=True, now=1001) == LEFT_QUEUE, "squeue lists every job it knows"
 
 
 def test_transient_sbatch_errors_are_retried_others_are_not(tmp_path, monkeypatch):

@@ -17,6 +17,7 @@ from typing import Callable
 
 import cloudpickle
 import pytest
+from waits import wait_until
 
 submitit = pytest.importorskip("submitit")
 
@@ -43,15 +44,7 @@ def _run(*cmd: str) -> str:
 
 
 def _wait_until(what: str, check: Callable[[], object], timeout_s: float = WAIT_S) -> object:
-    """Poll ``check`` every POLL_S until it returns a truthy value; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what} (last: {value!r})")
-        time.sleep(POLL_S)
+    return wait_until(what, check, timeout_s, POLL_S)
 
 
 def _sacct_state(job_id: str) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+from waits import wait_until
 
 from cdhpc.launch_slurm import submit_plan
 from cdhpc.manifest import Manifest
@@ -44,14 +45,7 @@ def launch(workdir: Path, *args: str, timeout: int = 300) -> subprocess.Complete
 
 
 def wait_for(what: str, check: Callable[[], object], timeout_s: float, poll_s: float = 2.0) -> object:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what} (last: {value!r})")
-        time.sleep(poll_s)
+    return wait_until(what, check, timeout_s, poll_s)
 
 
 def states(workdir: Path) -> dict[str, str]:

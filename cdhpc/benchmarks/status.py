@@ -149,6 +149,22 @@ async def _refresh_times(workdir: Path, steps: list[dict], repeats: int) -> dict
     return times
 
 
+def slurm_poll_parse_s(n_steps: int, live_share: float = 0.2) -> float:
+    """Our own time in one SLURM poll of a sweep with `live_share` of its steps queued or running
+    as array elements: parsing sacct's answer and deciding each record's state (s; sacct's own
+    run time is the controller's, not ours)."""
+    from cdhpc.slurm import parse_states, record_state
+
+    n = int(n_steps * live_share)
+    answer = "\n".join(f"{7000 + i // 100}_{i % 100}|{'RUNNING' if i % 3 else 'PENDING'}" for i in range(n))
+    records = [{"job_id": str(7000 + i // 100), "array_index": i % 100, "state": "PENDING", "submitted": 0.0} for i in range(n)]
+    t0 = time.perf_counter()
+    states = parse_states(answer)
+    changed = sum(record_state(r, states, False, 1.0) != r["state"] for r in records)
+    assert changed == sum(1 for i in range(n) if i % 3)
+    return time.perf_counter() - t0
+
+
 def run(argv: list[str]) -> dict:
     import asyncio
 
@@ -178,7 +194,8 @@ def run(argv: list[str]) -> dict:
             naive_refresh(workdir)
             peer.append(time.perf_counter() - t0)
     ours, theirs = statistics.median(times["read"]), statistics.median(peer)
+    poll_s = slurm_poll_parse_s(args.steps)
     return {"bench": "status", "device": "cpu", "ours": ours, "peer": theirs, "ratio": theirs / ours,
             "unit": "s per refresh (ingest+query+states, one new receipt); ratio = times faster", "steps": args.steps,
             "refresh_idle_s": statistics.median(times["idle"]), "ui_refresh_s": statistics.median(times["ui"]), "startup_first_render_s": float(out.stdout.split()[0]),
-            "startup_process_wall_s": startup_wall_s, "cold_ingest_s": cold_ingest_s, "repeats": args.repeats}
+            "startup_process_wall_s": startup_wall_s, "slurm_poll_own_s": poll_s, "cold_ingest_s": cold_ingest_s, "repeats": args.repeats}

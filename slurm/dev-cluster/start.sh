@@ -265,7 +265,7 @@ print_usage() {
 dev-cluster: node $NODE is $(sinfo -h -N -n "$NODE" -o %T) in partition $PARTITION \
 (cluster $CLUSTER); ready in $(since "$T_START") s.
   try:    sinfo; sbatch --wrap 'hostname'; squeue; sacct -X
-  tests:  python -m pytest -m slurm tests/test_slurm_cluster.py -q
+  tests:  python -m pytest -m slurm tests/test_slurm_cluster.py tests/test_slurm_sweep.py -q
   stop:   $HERE/stop.sh   (only slurmdbd, to test without accounting: stop.sh --dbd-only)
   logs:   $LOG_DIR/{slurmctld,slurmd,slurmdbd,mariadb}.log
 EOF
