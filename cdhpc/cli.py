@@ -60,7 +60,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from cdhpc.status import LIVE, SnapshotReader, cancel_steps
+    from cdhpc.actions import LIVE, cancel_steps
+    from cdhpc.status import SnapshotReader
 
     snap = SnapshotReader(_workdir(args.sweep)).read()
     keys = [s["key"] for s in snap.steps if snap.states[s["key"]] in LIVE
@@ -77,7 +78,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     """Re-launch the sweep from its resolved config: failed and missing steps run again."""
     import subprocess
 
-    from cdhpc.status import retry_command
+    from cdhpc.actions import retry_command
 
     return subprocess.run(retry_command(_workdir(args.sweep))).returncode
 

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import json
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -56,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
 
             print_dry_run(cfg, plan, read_states(cfg, plan), profile)
             return 0
+        if profile is not None and shutil.which("sbatch") is None:
+            raise UsageError("executor.kind is 'slurm' but sbatch is not on PATH: launch from a SLURM login node, "
+                             "or use executor=local (--dry-run works anywhere)")
         return launch(cfg, plan, verify=args.verify, profile=profile)
     except (ConfigError, UsageError) as e:
         print(e, file=sys.stderr)

@@ -29,7 +29,11 @@ def submit_sweep(cfg: SweepConfig, plan: Plan, workdir: Path, profile: ClusterPr
     """Submit what the sweep needs; print the table when everything is already done."""
     from cdhpc.launch import print_results
 
-    states, sub, live = submit_plan(workdir, plan, profile, cfg.name, verify)
+    try:
+        states, sub, live = submit_plan(workdir, plan, profile, cfg.name, verify)
+    except RuntimeError as e:  # sbatch refused (bad partition, ...) or SLURM does not answer
+        log.error("%s; what was submitted before is recorded, and the same launch continues from there", e)
+        return 1
     if sub.steps or live:
         log.info("the sweep runs on SLURM without this launcher; follow it with: cdhpc status %s", workdir)
     elif all(s == "done" for s in states.values()):

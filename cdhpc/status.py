@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -452,47 +449,3 @@ def failure_line(receipt: Any) -> str:
     """Pure: the last line of a failed step's error, or why there is none."""
     err = ((receipt["error"] if receipt else None) or "no receipt: the job ended without writing one").strip()
     return err.splitlines()[-1] if err else "failed without an error message"
-
-
-# ----------------------------------------------------------------------------- actions
-LIVE = ("running", "queued")
-
-
-def cancel_steps(snap: Snapshot, keys: list[str]) -> list[str]:
-    """Cancel the live jobs of the given steps: SIGINT to a local job's controller pid (it stops
-    its step), `scancel` for a SLURM job; every job record of a cancelled job is marked
-    CANCELLED. Returns one message per job."""
-    from cdhpc.receipts import atomic_write_json
-    from cdhpc.scheduler import pid_alive
-
-    def job_of(j: Any) -> tuple[str, str]:  # one SLURM array element is one job
-        ref = str(j["job_id"]) if j["array_index"] is None else f"{j['job_id']}_{j['array_index']}"
-        return j["executor"], ref
-
-    by_job: dict[tuple[str, str], list[dict]] = {}
-    for key in keys:
-        j = snap.jobs.get(key)
-        if j is not None and snap.states.get(key) in LIVE:
-            by_job.setdefault(job_of(j), []).append(j)
-    for job, rows in by_job.items():  # a packed job also runs steps not asked for
-        rows += [j for k, j in snap.jobs.items() if job_of(j) == job and k not in keys and snap.states.get(k) in LIVE]
-    messages = []
-    for (executor, job_id), rows in by_job.items():
-        if executor == "local":
-            if pid_alive(job_id):
-                os.kill(int(job_id), signal.SIGINT)
-        else:
-            subprocess.run(["scancel", job_id], check=False, capture_output=True)
-        for j in rows:
-            path = snap.workdir / j["path"]
-            rec = json.loads(path.read_text())
-            rec.update(state="CANCELLED", updated=time.time())
-            atomic_write_json(path, rec)
-        messages.append(f"cancelled {executor} job {job_id} ({len(rows)} step(s))")
-    return messages
-
-
-def retry_command(workdir: Path) -> list[str]:
-    """Pure: the launch that retries failed steps: the workdir's resolved config, pinned to this
-    workdir (so a moved workdir is not confused with where it was created)."""
-    return [sys.executable, "-m", "cdhpc.launch", str(workdir / "sweep.resolved.yaml"), f"workdir={workdir}"]

@@ -21,7 +21,8 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, DataTable, Footer, Header, Input, Label, Log, Static, TabbedContent, TabPane
 
-from cdhpc.status import (LIVE, PartialTable, cancel_steps, retry_command, Snapshot, SnapshotReader, StageRow, StepRow, filter_rows, format_duration,
+from cdhpc.actions import LIVE, cancel_steps, retry_command
+from cdhpc.status import (PartialTable, Snapshot, SnapshotReader, StageRow, StepRow, filter_rows, format_duration,
                           partial_table, sort_rows, stage_overview, step_rows)
 
 BAR_COLOURS = {"done": "green", "running": "yellow", "queued": "cyan", "failed": "red"}

@@ -221,3 +221,12 @@ def test_launch_with_a_missing_profile_exits_2_and_writes_nothing(tmp_path):
 def test_executor_shorthand_keeps_the_other_executor_keys():
     cfg = load_config(SWEEP, ["executor=slurm"])
     assert cfg.executor.kind == "slurm" and cfg.executor.resources_for("evaluate").steps_per_job == 8
+
+
+def test_launch_without_sbatch_exits_2_and_writes_nothing(tmp_path):
+    workdir = tmp_path / "w"
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable))  # no SLURM client commands
+    out = subprocess.run([sys.executable, "-m", "cdhpc.launch", str(SWEEP), "executor=slurm", "executor.profile=dev",
+                          f"workdir={workdir}"], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert out.returncode == 2 and "sbatch is not on PATH" in out.stderr, out.stderr
+    assert not workdir.exists()
