@@ -149,12 +149,11 @@ def test_time_limited_pretrain_step_is_requeued_and_resumes_from_its_checkpoint(
 
 
 # ----------------------------------------------------------------------------- drills
-def step(name: str, params: dict, timeout_min: int = 5, **inputs: StepSpec) -> StepSpec:
+def step(name: str, params: dict, timeout_min: int = 5, stage: str = "evaluate", **inputs: StepSpec) -> StepSpec:
     keys = {role: s.key for role, s in inputs.items()}
     res = {"nodes": 1, "tasks_per_node": 1, "gpus_per_node": 0, "cpus_per_task": 1, "mem_gb": 0.25,
            "timeout_min": timeout_min, "steps_per_job": 1}
-    return StepSpec("evaluate", name, content_key("evaluate", name, params, keys), params, keys,
-                    {"entry": "stepfns:add"}, res)
+    return StepSpec(stage, name, content_key(stage, name, params, keys), params, keys, {"entry": "stepfns:add"}, res)
 
 
 PROFILE = ClusterProfile(partition="debug", signal_delay_s=30, max_requeues=0, submit_interval_s=0.0)
@@ -286,3 +285,40 @@ def test_pretrain_with_two_ranks_from_slurm_runs_deepspeed_across_them(cluster_u
     assert set(ran.values()) == {"done"} and len(ran) == 4, ran  # prepare, tokenizer, baseline-s1, amateur
     receipt = json.loads(next((workdir / "receipts" / "pretrain").glob("baseline-s1-*.json")).read_text())
     assert receipt["metrics"]["world_size"] == 2 and receipt["slurm"]["job_id"]
+
+
+def test_status_ui_follows_slurm_jobs_and_tails_their_logs(cluster_up, tmp_path):
+    """The Textual app (headless pilot) on a SLURM sweep: array elements with their job ids,
+    running then done through its own sacct polls, and the detail screen's tail of the job log."""
+    import asyncio
+
+    from cdhpc.tui import DetailScreen, StatusApp
+
+    steps = [step(f"u{i}", {"add": i, "sleep_s": 8}, stage="select") for i in range(2)]  # no evaluate params to show
+    workdir = tmp_path / "w"
+    submit(workdir, steps)
+    wait_for("the jobs to run", lambda: set(states(workdir).values()) == {"running"}, 120, 1)
+
+    async def drive():
+        app = StatusApp(workdir, refresh_s=3600)
+        async with app.run_test(size=(160, 50)) as pilot:
+            await pilot.pause(0.2)
+            await pilot.press("2")
+            await pilot.pause()
+            rows = {r.name: r for r in app.shown}
+            rec = json.loads(next((workdir / "jobs" / "select").glob("u0-*.json")).read_text())
+            assert rows["u0"].state == "running" and rows["u0"].job == f"{rec['job_id']}_0"
+            await pilot.press("enter")
+            await pilot.pause(0.5)
+            assert isinstance(app.screen, DetailScreen)
+            app.screen.poll_log()
+            assert any("step select/u0" in line for line in app.screen.query_one("#log").lines)
+            await pilot.press("escape")
+            deadline = time.monotonic() + 120
+            while {r.state for r in app.shown} != {"done"} and time.monotonic() < deadline:
+                await asyncio.sleep(2.5)  # the reader polls SLURM at most every 2 s
+                app.refresh_data()
+                await pilot.pause()
+            assert {r.state for r in app.shown} == {"done"}
+
+    asyncio.run(drive())
