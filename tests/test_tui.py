@@ -48,7 +48,10 @@ def test_navigation_filter_sort_and_results(tmp_path):
     async def drive():
         app = StatusApp(workdir, refresh_s=3600)
         async with app.run_test(size=(160, 50)) as pilot:
-            await pilot.pause(0.2)
+            for _ in range(50):  # first paint from the manifest as it was, then the ingest (timer)
+                await pilot.pause(0.1)
+                if "160/200" in str(app.query_one("#summary").render()):
+                    break
             assert "160/200 steps done" in str(app.query_one("#summary").render())
             stages = app.query_one("#stages")
             assert [str(c) for c in stages.get_row("evaluate")[2:7]] == expect
