@@ -289,7 +289,6 @@ class Submission:
     arrays: int = 0
     jobs: int = 0
     steps: int = 0
-    adopted: int = 0
     job_ids: list[str] = field(default_factory=list)
 
 
