@@ -170,6 +170,57 @@ def test_reading_surprisal_equals_plain_with_multi_token_words(world, hf, tmp_pa
     assert firsts and all(r["prev_surprisal"] is None for r in firsts)
 
 
+PACK_CASES = [("", "The cat sat on the mat."), ("", "The cat sat on mat the."),
+              ("The cat ", "sat on the mat."), ("The dog ", "barked at the man."),
+              ("Ali gives orders to Wei. ", "Ali is Wei's boss."),
+              ("Ali gives orders to Wei. ", "Ali is Wei's subordinate."), ("", "The dog barked.")]
+
+
+def test_packing_shares_prefixes_across_items(hf):
+    """All requests go into one trie per row, sorted by token ids: a prefix shared by several
+    items (not only by one item's candidates) is one set of nodes."""
+    from cdhpc.evals.engine import ScoreRequest, encode_requests, pack_requests
+
+    _, tok = hf
+    reqs = [ScoreRequest(c, x) for c, x in PACK_CASES]
+    rows = pack_requests(tok, reqs, tok.bos_token_id, row_tokens=10_000)
+    paths = {tuple(ids[:j]) for ids, scored in encode_requests(tok, reqs, tok.bos_token_id)
+             for j in range(1, max(scored) + 1)}
+    assert len(rows) == 1 and len(rows[0].ids) == len(paths)  # one node per distinct prefix
+    singles = [pack_requests(tok, [r], tok.bos_token_id)[0] for r in reqs]
+    assert len(rows[0].ids) < sum(len(r.ids) for r in singles)
+    assert sorted(rows[0].member_requests) == sorted(
+        i for i, r in enumerate(singles) for _ in r.member_requests)
+
+
+@pytest.mark.parametrize("row_tokens,batch_size", [(1, 1), (8, 2), (16, 3), (64, 64)])
+def test_scores_do_not_depend_on_packing(hf, row_tokens, batch_size):
+    """Rows cut anywhere (one request per row, several items per row) and any batch size give the
+    plain one-string-at-a-time scores."""
+    from cdhpc.evals.engine import ScoreRequest, score_candidates
+
+    model, tok = hf
+    reqs = [ScoreRequest(c, x) for c, x in PACK_CASES]
+    got = score_candidates(model, tok, reqs, batch_size=batch_size, row_tokens=row_tokens)
+    assert got == pytest.approx([plain_score(hf, r.context, r.continuation) for r in reqs], abs=1e-4)
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_scores_track_cpu_fp32(world):
+    """On a GPU the engine runs the model in bf16: the scores stay close to fp32 on the CPU and
+    the BLiMP decisions of clearly separated pairs agree."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    from cdhpc.evals.engine import ScoreRequest, load_model, score_candidates
+
+    reqs = [ScoreRequest(c, x) for c, x in PACK_CASES]
+    cpu = score_candidates(*load_model(world[0], "cpu"), reqs, device="cpu")
+    gpu = score_candidates(*load_model(world[0], "cuda"), reqs, device="cuda")
+    assert gpu == pytest.approx(cpu, rel=0.05, abs=0.5)
+
+
 def test_word_request_spacing():
     assert word_request("", "The") == word_request("", "The")
     assert (word_request("", "The").context, word_request("", "The").continuation) == ("", "The")

@@ -34,9 +34,8 @@ def load_items(task: Task, files: list[Path]) -> list[ChoiceItem]:
 
 
 def item_requests(items: list[ChoiceItem]) -> list[ScoreRequest]:
-    """One request per candidate, grouped by item so shared prefixes run once."""
-    return [ScoreRequest(ctx, cont, group=i) for i, it in enumerate(items)
-            for ctx, cont in zip(it.contexts, it.continuations)]
+    """One request per candidate, in item order."""
+    return [ScoreRequest(ctx, cont) for it in items for ctx, cont in zip(it.contexts, it.continuations)]
 
 
 def prediction_rows(items: list[ChoiceItem], scores: list[float]) -> list[dict[str, Any]]:

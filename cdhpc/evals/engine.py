@@ -5,100 +5,150 @@ tokens whose character span ends inside the continuation, as the BabyLM 2025 pip
 (`phrase_mask`: offset end > len(context)). The sum of those token log-probs is the score.
 
 Why it is fast, with the same numbers as one-string-at-a-time scoring:
-- requests of one `group` (the candidates of one item) are merged into a token trie and run as one
-  packed row: a shared prefix (BLiMP pair prefix, EWoK/entity-tracking context, the earlier words
-  of a reading item) is computed once; each token attends to its ancestors only, and its RoPE
-  position is its depth, so every branch sees exactly what it would see alone;
+- all requests are tokenized in one call, sorted by token ids and merged, neighbour by neighbour,
+  into token tries of a bounded size (`row_tokens`): each trie is one packed row, so every shared
+  prefix (the BOS, a BLiMP pair's common start, an EWoK or entity-tracking context, the earlier
+  words of a reading text, and whatever prefixes different items happen to share) runs once; each
+  token attends to its ancestors only and its RoPE position is its depth, so every branch sees
+  exactly what it would see alone;
 - rows are sorted by length and batched, so padding is small;
-- the output head runs only at the scored positions, in bounded row chunks, normalised in fp32:
-  no B x T x V logits or log-softmax are ever materialised;
+- the output head runs once per distinct predicting token (a branch point predicts all of its
+  children from one row of logits), in bounded row chunks normalised in fp32 and gathered at the
+  targets: no B x T x V logits or log-softmax are ever materialised;
 - scores are accumulated on the device and copied to the host once.
 torch is imported inside functions so `import cdhpc.evals.engine` stays cheap.
 """
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+ROW_TOKENS = 64  # trie nodes per packed row before a new row starts (one sequence may exceed it)
+
 
 @dataclass(frozen=True)
 class ScoreRequest:
-    """One candidate: the text it is conditioned on and the text it scores.
-
-    `group` is a sharing hint: requests with the same group are packed into one row (their common
-    token prefixes run once). It never changes a score; None packs the request alone.
-    """
+    """One candidate: the text it is conditioned on and the text it scores."""
 
     context: str
     continuation: str
-    group: int | None = None
 
 
 @dataclass
 class PackedRow:
-    """A token trie of one group: node ids, RoPE positions (depth), parent nodes (a parent comes
-    before its children), and the unique (predictor node, target id) pairs with the requests
-    that sum them."""
+    """A token trie: node ids, RoPE positions (depth), parent nodes (a parent comes before its
+    children); the unique (predictor node, target id) pairs; the (request, pair) members whose
+    sums they make. Flat int lists (no tuples), so building millions stays cheap."""
 
     ids: list[int] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
     parents: list[int] = field(default_factory=list)
-    pairs: list[tuple[int, int]] = field(default_factory=list)
-    members: list[tuple[int, int]] = field(default_factory=list)  # (request index, pair index)
+    pair_nodes: list[int] = field(default_factory=list)
+    pair_targets: list[int] = field(default_factory=list)
+    member_requests: list[int] = field(default_factory=list)
+    member_pairs: list[int] = field(default_factory=list)
+    children: dict[int, int] = field(default_factory=dict, repr=False)  # key(parent, tok) -> node
+    pair_index: dict[int, int] = field(default_factory=dict, repr=False)  # key(node, tok) -> pair
 
 
-def encode_request(tokenizer: Any, request: ScoreRequest, bos_id: int) -> tuple[list[int], list[int]]:
-    """Token ids of BOS + context + continuation and the indices (>= 1) of the scored tokens."""
-    text = request.context + request.continuation
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    start = len(request.context)
-    scored = [j + 1 for j, (_, end) in enumerate(enc["offset_mapping"]) if end > start]
-    return [bos_id] + list(enc["input_ids"]), scored
+def _key(node: int, tok: int) -> int:
+    """One int for a (node, token id) pair (token ids are < 2**32)."""
+    return (node << 32) | tok
 
 
-def pack_group(encoded: list[tuple[int, list[int], list[int]]]) -> PackedRow:
-    """Merge (request index, ids, scored indices) sequences sharing ids[0] into one trie row.
-    Only the tokens that condition a scored token become nodes."""
-    row = PackedRow(ids=[encoded[0][1][0]], positions=[0], parents=[0])
-    children: dict[tuple[int, int], int] = {}
-    pair_index: dict[tuple[int, int], int] = {}
-    for req_index, ids, scored in encoded:
-        nodes = [0]
-        # a token that predicts nothing scored needs no hidden state: stop before the last target
-        for depth, tok in enumerate(ids[1:max(scored, default=1)], start=1):
-            parent = nodes[-1]
-            node = children.get((parent, tok))
-            if node is None:
-                node = len(row.ids)
-                children[(parent, tok)] = node
-                row.ids.append(tok)
-                row.positions.append(depth)
-                row.parents.append(parent)
-            nodes.append(node)
-        for j in scored:
-            key = (nodes[j - 1], ids[j])
-            if key not in pair_index:
-                pair_index[key] = len(row.pairs)
-                row.pairs.append(key)
-            row.members.append((req_index, pair_index[key]))
-    return row
+def encode_requests(tokenizer: Any, requests: list[ScoreRequest],
+                    bos_id: int) -> list[tuple[list[int], list[int]]]:
+    """Per request: token ids of BOS + context + continuation (one tokenizer call for all) and the
+    indices (>= 1) of the scored tokens."""
+    enc = tokenizer([r.context + r.continuation for r in requests], add_special_tokens=False,
+                    return_offsets_mapping=True)
+    out = []
+    for req, ids, offsets in zip(requests, enc["input_ids"], enc["offset_mapping"]):
+        start = len(req.context)
+        out.append(([bos_id] + list(ids), [j + 1 for j, (_, end) in enumerate(offsets) if end > start]))
+    return out
 
 
-def pack_requests(tokenizer: Any, requests: list[ScoreRequest], bos_id: int) -> list[PackedRow]:
-    """Encode every request and pack each group into one row (ungrouped requests alone)."""
-    groups: dict[Any, list[tuple[int, list[int], list[int]]]] = {}
-    for i, req in enumerate(requests):
-        ids, scored = encode_request(tokenizer, req, bos_id)
-        key = ("g", req.group) if req.group is not None else ("r", i)
-        groups.setdefault(key, []).append((i, ids, scored))
-    return [pack_group(members) for members in groups.values()]
+def _path(ids: list[int], scored: list[int]) -> list[int]:
+    """The tokens that need a hidden state: those that condition a scored token (the BOS first)."""
+    return ids[:max(scored, default=1)]
 
 
-def plan_batches(rows: list[PackedRow], batch_size: int, max_tokens: int) -> list[list[PackedRow]]:
-    """Rows sorted longest first, cut into batches of <= batch_size rows and <= max_tokens padded
-    tokens (a row longer than max_tokens goes alone)."""
+def _new_nodes(row: PackedRow, path: list[int]) -> int:
+    """How many nodes `path` would add to `row`."""
+    node = 0
+    for depth, tok in enumerate(path[1:], start=1):
+        node = row.children.get(_key(node, tok), -1)
+        if node < 0:
+            return len(path) - depth
+    return 0
+
+
+def _insert(row: PackedRow, req_index: int, ids: list[int], scored: list[int]) -> None:
+    """Add one request's path to the trie and register its scored (node, target) pairs."""
+    nodes = [0]
+    for depth, tok in enumerate(_path(ids, scored)[1:], start=1):
+        parent = nodes[-1]
+        node = row.children.get(_key(parent, tok))
+        if node is None:
+            node = row.children[_key(parent, tok)] = len(row.ids)
+            row.ids.append(tok)
+            row.positions.append(depth)
+            row.parents.append(parent)
+        nodes.append(node)
+    for j in scored:
+        key = _key(nodes[j - 1], ids[j])
+        pair = row.pair_index.get(key)
+        if pair is None:
+            pair = row.pair_index[key] = len(row.pair_nodes)
+            row.pair_nodes.append(nodes[j - 1])
+            row.pair_targets.append(ids[j])
+        row.member_requests.append(req_index)
+        row.member_pairs.append(pair)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a burst of small lists is built: with a loaded
+    transformers in the process a full collection walks ~400k objects (0.1-0.2 s) and would run
+    several times; nothing built here forms a cycle."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def pack_requests(tokenizer: Any, requests: list[ScoreRequest], bos_id: int,
+                  row_tokens: int = ROW_TOKENS) -> list[PackedRow]:
+    """Encode every request and merge them, in token-id order (so shared prefixes are neighbours),
+    into tries of at most `row_tokens` nodes (a longer single request gets a row of its own)."""
+    with _gc_paused():
+        encoded = encode_requests(tokenizer, requests, bos_id)
+        order = sorted(range(len(encoded)), key=lambda i: encoded[i][0])
+        rows: list[PackedRow] = []
+        row = None
+        for i in order:
+            ids, scored = encoded[i]
+            if row is None or len(row.ids) + _new_nodes(row, _path(ids, scored)) > row_tokens:
+                row = PackedRow(ids=[bos_id], positions=[0], parents=[0])
+                rows.append(row)
+            _insert(row, i, ids, scored)
+    return rows
+
+
+def plan_batches(rows: list[PackedRow], batch_size: int,
+                 row_tokens: int = ROW_TOKENS) -> list[list[PackedRow]]:
+    """Rows sorted longest first, cut into batches of <= batch_size rows and <= 2 x batch_size x
+    row_tokens padded tokens (a row longer than that goes alone)."""
+    max_tokens = 2 * batch_size * row_tokens
     order = sorted(rows, key=lambda r: len(r.ids), reverse=True)
     batches: list[list[PackedRow]] = []
     for row in order:
@@ -137,18 +187,46 @@ def _batch_tensors(batch: list[PackedRow], pad_id: int, dtype: Any) -> tuple[Any
     return torch.from_numpy(ids), torch.from_numpy(pos), mask[:, None]
 
 
-def target_logprobs(head: Any, hidden: Any, targets: Any, max_elements: int) -> Any:
-    """log softmax(head(hidden))[target] per row, in fp32, over row chunks of the output head so
-    that at most `max_elements` logits exist at once (hidden holds the scored positions only)."""
+@dataclass
+class HeadPlan:
+    """Which hidden rows the output head runs on and which logits each pair reads, planned on the
+    host: `rows` (flat positions, ascending, unique), per pair its index into `rows` (ascending)
+    and target id, and the chunk cuts (row start, first pair) that bound the logits alive."""
+
+    rows: Any
+    pair_row: Any
+    pair_target: Any
+    cuts: list[tuple[int, int]]
+
+
+def plan_head(positions: Any, targets: Any, vocab: int, max_elements: int) -> tuple[HeadPlan, Any]:
+    """A HeadPlan for pairs (flat position, target) and the permutation that orders the pairs."""
+    import numpy as np
+
+    positions, targets = np.asarray(positions, dtype=np.int64), np.asarray(targets, dtype=np.int64)
+    rows, pair_row = np.unique(positions, return_inverse=True)
+    order = np.argsort(pair_row, kind="stable")
+    pair_row = pair_row[order]
+    step = max(1, max_elements // vocab)
+    starts = np.arange(0, len(rows), step)
+    cuts = list(zip(starts.tolist(), np.searchsorted(pair_row, starts).tolist()))
+    return HeadPlan(rows, pair_row, targets[order], cuts), order
+
+
+def head_logprobs(head: Any, hidden: Any, plan: HeadPlan, device: str) -> Any:
+    """log softmax(head(hidden[plan.rows[r]]))[target] for every planned pair (in plan order), in
+    fp32, one head row per distinct position and at most one chunk of logits alive at a time."""
     import torch
 
-    vocab = head.weight.shape[0]
-    step = max(1, max_elements // vocab)
+    sel = hidden[_to_device(torch.from_numpy(plan.rows), device)]
+    pair_row = _to_device(torch.from_numpy(plan.pair_row), device)
+    pair_target = _to_device(torch.from_numpy(plan.pair_target), device)
+    bounds = plan.cuts + [(len(plan.rows), len(plan.pair_row))]
     out = []
-    for s in range(0, hidden.shape[0], step):
-        # log-softmax of a bounded chunk (one fused pass, cache-resident), then the targets only
-        logp = torch.log_softmax(head(hidden[s:s + step]).float(), dim=-1)
-        out.append(logp.gather(1, targets[s:s + step, None]).squeeze(1))
+    for (s, lo), (e, hi) in zip(bounds, bounds[1:]):
+        # one fused log-softmax pass per row of a bounded chunk (cache-resident), then the targets
+        logp = torch.log_softmax(head(sel[s:e]).float(), dim=-1)
+        out.append(logp[pair_row[lo:hi] - s, pair_target[lo:hi]])
     return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
 
 
@@ -162,13 +240,16 @@ def _to_device(x: Any, device: str) -> Any:
 
 def _head_budget(device: str) -> int:
     """Logit elements alive at once: small on CPU (cache-friendly), large on GPU."""
-    return 1 << 21 if device == "cpu" else 1 << 26
+    return 1 << 20 if device == "cpu" else 1 << 26
 
 
 def score_candidates(model: Any, tokenizer: Any, requests: list[ScoreRequest], *,
-                     batch_size: int = 64, device: str = "cpu") -> list[float]:
+                     batch_size: int = 64, device: str = "cpu",
+                     row_tokens: int = ROW_TOKENS) -> list[float]:
     """log P(continuation | BOS + context) of each request: the SUM of the log-probs (nats) of
-    the tokens covering the continuation, no length normalisation. Same order as `requests`."""
+    the tokens covering the continuation, no length normalisation. Same order as `requests`.
+    `batch_size` is in packed rows (of about `row_tokens` tokens each)."""
+    import numpy as np
     import torch
 
     bos_id = tokenizer.bos_token_id
@@ -180,26 +261,29 @@ def score_candidates(model: Any, tokenizer: Any, requests: list[ScoreRequest], *
     base = getattr(model, model.base_model_prefix)
     head = model.get_output_embeddings()
     dtype = next(model.parameters()).dtype
-    rows = pack_requests(tokenizer, requests, bos_id)
+    rows = pack_requests(tokenizer, requests, bos_id, row_tokens)
     scores = torch.zeros(len(requests), dtype=torch.float32, device=device)
     with torch.inference_mode():
-        for batch in plan_batches(rows, batch_size, max_tokens=batch_size * 128):
+        for batch in plan_batches(rows, batch_size, row_tokens):
             ids, pos, mask = _batch_tensors(batch, pad_id, dtype)
             width = ids.shape[1]
             flat, targets, req_idx, pair_idx = [], [], [], []
             for b, row in enumerate(batch):
                 offset = len(flat)
-                flat.extend(b * width + node for node, _ in row.pairs)
-                targets.extend(tok for _, tok in row.pairs)
-                req_idx.extend(r for r, _ in row.members)
-                pair_idx.extend(offset + p for _, p in row.members)
-            flat_t, tgt_t, req_t, pair_t = (_to_device(torch.tensor(x), device)
-                                            for x in (flat, targets, req_idx, pair_idx))
+                flat.extend(b * width + node for node in row.pair_nodes)
+                targets.extend(row.pair_targets)
+                req_idx.extend(row.member_requests)
+                pair_idx.extend(offset + p for p in row.member_pairs)
+            plan, order = plan_head(flat, targets, head.weight.shape[0], _head_budget(device))
+            # member -> its pair's place in plan order
+            where = np.empty(len(order), dtype=np.int64)
+            where[order] = np.arange(len(order))
+            req_t = _to_device(torch.tensor(req_idx), device)
+            pair_t = _to_device(torch.from_numpy(where[np.asarray(pair_idx, dtype=np.int64)]), device)
             hidden = base(input_ids=_to_device(ids, device), use_cache=False,
                           attention_mask=_to_device(mask, device),
                           position_ids=_to_device(pos, device)).last_hidden_state
-            sel = hidden.reshape(-1, hidden.shape[-1])[flat_t]
-            lp = target_logprobs(head, sel, tgt_t, _head_budget(device))
+            lp = head_logprobs(head, hidden.reshape(-1, hidden.shape[-1]), plan, device)
             scores.index_add_(0, req_t, lp[pair_t])
     return scores.cpu().tolist()
 
@@ -214,11 +298,12 @@ def block_losses(model: Any, blocks: Any, *, batch_size: int = 8, device: str = 
     out = []
     with torch.inference_mode():
         for s in range(0, blocks.shape[0], batch_size):
-            ids = blocks[s:s + batch_size].to(device)
-            hidden = base(input_ids=ids, use_cache=False).last_hidden_state[:, :-1]
-            flat = hidden.reshape(-1, hidden.shape[-1])
-            lp = target_logprobs(head, flat, ids[:, 1:].reshape(-1), _head_budget(device))
-            out.append(-lp.view(ids.shape[0], -1).mean(dim=1))
+            rows = blocks[s:s + batch_size]
+            targets = rows[:, 1:].reshape(-1).numpy()
+            plan, _ = plan_head(range(len(targets)), targets, head.weight.shape[0], _head_budget(device))
+            hidden = base(input_ids=_to_device(rows, device), use_cache=False).last_hidden_state[:, :-1]
+            lp = head_logprobs(head, hidden.reshape(-1, hidden.shape[-1]), plan, device)
+            out.append(-lp.view(rows.shape[0], -1).mean(dim=1))
     return torch.cat(out).cpu().tolist() if out else []
 
 

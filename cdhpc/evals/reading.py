@@ -52,8 +52,8 @@ def load_rows(path: Path, kind: str) -> tuple[list[dict[str, str]], dict[str, np
 
 
 def reading_requests(rows: list[dict[str, str]], kind: str) -> tuple[list[ScoreRequest], list[int], list[int]]:
-    """Unique requests (words of one text share a group so their common prefix runs once) and,
-    per row, the index of its word's request and of its previous word's (-1: none)."""
+    """Unique requests (one per distinct item + word) and, per row, the index of its word's
+    request and of its previous word's (-1: none)."""
     index: dict[tuple[str, str], int] = {}
 
     def ref(item: str, word: str) -> int:
@@ -63,21 +63,7 @@ def reading_requests(rows: list[dict[str, str]], kind: str) -> tuple[list[ScoreR
     prev_idx = [ref(r["prev_item"], r["prev_word"]) if kind == "reading" and r["prev_item"].strip()
                 else -1 for r in rows]
     reqs = [word_request(item, word) for item, word in index]
-    return _group_chains(reqs), word_idx, prev_idx
-
-
-def _group_chains(reqs: list[ScoreRequest], max_group: int = 64) -> list[ScoreRequest]:
-    """Give requests of one running text the same group: a request whose context starts with the
-    previous request's full text (in sorted order) joins its group. Only sharing changes."""
-    order = sorted(range(len(reqs)), key=lambda i: reqs[i].context + reqs[i].continuation)
-    groups = [0] * len(reqs)
-    group, size, prev_text = -1, 0, None
-    for i in order:
-        r = reqs[i]
-        if prev_text is None or not r.context.startswith(prev_text) or size >= max_group:
-            group, size = group + 1, 0
-        groups[i], size, prev_text = group, size + 1, r.context + r.continuation
-    return [ScoreRequest(r.context, r.continuation, g) for r, g in zip(reqs, groups)]
+    return reqs, word_idx, prev_idx
 
 
 def _design(columns: Mapping[str, np.ndarray], names: tuple[str, ...], rows: np.ndarray) -> np.ndarray:
