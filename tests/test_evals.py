@@ -184,13 +184,20 @@ def test_packing_shares_prefixes_across_items(hf):
     _, tok = hf
     reqs = [ScoreRequest(c, x) for c, x in PACK_CASES]
     rows = pack_requests(tok, reqs, tok.bos_token_id, row_tokens=10_000)
-    paths = {tuple(ids[:j]) for ids, scored in encode_requests(tok, reqs, tok.bos_token_id)
-             for j in range(1, max(scored) + 1)}
+    full, scored = encode_requests(tok, reqs, tok.bos_token_id)
+    paths = {tuple(ids[:j]) for ids, sc in zip(full.tolist(), scored)
+             for j in range(1, np.flatnonzero(sc).max() + 1)}
     assert len(rows) == 1 and len(rows[0].ids) == len(paths)  # one node per distinct prefix
     singles = [pack_requests(tok, [r], tok.bos_token_id)[0] for r in reqs]
     assert len(rows[0].ids) < sum(len(r.ids) for r in singles)
     assert sorted(rows[0].member_requests) == sorted(
         i for i, r in enumerate(singles) for _ in r.member_requests)
+    # the growing prefixes of one long text stay one chain, however small the row size
+    text = " ".join(WORDS * 3)
+    chain = [word_request(" ".join(text.split()[:k]), w) for k, w in enumerate(text.split())]
+    rows = pack_requests(tok, chain, tok.bos_token_id, row_tokens=4)
+    longest = np.flatnonzero(encode_requests(tok, chain, tok.bos_token_id)[1].any(axis=0)).max()
+    assert len(rows) == 1 and len(rows[0].ids) == longest
 
 
 @pytest.mark.parametrize("row_tokens,batch_size", [(1, 1), (8, 2), (16, 3), (64, 64)])

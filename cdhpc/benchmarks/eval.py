@@ -117,6 +117,8 @@ def _interleaved(fns: dict[str, Any], device: str, repeats: int) -> tuple[dict, 
 
 def token_counts(tok: Any, pairs: list[tuple[str, str]], reqs: list[Any], batch_size: int) -> dict:
     """Tokens per pair through the body: the reference's padded batches vs our packed rows."""
+    import numpy as np
+
     from cdhpc.evals.engine import pack_requests, plan_batches
 
     lens = [[len(tok(p[c], add_special_tokens=False)["input_ids"]) for c in range(2)] for p in pairs]
@@ -125,7 +127,7 @@ def token_counts(tok: Any, pairs: list[tuple[str, str]], reqs: list[Any], batch_
     rows = pack_requests(tok, reqs, tok.bos_token_id)
     ours = sum(len(b) * len(b[0].ids) for b in plan_batches(rows, batch_size))
     return {"ref_tokens_per_pair": ref / len(pairs), "our_tokens_per_pair": ours / len(pairs),
-            "our_head_rows_per_pair": sum(len(set(r.pair_nodes)) for r in rows) / len(pairs)}
+            "our_head_rows_per_pair": sum(len(np.unique(r.pair_nodes)) for r in rows) / len(pairs)}
 
 
 def run(argv: list[str]) -> dict:

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Iterator
+from itertools import chain
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,82 +42,23 @@ class ScoreRequest:
 
 @dataclass
 class PackedRow:
-    """A token trie: node ids, RoPE positions (depth), parent nodes (a parent comes before its
-    children); the unique (predictor node, target id) pairs; the (request, pair) members whose
-    sums they make. Flat int lists (no tuples), so building millions stays cheap."""
+    """A token trie in depth-first order (a node's subtree follows it contiguously): node token
+    ids and depths (= RoPE positions, the BOS at 0); the unique (predictor node, target id)
+    pairs; the (request, pair) members whose sums make the scores. numpy int64 arrays."""
 
-    ids: list[int] = field(default_factory=list)
-    positions: list[int] = field(default_factory=list)
-    parents: list[int] = field(default_factory=list)
-    pair_nodes: list[int] = field(default_factory=list)
-    pair_targets: list[int] = field(default_factory=list)
-    member_requests: list[int] = field(default_factory=list)
-    member_pairs: list[int] = field(default_factory=list)
-    children: dict[int, int] = field(default_factory=dict, repr=False)  # key(parent, tok) -> node
-    pair_index: dict[int, int] = field(default_factory=dict, repr=False)  # key(node, tok) -> pair
-
-
-def _key(node: int, tok: int) -> int:
-    """One int for a (node, token id) pair (token ids are < 2**32)."""
-    return (node << 32) | tok
-
-
-def encode_requests(tokenizer: Any, requests: list[ScoreRequest],
-                    bos_id: int) -> list[tuple[list[int], list[int]]]:
-    """Per request: token ids of BOS + context + continuation (one tokenizer call for all) and the
-    indices (>= 1) of the scored tokens."""
-    enc = tokenizer([r.context + r.continuation for r in requests], add_special_tokens=False,
-                    return_offsets_mapping=True)
-    out = []
-    for req, ids, offsets in zip(requests, enc["input_ids"], enc["offset_mapping"]):
-        start = len(req.context)
-        out.append(([bos_id] + list(ids), [j + 1 for j, (_, end) in enumerate(offsets) if end > start]))
-    return out
-
-
-def _path(ids: list[int], scored: list[int]) -> list[int]:
-    """The tokens that need a hidden state: those that condition a scored token (the BOS first)."""
-    return ids[:max(scored, default=1)]
-
-
-def _new_nodes(row: PackedRow, path: list[int]) -> int:
-    """How many nodes `path` would add to `row`."""
-    node = 0
-    for depth, tok in enumerate(path[1:], start=1):
-        node = row.children.get(_key(node, tok), -1)
-        if node < 0:
-            return len(path) - depth
-    return 0
-
-
-def _insert(row: PackedRow, req_index: int, ids: list[int], scored: list[int]) -> None:
-    """Add one request's path to the trie and register its scored (node, target) pairs."""
-    nodes = [0]
-    for depth, tok in enumerate(_path(ids, scored)[1:], start=1):
-        parent = nodes[-1]
-        node = row.children.get(_key(parent, tok))
-        if node is None:
-            node = row.children[_key(parent, tok)] = len(row.ids)
-            row.ids.append(tok)
-            row.positions.append(depth)
-            row.parents.append(parent)
-        nodes.append(node)
-    for j in scored:
-        key = _key(nodes[j - 1], ids[j])
-        pair = row.pair_index.get(key)
-        if pair is None:
-            pair = row.pair_index[key] = len(row.pair_nodes)
-            row.pair_nodes.append(nodes[j - 1])
-            row.pair_targets.append(ids[j])
-        row.member_requests.append(req_index)
-        row.member_pairs.append(pair)
+    ids: Any
+    depths: Any
+    pair_nodes: Any
+    pair_targets: Any
+    member_requests: Any
+    member_pairs: Any
 
 
 @contextmanager
 def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while a burst of small lists is built: with a loaded
-    transformers in the process a full collection walks ~400k objects (0.1-0.2 s) and would run
-    several times; nothing built here forms a cycle."""
+    """Pause the cyclic garbage collector while a burst of small lists is built: with transformers
+    loaded, a full collection walks ~400k objects (about 0.2 s) and would run several times for a
+    large task; nothing built here forms a cycle."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -126,22 +68,90 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+def encode_requests(tokenizer: Any, requests: list[ScoreRequest], bos_id: int) -> tuple[Any, Any]:
+    """(requests x width) token ids of BOS + context + continuation, -1 past each end (one
+    tokenizer call for all), and the mask of the scored tokens (never the BOS)."""
+    import numpy as np
+
+    n = len(requests)
+    with _gc_paused():
+        enc = tokenizer([r.context + r.continuation for r in requests], add_special_tokens=False,
+                        return_offsets_mapping=True)
+        lens = np.fromiter(map(len, enc["input_ids"]), dtype=np.int64, count=n)
+        total = int(lens.sum())
+        ids = np.fromiter(chain.from_iterable(enc["input_ids"]), dtype=np.int64, count=total)
+        ends = np.fromiter((end for offsets in enc["offset_mapping"] for _, end in offsets),
+                           dtype=np.int64, count=total)
+    context = np.fromiter((len(r.context) for r in requests), dtype=np.int64, count=n)
+    width = int(lens.max(initial=0)) + 1
+    inside = np.arange(width - 1)[None, :] < lens[:, None]
+    full = np.full((n, width), -1, dtype=np.int64)
+    full[:, 0] = bos_id
+    full[:, 1:][inside] = ids
+    scored = np.zeros((n, width), dtype=bool)
+    scored[:, 1:][inside] = ends > np.repeat(context, lens)
+    return full, scored
+
+
+def _row_starts(lengths: Any, shared: Any, row_tokens: int) -> Any:
+    """Greedy cut of the sorted paths into rows: a path joins the current row while the row stays
+    within row_tokens nodes or within the path's own length (so the growing prefixes of a long
+    reading text stay one chain however long). True where a path opens a new row."""
+    import numpy as np
+
+    starts = np.zeros(len(lengths), dtype=bool)
+    size = row_tokens + 1
+    for k, (m, s) in enumerate(zip(lengths.tolist(), shared.tolist())):
+        if size + m - s > max(row_tokens, m):
+            starts[k], size = True, m
+        else:
+            size += m - s
+    return starts
+
+
 def pack_requests(tokenizer: Any, requests: list[ScoreRequest], bos_id: int,
                   row_tokens: int = ROW_TOKENS) -> list[PackedRow]:
-    """Encode every request and merge them, in token-id order (so shared prefixes are neighbours),
-    into tries of at most `row_tokens` nodes (a longer single request gets a row of its own)."""
-    with _gc_paused():
-        encoded = encode_requests(tokenizer, requests, bos_id)
-        order = sorted(range(len(encoded)), key=lambda i: encoded[i][0])
-        rows: list[PackedRow] = []
-        row = None
-        for i in order:
-            ids, scored = encoded[i]
-            if row is None or len(row.ids) + _new_nodes(row, _path(ids, scored)) > row_tokens:
-                row = PackedRow(ids=[bos_id], positions=[0], parents=[0])
-                rows.append(row)
-            _insert(row, i, ids, scored)
-    return rows
+    """Encode every request and merge them into tries of about `row_tokens` nodes. A request's
+    path is the tokens that condition a scored token (BOS first). Paths are sorted, so the nodes a
+    path shares with any earlier path of its row are those it shares with the previous path
+    (sorted strings: LCP(i, k) <= LCP(k-1, k) for i < k), and the nodes come out in depth-first
+    order; the build is array arithmetic on the (paths x depth) grid."""
+    import numpy as np
+
+    if not requests:
+        return []
+    full, scored = encode_requests(tokenizer, requests, bos_id)
+    n, width = full.shape
+    # path length: up to the last scored token (exclusive); just the BOS when nothing is scored
+    lengths = np.where(scored.any(axis=1), width - 1 - scored[:, ::-1].argmax(axis=1), 1)
+    depth = np.arange(width)
+    path = np.where(depth[None, :] < lengths[:, None], full, -1)
+    order = np.lexsort(path.T[::-1])  # lexicographic, a prefix before its extensions
+    full, scored, lengths, path = full[order], scored[order], lengths[order], path[order]
+    same = np.zeros((n, width + 1), dtype=bool)
+    same[1:, :width] = (path[1:] == path[:-1]) & (path[1:] >= 0)
+    shared = np.argmin(same, axis=1)  # leading nodes shared with the previous path
+    starts = _row_starts(lengths, shared, row_tokens)
+    shared[starts] = 0  # a new row shares nothing, not even the BOS
+    created = (depth[None, :] >= shared[:, None]) & (depth[None, :] < lengths[:, None])
+    node = np.cumsum(created.ravel()).reshape(n, width) - 1  # node ids in creation order
+    node = np.maximum.accumulate(np.where(created, node, -1), axis=0)  # shared: from the path above
+    # a pair: scored position j, predicted by the path's node at depth j - 1
+    pk, pj = np.nonzero(scored)
+    span = int(full.max()) + 1
+    pair_key, member_pair = np.unique(node[pk, pj - 1] * span + full[pk, pj], return_inverse=True)
+    pair_node, pair_target = np.divmod(pair_key, span)
+    node_ids = full[created]
+    node_depths = np.broadcast_to(depth, (n, width))[created]
+    node_cut = np.append(node[starts, 0], len(node_ids))  # each row's BOS, then the end
+    pair_cut = np.searchsorted(pair_node, node_cut)
+    by_pair = np.argsort(member_pair, kind="stable")
+    member_pair, member_req = member_pair[by_pair], order[pk[by_pair]]
+    member_cut = np.searchsorted(member_pair, pair_cut)
+    return [PackedRow(node_ids[n0:n1], node_depths[n0:n1], pair_node[p0:p1] - n0,
+                      pair_target[p0:p1], member_req[m0:m1], member_pair[m0:m1] - p0)
+            for n0, n1, p0, p1, m0, m1 in zip(node_cut, node_cut[1:], pair_cut, pair_cut[1:],
+                                              member_cut, member_cut[1:])]
 
 
 def plan_batches(rows: list[PackedRow], batch_size: int,
@@ -163,28 +173,26 @@ def plan_batches(rows: list[PackedRow], batch_size: int,
 
 
 def _batch_tensors(batch: list[PackedRow], pad_id: int, dtype: Any) -> tuple[Any, Any, Any]:
-    """input ids, position ids and the additive (B, 1, T, T) ancestor mask of one batch."""
+    """input ids, position ids and the additive (B, 1, T, T) ancestor mask of one batch. In
+    depth-first order node i's subtree is i..end_i - 1, end_i the first later node no deeper than
+    i: a node sees exactly its ancestors and itself. Padding (depth 0) ends every subtree and sees
+    the BOS and itself, so no softmax row is empty (its output is unused)."""
     import numpy as np
     import torch
 
     width = len(batch[0].ids)
     ids = np.full((len(batch), width), pad_id, dtype=np.int64)
-    pos = np.ones((len(batch), width), dtype=np.int64)
-    allowed = np.zeros((len(batch), width, width), dtype=bool)
+    depth = np.zeros((len(batch), width), dtype=np.int64)
     for b, row in enumerate(batch):
-        n = len(row.ids)
-        ids[b, :n] = row.ids
-        pos[b, :n] = row.positions
-        allowed[b, 0, 0] = True
-        for i in range(1, n):  # a node sees what its parent sees, and itself
-            allowed[b, i] = allowed[b, row.parents[i]]
-            allowed[b, i, i] = True
-        # padding attends to BOS and itself, so no softmax row is empty (its output is unused)
-        allowed[b, n:, 0] = True
-        allowed[b, np.arange(n, width), np.arange(n, width)] = True
-    mask = torch.zeros(allowed.shape, dtype=dtype)
-    mask.masked_fill_(torch.from_numpy(~allowed), torch.finfo(dtype).min)
-    return torch.from_numpy(ids), torch.from_numpy(pos), mask[:, None]
+        ids[b, :len(row.ids)] = row.ids
+        depth[b, :len(row.ids)] = row.depths
+    t = np.arange(width)
+    ends = (t[None, None, :] > t[None, :, None]) & (depth[:, None, :] <= depth[:, :, None])  # [b, i, j]
+    end = np.where(ends.any(axis=2), ends.argmax(axis=2), width)  # [b, i]
+    allowed = (t[None, None, :] <= t[None, :, None]) & (t[None, :, None] < end[:, None, :])  # [b, j, i]
+    allowed[:, :, 0] = True
+    mask = np.where(allowed[:, None], np.float32(0), np.float32(torch.finfo(dtype).min))
+    return torch.from_numpy(ids), torch.from_numpy(depth), torch.from_numpy(mask).to(dtype)
 
 
 @dataclass
@@ -267,19 +275,17 @@ def score_candidates(model: Any, tokenizer: Any, requests: list[ScoreRequest], *
         for batch in plan_batches(rows, batch_size, row_tokens):
             ids, pos, mask = _batch_tensors(batch, pad_id, dtype)
             width = ids.shape[1]
-            flat, targets, req_idx, pair_idx = [], [], [], []
-            for b, row in enumerate(batch):
-                offset = len(flat)
-                flat.extend(b * width + node for node in row.pair_nodes)
-                targets.extend(row.pair_targets)
-                req_idx.extend(row.member_requests)
-                pair_idx.extend(offset + p for p in row.member_pairs)
+            pair_base = np.cumsum([0] + [len(r.pair_nodes) for r in batch[:-1]])
+            flat = np.concatenate([b * width + r.pair_nodes for b, r in enumerate(batch)])
+            targets = np.concatenate([r.pair_targets for r in batch])
+            req_idx = np.concatenate([r.member_requests for r in batch])
+            pair_idx = np.concatenate([base + r.member_pairs for base, r in zip(pair_base, batch)])
             plan, order = plan_head(flat, targets, head.weight.shape[0], _head_budget(device))
             # member -> its pair's place in plan order
             where = np.empty(len(order), dtype=np.int64)
             where[order] = np.arange(len(order))
-            req_t = _to_device(torch.tensor(req_idx), device)
-            pair_t = _to_device(torch.from_numpy(where[np.asarray(pair_idx, dtype=np.int64)]), device)
+            req_t = _to_device(torch.from_numpy(req_idx), device)
+            pair_t = _to_device(torch.from_numpy(where[pair_idx]), device)
             hidden = base(input_ids=_to_device(ids, device), use_cache=False,
                           attention_mask=_to_device(mask, device),
                           position_ids=_to_device(pos, device)).last_hidden_state
