@@ -11,13 +11,14 @@ import numpy as np
 
 from cdhpc import stats
 
-CHOICE_TASKS = ("blimp", "blimp_supplement", "ewok", "entity_tracking", "wug")
+CHOICE_TASKS = ("blimp", "blimp_supplement", "ewok", "entity_tracking", "wug", "wug_past", "comps")
 REGRESSION_TASKS = ("reading", "eye_tracking")
 
 
 def items_per_uid(task: str, rows: list[dict[str, Any]], metric: str = "accuracy") -> dict[str, int]:
-    """How many resampling units each UID of a task has (items, words or blocks)."""
-    if task in CHOICE_TASKS and metric != "spearman":
+    """How many resampling units each UID of a task has (items, words or blocks); `metric` is
+    the task's (cdhpc.evals.task_metric): accuracy resamples items within each UID."""
+    if task in CHOICE_TASKS and metric == "accuracy":
         counts: dict[str, int] = defaultdict(int)
         for r in rows:
             counts[f"{task}/{r['uid']}"] += 1
@@ -30,8 +31,12 @@ def task_vector(task: str, rows: list[dict[str, Any]], idx: Mapping[str, np.ndar
     """Bootstrap vector (B,) of one evaluate step's score on the given index sets (point indices
     give the point value). `columns`: the reading CSV's numeric columns (regression tasks);
     `metric` spearman: WUG as the rank correlation of P(candidate 0) with the human ratio."""
-    if task == "wug" and metric == "spearman":
+    if task in CHOICE_TASKS and metric == "spearman":
         return stats.spearman_bootstrap([r["prob"] for r in rows], [r["ratio"] for r in rows], idx[task])
+    if task == "aoa":  # words resampled; the official Pearson r of model vs child AoA on each draw
+        nan = float("nan")
+        return stats.pearson_bootstrap([nan if r["model_aoa"] is None else r["model_aoa"] for r in rows],
+                                       [nan if r["child_aoa"] is None else r["child_aoa"] for r in rows], idx[task])
     if task in CHOICE_TASKS:
         correct: dict[str, list[bool]] = defaultdict(list)
         for r in rows:

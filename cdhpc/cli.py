@@ -83,24 +83,29 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return subprocess.run(retry_command(_workdir(args.sweep))).returncode
 
 
-def cmd_launch(args: argparse.Namespace) -> int:
+def cmd_launch(argv: list[str]) -> int:
     from cdhpc.launch import main
 
-    return main(args.rest)
+    return main(argv, prog="cdhpc launch")
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
+def cmd_eval(argv: list[str]) -> int:
     from cdhpc.evals.run import main_eval
 
-    return main_eval(args.rest)
+    return main_eval(argv)
+
+
+# These subcommands take exactly the options of their own parsers (`cdhpc launch` is
+# `python -m cdhpc.launch`), so main hands them the rest of argv before the top-level parser
+# sees it: an argparse.REMAINDER positional does not receive options such as --model or --help.
+DELEGATED = {"launch": cmd_launch, "eval": cmd_eval}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cdhpc", description="Contrastive-decoding studies as one sweep.")
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("launch", help="validate, plan and run a sweep (same as python -m cdhpc.launch)", add_help=False)
-    s.add_argument("rest", nargs=argparse.REMAINDER)
-    s.set_defaults(fn=cmd_launch)
+    # launch and eval are listed here for `cdhpc --help` only; main gives their argv to DELEGATED.
+    sub.add_parser("launch", help="validate, plan and run a sweep (same as python -m cdhpc.launch)", add_help=False)
     s = sub.add_parser("status", help="the sweep's job-status terminal UI; --once: a plain table (exit 1 if any step failed)")
     s.add_argument("sweep", help="the sweep's workdir or .yaml")
     s.add_argument("--once", action="store_true", help="print once and exit (the default when not a terminal)")
@@ -122,16 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("retry", help="re-launch a sweep from its resolved config: failed and missing steps run again")
     s.add_argument("sweep", help="the sweep's workdir or .yaml")
     s.set_defaults(fn=cmd_retry)
-    s = sub.add_parser("eval", help="evaluate any HF causal LM directory on BabyLM tasks", add_help=False)
-    s.add_argument("rest", nargs=argparse.REMAINDER)
-    s.set_defaults(fn=cmd_eval)
+    sub.add_parser("eval", help="evaluate any HF causal LM directory on BabyLM tasks", add_help=False)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; its exit status (2 on a usage error, which argparse prints in one line)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in DELEGATED:
+        return DELEGATED[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)
     return args.fn(args)
-
 
 
 if __name__ == "__main__":

@@ -127,6 +127,11 @@ def _check_eval_and_stats(cfg: SweepConfig) -> list[Issue]:
     if isinstance(e.checkpoints, list):
         for i, step in enumerate(e.checkpoints):
             issues += _saved(cfg, ("eval", "checkpoints", i), step, "a checkpoint step")
+    saved = cfg.pretrain.saved_steps()
+    if "aoa" in e.tasks and len(saved) < 3:
+        issues.append(Issue(("eval", "tasks", e.tasks.index("aoa")), "fits a learning curve over a run's saved "
+                            f"checkpoints and needs >= 3; pretrain saves {saved} (lower pretrain.checkpoint_every "
+                            "or drop aoa)", "aoa"))
     if s.baseline not in cfg.methods:
         issues.append(Issue(("stats", "baseline"), f"unknown method; methods: {', '.join(cfg.methods)}", s.baseline))
     elif not cfg.methods[s.baseline].is_baseline:

@@ -27,8 +27,9 @@ class UsageError(Exception):
     """A bad invocation (exit 2), e.g. a workdir that belongs to another sweep."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m cdhpc.launch", description=__doc__.splitlines()[0])
+def build_parser(prog: str = "python -m cdhpc.launch") -> argparse.ArgumentParser:
+    """The launch options; `prog` is how usage lines name the command (`cdhpc launch` names it too)."""
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("sweep", type=Path, help="the sweep .yaml file")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted-path overrides, values typed as YAML")
     p.add_argument("--dry-run", action="store_true", help="print the plan (steps, resources, states, GPU-hours) and exit")
@@ -38,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_intermixed_args(argv)  # flags may come after key=value overrides
+def main(argv: list[str] | None = None, prog: str = "python -m cdhpc.launch") -> int:
+    args = build_parser(prog).parse_intermixed_args(argv)  # flags may come after key=value overrides
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
         cfg = load_config(args.sweep, args.overrides, allow_missing_paths=args.dry_run or args.print_config)

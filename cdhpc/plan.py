@@ -17,7 +17,8 @@ from cdhpc import STAGES
 from cdhpc.config import MethodConfig, SweepConfig
 
 # Bump a stage's version when its code changes what it writes: its steps (and descendants) re-run.
-STAGE_VERSIONS = {stage: 1 for stage in STAGES} | {"generate": 2}  # 2: sampler seeds from derive_seed
+# generate 2: sampler seeds from derive_seed; evaluate 2: the official BabyLM scoring rules by default
+STAGE_VERSIONS = {stage: 1 for stage in STAGES} | {"generate": 2, "evaluate": 2}
 
 
 def canonical_json(obj: Any) -> str:
@@ -219,18 +220,30 @@ def eval_steps_for(cfg: SweepConfig) -> list[int]:
 
 
 def _plan_evaluate(b: _Builder, prepare: StepSpec, runs: dict[str, StepSpec]) -> list[StepSpec]:
+    """One step per run x evaluated checkpoint x task; aoa: one step per run over every saved
+    checkpoint (its learning curves need them all)."""
     cfg = b.cfg
     e = cfg.eval
     data_dir = "toy" if e.data_dir == "toy" else str(e.data_dir.resolve())
+    saved = cfg.pretrain.saved_steps()
     out = []
     for run_name, run in runs.items():
         if run.params["method"] is None:  # amateurs are not rows of the table
             continue
+        common = {"set": e.set, "scoring": e.scoring, "dtype": e.dtype, "data_dir": data_dir,
+                  "run": run_name, "method": run.params["method"], "seed": run.params["seed"],
+                  "synthetic_share": run.params["synthetic_share"]}
         for step in eval_steps_for(cfg):
             for task in e.tasks:
-                params = {"task": task, "step": step, "set": e.set, "wug_metric": e.wug_metric,
-                          "data_dir": data_dir, "run": run_name, "method": run.params["method"],
-                          "seed": run.params["seed"], "synthetic_share": run.params["synthetic_share"]}
+                if task == "aoa":
+                    continue
+                params = {"task": task, "step": step, **common}
+                if task == "wug":  # the only task it changes: other keys stay when it does
+                    params["wug_metric"] = e.wug_metric
                 out.append(b.add("evaluate", f"{run_name}-step{step}-{task}", params,
                                  {"model": run, "data": prepare}, {"batch_size": e.batch_size}))
+        if "aoa" in e.tasks:
+            params = {"task": "aoa", "step": saved[-1], "steps": saved, **common}
+            out.append(b.add("evaluate", f"{run_name}-aoa", params, {"model": run, "data": prepare},
+                             {"batch_size": e.batch_size}))
     return out

@@ -12,7 +12,7 @@ import csv
 import io
 import numbers
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Hashable, Iterable, Literal, Mapping, Sequence
 
@@ -20,14 +20,19 @@ import numpy as np
 
 from cdhpc import stats
 
-TABLE_TASKS = ("perplexity", "blimp", "blimp_supplement", "entity_tracking", "ewok", "wug", "reading", "eye_tracking")
-"""Column order of the paper's main table."""
+TABLE_TASKS = ("perplexity", "blimp", "blimp_supplement", "entity_tracking", "ewok", "wug", "reading",
+               "eye_tracking", "wug_past", "comps", "aoa")
+"""Column order of the paper's main table (its eight columns first, then the later BabyLM tasks)."""
 TASK_TITLES = {
     "perplexity": "Perplexity", "blimp": "BLiMP", "blimp_supplement": "BLiMP Supp.",
     "entity_tracking": "Entity Tracking", "ewok": "EWoK", "wug": "WUG",
-    "reading": "Reading", "eye_tracking": "Eye Tracking",
+    "reading": "Reading", "eye_tracking": "Eye Tracking", "wug_past": "WUG Past", "comps": "COMPS",
+    "aoa": "AoA",
 }
-SCORES_LONG_COLUMNS = ("run", "method", "seed", "step", "task", "score", "task_version")
+METRIC_MARKS = {"accuracy": "acc.", "spearman": "ρ", "pearson": "r"}
+"""How a header names a correlation-scored column's metric (WUG can be either)."""
+_LATEX_MARKS = {"accuracy": "acc.", "spearman": r"$\rho$", "pearson": "$r$"}
+SCORES_LONG_COLUMNS = ("run", "method", "seed", "step", "task", "score", "metric", "task_version")
 Correction = Literal["none", "holm", "bh"]
 Key = tuple[str, Hashable, int, str]  # (method, seed, step, task)
 
@@ -58,6 +63,7 @@ class PaperTable:
     mu_delta_rel: Mapping[str, float]  # percent, non-baseline methods with all seven tasks
     baseline: str = "baseline"
     lower_is_better: tuple[str, ...] = ("perplexity",)
+    metrics: Mapping[str, str] = field(default_factory=dict)  # task -> metric, named in headers
 
 
 # ----------------------------------------------------------------------------- aggregation
@@ -71,17 +77,20 @@ def _task_cells(
     cells = {baseline: Cell(base.value, base.pm)}
     tails = [50 * (1 - ci), 50 * (1 + ci)]
     base_mean = base.per_seed_vectors.mean(axis=0)
+    # a relative change is a share of the baseline: defined for a positive one only (a correlation
+    # can be 0 or negative, as AoA's or WUG's Spearman often is on small models)
+    relative = base.value > 0 and bool(np.all(base_mean > 0))
     for method, res in results.items():
         if method == baseline:
             continue
         cmp = stats.compare(base.per_seed_vectors, res.per_seed_vectors, not lower, ties, ci, rng)
-        sign = -1.0 if lower else 1.0
-        rel_vec = 100.0 * sign * (res.per_seed_vectors.mean(axis=0) - base_mean) / base_mean
-        low, high = np.percentile(rel_vec, tails)
-        cells[method] = Cell(
-            res.value, res.pm, cmp.better, cmp.p, cmp.ci_low, cmp.ci_high,
-            stats.relative_change(res.value, base.value, lower), float(low), float(high),
-        )
+        rel = low = high = None
+        if relative:
+            sign = -1.0 if lower else 1.0
+            rel_vec = 100.0 * sign * (res.per_seed_vectors.mean(axis=0) - base_mean) / base_mean
+            low, high = (float(v) for v in np.percentile(rel_vec, tails))
+            rel = stats.relative_change(res.value, base.value, lower)
+        cells[method] = Cell(res.value, res.pm, cmp.better, cmp.p, cmp.ci_low, cmp.ci_high, rel, low, high)
     return cells
 
 
@@ -113,6 +122,7 @@ def build_paper_table(
     lower_is_better: Sequence[str] = ("perplexity",),
     rng: np.random.Generator | None = None,
     delta_tasks: Sequence[str] | None = None,
+    metrics: Mapping[str, str] | None = None,
 ) -> PaperTable:
     """The whole aggregation of PAPER.md section 4 as one pure function.
 
@@ -120,7 +130,8 @@ def build_paper_table(
     shared index sets and the point value. Per task: mean-max over checkpoints and seeds, paired
     comparison with the baseline, relative change; muDeltaREL over the seven paper tasks.
     ``rng`` switches on the two-level (seeds, then items) bootstrap. ``delta_tasks``: the tasks
-    averaged into muDeltaREL (default: the paper's seven, among ``tasks``).
+    averaged into muDeltaREL (default: the paper's seven, among ``tasks``). ``metrics``: each
+    task's metric (cdhpc.evals.task_metric), named in the headers where a task can have several.
     """
     cells: dict[tuple[str, str], Cell] = {}
     for task in tasks:
@@ -137,8 +148,10 @@ def build_paper_table(
     values = {m: {t: c.value for (mm, t), c in cells.items() if mm == m} for m in order}
     paper = [t for t in (stats.PAPER_TASKS if delta_tasks is None else delta_tasks) if t in tasks]
     complete = {m: v for m, v in values.items() if all(t in v for t in paper)}
+    if baseline in complete and any(complete[baseline][t] <= 0 for t in paper):
+        complete = {}  # a relative change against a baseline <= 0 is undefined: no muDeltaREL
     mu = stats.mu_delta_rel(complete, baseline, paper, lower_is_better) if paper and baseline in complete else {}
-    return PaperTable(order, tuple(tasks), cells, mu, baseline, tuple(lower_is_better))
+    return PaperTable(order, tuple(tasks), cells, mu, baseline, tuple(lower_is_better), dict(metrics or {}))
 
 
 def points_from_scores(records: Iterable[Mapping[str, object]]) -> dict[Key, float]:
@@ -215,15 +228,21 @@ def _best_mu(table: PaperTable) -> set[str]:
     return {m for m, v in shown.items() if v == max(shown.values())} if shown else set()
 
 
-def _title(task: str) -> str:
-    return TASK_TITLES.get(task, task)
+def _title(task: str, metrics: Mapping[str, str] | None = None, latex: bool = False) -> str:
+    """A column's title; a correlation or a WUG column names its metric: "WUG (acc.)", "AoA (r)"."""
+    title = TASK_TITLES.get(task, task)
+    title = latex_escape(title) if latex else title
+    metric = (metrics or {}).get(task)
+    if metric in METRIC_MARKS and (metric != "accuracy" or task == "wug"):
+        title += f" ({(_LATEX_MARKS if latex else METRIC_MARKS)[metric]})"
+    return title
 
 
 def render_markdown(table: PaperTable, names: Mapping[str, str] | None = None) -> str:
     """The table in Markdown: "value ± pm", ``\\*`` when significant, best per column in bold."""
     names = names or {}
     arrows = ["↓" if t in table.lower_is_better else "↑" for t in table.tasks]
-    header = ["Name", "μΔREL ↑"] + [f"{_title(t)} {a}" for t, a in zip(table.tasks, arrows)]
+    header = ["Name", "μΔREL ↑"] + [f"{_title(t, table.metrics)} {a}" for t, a in zip(table.tasks, arrows)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
     best = {t: _best(table, t) for t in table.tasks}
     for m in table.methods:
@@ -252,7 +271,7 @@ def render_latex(table: PaperTable, names: Mapping[str, str] | None = None) -> s
     """The table as a booktabs ``tabular``: ``$v \\pm pm$``, ``^{*}`` when significant, bold best."""
     names = names or {}
     arrows = [r"$\downarrow$" if t in table.lower_is_better else r"$\uparrow$" for t in table.tasks]
-    header = ["Name", r"$\mu\Delta_{\mathrm{REL}}$ $\uparrow$"] + [f"{latex_escape(_title(t))} {a}" for t, a in zip(table.tasks, arrows)]
+    header = ["Name", r"$\mu\Delta_{\mathrm{REL}}$ $\uparrow$"] + [f"{_title(t, table.metrics, latex=True)} {a}" for t, a in zip(table.tasks, arrows)]
     lines = [r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule", " & ".join(header) + r" \\", r"\midrule"]
     best = {t: _best(table, t) for t in table.tasks}
     for m in table.methods:
@@ -291,7 +310,7 @@ def plot_delta_rel(table: PaperTable, path: Path) -> Path:
         err = np.array([[c.rel - c.rel_ci_low, c.rel_ci_high - c.rel] for c in got]).T.reshape(2, -1)
         ax.bar(xs, rel, width, yerr=np.clip(err, 0, None), capsize=2, label=m)
     ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_xticks(range(len(table.tasks)), [_title(t) for t in table.tasks], rotation=30, ha="right")
+    ax.set_xticks(range(len(table.tasks)), [_title(t, table.metrics) for t in table.tasks], rotation=30, ha="right")
     ax.set_ylabel(f"relative improvement vs {table.baseline} (%)")
     ax.legend(fontsize="small")
     fig.tight_layout()
@@ -308,7 +327,8 @@ def plot_curves(points: Mapping[Key, float], path: Path, tasks: Sequence[str] | 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = list(tasks or [t for t in TABLE_TASKS if any(k[3] == t for k in points)] or sorted({k[3] for k in points}))
+    tasks = list(tasks or [t for t in TABLE_TASKS if t != "aoa" and any(k[3] == t for k in points)]
+                 or sorted({k[3] for k in points if k[3] != "aoa"}))  # aoa: one value per run, no curve
     cols = min(4, max(1, len(tasks)))
     rows = -(-len(tasks) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)

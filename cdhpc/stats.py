@@ -159,6 +159,36 @@ def spearman_bootstrap(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> np.ndar
     return out
 
 
+def pearson_bootstrap(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Bootstrap vector (B,) of Pearson's r between ``x`` and ``y`` on resampled items: AoA's
+    curve fitness, model AoA (log10 step) vs child AoA (months).
+
+    Items with a NaN (a failed fit; ``None`` reads as NaN) in ``x`` or ``y`` are left out of each
+    resample; a resample with fewer than 3 distinct usable items scores 0.0, the official rule
+    for fewer than 3 words (a draw that repeats one word is not a correlation: counting repeats
+    would make it a constant sample, whose r is undefined).
+    """
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"pearson items: x and y must be 1-D of equal length, got {x.shape} and {y.shape}")
+    idx = _check_indices("pearson items", idx, x.size)
+    usable = ~(np.isnan(x) | np.isnan(y))
+    x, y = np.where(usable, x, 0.0), np.where(usable, y, 0.0)
+    out = np.empty(idx.shape[0])
+    for rows in _row_chunks(idx.shape[0], x.size):
+        keep = usable[idx[rows]]
+        m = keep.sum(axis=1)
+        ordered = np.sort(np.where(keep, idx[rows], -1), axis=1)
+        distinct = (np.diff(ordered, axis=1, prepend=-1) != 0).sum(axis=1) - (ordered[:, 0] == -1)
+        xs, ys = x[idx[rows]], y[idx[rows]]
+        with np.errstate(invalid="ignore", divide="ignore"):  # fewer than 3 distinct items: replaced by 0
+            dx = np.where(keep, xs - xs.sum(1, keepdims=True) / m[:, None], 0.0)
+            dy = np.where(keep, ys - ys.sum(1, keepdims=True) / m[:, None], 0.0)
+            r = (dx * dy).sum(1) / np.sqrt((dx * dx).sum(1) * (dy * dy).sum(1))
+        out[rows] = np.where(distinct < 3, 0.0, np.clip(r, -1.0, 1.0))
+    return out
+
+
 def interaction_design(columns: Mapping[str, np.ndarray], predictors: Sequence[str]) -> np.ndarray:
     """Design (n, 1 + k + k(k-1)/2): intercept, main effects and all pairwise interactions.
 

@@ -5,7 +5,8 @@ The corpus (`corpus/{train,seed,test}/<source>.txt`) and every evaluation file
 from the same lexicon and templates, so a 4x128 LLaMA trained on ~0.6M words can beat chance:
 subject-verb agreement (across a PP / an object relative clause), determiner-noun agreement,
 reflexives, a fixed hidden world (animal sizes, social roles, hypernyms), entity tracking in boxes,
--ness/-ity nominalisation (productive rule + exceptions, WUG), and story-like documents.
+-ness/-ity nominalisation (productive rule + exceptions, WUG), and story-like documents; the
+past tense of nonce verbs, COMPS property inheritance and AoA data come from `cdhpc.toytasks`.
 
 Everything is pure and seeded (`random.Random` streams keyed by seed and purpose); only
 `write_toy` and `main` touch the filesystem. Same seed -> byte-identical files.
@@ -25,6 +26,8 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+
+from cdhpc import toytasks
 
 # ---------------------------------------------------------------- lexicon (the hidden world) --
 # singular plural gender(m/f/n/-) class; animals are listed in ascending size (the world's order).
@@ -438,7 +441,8 @@ def _hero(rng: random.Random) -> tuple[str, str]:
 
 
 def _story_sentence(rng: random.Random, hero: str) -> str:
-    kind = rng.choices(["agree", "refl", "world", "nominal", "hero", "aux"], [8, 2, 4, 1, 2, 1])[0]
+    kinds = ["agree", "refl", "world", "nominal", "hero", "aux", "past", "property"]
+    kind = rng.choices(kinds, [7, 2, 4, 1, 1, 1, 1, 1])[0]
     if kind == "agree":
         return agreement_sentence(rng)
     if kind == "refl":
@@ -448,6 +452,10 @@ def _story_sentence(rng: random.Random, hero: str) -> str:
         return world_sentence(rng, hero)
     if kind == "nominal":
         return nominal_sentence(rng, hero)
+    if kind == "past":
+        return toytasks.past_sentence(rng, hero)
+    if kind == "property":
+        return toytasks.property_sentence(rng, hero)
     return f"{hero} {_vp(rng, 'sg', 'past')}." if kind == "hero" else aux_sentence(rng)
 
 
@@ -465,12 +473,14 @@ def story_doc(rng: random.Random) -> list[str]:
 
 
 def wiki_doc(rng: random.Random) -> list[str]:
-    """An encyclopedia-like document of facts, plus, sometimes, a block of word lessons."""
-    gens = [world_sentence, agreement_sentence, aux_sentence, nominal_sentence]
-    lines = [" ".join(rng.choices(gens, [5, 3, 1, 1])[0](rng) for _ in range(rng.randint(2, 5)))
+    """An encyclopedia-like document of facts, plus, sometimes, a block of lessons (nominalisation,
+    past tense, property inheritance)."""
+    gens = [world_sentence, agreement_sentence, aux_sentence, nominal_sentence, toytasks.property_sentence]
+    lines = [" ".join(rng.choices(gens, [5, 2, 1, 1, 1])[0](rng) for _ in range(rng.randint(2, 5)))
              for _ in range(rng.randint(2, 4))]
     if rng.random() < 0.35:
-        lines += [wug_lesson(rng) for _ in range(rng.randint(3, 6))]
+        lessons = [wug_lesson, toytasks.past_lesson, toytasks.comps_lesson]
+        lines += [rng.choices(lessons, [2, 1, 1])[0](rng) for _ in range(rng.randint(3, 6))]
     return lines
 
 
@@ -767,14 +777,25 @@ def render_csv(rows: list[list]) -> str:
 
 
 # ------------------------------------------------------------ assembling and writing ----------
-# task -> (full_eval folder, fast_eval folder); fast sets are every other item of the full set.
+# task -> (full_eval folder, fast_eval folder or None: no fast version); fast sets are every other
+# item of the full set.
 EVAL_DIRS = {"blimp": ("blimp_filtered", "blimp_fast"),
              "supplement": ("supplement_filtered", "supplement_fast"),
              "ewok": ("ewok_filtered", "ewok_fast"),
              "entity": ("entity_tracking", "entity_tracking_fast"),
              "wug": ("wug_adj_nominalization", "wug_adj_nominalization"),
-             "reading": ("reading", "reading")}
+             "reading": ("reading", "reading"),
+             "wug_past": ("wug_past_tense", "wug_past_tense"),
+             "comps": ("comps", None),
+             "aoa": ("aoa", None)}
 SUPPLEMENT_FILES = ("hypernym", "subject_aux_inversion")
+AOA_LEXICON = sorted(set(NOUNS) | set(THINGS) | set(VERBS) | set(STORY_ADJS) | set(NOMINAL_ADJS)
+                     | set(HYPERNYMS) | {w for words in HYPERNYMS.values() for w in words})
+
+
+def aoa_docs(seed: int) -> list[list[str]]:
+    """Held-out documents (their own RNG streams) the AoA contexts are drawn from."""
+    return [doc for docs in corpus_split(seed, "aoa", 300).values() for doc in docs]
 
 
 def eval_sets(seed: int, uni: Counter, bi: Counter) -> list[tuple[str, str, list]]:
@@ -787,10 +808,15 @@ def eval_sets(seed: int, uni: Counter, bi: Counter) -> list[tuple[str, str, list
     out += [("entity", f"{n}.jsonl", entity_records(rng(n), n, 120)) for n in ENTITY_FILES]
     out += [("wug", "wug_adj_nominalization.jsonl", wug_records(rng("wug"), 100))]
     out += [("reading", "reading_data.csv", reading_rows(rng("reading"), 40, uni, bi))]
-    return out
+    out += [("wug_past", "wug_past_tense.jsonl", toytasks.wug_past_records(rng("wug_past"), 100))]
+    out += [("comps", f"{n}.jsonl", toytasks.comps_records(rng(n), n, 80)) for n in toytasks.COMPS_FILES]
+    words, human = toytasks.aoa_sets(rng("aoa"), aoa_docs(seed), uni, AOA_LEXICON)
+    return out + [("aoa", "cdi_childes.json", words), ("aoa", "cdi_human.csv", human)]
 
 
-def _render_eval(task: str, records: list, fast: bool) -> tuple[str, int]:
+def _render_eval(task: str, name: str, records: list, fast: bool) -> tuple[str, int]:
+    if task == "aoa":
+        return toytasks.render_aoa(name, records)
     if task == "reading":
         rows = [r for r in records if r[6] % 2 == 0] if fast else records
         return render_csv([[i] + r[1:] for i, r in enumerate(rows)]), len(rows)
@@ -811,9 +837,10 @@ def build_toy(seed: int, train_docs: int, seed_docs: int, test_docs: int) -> tup
             train_text += docs if split == "train" else []
     for task, name, records in eval_sets(seed, *bigram_counts(train_text)):
         full_dir, fast_dir = EVAL_DIRS[task]
-        for folder, fast in ((f"full_eval/{full_dir}", False), (f"fast_eval/{fast_dir}", True)):
+        folders = [(f"full_eval/{full_dir}", False)] + ([(f"fast_eval/{fast_dir}", True)] if fast_dir else [])
+        for folder, fast in folders:
             rel = f"evaluation_data/{folder}/{name}"
-            files[rel], counts["eval"][rel] = _render_eval(task, records, fast)
+            files[rel], counts["eval"][rel] = _render_eval(task, name, records, fast)
     return files, counts
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from cdhpc import stats
 from cdhpc.aggregate import REGRESSION_TASKS, items_per_uid, task_vector
+from cdhpc.evals import task_metric
 from cdhpc.plan import StepSpec
 from cdhpc.receipts import Receipt, atomic_dir
 from jobs import StepContext, StepResult
@@ -48,12 +49,12 @@ def build_table(workdir: Path, receipts: list[Receipt], params: dict):
 
     cfg = params["stats"]
     labels = row_labels([r.spec["params"] for r in receipts])
-    idx, columns, vectors, points, records = {}, {}, {}, {}, []
+    idx, columns, vectors, points, records, metrics = {}, {}, {}, {}, [], {}
     for r in receipts:
         p = r.spec["params"]
         out_dir = workdir / StepSpec.from_dict(r.spec).dirname
         rows = [json.loads(line) for line in (out_dir / "predictions.jsonl").read_text().splitlines()]
-        metric = p["wug_metric"] if p["task"] == "wug" else "accuracy"
+        metric = task_metric(p["task"], p.get("wug_metric", "spearman"))
         n_by_uid = items_per_uid(p["task"], rows, metric)
         if p["task"] not in idx:
             idx[p["task"]] = (n_by_uid, stats.draw_indices(n_by_uid, cfg["resamples"], cfg["seed"]))
@@ -64,12 +65,14 @@ def build_table(workdir: Path, receipts: list[Receipt], params: dict):
         key = (labels[(p["method"], p["synthetic_share"])], p["seed"], p["step"], p["task"])
         vectors[key] = task_vector(p["task"], rows, idx[p["task"]][1], columns.get(p["task"]), metric)
         points[key] = float(task_vector(p["task"], rows, stats.point_indices(n_by_uid), columns.get(p["task"]), metric)[0])
+        metrics[p["task"]] = metric
         records.append({"run": p["run"], "method": key[0], "seed": p["seed"], "step": p["step"], "task": p["task"],
-                        "score": points[key], "task_version": r.rows["scores"][0]["task_version"]})
+                        "score": points[key], "metric": metric, "task_version": r.rows["scores"][0]["task_version"]})
     order = {m: i for i, m in enumerate(params["methods"])}  # the config's order, shares ascending
     methods = [labels[k] for k in sorted(labels, key=lambda k: (order[k[0]], k[1]))]
     table = build_paper_table(vectors, points, baseline=cfg["baseline"], tasks=params["tasks"], methods=methods,
-                              ties=cfg["ties"], correction=cfg["correction"], delta_tasks=params.get("delta_tasks"))
+                              ties=cfg["ties"], correction=cfg["correction"], delta_tasks=params.get("delta_tasks"),
+                              metrics=metrics)
     return table, records
 
 

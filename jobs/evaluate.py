@@ -1,4 +1,5 @@
-"""evaluate: one checkpoint x one task, scored as the official BabyLM 2025 pipeline does."""
+"""evaluate: one checkpoint x one task (aoa: one run's checkpoints), scored as the official
+BabyLM 2025 pipeline does unless the sweep's eval section names another rule."""
 
 from __future__ import annotations
 
@@ -9,15 +10,18 @@ from jobs.prepare import corpus_dir
 def run(ctx: StepContext) -> StepResult:
     import torch
 
-    from cdhpc.evals.run import evaluate_task
+    from cdhpc.evals.run import EvalOptions, evaluate_task
 
     p = ctx.params
-    model_dir = ctx.input_dir("model") / "checkpoints" / f"step_{p['step']}"
+    checkpoints = ctx.input_dir("model") / "checkpoints"
+    model_dir = checkpoints if p["task"] == "aoa" else checkpoints / f"step_{p['step']}"
     data_dir = ctx.input_dir("data") / "evaluation_data" if p["data_dir"] == "toy" else p["data_dir"]
+    options = EvalOptions(scoring=p["scoring"], wug_metric=p.get("wug_metric", "spearman"), dtype=p["dtype"],
+                          device="cuda" if torch.cuda.is_available() else "cpu",
+                          batch_size=ctx.spec.options.get("batch_size", 64))
     summary = evaluate_task(model_dir, p["task"], data_dir, ctx.out_dir, fast=p["set"] == "fast",
-                            device="cuda" if torch.cuda.is_available() else "cpu",
-                            batch_size=ctx.spec.options.get("batch_size", 64), wug_metric=p["wug_metric"],
-                            heldout_dir=corpus_dir(ctx, "data") / "test")
+                            heldout_dir=corpus_dir(ctx, "data") / "test", options=options,
+                            steps=p.get("steps"))
     row = {"run": p["run"], "method": p["method"], "seed": p["seed"], "step": p["step"], "task": p["task"],
            "score": summary["score"], "task_version": summary["version"], "data_sha256": summary["data_sha256"],
            "n_items": summary.get("n_items"), "path": str(ctx.out_dir.relative_to(ctx.workdir))}

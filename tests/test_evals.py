@@ -18,7 +18,8 @@ from cdhpc.evals import TASK_NAMES, get_task
 from cdhpc.evals.choice import entity_tracking_score, prediction_rows
 from cdhpc.evals.data import EvalDataError
 from cdhpc.evals.perplexity import cut_blocks
-from cdhpc.evals.reading import delta_r2, word_request
+from cdhpc.evals.reading import joint_request
+from cdhpc.evals.regression import BASE_EYE, BASE_SPR, delta_r2, fit_measure
 from cdhpc.evals.task import ChoiceItem
 
 SENTENCES = [
@@ -26,7 +27,8 @@ SENTENCES = [
     "The cat sat on the mat.", "The cat sat on mat the.", "Ali gives orders to Wei.",
     "Ali is Wei's boss.", "Ali is Wei's subordinate.", "Box 0 contains the ball, Box 1 contains ",
     "the key.", "the gift.", "the ball.", "This is very wuggy.", "Its wuggity is clear.",
-    "The dog barked at the man who walked by the river.",
+    "The dog barked at the man who walked by the river.", "A dog can bark.", "A cat can bark.",
+    "A wug is a dog. Therefore, a wug can bark.", "A fep is a cat. Therefore, a fep can bark.",
 ]
 WORDS = "the a man dog river walked slowly quietly xylophonic zephyrous ran to house green".split()
 
@@ -98,7 +100,26 @@ def _eval_dir(root: Path) -> Path:
     wug = [{"sentences": f"{SENTENCES[11]}\t{SENTENCES[12]}", "ratio": r} for r in (0.1, 0.5, 0.9)]
     wug.append({"sentences": f"{SENTENCES[12]}\t{SENTENCES[11]}", "ratio": 0.3})
     _jsonl(d / "wug_adj_nominalization" / "wug_adj_nominalization.jsonl", wug)
+    _jsonl(d / "wug_past_tense" / "wug_past_tense.jsonl", wug)
+    comps = {"comps_base": ("A dog", "A cat"), "comps_wugs": ("A wug is a dog. Therefore, a wug",
+                                                               "A wug is a cat. Therefore, a wug"),
+             "comps_wugs_dist-before": ("A fep is a cat. A wug is a dog. Therefore, a wug",
+                                        "A fep is a dog. A wug is a cat. Therefore, a wug"),
+             "comps_wugs_dist-in-between": ("A wug is a dog. A fep is a cat. Therefore, a wug",
+                                            "A wug is a cat. A fep is a dog. Therefore, a wug")}
+    for stem, (good, bad) in comps.items():
+        _jsonl(d / "comps" / f"{stem}.jsonl", [{"prefix_acceptable": good, "prefix_unacceptable": bad,
+                                               "property_phrase": "can bark."}])
     _reading_csv(d / "reading" / "reading_data.csv", np.random.default_rng(0))
+    (d / "aoa").mkdir()
+    contexts = {w: [{"context": c} for c in ("The dog barked at the", "Who should", "The cat sat on")]
+                for w in ("man", "river", "dog", "cat", "mat", "a")}
+    (d / "aoa" / "cdi_childes.json").write_text(json.dumps(contexts))
+    ages = list(range(16, 31))
+    rows = [",".join(["word"] + [str(a) for a in ages])]
+    for k, w in enumerate(("man", "river", "dog", "cat", "mat")):
+        rows.append(",".join([w] + [f"{1 / (1 + math.exp(-(a - 18 - 2 * k))):.3f}" for a in ages]))
+    (d / "aoa" / "cdi_human.csv").write_text("\n".join(rows) + "\n")
     return root / "evaluation_data"
 
 
@@ -118,33 +139,62 @@ def hf(world):
             AutoTokenizer.from_pretrained(model_dir))
 
 
-def plain_score(hf, context: str, continuation: str) -> float:
-    """The straightforward way: the whole string alone, full log-softmax, official phrase mask."""
+def plain_score(hf, context: str, continuation: str, scoring: str = "official") -> float:
+    """The straightforward way: the whole string alone, full log-softmax. Official: the text as
+    the tokenizer encodes it, specials included, tokens ending past len(context) + the first
+    token's start scored (never position 0); joint: BOS + the text, every continuation token."""
     import torch
 
     model, tok = hf
-    enc = tok(context + continuation, add_special_tokens=False, return_offsets_mapping=True)
-    ids = [tok.bos_token_id] + enc["input_ids"]
+    official = scoring == "official"
+    enc = tok(context + continuation, add_special_tokens=official, return_offsets_mapping=True)
+    offsets = enc["offset_mapping"] if official else [(0, 0)] + enc["offset_mapping"]
+    ids = enc["input_ids"] if official else [tok.bos_token_id] + enc["input_ids"]
+    threshold = len(context) + (offsets[0][0] if official else 0)
     with torch.no_grad():
         logp = torch.log_softmax(model(torch.tensor([ids])).logits[0], dim=-1)
-    return sum(logp[j, ids[j + 1]].item() for j, (_, end) in enumerate(enc["offset_mapping"])
-               if end > len(context))
+    return sum(logp[j - 1, ids[j]].item() for j in range(1, len(ids)) if offsets[j][1] > threshold)
 
 
-def _run(world, task, out, **kw):
-    from cdhpc.evals.run import evaluate_task
+def plain_reading(hf, item: str, word: str) -> float:
+    """The official reader's surprisal, written out the plain way (get_p2 of reading/
+    evaluation_functions.py): one forward per piece, the context re-tokenized each time."""
+    import torch
+
+    model, tok = hf
+    context = item if item else "None"
+    pieces = tok(word, add_special_tokens=False)["input_ids"]
+    total = 0.0
+    for k, piece in enumerate(pieces):
+        target = piece if k == 0 else tok(tok.decode(piece), add_special_tokens=False)["input_ids"][0]
+        with torch.no_grad():
+            logits = model(torch.tensor([tok(context)["input_ids"]])).logits[0, -1]
+        total += math.log(torch.softmax(logits, dim=-1)[target].item())
+        context += tok.decode(piece)
+    return -total
+
+
+def _run(world, task, out, heldout_dir=None, **kw):
+    from cdhpc.evals.run import EvalOptions, evaluate_task
 
     model_dir, data = world
-    return evaluate_task(model_dir, task, data, out, batch_size=2, **kw)
+    return evaluate_task(model_dir, task, data, out, heldout_dir=heldout_dir,
+                         options=EvalOptions(batch_size=2, **kw))
 
 
 def _rows(out: Path) -> list[dict]:
     return [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("task", ["blimp", "blimp_supplement", "ewok", "entity_tracking", "wug"])
-def test_choice_scores_equal_plain_scoring(world, hf, tmp_path, task):
-    summary = _run(world, task, tmp_path)
+CHOICE_TASKS = ["blimp", "blimp_supplement", "ewok", "entity_tracking", "wug", "wug_past", "comps"]
+
+
+@pytest.mark.parametrize("scoring", ["official", "joint"])
+@pytest.mark.parametrize("task", CHOICE_TASKS)
+def test_choice_scores_equal_plain_scoring(world, hf, tmp_path, task, scoring):
+    """This fixture's tokenizer adds no BOS: official scoring leaves each sentence's first token
+    unscored, joint scoring prepends BOS and scores it."""
+    summary = _run(world, task, tmp_path, scoring=scoring)
     spec = get_task(task)
     from cdhpc.evals.choice import load_items
 
@@ -152,22 +202,50 @@ def test_choice_scores_equal_plain_scoring(world, hf, tmp_path, task):
     rows = _rows(tmp_path)
     assert len(rows) == len(items) == summary["n_items"]
     for row, item in zip(rows, items):
-        expect = [plain_score(hf, c, x) for c, x in zip(item.contexts, item.continuations)]
+        expect = [plain_score(hf, c, x, scoring) for c, x in zip(item.contexts, item.continuations)]
         assert row["scores"] == pytest.approx(expect, abs=1e-4)
         assert row["pred"] == int(np.argmax(expect)) and row["correct"] == (row["pred"] == 0)
 
 
-def test_reading_surprisal_equals_plain_with_multi_token_words(world, hf, tmp_path):
-    _run(world, "reading", tmp_path)
+def test_official_and_joint_agree_for_a_tokenizer_that_adds_bos(hf):
+    """For this project's own tokenizers (a BOS added by the post-processor, words with their
+    space) the two rules score the same tokens."""
+    from tokenizers.processors import TemplateProcessing
+
+    from cdhpc.evals.engine import ScoreRequest, encode_requests
+
+    _, tok = hf
+    with_bos = type(tok)(tokenizer_object=tok.backend_tokenizer.__class__.from_str(tok.backend_tokenizer.to_str()),
+                         bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
+    with_bos.backend_tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    reqs = [ScoreRequest(c, x) for c, x in PACK_CASES]
+    official, joint = encode_requests(with_bos, reqs, "official"), encode_requests(with_bos, reqs, "joint")
+    assert (official[0] == joint[0]).all() and (official[1] == joint[1]).all()
+
+
+@pytest.mark.parametrize("task", ["reading", "eye_tracking"])
+def test_reading_surprisal_official_rule_with_multi_token_words(world, hf, tmp_path, task):
+    _run(world, task, tmp_path)
     rows = _rows(tmp_path)
     model, tok = hf
-    multi = [r for r in rows if len(tok(" " + r["word"], add_special_tokens=False)["input_ids"]) > 1]
+    multi = [r for r in rows if len(tok(r["word"], add_special_tokens=False)["input_ids"]) > 1]
     assert multi, "fixture must contain words split into several tokens"
     for r in rows:
-        req = word_request(r["item"], r["word"])
-        assert r["surprisal"] == pytest.approx(-plain_score(hf, req.context, req.continuation), abs=1e-4)
+        assert r["surprisal"] == pytest.approx(plain_reading(hf, r["item"], r["word"]), abs=1e-4)
     firsts = [r for r in rows if r["item"] == ""]
     assert firsts and all(r["prev_surprisal"] is None for r in firsts)
+    official = json.loads((tmp_path / "predictions.json").read_text())["reading"]["predictions"]
+    assert math.isnan(official[0]["prev_pred"])  # NaN, as the official file writes it
+    assert (tmp_path / "report.txt").read_text().startswith("EYE TRACKING SCORE: ")
+    for name in ("prediction.jsonl", "correlations.txt", "predictive_power.jsonl", "predictive_power_spillover.jsonl"):
+        assert (tmp_path / name).stat().st_size > 0
+
+
+def test_reading_surprisal_joint_rule(world, hf, tmp_path):
+    _run(world, "reading", tmp_path, scoring="joint")
+    for r in _rows(tmp_path):
+        req = joint_request(r["item"], r["word"])
+        assert r["surprisal"] == pytest.approx(-plain_score(hf, req.context, req.continuation, "joint"), abs=1e-4)
 
 
 PACK_CASES = [("", "The cat sat on the mat."), ("", "The cat sat on mat the."),
@@ -183,39 +261,40 @@ def test_packing_shares_prefixes_across_items(hf):
 
     _, tok = hf
     reqs = [ScoreRequest(c, x) for c, x in PACK_CASES]
-    rows = pack_requests(tok, reqs, tok.bos_token_id, row_tokens=10_000)
-    full, scored = encode_requests(tok, reqs, tok.bos_token_id)
+    rows = pack_requests(tok, reqs, "joint", row_tokens=10_000)
+    full, scored = encode_requests(tok, reqs, "joint")
     paths = {tuple(ids[:j]) for ids, sc in zip(full.tolist(), scored)
              for j in range(1, np.flatnonzero(sc).max() + 1)}
     assert len(rows) == 1 and len(rows[0].ids) == len(paths)  # one node per distinct prefix
-    singles = [pack_requests(tok, [r], tok.bos_token_id)[0] for r in reqs]
+    singles = [pack_requests(tok, [r], "joint")[0] for r in reqs]
     assert len(rows[0].ids) < sum(len(r.ids) for r in singles)
     assert sorted(rows[0].member_requests) == sorted(
         i for i, r in enumerate(singles) for _ in r.member_requests)
     # the growing prefixes of one long text stay one chain, however small the row size
     text = " ".join(WORDS * 3)
-    chain = [word_request(" ".join(text.split()[:k]), w) for k, w in enumerate(text.split())]
-    rows = pack_requests(tok, chain, tok.bos_token_id, row_tokens=4)
-    longest = np.flatnonzero(encode_requests(tok, chain, tok.bos_token_id)[1].any(axis=0)).max()
+    chain = [joint_request(" ".join(text.split()[:k]), w) for k, w in enumerate(text.split())]
+    rows = pack_requests(tok, chain, "joint", row_tokens=4)
+    longest = np.flatnonzero(encode_requests(tok, chain, "joint")[1].any(axis=0)).max()
     assert len(rows) == 1 and len(rows[0].ids) == longest
 
 
+@pytest.mark.parametrize("scoring", ["official", "joint"])
 @pytest.mark.parametrize("row_tokens,batch_size", [(1, 1), (8, 2), (16, 3), (64, 64)])
-def test_scores_do_not_depend_on_packing(hf, row_tokens, batch_size):
-    """Rows cut anywhere (one request per row, several items per row) and any batch size give the
-    plain one-string-at-a-time scores."""
+def test_scores_do_not_depend_on_packing(hf, row_tokens, batch_size, scoring):
+    """Rows cut anywhere (one request per row, several items per row; without a BOS a row is a
+    forest of tries) and any batch size give the plain one-string-at-a-time scores."""
     from cdhpc.evals.engine import ScoreRequest, score_candidates
 
     model, tok = hf
-    reqs = [ScoreRequest(c, x) for c, x in PACK_CASES]
-    got = score_candidates(model, tok, reqs, batch_size=batch_size, row_tokens=row_tokens)
-    assert got == pytest.approx([plain_score(hf, r.context, r.continuation) for r in reqs], abs=1e-4)
+    reqs = [ScoreRequest(c, x) for c, x in PACK_CASES] + [ScoreRequest("", "")]
+    got = score_candidates(model, tok, reqs, scoring=scoring, batch_size=batch_size, row_tokens=row_tokens)
+    want = [plain_score(hf, r.context, r.continuation, scoring) for r in reqs[:-1]] + [0.0]
+    assert got == pytest.approx(want, abs=1e-4)
 
 
 @pytest.mark.gpu
 def test_cuda_bf16_scores_track_cpu_fp32(world):
-    """On a GPU the engine runs the model in bf16: the scores stay close to fp32 on the CPU and
-    the BLiMP decisions of clearly separated pairs agree."""
+    """With dtype bfloat16 on a GPU the scores stay close to fp32 on the CPU."""
     import torch
 
     if not torch.cuda.is_available():
@@ -224,14 +303,13 @@ def test_cuda_bf16_scores_track_cpu_fp32(world):
 
     reqs = [ScoreRequest(c, x) for c, x in PACK_CASES]
     cpu = score_candidates(*load_model(world[0], "cpu"), reqs, device="cpu")
-    gpu = score_candidates(*load_model(world[0], "cuda"), reqs, device="cuda")
+    gpu = score_candidates(*load_model(world[0], "cuda", "bfloat16"), reqs, device="cuda")
     assert gpu == pytest.approx(cpu, rel=0.05, abs=0.5)
 
 
-def test_word_request_spacing():
-    assert word_request("", "The") == word_request("", "The")
-    assert (word_request("", "The").context, word_request("", "The").continuation) == ("", "The")
-    assert word_request("The dog", "ran").continuation == " ran"
+def test_joint_request_spacing():
+    assert (joint_request("", "The").context, joint_request("", "The").continuation) == ("", "The")
+    assert joint_request("The dog", "ran").continuation == " ran"
 
 
 def test_summary_and_official_files(world, tmp_path):
@@ -260,17 +338,40 @@ def test_blimp_tie_counts_as_correct_and_macro_mean(world, tmp_path):
     assert "### FIELD ACCURACY" in (tmp_path / "best_temperature_report.txt").read_text()
 
 
-def test_wug_spearman(world, hf, tmp_path):
+@pytest.mark.parametrize("task,uid", [("wug", "wug_adj"), ("wug_past", "wug_past")])
+def test_wug_spearman_is_the_default(world, hf, tmp_path, task, uid):
     from scipy.stats import spearmanr
 
-    s = _run(world, "wug", tmp_path, wug_metric="spearman")
+    s = _run(world, task, tmp_path)
     a, b = SENTENCES[11], SENTENCES[12]
     sa, sb = plain_score(hf, "", a), plain_score(hf, "", b)
     p_ab = 1 / (1 + math.exp(sb - sa))
     expect = spearmanr([p_ab, p_ab, p_ab, 1 - p_ab], [0.1, 0.5, 0.9, 0.3])[0]
     assert s["metric"] == "spearman" and s["score"] == pytest.approx(expect)
     pred = json.loads((tmp_path / "predictions.json").read_text())
-    assert pred["wug_adj_nominalization"]["predictions"][0]["prob"] == pytest.approx(p_ab, abs=1e-5)
+    assert pred[uid]["predictions"][0]["prob"] == pytest.approx(p_ab, abs=1e-5)
+    assert "SPEARMAN'S RHO" in (tmp_path / "best_temperature_report.txt").read_text()
+
+
+def test_wug_accuracy_is_the_papers_option(world, tmp_path):
+    s = _run(world, "wug", tmp_path, wug_metric="accuracy")
+    assert s["metric"] == "accuracy" and s["score"] in (25.0, 75.0)  # 3 of 4 records put a first
+
+
+def test_wug_probability_rounds_as_float32():
+    """The official softmax runs in float32: a pair 20 nats apart gets P = 1.0 exactly, which ties
+    with other such pairs in Spearman's ranks (float64 would not)."""
+    from cdhpc.evals.choice import first_probs
+
+    items = [ChoiceItem("wug_adj", ("", ""), ("a", "b"), ratio=r) for r in (0.2, 0.9)]
+    assert first_probs(items, [-1.0, -21.0, -2.0, -30.0]) == [1.0, 1.0]
+
+
+def test_comps_shows_the_whole_sentence(world, tmp_path):
+    _run(world, "comps", tmp_path)
+    preds = json.loads((tmp_path / "predictions.json").read_text())
+    assert set(preds) == {"base", "wugs", "wugs_dist_before", "wugs_dist_in_between"}
+    assert preds["base"]["predictions"][0]["pred"] in ("A dog can bark.", "A cat can bark.")
 
 
 def test_entity_tracking_averaging_known_answer():
@@ -290,15 +391,20 @@ def _reading_columns(rng, n=60):
     return cols
 
 
+def _delta(columns, pred, measure, base, prev=None):
+    cols = {**columns, "pred": pred} | ({} if prev is None else {"prev_pred": prev})
+    return delta_r2(*fit_measure(cols, measure, base))
+
+
 def test_delta_r2_known_answers():
     rng = np.random.default_rng(1)
     c = _reading_columns(rng)
     s = rng.normal(size=60)
     c["RT"] = 2 * c["length"] - c["Subtlex_log10"] * c["length"] + 0.5 * s  # exact in surprisal
-    assert delta_r2(c, s, "RT", "eye_tracking") == pytest.approx(100.0)
+    assert _delta(c, s, "RT", BASE_EYE) == pytest.approx(100.0)
     c["RT2"] = c["length"] + rng.normal(size=60)
     collinear = 3 * c["length"] - c["context_length"]  # already in the baseline
-    assert delta_r2(c, collinear, "RT2", "eye_tracking") == pytest.approx(0.0, abs=1e-9)
+    assert _delta(c, collinear, "RT2", BASE_EYE) == pytest.approx(0.0, abs=1e-9)
 
 
 def test_delta_r2_equals_squared_partial_correlation():
@@ -313,9 +419,7 @@ def test_delta_r2_equals_squared_partial_correlation():
     keep = ~np.isnan(c["y"])
     res = [y - x[keep] @ np.linalg.pinv(x[keep]) @ y for y in (c["y"][keep], s[keep])]
     partial = np.corrcoef(res[0], res[1])[0, 1]
-    assert delta_r2(c, s, "y", "reading", prev) == pytest.approx(100 * partial**2, rel=1e-8)
-    with pytest.raises(ValueError, match="prev_surprisal"):
-        delta_r2(c, s, "y", "reading")
+    assert _delta(c, s, "y", BASE_SPR, prev) == pytest.approx(100 * partial**2, rel=1e-8)
 
 
 def test_reading_and_eye_tracking_scores(world, tmp_path):
@@ -328,6 +432,45 @@ def test_reading_and_eye_tracking_scores(world, tmp_path):
         assert s["score"] == pytest.approx(sum(s["per_uid"].values()) / len(measures))
         preds = json.loads((tmp_path / task / "predictions.json").read_text())
         assert len(preds["reading"]["predictions"]) == s["n_items"] == 48
+
+
+def test_aoa_over_a_runs_checkpoints(world, tmp_path):
+    """aoa reads every checkpoint folder (step_N), scores each (word, context) as the official
+    AoA_word extractor, writes the official surprisal.json and the curve fitness of its rows."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cdhpc.evals import aoa
+
+    model_dir, data = world
+    run = tmp_path / "run" / "checkpoints"
+    for step in (10, 100, 1000):
+        torch.manual_seed(step)
+        model = AutoModelForCausalLM.from_pretrained(model_dir)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(1 + step / 1000)
+        model.save_pretrained(run / f"step_{step}")
+        for f in model_dir.glob("*token*"):
+            shutil.copy(f, run / f"step_{step}" / f.name)
+    (run / "notes").mkdir()  # not a checkpoint: ignored
+    s = _run((run, data), "aoa", tmp_path / "out")
+    official = json.loads((tmp_path / "out" / "surprisal.json").read_text())
+    words, contexts = aoa.load_words(data / "full_eval/aoa/cdi_childes.json")
+    assert words == ["man", "river", "dog", "cat", "mat"]  # one-letter words dropped, as officially
+    assert official["metadata"]["completed_steps"] == 3 and len(official["results"]) == 3 * 15
+    for r in official["results"][::7]:
+        hf = (AutoModelForCausalLM.from_pretrained(run / f"step_{r['step']}").eval(),
+              AutoTokenizer.from_pretrained(run / f"step_{r['step']}"))
+        want = -plain_score(hf, r["context"].strip() + " ", r["target_word"].strip())
+        assert r["surprisal"] == pytest.approx(want, abs=1e-4)
+    cdi = aoa.read_cdi(data / "full_eval/aoa/cdi_human.csv")
+    assert s["score"] == pytest.approx(aoa.curve_fitness(official["results"], cdi).fitness)
+    assert s["metric"] == "pearson" and s["checkpoints"] == [10, 100, 1000]
+    with pytest.raises(EvalDataError, match="needs >= 3 checkpoint folders"):
+        _run((model_dir.parent, data), "aoa", tmp_path / "out2")
 
 
 def test_perplexity_equals_hf_loss(world, hf, tmp_path):

@@ -119,7 +119,10 @@ def test_tiny_plan_shape():
     # 2 baseline runs + 1 small amateur + 6 methods x 1 seed + 1 extra mix x 1 seed
     assert counts["pretrain"] == 10 and counts["select"] == 6 and counts["corpus"] == 6
     assert counts["generate"] == 12 and counts["aggregate"] == 1
-    assert counts["evaluate"] == 9 * 2 * 8  # runs in the table x checkpoints x tasks
+    # runs in the table x checkpoints x tasks, and one aoa step per run over all its checkpoints
+    assert counts["evaluate"] == 9 * 2 * 10 + 9
+    aoa = [s for s in plan.stage("evaluate") if s.params["task"] == "aoa"]
+    assert all(s.params["steps"] == [30, 60, 90, 120] and s.params["step"] == 120 for s in aoa)
 
 
 def test_shard_seeds_are_derived_and_distinct():

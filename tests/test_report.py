@@ -97,12 +97,34 @@ def _check_golden(name: str, text: str) -> None:
 
 def test_rendered_tables_match_golden():
     vectors, points = _hand_example()
-    table = report.build_paper_table(vectors, points, tasks=TASKS)
+    table = report.build_paper_table(vectors, points, tasks=TASKS, metrics={"wug": "accuracy"})
     names = {"baseline": "Baseline", "cd": "CD-Early-500"}
     _check_golden("paper_table.md", report.render_markdown(table, names))
     _check_golden("paper_table.tex", report.render_latex(table, names))
     _check_golden("paper_table_header.csv", ",".join(report.paper_table_header(report.TABLE_TASKS)) + "\n")
     assert report.render_paper_csv(table).splitlines()[0] == ",".join(report.paper_table_header(TASKS))
+
+
+def test_a_baseline_at_or_below_zero_has_no_relative_change():
+    """A correlation column (AoA, WUG as Spearman) whose baseline is 0 or negative: the table
+    still builds, the comparison and p stand, the relative change and muDeltaREL are undefined."""
+    vectors, points = _hand_example()
+    for k in [k for k in points if k[3] == "wug"]:
+        base = k[0] == "baseline"
+        vectors[k] = np.array([0.0, 0.1, -0.1, 0.0]) if base else np.array([0.3, 0.2, 0.4, 0.3])
+        points[k] = 0.0 if base else 0.3
+    table = report.build_paper_table(vectors, points, tasks=TASKS, delta_tasks=("blimp", "wug"))
+    cell = table.cells[("cd", "wug")]
+    assert cell.rel is None and cell.rel_ci_low is None and cell.p is not None
+    assert table.mu_delta_rel == {}
+    assert "| - |" in report.render_markdown(table)
+
+
+def test_headers_name_the_metric_of_correlation_columns():
+    assert report._title("wug", {"wug": "accuracy"}) == "WUG (acc.)"
+    assert report._title("wug", {"wug": "spearman"}) == "WUG (ρ)"
+    assert report._title("aoa", {"aoa": "pearson"}) == "AoA (r)"
+    assert report._title("blimp", {"blimp": "accuracy"}) == "BLiMP"
 
 
 def test_markdown_marks_best_and_significance():
@@ -136,13 +158,15 @@ def test_csv_cell_escapes_formulas_but_keeps_numbers(value, expected):
 
 def test_scores_long_rows_sorted_and_escaped():
     records = [
-        {"run": "cd-s2", "method": "cd", "seed": 10, "step": 1000, "task": "blimp", "score": 61.5, "task_version": "1"},
-        {"run": "cd-s1", "method": "cd", "seed": 9, "step": 500, "task": "blimp", "score": -0.5, "task_version": "=1+1"},
+        {"run": "cd-s2", "method": "cd", "seed": 10, "step": 1000, "task": "blimp", "score": 61.5,
+         "metric": "accuracy", "task_version": "1"},
+        {"run": "cd-s1", "method": "cd", "seed": 9, "step": 500, "task": "blimp", "score": -0.5,
+         "metric": "accuracy", "task_version": "=1+1"},
     ]
     lines = report.render_scores_long(records).splitlines()
-    assert lines[0] == "run,method,seed,step,task,score,task_version"
-    assert lines[1] == "cd-s1,cd,9,500,blimp,-0.5,'=1+1"
-    assert lines[2] == "cd-s2,cd,10,1000,blimp,61.5,1"
+    assert lines[0] == "run,method,seed,step,task,score,metric,task_version"
+    assert lines[1] == "cd-s1,cd,9,500,blimp,-0.5,accuracy,'=1+1"
+    assert lines[2] == "cd-s2,cd,10,1000,blimp,61.5,accuracy,1"
     with pytest.raises(KeyError, match="task_version"):
         report.render_scores_long([{k: v for k, v in records[0].items() if k != "task_version"}])
 
@@ -151,7 +175,8 @@ def test_write_report_files(tmp_path):
     vectors, points = _hand_example()
     table = report.build_paper_table(vectors, points, tasks=TASKS)
     records = [
-        {"run": f"{m}-{s}", "method": m, "seed": s, "step": st, "task": t, "score": v, "task_version": "1"}
+        {"run": f"{m}-{s}", "method": m, "seed": s, "step": st, "task": t, "score": v, "metric": "x",
+         "task_version": "1"}
         for (m, s, st, t), v in points.items()
     ]
     written = report.write_report(tmp_path, table, records)

@@ -82,7 +82,7 @@ def test_steps_with_the_same_upstream_share_an_array_and_wait_for_exactly_their_
     runs = {by_key[s.inputs["model"]].name for a in evaluate for p in a.packs for s in p}
     assert len(evaluate) == len(runs), "one evaluate array per trained run"
     assert all(len(p) <= 8 for a in evaluate for p in a.packs), "steps_per_job: 8 packs evaluate steps"
-    assert sum(len(a.packs) for a in arrays) == 55 and len(arrays) == 33
+    assert sum(len(a.packs) for a in arrays) == 64 and len(arrays) == 33
 
 
 def test_arrays_split_at_max_array_size_and_dependents_wait_for_every_part():

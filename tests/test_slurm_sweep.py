@@ -100,7 +100,7 @@ def cluster_up():
 
 def test_launcher_submits_everything_and_exits_and_a_relaunch_submits_nothing(slurm_sweep):
     s = slurm_sweep
-    assert "181 submitted in 55 job(s), 33 array(s)" in s["first"].stderr
+    assert "226 submitted in 64 job(s), 33 array(s)" in s["first"].stderr
     assert s["launch_s"] < 60, "the launcher returns after submission"
     assert sum(v in ("queued", "running") for v in s["right_after"].values()) > 100, "it did not wait for the jobs"
     assert "0 submitted in 0 job(s)" in s["again"].stderr and s["ids_after"] == s["ids_before"]
@@ -278,7 +278,8 @@ def test_pretrain_with_two_ranks_from_slurm_runs_deepspeed_across_them(cluster_u
     JobEnvironment and DeepSpeed trains over gloo; only rank 0 writes the receipt."""
     workdir = tmp_path / "work"
     out = launch(workdir, "--until", "pretrain", "pretrain.seeds=[1]", "pretrain.steps=60", "pretrain.checkpoint_every=60",
-                 "pretrain.micro_batch=8", "executor.resources.pretrain.tasks_per_node=2")
+                 "eval.checkpoints=all", "eval.tasks=[blimp]", "pretrain.micro_batch=8",
+                 "executor.resources.pretrain.tasks_per_node=2")
     assert out.returncode == 0, out.stderr[-3000:]
     wait_for("the pretrain steps", lambda: settled(workdir), 600)
     ran = {k: v for k, v in states(workdir).items() if v != "missing"}  # --until pretrain: no retrained runs

@@ -17,7 +17,8 @@ from cdhpc.manifest import Manifest
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
-TASKS = ["blimp", "blimp_supplement", "ewok", "entity_tracking", "wug", "reading", "eye_tracking", "perplexity"]
+TASKS = ["blimp", "blimp_supplement", "ewok", "entity_tracking", "wug", "reading", "eye_tracking", "perplexity",
+         "wug_past", "comps"]
 
 
 def launch(workdir: Path, *args: str, timeout: int = 1500) -> subprocess.CompletedProcess:
@@ -47,6 +48,12 @@ def test_whole_study_prints_the_table_and_writes_every_file(sweep):
     for name in ("paper_table.csv", "paper_table.md", "paper_table.tex", "scores_long.csv", "delta_rel.png", "curves.png"):
         assert (workdir / "results" / name).stat().st_size > 0, name
         assert str(workdir / "results" / name) in out.stdout
+    header = table.splitlines()[0]  # the later BabyLM tasks, metrics named where they could be several
+    assert "WUG (acc.)" in header and "WUG Past (ρ)" in header and "COMPS" in header and "AoA (r)" in header
+    long = (workdir / "results" / "scores_long.csv").read_text().splitlines()
+    assert long[0].split(",")[5:7] == ["score", "metric"]
+    assert any(",aoa," in line and ",pearson," in line for line in long)
+    assert any(",comps," in line for line in long)
 
 
 def test_relaunch_does_nothing_and_prints_the_same_table(sweep):
@@ -103,8 +110,11 @@ def test_every_checkpoint_is_evaluated_on_every_task_and_beats_chance_on_blimp(s
         scores = m.rows("scores")
     runs = {r["run"] for r in scores}
     assert len(runs) == 9
-    assert {(r["run"], r["step"], r["task"]) for r in scores} == {(run, s, t) for run in runs for s in (60, 120) for t in TASKS}
+    assert {(r["run"], r["step"], r["task"]) for r in scores} == \
+        {(run, s, t) for run in runs for s in (60, 120) for t in TASKS} | {(run, 120, "aoa") for run in runs}
     assert all(r["task_version"] and r["data_sha256"] for r in scores)
+    aoa = next(workdir.glob("evaluate/baseline-s1-aoa-*"))  # one step per run over all 4 checkpoints
+    assert {r["step"] for r in json.loads((aoa / "surprisal.json").read_text())["results"]} == {30, 60, 90, 120}
     blimp = [r["score"] for r in scores if r["task"] == "blimp" and r["run"].startswith("baseline") and r["step"] == 120]
     assert min(blimp) > 55.0  # two-way forced choice: chance is 50
 

@@ -1,5 +1,6 @@
-"""cdhpc.toydata: determinism, layout, real BabyLM 2025 schemas, intended (un)grammaticality,
-entity-tracking answers re-derived by an independent simulator, and a reading signal."""
+"""cdhpc.toydata (+ cdhpc.toytasks): determinism, layout, real BabyLM 2025 schemas, intended
+(un)grammaticality, entity-tracking answers re-derived by an independent simulator, a reading signal,
+past-tense/COMPS answers re-derived from the lexicon, and an AoA signal."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.optimize import curve_fit
+from scipy.stats import spearmanr
 
-from cdhpc import toydata
+from cdhpc import toydata, toytasks
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"train_docs": 60, "seed_docs": 20, "test_docs": 20}
@@ -51,7 +54,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):
         toydata.write_toy(tmp_path / name, seed, **SMALL)
     a, b, c = (_hashes(tmp_path / name) for name in "abc")
-    assert a == b and len(a) == 9 + 34
+    assert a == b and len(a) == 9 + 34 + 8
     assert a.keys() == c.keys()
     differ = [k for k in a if a[k] != c[k]]
     assert len(differ) >= len(a) - 2, f"seed change left files identical: {set(a) - set(differ)}"
@@ -70,9 +73,14 @@ def test_layout_matches_babylm_2025(toy):
     for kind in ("full_eval", "fast_eval"):
         assert (ev / kind / "wug_adj_nominalization/wug_adj_nominalization.jsonl").is_file()
         assert (ev / kind / "reading/reading_data.csv").is_file()
+        assert (ev / kind / "wug_past_tense/wug_past_tense.jsonl").is_file()
+    assert {p.name for p in (ev / "full_eval/comps").iterdir()} == {
+        "comps_base.jsonl", "comps_wugs.jsonl", "comps_wugs_dist-before.jsonl", "comps_wugs_dist-in-between.jsonl"}
+    assert {p.name for p in (ev / "full_eval/aoa").iterdir()} == {"cdi_childes.json", "cdi_human.csv"}
+    assert not (ev / "fast_eval/comps").exists() and not (ev / "fast_eval/aoa").exists()
     pairs = [("blimp_filtered", "blimp_fast"), ("supplement_filtered", "supplement_fast"),
              ("ewok_filtered", "ewok_fast"), ("entity_tracking", "entity_tracking_fast"),
-             ("wug_adj_nominalization", "wug_adj_nominalization")]
+             ("wug_adj_nominalization", "wug_adj_nominalization"), ("wug_past_tense", "wug_past_tense")]
     for full, fast in pairs:  # fast sets are non-empty subsets of the full sets
         for path in _full(root, full):
             fast_lines = (ev / "fast_eval" / fast / path.name).read_text().splitlines()
@@ -218,6 +226,135 @@ def test_wug_records(toy):
         assert first.endswith(" " + toydata.nominalize(adj)) and first != second
         assert isinstance(r["ratio"], float) and 0.0 <= r["ratio"] <= 1.0
         assert adj[:-4 if adj.endswith("able") else -3] in toydata.WUG_EVAL_STEMS  # novel stems
+
+
+def _corpus_words(root: Path) -> Counter:
+    return Counter(w.lower().strip(".,?!:") for p in sorted((root / "corpus").rglob("*.txt"))
+                   for w in p.read_text(encoding="utf-8").split())
+
+
+def _expected_past(verb: str) -> tuple[str, str]:
+    """(preferred, other) past of a nonce verb, re-derived from the verb lexicon: the rhyme gang's
+    vowel change where its irregular verbs outnumber its regular ones plus one, else -ed."""
+    rhyme = lambda v: re.search(r"[aeiou]+[^aeiou]*$", v)[0]
+    regular = lambda v: v + ("d" if v.endswith("e") else "ed")
+    r = rhyme(verb)
+    gang = [(v, past) for v, (past, _) in toytasks.PAST_VERBS.items() if rhyme(v) == r]
+    irregular = Counter(past[len(v) - len(r):] for v, past in gang if past != regular(v))
+    if irregular and sum(irregular.values()) > len(gang) - sum(irregular.values()) + 1:
+        return verb[: -len(r)] + irregular.most_common(1)[0][0], regular(verb)
+    return regular(verb), verb[: -len(r)] + {"u": "a", "a": "u", "o": "a", "e": "o"}[r[0]] + r[1:]
+
+
+def test_wug_past_records(toy):
+    root, counts = toy
+    assert all(toytasks.PAST_VERBS[v][0] == past for v, (_, past, _) in toydata.VERBS.items())
+    recs = _jsonl(root / "evaluation_data/full_eval/wug_past_tense/wug_past_tense.jsonl")
+    assert len(recs) == 100 and counts["eval"]["evaluation_data/fast_eval/wug_past_tense/wug_past_tense.jsonl"] == 50
+    ed_share = {True: [], False: []}  # rhymes with an irregular gang -> shares of -ed
+    for r in recs:
+        assert set(r) == {"sentences", "ratio"} and isinstance(r["ratio"], float) and 0.5 <= r["ratio"] <= 1.0
+        cands = r["sentences"].split("\t")
+        verb, first = re.fullmatch(r"Create the past tense of the following verb: (\w+)\. (\w+)", cands[0]).groups()
+        assert verb in toytasks.PAST_EVAL_VERBS and len(cands) == 2
+        assert (first, cands[1].split(". ")[-1]) == _expected_past(verb), r
+        assert cands[1].startswith(f"Create the past tense of the following verb: {verb}. ")
+        irregular = not first.endswith("ed")
+        ed_share[irregular].append(1 - r["ratio"] if irregular else r["ratio"])
+    assert len(ed_share[True]) >= 30 and len(ed_share[False]) >= 30
+    assert max(ed_share[True]) < 0.5 < min(ed_share[False])  # rhyming with sing/sang lowers -ed
+
+
+def test_eval_nonce_words_absent_from_corpus_training_ones_taught(toy):
+    root, _ = toy
+    words = _corpus_words(root)
+    past_forms = {f for v in toytasks.PAST_EVAL_VERBS for f in _expected_past(v)}
+    for w in [*toytasks.PAST_EVAL_VERBS, *past_forms, *toytasks.COMPS_EVAL_WUGS]:
+        assert words[w] == 0, w
+    train = (root / "corpus/train/wiki.txt").read_text(encoding="utf-8")
+    for verb, past in toytasks.PAST_TRAIN_VERBS.items():  # lessons answer with the verb's one past
+        for said in re.findall(rf"following verb: {verb}\. (\w+)", train):
+            assert said == past, (verb, said)
+    assert sum(f"following verb: {v}." in train for v in toytasks.PAST_TRAIN_VERBS) >= 50
+    assert sum(f"Therefore, a {w} " in train for w in toytasks.COMPS_TRAIN_WUGS) >= 12
+    assert "Dogs can bark." in train and "Yesterday " in (root / "corpus/train/stories.txt").read_text()
+
+
+def _bound_concept(prefix: str) -> str:
+    """The concept the prefix's last nonce word (or bare noun) names: 'A wug is a dog. ... a wug'."""
+    if " " not in prefix.removeprefix("A ").removeprefix("An "):
+        return prefix.split()[-1]
+    defs = dict(re.findall(r"An? (\w+) is an? (\w+)\.", prefix))
+    return defs[re.search(r"Therefore, an? (\w+)$", prefix)[1]]
+
+
+def test_comps_records(toy):
+    root, _ = toy
+    uid = {"comps_base": "base", "comps_wugs": "wugs", "comps_wugs_dist-before": "wugs_dist_before",
+           "comps_wugs_dist-in-between": "wugs_dist_in_between"}  # the official reader's mapping
+    for concept, (plural, cls) in toytasks.CONCEPTS.items():  # the table speaks of toy-world words
+        assert toydata.NOUNS[concept][0] == plural if cls in ("animal", "person") else concept in toydata.THINGS
+    fields = {"id", "property", "acceptable_concept", "unacceptable_concept", "negative_sample_type",
+              "similarity", "prefix_acceptable", "prefix_unacceptable", "property_phrase", "distraction_type"}
+    paths = _full(root, "comps")
+    assert sorted(uid) == [p.stem for p in paths]
+    for path in paths:
+        recs = _jsonl(path)
+        assert 50 <= len(recs) <= 100 and uid[path.stem]
+        for r in recs:
+            assert set(r) == fields | ({"nonsense_words"} if "wugs" in path.stem else set()), r
+            assert r["property_phrase"] == r["property"] + "." and 0.0 <= r["similarity"] <= 1.0
+            good, bad = _bound_concept(r["prefix_acceptable"]), _bound_concept(r["prefix_unacceptable"])
+            assert (good, bad) == (r["acceptable_concept"], r["unacceptable_concept"]), r
+            assert good in toytasks.PROPERTIES[r["property"]] and bad not in toytasks.PROPERTIES[r["property"]]
+            if "wugs" in path.stem:
+                assert r["prefix_acceptable"].count(". ") == (1 if r["distraction_type"] == "none" else 2)
+                assert set(r["nonsense_words"]) <= set(toytasks.COMPS_EVAL_WUGS)
+            if "dist" in path.stem:  # both prefixes name both concepts; only the binding differs
+                assert sorted(r["prefix_acceptable"].split()) == sorted(r["prefix_unacceptable"].split())
+
+
+def _child_aoa(ages: np.ndarray, props: np.ndarray) -> float | None:
+    """Age (months) where a 4-parameter sigmoid fitted as the official evaluator does crosses 0.5."""
+    sigmoid = lambda x, a, b, c, d: a / (1 + np.exp(-b * (x - c))) + d
+    try:
+        (a, b, c, d), _ = curve_fit(sigmoid, ages, props, p0=[1, 0.5, ages.mean(), 0], maxfev=10_000,
+                                    bounds=([0, 0, ages[0], -0.5], [2, 1, ages[-1], 0.5]))
+    except RuntimeError:
+        return None
+    ratio = a / (0.5 - d) if d < 0.5 else 0.0
+    return c - math.log(ratio - 1) / b if ratio > 1 and b > 0 else None
+
+
+def test_aoa_files(toy):
+    root, _ = toy
+    aoa = root / "evaluation_data/full_eval/aoa"
+    words = json.loads((aoa / "cdi_childes.json").read_text(encoding="utf-8"))
+    assert 50 <= len(words) <= 70 and all(len(w) > 1 for w in words)
+    docs = "\n".join(line for doc in toydata.aoa_docs(0) for line in doc)
+    for word, entries in words.items():
+        assert 1 <= len(entries) <= 8
+        for e in entries:
+            stats = e["word_in_context_stats"]
+            assert set(stats) == {"count", "frequency", "log_freq_per_million"} and isinstance(stats["count"], int)
+            assert e["context"].strip() and f"{e['context'].strip()} {word}" in docs, (word, e)
+    with open(aoa / "cdi_human.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["word"] + [str(a) for a in range(16, 31)]
+    assert sorted(r[0] for r in rows[1:]) == sorted(words)
+    table = np.array([[float(x) if x else np.nan for x in r[1:]] for r in rows[1:]])
+    assert np.nanmin(table) >= 0.0 and np.nanmax(table) <= 1.0 and np.isnan(table).sum() <= 10
+    means = np.nanmean(table, axis=0)
+    assert means[-1] - means[0] > 0.5 and np.corrcoef(means, np.arange(len(means)))[0, 1] > 0.9
+    ages, child = np.arange(16, 31, dtype=float), []
+    train = Counter(w.lower().strip(".,?!:") for p in (root / "corpus/train").glob("*.txt")
+                    for w in p.read_text(encoding="utf-8").split())
+    for r, props in zip(rows[1:], table):
+        ok = ~np.isnan(props)
+        child.append((_child_aoa(ages[ok], props[ok]), math.log(train[r[0]])))
+    fitted = [(a, f) for a, f in child if a is not None and 17 <= a <= 29]
+    assert len(fitted) >= 0.9 * len(child)
+    assert spearmanr(*zip(*fitted))[0] < -0.3  # frequent words: earlier child AoA
 
 
 def _r2(cols: list[np.ndarray], y: np.ndarray) -> float:

@@ -213,7 +213,8 @@ def test_tui_in_tmux_follows_a_running_sweep(tmp_path):
     launch = subprocess.Popen(
         [sys.executable, "-m", "cdhpc.launch", str(ROOT / "configs" / "tiny.yaml"), f"workdir={workdir}",
          "pretrain.steps=20", "pretrain.checkpoint_every=10", "methods.cd-early-60.amateur.step=10",
-         "methods.cd-early-60-top-k-50.amateur.step=10", "eval.tasks=[blimp]", "retrain.seeds=[1]", "--until", "pretrain"],
+         "methods.cd-early-60-top-k-50.amateur.step=10", "eval.tasks=[blimp]", "eval.checkpoints=all", "retrain.seeds=[1]",
+         "--until", "pretrain"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     session = f"cdhpc-tui-{os.getpid()}"
     try:

@@ -46,10 +46,13 @@ def make_pairs(rng: Any, words: list[str], n: int) -> list[tuple[str, str]]:
 
 
 def build(device: str, seed: int = 0) -> tuple[Any, Any, list[str]]:
-    """A random-init Llama of the device's preset and a word-level tokenizer over pseudo-words."""
+    """A random-init Llama of the device's preset and a word-level tokenizer over pseudo-words
+    that adds a BOS, as this project's tokenizers do (so the official scoring rule, our default,
+    scores every word, as the reference does)."""
     import numpy as np
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
+    from tokenizers.processors import TemplateProcessing
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     cfg = PRESETS[device]
@@ -57,6 +60,7 @@ def build(device: str, seed: int = 0) -> tuple[Any, Any, list[str]]:
     vocab = {t: i for i, t in enumerate(["<unk>", "<s>", "</s>", "<pad>", "."] + words)}
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>",
                                   unk_token="<unk>", pad_token="<pad>")
     torch.manual_seed(seed)
@@ -124,7 +128,7 @@ def token_counts(tok: Any, pairs: list[tuple[str, str]], reqs: list[Any], batch_
     lens = [[len(tok(p[c], add_special_tokens=False)["input_ids"]) for c in range(2)] for p in pairs]
     ref = sum(len(lens[s:s + 64]) * max(x[c] for x in lens[s:s + 64])
               for s in range(0, len(pairs), 64) for c in range(2))
-    rows = pack_requests(tok, reqs, tok.bos_token_id)
+    rows = pack_requests(tok, reqs)
     ours = sum(len(b) * len(b[0].ids) for b in plan_batches(rows, batch_size))
     return {"ref_tokens_per_pair": ref / len(pairs), "our_tokens_per_pair": ours / len(pairs),
             "our_head_rows_per_pair": sum(len(np.unique(r.pair_nodes)) for r in rows) / len(pairs)}

@@ -16,10 +16,25 @@ TASK_NAMES = (
     "ewok",
     "entity_tracking",
     "wug",
+    "wug_past",
+    "comps",
     "reading",
     "eye_tracking",
+    "aoa",
     "perplexity",
 )
+SCORING = ("official", "joint")
+"""Which tokens are scored (docs/evaluation.md): the official pipeline's rules, or ours."""
+WUG_METRICS = ("spearman", "accuracy")
+"""The `wug` task's metric: Spearman's rho with the human ratio (official), or the paper's accuracy."""
+_METRICS = {"wug_past": "spearman", "comps": "accuracy", "reading": "delta_r2",
+            "eye_tracking": "delta_r2", "aoa": "pearson", "perplexity": "perplexity"}
+
+
+def task_metric(task: str, wug_metric: str = "spearman") -> str:
+    """The metric a task's score is in: accuracy (%), spearman, pearson, delta_r2 (%) or
+    perplexity; `wug` takes `wug_metric`."""
+    return wug_metric if task == "wug" else _METRICS.get(task, "accuracy")
 
 
 def get_task(name: str) -> Task:

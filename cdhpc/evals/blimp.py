@@ -1,4 +1,8 @@
-"""BLiMP (filtered): good vs bad sentence, each scored whole given BOS; UID = the `UID` field."""
+"""BLiMP (filtered): good vs bad sentence, each scored whole; UID = the `UID` field.
+
+Options (cdhpc.evals.engine): scoring ``official`` (default) scores the tokens the tokenizer
+makes, a sentence's first token unscored where the tokenizer adds no BOS; ``joint`` prepends BOS
+and scores every token. Identical for tokenizers that add a BOS (this project's own)."""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from typing import Any
 
 from cdhpc.evals.task import ChoiceItem, Task
 
-VERSION = "blimp-2025.1"
+VERSION = "blimp-2025.2"  # 2: the official scoring rule (tokenizer-decided BOS) by default
 
 
 def parse(record: dict[str, Any], path: Path) -> ChoiceItem:

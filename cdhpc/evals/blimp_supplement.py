@@ -1,4 +1,5 @@
-"""BLiMP supplement: good vs bad sentence, each scored whole; UID = file stem (no `field`)."""
+"""BLiMP supplement: good vs bad sentence, each scored whole; UID = file stem (no `field`).
+Scoring options as BLiMP's (cdhpc.evals.blimp)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 from cdhpc.evals.task import ChoiceItem, Task
 
-VERSION = "blimp_supplement-2025.1"
+VERSION = "blimp_supplement-2025.2"  # 2: the official scoring rule (tokenizer-decided BOS) by default
 
 
 def parse(record: dict[str, Any], path: Path) -> ChoiceItem:

@@ -4,7 +4,6 @@ Pure apart from reading the data files; scores come from the engine."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,8 @@ def prediction_rows(items: list[ChoiceItem], scores: list[float]) -> list[dict[s
     """One row per item: uid, item_id (`<uid>_<n>`, as the official ids), scores, pred, correct.
     pred is the first argmax (torch.max's tie rule), so a tie counts as correct."""
     rows, seen, k = [], {}, 0
-    for item in items:
+    probs = first_probs(items, scores)
+    for item, prob in zip(items, probs):
         n = len(item.continuations)
         cand = scores[k:k + n]
         k += n
@@ -52,17 +52,35 @@ def prediction_rows(items: list[ChoiceItem], scores: list[float]) -> list[dict[s
         row = {"uid": item.uid, "item_id": f"{item.uid}_{idx}", "scores": cand, "pred": pred,
                "correct": pred == 0}
         if item.ratio is not None:
-            row["prob"] = p_first(cand)
+            row["prob"] = prob
             row["ratio"] = item.ratio
         rows.append(row)
     return rows
 
 
-def p_first(scores: list[float]) -> float:
-    """Probability of candidate 0 under a softmax over the candidates' log-probs."""
-    top = max(scores)
-    exp = [math.exp(s - top) for s in scores]
-    return exp[0] / sum(exp)
+def first_probs(items: list[ChoiceItem], scores: list[float]) -> list[float | None]:
+    """P(candidate 0) of each item with a human ratio (WUG), None for the others: a float32
+    softmax over the item's candidate log-probs, as the official pipeline computes it (its
+    rounding to exactly 1.0 is part of the official Spearman: tied ranks)."""
+    import numpy as np
+
+    out: list[float | None] = [None] * len(items)
+    k = 0
+    groups: dict[int, list[tuple[int, int]]] = {}
+    for i, item in enumerate(items):
+        n = len(item.continuations)
+        if item.ratio is not None:
+            groups.setdefault(n, []).append((i, k))
+        k += n
+    if groups:
+        import torch
+
+        for n, members in groups.items():
+            block = np.array([scores[k:k + n] for _, k in members], dtype=np.float32)
+            probs = torch.softmax(torch.from_numpy(block), dim=1)[:, 0].tolist()
+            for (i, _), p in zip(members, probs):
+                out[i] = p
+    return out
 
 
 def accuracy_by(rows: list[dict[str, Any]], keys: list[str]) -> dict[str, float]:
@@ -76,7 +94,7 @@ def accuracy_by(rows: list[dict[str, Any]], keys: list[str]) -> dict[str, float]
 
 
 def spearman(rows: list[dict[str, Any]]) -> float:
-    """Spearman's rho between P(candidate 0 | item) and the human `ratio` (later pipeline)."""
+    """Spearman's rho between P(candidate 0 | item) and the human `ratio` (official WUG metric)."""
     from scipy.stats import spearmanr
 
     return float(spearmanr([r["prob"] for r in rows], [r["ratio"] for r in rows])[0])

@@ -10,6 +10,16 @@ from pathlib import Path
 from typing import Any
 
 
+# pandas.read_csv's default missing-value strings: the official readers see such a cell as NaN
+PANDAS_NA = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
+                       "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"})
+
+
+def is_na(value: str | None) -> bool:
+    """Whether pandas would read this CSV cell as missing."""
+    return value is None or value in PANDAS_NA
+
+
 class EvalDataError(ValueError):
     """A malformed evaluation file: the message names the file, line and field and what is allowed."""
 
@@ -64,9 +74,10 @@ def read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
 
 
 def parse_float(value: str, path: Path, line_no: int, column: str) -> float:
-    """A CSV/JSON number; empty or NA/NaN become NaN (as pandas reads them), anything else fails."""
+    """A CSV/JSON number; a missing cell (PANDAS_NA, surrounding spaces aside) is NaN, as pandas
+    reads it; anything else that is not a number fails."""
     text = str(value).strip()
-    if text in ("", "NA", "NaN", "nan", "N/A", "None", "null"):
+    if text in PANDAS_NA:
         return float("nan")
     try:
         return float(text)

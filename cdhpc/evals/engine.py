@@ -1,16 +1,23 @@
-"""The scoring engine: log P(continuation | BOS + context) for many requests, fast and exact.
+"""The scoring engine: log P(continuation | context) for many requests, fast and exact.
 
-Every request is tokenized as one string (context + continuation, BOS first) and scored on the
-tokens whose character span ends inside the continuation, as the BabyLM 2025 pipeline does
-(`phrase_mask`: offset end > len(context)). The sum of those token log-probs is the score.
+Which tokens are scored follows a `scoring` rule (docs/evaluation.md):
+- ``official`` (the default), the BabyLM 2025 pipeline's causal rule: the text context +
+  continuation is tokenized as the tokenizer does it, special tokens included (a BOS only where
+  the tokenizer adds one); position 0 is never scored (nothing predicts it); a later token is
+  scored when its character span ends past len(context) + the first token's start offset
+  (`phrase_mask` of the official dataset.py).
+- ``joint``, our rule: BOS + the text without the tokenizer's special tokens, every token ending
+  inside the continuation scored (the first word of a sentence counts too, whatever the tokenizer).
+Token-level requests (`score_sequences`) take ready-made ids and a scored mask; the official
+reading rule builds those (cdhpc.evals.reading).
 
 Why it is fast, with the same numbers as one-string-at-a-time scoring:
 - all requests are tokenized in one call, sorted by token ids and merged, neighbour by neighbour,
-  into token tries of a bounded size (`row_tokens`): each trie is one packed row, so every shared
-  prefix (the BOS, a BLiMP pair's common start, an EWoK or entity-tracking context, the earlier
-  words of a reading text, and whatever prefixes different items happen to share) runs once; each
-  token attends to its ancestors only and its RoPE position is its depth, so every branch sees
-  exactly what it would see alone;
+  into token tries of a bounded size (`row_tokens`): each trie (a forest when sequences start with
+  different tokens) is one packed row, so every shared prefix (the BOS, a BLiMP pair's common
+  start, an EWoK or entity-tracking context, the earlier words of a reading text, and whatever
+  prefixes different items happen to share) runs once; each token attends to its ancestors only
+  and its RoPE position is its depth, so every branch sees exactly what it would see alone;
 - rows are sorted by length and batched, so padding is small;
 - the output head runs once per distinct predicting token (a branch point predicts all of its
   children from one row of logits), in bounded row chunks normalised in fp32 and gathered at the
@@ -28,6 +35,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from cdhpc.evals import SCORING
 
 ROW_TOKENS = 64  # trie nodes per packed row before a new row starts (one sequence may exceed it)
 
@@ -68,28 +77,42 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def encode_requests(tokenizer: Any, requests: list[ScoreRequest], bos_id: int) -> tuple[Any, Any]:
-    """(requests x width) token ids of BOS + context + continuation, -1 past each end (one
-    tokenizer call for all), and the mask of the scored tokens (never the BOS)."""
+def encode_requests(tokenizer: Any, requests: list[ScoreRequest], scoring: str = "official",
+                    ) -> tuple[Any, Any]:
+    """(requests x width) token ids of each request's text, -1 past each end (one tokenizer call
+    for all), and the mask of the scored tokens, under the `scoring` rule (module docstring)."""
     import numpy as np
 
+    if scoring not in SCORING:
+        raise ValueError(f"scoring {scoring!r}: allowed are {', '.join(SCORING)}")
+    official = scoring == "official"
+    if not official and tokenizer.bos_token_id is None:
+        raise ValueError("scoring 'joint' prepends BOS but the tokenizer has no bos_token; "
+                         "use scoring 'official' or set bos_token")
     n = len(requests)
     with _gc_paused():
-        enc = tokenizer([r.context + r.continuation for r in requests], add_special_tokens=False,
+        enc = tokenizer([r.context + r.continuation for r in requests], add_special_tokens=official,
                         return_offsets_mapping=True)
         lens = np.fromiter(map(len, enc["input_ids"]), dtype=np.int64, count=n)
         total = int(lens.sum())
         ids = np.fromiter(chain.from_iterable(enc["input_ids"]), dtype=np.int64, count=total)
         ends = np.fromiter((end for offsets in enc["offset_mapping"] for _, end in offsets),
                            dtype=np.int64, count=total)
-    context = np.fromiter((len(r.context) for r in requests), dtype=np.int64, count=n)
-    width = int(lens.max(initial=0)) + 1
-    inside = np.arange(width - 1)[None, :] < lens[:, None]
+        first = np.fromiter((offsets[0][0] if offsets else 0 for offsets in enc["offset_mapping"]),
+                            dtype=np.int64, count=n)
+    threshold = np.fromiter((len(r.context) for r in requests), dtype=np.int64, count=n)
+    lead = 0 if official else 1  # joint: a BOS column in front of the text's tokens
+    if official:
+        threshold += first  # the official phrase mask shifts by the first token's start offset
+    width = int(lens.max(initial=0)) + lead
+    inside = np.arange(width - lead)[None, :] < lens[:, None]
     full = np.full((n, width), -1, dtype=np.int64)
-    full[:, 0] = bos_id
-    full[:, 1:][inside] = ids
     scored = np.zeros((n, width), dtype=bool)
-    scored[:, 1:][inside] = ends > np.repeat(context, lens)
+    if not official:
+        full[:, 0] = tokenizer.bos_token_id
+    full[:, lead:][inside] = ids
+    scored[:, lead:][inside] = ends > np.repeat(threshold, lens)
+    scored[:, 0] = False  # nothing predicts the first token
     return full, scored
 
 
@@ -109,21 +132,29 @@ def _row_starts(lengths: Any, shared: Any, row_tokens: int) -> Any:
     return starts
 
 
-def pack_requests(tokenizer: Any, requests: list[ScoreRequest], bos_id: int,
+def pack_requests(tokenizer: Any, requests: list[ScoreRequest], scoring: str = "official",
                   row_tokens: int = ROW_TOKENS) -> list[PackedRow]:
-    """Encode every request and merge them into tries of about `row_tokens` nodes. A request's
-    path is the tokens that condition a scored token (BOS first). Paths are sorted, so the nodes a
+    """Encode every request (`encode_requests`) and pack them (`pack_sequences`)."""
+    return pack_sequences(*encode_requests(tokenizer, requests, scoring), row_tokens)
+
+
+def pack_sequences(full: Any, scored: Any, row_tokens: int = ROW_TOKENS) -> list[PackedRow]:
+    """Merge token sequences ((n x width) ids, -1 past each end; the scored mask) into tries of
+    about `row_tokens` nodes; a sequence with nothing scored is left out (its score is 0). A
+    sequence's path is the tokens that condition a scored token. Paths are sorted, so the nodes a
     path shares with any earlier path of its row are those it shares with the previous path
     (sorted strings: LCP(i, k) <= LCP(k-1, k) for i < k), and the nodes come out in depth-first
-    order; the build is array arithmetic on the (paths x depth) grid."""
+    order; the build is array arithmetic on the (paths x depth) grid. Member request indices
+    refer to the rows of `full`."""
     import numpy as np
 
-    if not requests:
+    keep = np.flatnonzero(scored.any(axis=1))
+    if not len(keep):
         return []
-    full, scored = encode_requests(tokenizer, requests, bos_id)
+    full, scored = full[keep], scored[keep]
     n, width = full.shape
-    # path length: up to the last scored token (exclusive); just the BOS when nothing is scored
-    lengths = np.where(scored.any(axis=1), width - 1 - scored[:, ::-1].argmax(axis=1), 1)
+    # path length: up to the last scored token (exclusive)
+    lengths = width - 1 - scored[:, ::-1].argmax(axis=1)
     depth = np.arange(width)
     path = np.where(depth[None, :] < lengths[:, None], full, -1)
     order = np.lexsort(path.T[::-1])  # lexicographic, a prefix before its extensions
@@ -132,7 +163,7 @@ def pack_requests(tokenizer: Any, requests: list[ScoreRequest], bos_id: int,
     same[1:, :width] = (path[1:] == path[:-1]) & (path[1:] >= 0)
     shared = np.argmin(same, axis=1)  # leading nodes shared with the previous path
     starts = _row_starts(lengths, shared, row_tokens)
-    shared[starts] = 0  # a new row shares nothing, not even the BOS
+    shared[starts] = 0  # a new row shares nothing, not even a BOS
     created = (depth[None, :] >= shared[:, None]) & (depth[None, :] < lengths[:, None])
     node = np.cumsum(created.ravel()).reshape(n, width) - 1  # node ids in creation order
     node = np.maximum.accumulate(np.where(created, node, -1), axis=0)  # shared: from the path above
@@ -143,10 +174,10 @@ def pack_requests(tokenizer: Any, requests: list[ScoreRequest], bos_id: int,
     pair_node, pair_target = np.divmod(pair_key, span)
     node_ids = full[created]
     node_depths = np.broadcast_to(depth, (n, width))[created]
-    node_cut = np.append(node[starts, 0], len(node_ids))  # each row's BOS, then the end
+    node_cut = np.append(node[starts, 0], len(node_ids))  # each row's first root, then the end
     pair_cut = np.searchsorted(pair_node, node_cut)
     by_pair = np.argsort(member_pair, kind="stable")
-    member_pair, member_req = member_pair[by_pair], order[pk[by_pair]]
+    member_pair, member_req = member_pair[by_pair], keep[order[pk[by_pair]]]
     member_cut = np.searchsorted(member_pair, pair_cut)
     return [PackedRow(node_ids[n0:n1], node_depths[n0:n1], pair_node[p0:p1] - n0,
                       pair_target[p0:p1], member_req[m0:m1], member_pair[m0:m1] - p0)
@@ -175,8 +206,9 @@ def plan_batches(rows: list[PackedRow], batch_size: int,
 def _batch_tensors(batch: list[PackedRow], pad_id: int, dtype: Any) -> tuple[Any, Any, Any]:
     """input ids, position ids and the additive (B, 1, T, T) ancestor mask of one batch. In
     depth-first order node i's subtree is i..end_i - 1, end_i the first later node no deeper than
-    i: a node sees exactly its ancestors and itself. Padding (depth 0) ends every subtree and sees
-    the BOS and itself, so no softmax row is empty (its output is unused)."""
+    i: a node sees exactly its ancestors and itself (a root at depth 0 ends the previous tree, so
+    a row may hold a forest). Padding (depth 0) ends every subtree and sees itself only, so no
+    softmax row is empty (its output is unused)."""
     import numpy as np
     import torch
 
@@ -190,7 +222,6 @@ def _batch_tensors(batch: list[PackedRow], pad_id: int, dtype: Any) -> tuple[Any
     ends = (t[None, None, :] > t[None, :, None]) & (depth[:, None, :] <= depth[:, :, None])  # [b, i, j]
     end = np.where(ends.any(axis=2), ends.argmax(axis=2), width)  # [b, i]
     allowed = (t[None, None, :] <= t[None, :, None]) & (t[None, :, None] < end[:, None, :])  # [b, j, i]
-    allowed[:, :, 0] = True
     mask = np.where(allowed[:, None], np.float32(0), np.float32(torch.finfo(dtype).min))
     return torch.from_numpy(ids), torch.from_numpy(depth), torch.from_numpy(mask).to(dtype)
 
@@ -247,33 +278,39 @@ def _to_device(x: Any, device: str) -> Any:
 
 
 def _head_budget(device: str) -> int:
-    """Logit elements alive at once: small on CPU (cache-friendly), large on GPU."""
-    return 1 << 20 if device == "cpu" else 1 << 26
+    """Logit elements alive at once (16 MB of fp32 on CPU: in an interleaved measurement, 4M
+    beat 1M by 1.6x on the head, larger chunks were slower again); large on GPU."""
+    return 1 << 22 if device == "cpu" else 1 << 26
 
 
 def score_candidates(model: Any, tokenizer: Any, requests: list[ScoreRequest], *,
-                     batch_size: int = 64, device: str = "cpu",
+                     scoring: str = "official", batch_size: int = 64, device: str = "cpu",
                      row_tokens: int = ROW_TOKENS) -> list[float]:
-    """log P(continuation | BOS + context) of each request: the SUM of the log-probs (nats) of
-    the tokens covering the continuation, no length normalisation. Same order as `requests`.
+    """log P(continuation | context) of each request: the SUM of the log-probs (nats) of the
+    tokens the `scoring` rule scores, no length normalisation. Same order as `requests`.
     `batch_size` is in packed rows (of about `row_tokens` tokens each)."""
+    if not requests:
+        return []
+    full, scored = encode_requests(tokenizer, requests, scoring)
+    return score_sequences(model, full, scored, batch_size=batch_size, device=device,
+                           row_tokens=row_tokens)
+
+
+def score_sequences(model: Any, full: Any, scored: Any, *, batch_size: int = 64,
+                    device: str = "cpu", row_tokens: int = ROW_TOKENS) -> list[float]:
+    """Sum of the log-probs (nats) of the scored tokens of each sequence ((n x width) token ids,
+    -1 past each end; `scored` the (n x width) mask, never position 0). Same order as the rows."""
     import numpy as np
     import torch
 
-    bos_id = tokenizer.bos_token_id
-    if bos_id is None:
-        raise ValueError("tokenizer has no bos_token; scoring prepends BOS (set bos_token, e.g. <s>)")
-    if not requests:
-        return []
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else bos_id
+    rows = pack_sequences(full, scored, row_tokens)
     base = getattr(model, model.base_model_prefix)
     head = model.get_output_embeddings()
     dtype = next(model.parameters()).dtype
-    rows = pack_requests(tokenizer, requests, bos_id, row_tokens)
-    scores = torch.zeros(len(requests), dtype=torch.float32, device=device)
+    scores = torch.zeros(len(full), dtype=torch.float32, device=device)
     with torch.inference_mode():
         for batch in plan_batches(rows, batch_size, row_tokens):
-            ids, pos, mask = _batch_tensors(batch, pad_id, dtype)
+            ids, pos, mask = _batch_tensors(batch, 0, dtype)  # padding sees only itself: any id
             width = ids.shape[1]
             pair_base = np.cumsum([0] + [len(r.pair_nodes) for r in batch[:-1]])
             flat = np.concatenate([b * width + r.pair_nodes for b, r in enumerate(batch)])
@@ -313,14 +350,25 @@ def block_losses(model: Any, blocks: Any, *, batch_size: int = 8, device: str = 
     return torch.cat(out).cpu().tolist() if out else []
 
 
-def load_model(model_dir: Path, device: str) -> tuple[Any, Any]:
-    """An HF causal LM directory and its tokenizer: bf16 on GPU, fp32 on CPU, in eval mode."""
+DTYPES = ("float32", "bfloat16")
+
+
+def load_model(model_dir: Path, device: str, dtype: str = "float32") -> tuple[Any, Any]:
+    """An HF causal LM directory and its tokenizer, in eval mode. float32 is what the official
+    pipeline computes in (transformers loads float32 unless told otherwise); bfloat16 is our
+    faster option for GPUs. Raises EvalDataError for a missing directory."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from cdhpc.evals.data import EvalDataError
+
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise ValueError(f"device {device!r}: allowed are cpu, cuda, cuda:N")
-    dtype = torch.float32 if device == "cpu" else torch.bfloat16
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r}: allowed are {', '.join(DTYPES)}")
+    if not Path(model_dir).is_dir():
+        raise EvalDataError(f"{model_dir}: no such model directory (expected an HF causal LM "
+                            "folder with config.json, weights and tokenizer files)")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     return model, tokenizer

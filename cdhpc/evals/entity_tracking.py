@@ -1,5 +1,6 @@
 """Entity tracking: input_prefix + option, option scored; UID = `<file stem>_<numops>_ops`;
-score = mean over splits of the mean over that split's UIDs (official averaging)."""
+score = mean over splits of the mean over that split's UIDs (official averaging). Scoring options
+as EWoK's (cdhpc.evals.ewok)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 from cdhpc.evals.choice import ENTITY_SPLITS, entity_tracking_score
 from cdhpc.evals.task import ChoiceItem, Task
 
-VERSION = "entity_tracking-2025.1"
+VERSION = "entity_tracking-2025.2"  # 2: the official scoring rule (tokenizer-decided BOS) by default
 
 
 def parse(record: dict[str, Any], path: Path) -> ChoiceItem:

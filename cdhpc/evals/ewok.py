@@ -1,4 +1,6 @@
-"""EWoK (filtered): Context1 + " " + Target1/Target2, only " " + Target scored; UID = Domain."""
+"""EWoK (filtered): Context1 + " " + Target1/Target2, only " " + Target scored; UID = Domain.
+Scoring options (official, joint) score the same target tokens; they differ only in whether a
+BOS the tokenizer does not add conditions the context (joint)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from typing import Any
 
 from cdhpc.evals.task import ChoiceItem, Task
 
-VERSION = "ewok-2025.1"
+VERSION = "ewok-2025.2"  # 2: the official scoring rule (tokenizer-decided BOS) by default
 
 # optional report categories of the official reader (record field -> report section)
 _EXTRA = {"ContextType": "context_type", "ContextDiff": "context_contrast",

@@ -1,130 +1,168 @@
-"""Reading (self-paced reading) and eye tracking: per-word surprisal and OLS delta-R^2.
+"""Reading (self-paced reading) and eye tracking: per-word surprisal, then the OLS scores of
+cdhpc.evals.regression. Both tasks read `reading/reading_data.csv` and write the official
+reading/ folder (prediction.jsonl, predictions.json, correlations.txt, predictive_power.jsonl,
+predictive_power_spillover.jsonl, report.txt with both scores); a task's score is its line.
 
-Surprisal of a word = -log P(" " + word | BOS + item) in nats, where `item` is the text before the
-word (the official reader passes `item` as the context); a multi-token word is the chain of its
-pieces scored jointly, with the spacing the text has. The official reader instead re-tokenizes
-item + decode(piece) per piece (losing the space) and uses the literal context "None" where pandas
-reads `item` as NaN: **quirks** not reproduced. `prev_word` is scored the same way given
-`prev_item` (NaN where prev_item is empty).
-
-Scores (as the 2025 pipeline's reading/run.py): for each measure, 100 * (R2_model - R2_base) /
-(1 - R2_base), OLS with intercept. Eye tracking: base = Subtlex_log10, length, context_length and
-their pairwise interactions, mean over RTfirstfix, RTfirstpass, RTgopast, RTrightbound.
-Self-paced reading: base adds prev_length and prev surprisal, all pairwise interactions of the five.
+Surprisal of `word` after `item` (the text before it), nats, under the `scoring` option:
+- ``official`` (default; reading/evaluation_functions.py `get_p2`, causal): `item` is tokenized as
+  the tokenizer does it (a BOS only where it adds one) and the word's first token is the first id of
+  `tokenizer(word)` -- the word alone, no leading space. A word of several tokens is scored piece by
+  piece: piece k >= 1 is predicted after re-tokenizing `item + decode(piece 0) + ... +
+  decode(piece k-1)`, and its id is the first id of `tokenizer(decode(piece k))`. An empty `item`
+  (pandas reads it as NaN) is the literal text "None". Probabilities are float32 softmaxes, as there.
+- ``joint`` (ours): -log P(" " + word | BOS + item), the word's tokens scored together with the
+  spacing the text has; an empty item is no context at all.
+`prev_word` given `prev_item` is scored the same way (NaN where prev_item is empty), for every row.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
-from cdhpc.evals.data import parse_float, read_csv
+from cdhpc.evals.data import EvalDataError, is_na, parse_float, read_csv
 from cdhpc.evals.engine import ScoreRequest
+from cdhpc.evals.regression import BASE_EYE, EYE_MEASURES, SPR_MEASURE, VARIABLES, reading_scores
 from cdhpc.evals.task import Task
 
-VERSION = "reading-2025.1"
+VERSION = "reading-2025.2"  # 2: official per-piece scoring by default, official side files
 
-EYE_MEASURES = ("RTfirstfix", "RTfirstpass", "RTgopast", "RTrightbound")
-SPR_MEASURES = ("self_paced_reading_time",)
-BASE_EYE = ("Subtlex_log10", "length", "context_length")
-BASE_SPR = BASE_EYE + ("prev_length", "prev_surprisal")
 REQUIRED_EYE = ("item", "word") + BASE_EYE + EYE_MEASURES
-REQUIRED_SPR = ("item", "word", "prev_item", "prev_word") + BASE_EYE + ("prev_length",) + SPR_MEASURES
+REQUIRED_SPR = ("item", "word", "prev_item", "prev_word") + BASE_EYE + ("prev_length", SPR_MEASURE)
+TEXT_COLUMNS = ("item", "word", "prev_item", "prev_word")
 
 
-def word_request(item: str, word: str) -> ScoreRequest:
-    """P(word | item): the word follows the item after one space (none for an empty item)."""
+def load_rows(path: Path, kind: str) -> tuple[list[dict[str, str]], dict[str, np.ndarray]]:
+    """Raw rows and the numeric columns (float arrays, NaN where missing) of the reading CSV: the
+    required ones and whichever of the official ERP measures are present."""
+    required = REQUIRED_EYE if kind == "eye_tracking" else REQUIRED_SPR
+    rows = read_csv(path, required)
+    header = rows[0].keys()
+    numeric = [c for c in dict.fromkeys(required + VARIABLES + ("prev_length",))
+               if c in header and c not in TEXT_COLUMNS]
+    columns = {c: np.array([parse_float(r[c], path, i + 2, c) for i, r in enumerate(rows)])
+               for c in numeric}
+    for i, r in enumerate(rows):
+        if is_na(r["word"]):
+            raise EvalDataError(f"{path}:{i + 2}: column 'word' is empty or NA ({r['word']!r}); "
+                                "every row needs the word it times")
+    return rows, columns
+
+
+def word_pairs(rows: list[dict[str, str]], scoring: str) -> tuple[list[tuple[str, str]], list[int], list[int]]:
+    """Distinct (context, word) pairs and, per row, the index of its word's pair and of its
+    previous word's (-1: no previous word). Official: an empty item is the text "None"."""
+    index: dict[tuple[str, str], int] = {}
+
+    def ref(item: str | None, word: str) -> int:
+        context = ("None" if scoring == "official" else "") if is_na(item) else item
+        return index.setdefault((context, word), len(index))
+
+    word_idx = [ref(r["item"], r["word"]) for r in rows]
+    prev_idx = [-1 if is_na(r.get("prev_item")) or is_na(r.get("prev_word")) else ref(r["prev_item"], r["prev_word"])
+                for r in rows]
+    return list(index), word_idx, prev_idx
+
+
+def joint_request(item: str, word: str) -> ScoreRequest:
+    """P(word | item), joint rule: the word follows the item after one space (none for an empty item)."""
     sep = "" if not item or item.endswith(" ") else " "
     return ScoreRequest(item, sep + word)
 
 
-def load_rows(path: Path, kind: str) -> tuple[list[dict[str, str]], dict[str, np.ndarray]]:
-    """Raw rows and the numeric columns (float arrays, NaN where empty) of the reading CSV."""
-    required = REQUIRED_EYE if kind == "eye_tracking" else REQUIRED_SPR
-    rows = read_csv(path, required)
-    numeric = [c for c in required if c not in ("item", "word", "prev_item", "prev_word")]
-    columns = {c: np.array([parse_float(r[c], path, i + 2, c) for i, r in enumerate(rows)])
-               for c in numeric}
-    return rows, columns
+def official_sequences(tokenizer: Any, pairs: list[tuple[str, str]]) -> tuple[Any, Any, np.ndarray]:
+    """The official per-piece requests of every pair as token sequences: (n x width) ids (-1 past
+    each end; each is tokenizer(context) + [target]), the scored mask (the last token only), and
+    the pair each sequence belongs to. Four tokenizer calls in all."""
+    words = tokenizer([w for _, w in pairs], add_special_tokens=False)["input_ids"]
+    for (context, word), ids in zip(pairs, words):
+        if not ids:
+            raise EvalDataError(f"reading word {word!r} (after {context!r}) tokenizes to nothing")
+    texts = tokenizer.batch_decode([[t] for ids in words for t in ids])
+    first = np.zeros(len(texts), dtype=bool)
+    first[np.cumsum([0] + [len(ids) for ids in words[:-1]])] = True
+    later = [texts[k] for k in np.flatnonzero(~first)]
+    retok = tokenizer(later, add_special_tokens=False)["input_ids"] if later else []
+    contexts, targets, owner = [], [], []
+    k = r = 0
+    for p, ((context, word), ids) in enumerate(zip(pairs, words)):
+        text = context
+        for j, token in enumerate(ids):
+            if j == 0:
+                target = token
+            else:
+                if not retok[r]:
+                    raise EvalDataError(f"reading word {word!r}: piece {texts[k]!r} re-tokenizes to nothing")
+                target, r = retok[r][0], r + 1
+            contexts.append(text)
+            targets.append(target)
+            owner.append(p)
+            text += texts[k]
+            k += 1
+    enc = tokenizer(contexts, add_special_tokens=True)["input_ids"]
+    width = max(map(len, enc)) + 1
+    full = np.full((len(enc), width), -1, dtype=np.int64)
+    scored = np.zeros((len(enc), width), dtype=bool)
+    for i, (ids, target) in enumerate(zip(enc, targets)):
+        if not ids:
+            raise EvalDataError(f"reading context {contexts[i]!r} tokenizes to nothing: no position "
+                                "predicts the word (the official rule needs a context)")
+        full[i, :len(ids)] = ids
+        full[i, len(ids)] = target
+        scored[i, len(ids)] = True
+    return full, scored, np.asarray(owner, dtype=np.int64)
 
 
-def reading_requests(rows: list[dict[str, str]], kind: str) -> tuple[list[ScoreRequest], list[int], list[int]]:
-    """Unique requests (one per distinct item + word) and, per row, the index of its word's
-    request and of its previous word's (-1: none)."""
-    index: dict[tuple[str, str], int] = {}
+def pair_surprisals(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], scoring: str, *,
+                    batch_size: int, device: str) -> np.ndarray:
+    """Surprisal (nats) of each (context, word) pair under the scoring rule."""
+    from cdhpc.evals.engine import score_candidates, score_sequences
 
-    def ref(item: str, word: str) -> int:
-        return index.setdefault((item, word), len(index))
-
-    word_idx = [ref(r["item"], r["word"]) for r in rows]
-    prev_idx = [ref(r["prev_item"], r["prev_word"]) if kind == "reading" and r["prev_item"].strip()
-                else -1 for r in rows]
-    reqs = [word_request(item, word) for item, word in index]
-    return reqs, word_idx, prev_idx
-
-
-def _design(columns: Mapping[str, np.ndarray], names: tuple[str, ...], rows: np.ndarray) -> np.ndarray:
-    """Intercept, main effects and all pairwise interactions of `names` on the selected rows."""
-    cols = [np.asarray(columns[n], dtype=float)[rows] for n in names]
-    inter = [cols[i] * cols[j] for i in range(len(cols)) for j in range(i + 1, len(cols))]
-    return np.column_stack([np.ones(rows.sum())] + cols + inter)
-
-
-def r_squared(y: np.ndarray, x: np.ndarray) -> float:
-    """R^2 of the least-squares fit of y on x (x holds an intercept column)."""
-    beta, *_ = np.linalg.lstsq(x, y, rcond=None)
-    resid = y - x @ beta
-    centered = y - y.mean()
-    return 1.0 - float(resid @ resid) / float(centered @ centered)
-
-
-def delta_r2(columns: Mapping[str, np.ndarray], surprisal: np.ndarray, measure: str, kind: str,
-             prev_surprisal: np.ndarray | None = None) -> float:
-    """100 * (R2_model - R2_base) / (1 - R2_base) for one measure (a percentage of the variance
-    the baseline leaves unexplained). kind "eye_tracking" or "reading" (the latter needs
-    prev_surprisal). Rows with NaN in the fitted columns are dropped per fit, as pandas dropna."""
-    if kind not in ("eye_tracking", "reading"):
-        raise ValueError(f"kind {kind!r}: allowed are 'eye_tracking', 'reading'")
-    cols = dict(columns)
-    names = BASE_EYE
-    if kind == "reading":
-        if prev_surprisal is None:
-            raise ValueError("kind 'reading' needs prev_surprisal (its baseline includes it)")
-        cols["prev_surprisal"] = prev_surprisal
-        names = BASE_SPR
-    y = np.asarray(cols[measure], dtype=float)
-    base_rows = ~np.isnan(y)
-    for n in names:
-        base_rows &= ~np.isnan(np.asarray(cols[n], dtype=float))
-    model_rows = base_rows & ~np.isnan(surprisal)
-    r2_base = r_squared(y[base_rows], _design(cols, names, base_rows))
-    x_model = np.column_stack([_design(cols, names, model_rows), surprisal[model_rows]])
-    r2_model = r_squared(y[model_rows], x_model)
-    return 100.0 * (r2_model - r2_base) / (1.0 - r2_base)
+    if scoring == "official":
+        full, scored, owner = official_sequences(tokenizer, pairs)
+        logp = np.asarray(score_sequences(model, full, scored, batch_size=batch_size, device=device))
+        return -np.bincount(owner, weights=logp, minlength=len(pairs))
+    requests = [joint_request(c, w) for c, w in pairs]
+    logp = score_candidates(model, tokenizer, requests, scoring="joint", batch_size=batch_size, device=device)
+    return -np.asarray(logp)
 
 
 def summarize_reading(kind: str, rows: list[dict[str, str]], columns: dict[str, np.ndarray],
-                      scores: list[float], word_idx: list[int], prev_idx: list[int],
-                      ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
-    """Per-word surprisal rows, summary fields and the official files of a reading task."""
-    surprisal = np.array([-scores[i] for i in word_idx])
-    prev = np.array([-scores[i] if i >= 0 else math.nan for i in prev_idx])
-    measures = EYE_MEASURES if kind == "eye_tracking" else SPR_MEASURES
-    per_measure = {m: delta_r2(columns, surprisal, m, kind, prev) for m in measures}
-    score = sum(per_measure.values()) / len(per_measure)
+                      pairs: list[tuple[str, str]], surprisal: np.ndarray, word_idx: list[int],
+                      prev_idx: list[int]) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """Per-word rows (predictions.jsonl), summary fields and the official reading/ files."""
+    pred = surprisal[np.asarray(word_idx)]
+    prev = np.array([surprisal[i] if i >= 0 else math.nan for i in prev_idx])
+    result = reading_scores(columns, pred, prev)
+    score = result.eye_tracking if kind == "eye_tracking" else result.self_paced
+    per_measure = {m: v for m, v in result.per_measure.items() if (m == SPR_MEASURE) == (kind == "reading")}
+    contexts = [pairs[i][0] for i in word_idx]
     out_rows = [{"uid": kind, "item_id": i, "item": r["item"], "word": r["word"],
-                 "surprisal": float(surprisal[i]),
-                 "prev_surprisal": None if math.isnan(prev[i]) else float(prev[i])}
+                 "surprisal": float(pred[i]), "prev_surprisal": None if math.isnan(prev[i]) else float(prev[i])}
                 for i, r in enumerate(rows)]
-    preds = {"reading": {"predictions": [{"id": r["item_id"], "pred": r["surprisal"],
-                                          "prev_pred": r["prev_surprisal"]} for r in out_rows]}}
-    label = "EYE TRACKING SCORE" if kind == "eye_tracking" else "SELF-PACED READING SCORE"
-    official = {"predictions.json": preds, "report.txt": f"{label}: {score:.2f}\n"}
+    official = {
+        "prediction.jsonl": "".join(_json_line({"Index": i, "Sentence": contexts[i], "Word": r["word"],
+                                                "Logprob": float(pred[i]), "Prev_Logprob": float(prev[i])})
+                                    for i, r in enumerate(rows)),
+        "predictions.json": {"reading": {"predictions": [{"id": i, "pred": float(pred[i]), "prev_pred": float(prev[i])}
+                                                         for i in range(len(rows))]}},
+        "correlations.txt": "".join(f"{m}\t{v:.4f}\n" for m, v in result.correlations.items()),
+        "predictive_power.jsonl": "".join(map(_json_line, result.power)),
+        "predictive_power_spillover.jsonl": "".join(map(_json_line, result.power_spillover)),
+        "report.txt": f"EYE TRACKING SCORE: {result.eye_tracking:.2f}\n"
+                      f"SELF-PACED READING SCORE: {result.self_paced:.2f}\n",
+    }
     fields = {"score": score, "per_uid": per_measure, "n_items": len(rows), "metric": "delta_r2"}
     return out_rows, fields, official
+
+
+def _json_line(obj: dict) -> str:
+    import json
+
+    return json.dumps(obj) + "\n"  # NaN as NaN, as the official files (Python's json) write it
 
 
 TASK = Task("reading", VERSION, "reading", "full_eval/reading", "fast_eval/reading",

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cdhpc.evals import TASK_NAMES, get_task
+from cdhpc.evals import SCORING, TASK_NAMES, WUG_METRICS, get_task, task_metric
 from cdhpc.evals.data import EvalDataError, data_sha256, list_files
 from cdhpc.evals.output import write_outputs
 from cdhpc.evals.task import Task
-
-
-WUG_METRICS = ("accuracy", "spearman")
 
 
 def _task_files(task: Task, data_dir: Path | None, fast: bool,
@@ -42,88 +40,123 @@ def _prepare(task: Task, files: list[Path]) -> Any:
         from cdhpc.evals.reading import load_rows
 
         return load_rows(files[0], task.name)
+    if task.kind == "aoa":
+        from cdhpc.evals.aoa_run import load_task_data
+
+        return load_task_data(files)
     return files
 
 
-def _score(task: Task, prepared: Any, model: Any, tokenizer: Any, *, device: str,
-           batch_size: int, wug_metric: str) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
-    """Prediction rows, summary fields and official files of one task."""
+@dataclass(frozen=True)
+class EvalOptions:
+    """How a task is scored (see docs/evaluation.md); the defaults are the official pipeline's."""
+
+    scoring: str = "official"
+    wug_metric: str = "spearman"
+    dtype: str = "float32"
+    device: str = "cpu"
+    batch_size: int = 64
+
+    def check(self) -> None:
+        """ValueError naming the option, the bad value and what is allowed."""
+        from cdhpc.evals.engine import DTYPES
+
+        for name, allowed in (("scoring", SCORING), ("wug_metric", WUG_METRICS), ("dtype", DTYPES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} {getattr(self, name)!r}: allowed are {', '.join(allowed)}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size {self.batch_size}: must be >= 1")
+
+
+def _score(task: Task, prepared: Any, model: Any, tokenizer: Any,
+           opt: EvalOptions) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """Prediction rows, summary fields and official files of one task on one model."""
     from cdhpc.evals.engine import block_losses, score_candidates
 
     if task.kind == "choice":
         from cdhpc.evals.choice import item_requests, summarize_choice
 
-        scores = score_candidates(model, tokenizer, item_requests(prepared),
-                                  batch_size=batch_size, device=device)
-        metric = wug_metric if task.name == "wug" else "accuracy"
-        return summarize_choice(task, prepared, scores, metric)
+        scores = score_candidates(model, tokenizer, item_requests(prepared), scoring=opt.scoring,
+                                  batch_size=opt.batch_size, device=opt.device)
+        return summarize_choice(task, prepared, scores, task_metric(task.name, opt.wug_metric))
     if task.kind == "reading":
-        from cdhpc.evals.reading import reading_requests, summarize_reading
+        from cdhpc.evals.reading import pair_surprisals, summarize_reading, word_pairs
 
         rows, columns = prepared
-        requests, word_idx, prev_idx = reading_requests(rows, task.name)
-        scores = score_candidates(model, tokenizer, requests, batch_size=batch_size, device=device)
-        return summarize_reading(task.name, rows, columns, scores, word_idx, prev_idx)
+        pairs, word_idx, prev_idx = word_pairs(rows, opt.scoring)
+        surprisal = pair_surprisals(model, tokenizer, pairs, opt.scoring, batch_size=opt.batch_size,
+                                    device=opt.device)
+        return summarize_reading(task.name, rows, columns, pairs, surprisal, word_idx, prev_idx)
     import torch
 
     from cdhpc.evals.perplexity import MAX_BLOCK, cut_blocks, heldout_ids, summarize_perplexity
 
     block = min(MAX_BLOCK, int(model.config.max_position_embeddings))
     blocks = torch.tensor(cut_blocks(heldout_ids(tokenizer, prepared), block))
-    losses = block_losses(model, blocks, batch_size=max(1, batch_size // 8), device=device)
+    losses = block_losses(model, blocks, batch_size=max(1, opt.batch_size // 8), device=opt.device)
     return summarize_perplexity(losses, blocks.shape[1])
 
 
 def evaluate_task(model_dir: Path, task: str, data_dir: Path | None, out_dir: Path, *,
-                  fast: bool = False, device: str = "cpu", batch_size: int = 64,
-                  wug_metric: str = "accuracy", heldout_dir: Path | None = None) -> dict:
-    """Score the HF causal LM in `model_dir` on `task`; write predictions.jsonl, the official
-    predictions.json / report, and summary.json (last) into `out_dir`. Returns the summary."""
+                  fast: bool = False, heldout_dir: Path | None = None,
+                  options: EvalOptions = EvalOptions(), steps: list[int] | None = None) -> dict:
+    """Score the HF causal LM in `model_dir` on `task` (aoa: the checkpoint folders in
+    `model_dir`, those of `steps` when given); write predictions.jsonl, the official files and
+    summary.json (last) into `out_dir`. Returns the summary."""
     spec = get_task(task)
-    if wug_metric not in WUG_METRICS:
-        raise ValueError(f"wug_metric {wug_metric!r}: allowed are {', '.join(WUG_METRICS)}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size {batch_size}: must be >= 1")
+    options.check()
     files, root = _task_files(spec, data_dir, fast, heldout_dir)
     prepared = _prepare(spec, files)
-    from cdhpc.evals.engine import load_model
+    if spec.kind == "aoa":
+        from cdhpc.evals.aoa_run import checkpoint_dirs, score_checkpoints
 
-    model, tokenizer = load_model(Path(model_dir), device)
-    rows, fields, official = _score(spec, prepared, model, tokenizer, device=device,
-                                    batch_size=batch_size, wug_metric=wug_metric)
+        rows, fields, official = score_checkpoints(checkpoint_dirs(Path(model_dir), steps), prepared, options)
+    else:
+        from cdhpc.evals.engine import load_model
+
+        model, tokenizer = load_model(Path(model_dir), options.device, options.dtype)
+        rows, fields, official = _score(spec, prepared, model, tokenizer, options)
     summary = {"task": spec.name, "version": spec.version, "data_sha256": data_sha256(files, root),
-               **fields, "fast": fast, "model_dir": str(model_dir),
-               "files": [str(f.relative_to(root)) for f in files]}
+               **fields, "fast": fast, "model_dir": str(model_dir), "scoring": options.scoring,
+               "dtype": options.dtype, "files": [str(f.relative_to(root)) for f in files]}
     write_outputs(Path(out_dir), rows, official, summary)
     return summary
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cdhpc eval", description="Evaluate one checkpoint.")
-    p.add_argument("--model", required=True, type=Path, help="HF causal LM directory")
+    p = argparse.ArgumentParser(
+        prog="cdhpc eval", description="Evaluate any HF causal LM on the BabyLM 2025 zero-shot tasks; "
+        "the defaults reproduce the official pipeline item for item (docs/evaluation.md).")
+    p.add_argument("--model", required=True, type=Path,
+                   help="HF causal LM directory (aoa: a folder of checkpoint folders named by step, e.g. step_500)")
     p.add_argument("--tasks", required=True, help=f"comma-separated, from: {','.join(TASK_NAMES)}")
-    p.add_argument("--data", type=Path, help="the evaluation_data directory")
+    p.add_argument("--data", type=Path, help="the evaluation_data directory (full_eval/, fast_eval/)")
     p.add_argument("--out", required=True, type=Path, help="output directory (one folder per task)")
     p.add_argument("--fast", action="store_true", help="use the fast_eval subsets")
-    p.add_argument("--device", default="cpu", help="cpu | cuda")
-    p.add_argument("--batch-size", type=int, default=64, help="rows (items) per forward pass")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--batch-size", type=int, default=64, help="packed rows (about 64 tokens each) per forward pass")
     p.add_argument("--heldout", type=Path, help="held-out split directory (perplexity)")
-    p.add_argument("--wug-metric", default="accuracy", choices=WUG_METRICS)
+    p.add_argument("--scoring", default="official", choices=SCORING,
+                   help="official: the pipeline's tokens, BOS and reading rules (default); joint: ours")
+    p.add_argument("--wug-metric", default="spearman", choices=WUG_METRICS,
+                   help="wug: Spearman's rho with the human ratio (official, default) or accuracy (the paper)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="weights and activations: float32 (as the official pipeline, default) or bfloat16")
     return p
 
 
 def main_eval(argv: list[str]) -> int:
-    """`cdhpc eval --model DIR --tasks blimp,ewok --data EVAL_DIR --out DIR [--fast] ...`:
-    evaluates each task into OUT/<task>/, prints one line per task; 2 on a user error."""
+    """`cdhpc eval --model DIR --tasks blimp,ewok --data EVAL_DIR --out DIR [...]`: evaluates
+    each task into OUT/<task>/, prints one line per task; 2 on a user error."""
     args = _parser().parse_args(argv)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    options = EvalOptions(args.scoring, args.wug_metric, args.dtype, args.device, args.batch_size)
     try:
         for name in tasks:
             get_task(name)
         for name in tasks:
             s = evaluate_task(args.model, name, args.data, args.out / name, fast=args.fast,
-                              device=args.device, batch_size=args.batch_size,
-                              wug_metric=args.wug_metric, heldout_dir=args.heldout)
+                              heldout_dir=args.heldout, options=options)
             print(f"{name}\t{s['metric']}\t{s['score']:.4f}\tn={s['n_items']}")
     except (EvalDataError, ValueError, OSError) as err:
         print(f"cdhpc eval: error: {err}", file=sys.stderr)

@@ -10,19 +10,22 @@ from typing import Any, Callable
 
 @dataclass(frozen=True)
 class ChoiceItem:
-    """One multiple-choice item: candidate i is `contexts[i] + continuations[i]`, scored on the
-    continuation; candidate 0 is the correct one. `completions` is what the official
-    predictions.json shows as `pred`; `meta` holds the report categories (UID first-class)."""
+    """One multiple-choice item: candidate i is the sentence `contexts[i] + continuations[i]`,
+    scored on the continuation; candidate 0 is the correct one. `completions` is what the official
+    predictions.json shows as `pred` (the continuations, or `shown` where the official reader
+    shows something else: COMPS shows the whole sentence); `meta` holds the report categories
+    (UID first-class)."""
 
     uid: str
     contexts: tuple[str, ...]
     continuations: tuple[str, ...]
     meta: dict[str, str] = field(default_factory=dict)
     ratio: float | None = None
+    shown: tuple[str, ...] | None = None
 
     @property
     def completions(self) -> tuple[str, ...]:
-        return self.continuations
+        return self.shown if self.shown is not None else self.continuations
 
 
 def macro_mean(per_uid: dict[str, float]) -> float:
