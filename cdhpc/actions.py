@@ -51,7 +51,9 @@ def cancel_steps(snap: Snapshot, keys: list[str]) -> list[str]:
     return messages
 
 
-def retry_command(workdir: Path) -> list[str]:
+def retry_command(workdir: Path, verbose: bool = False) -> list[str]:
     """Pure: the launch that retries failed steps: the workdir's resolved config, pinned to this
-    workdir (so a moved workdir is not confused with where it was created)."""
-    return [sys.executable, "-m", "cdhpc.launch", str(workdir / "sweep.resolved.yaml"), f"workdir={workdir}"]
+    workdir (so a moved workdir is not confused with where it was created). That launcher takes
+    the workdir's lock itself; the caller must not hold it."""
+    cmd = [sys.executable, "-m", "cdhpc.launch", str(workdir / "sweep.resolved.yaml"), f"workdir={workdir}"]
+    return cmd + ["--verbose"] if verbose else cmd

@@ -1,9 +1,17 @@
-"""``cdhpc``: the everyday commands. Handlers import what they need, so ``--help`` is instant."""
+"""``cdhpc``: the everyday commands. Handlers import what they need, so ``--help`` is instant.
+
+``status``, ``report`` and ``export`` read a workdir without its lock and write nothing into it
+but the manifest index (and ``results/`` for export); where the manifest cannot be written they
+index in memory. ``manifest ingest|rebuild`` hold the workdir's lock, as a launcher does.
+Expected failures print one line naming the file and what to do (exit 1; 2 for usage and a workdir
+in use); ``-v`` shows their tracebacks.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -42,11 +50,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_manifest(args: argparse.Namespace) -> int:
+    from cdhpc.lock import WorkdirLock
     from cdhpc.manifest import Manifest
 
     workdir = _workdir(args.sweep)
-    with Manifest(workdir) as m:
-        result = m.rebuild() if args.action == "rebuild" else m.ingest()
+    with WorkdirLock(workdir, command=f"cdhpc manifest {args.action}"), Manifest(workdir) as m:
+        if m.healed is not None:  # a corrupt file was moved aside and rebuilt on opening
+            result = m.healed
+        else:
+            result = m.rebuild() if args.action == "rebuild" else m.ingest()
     for msg in result.bad:
         print(f"not ingested: {msg}", file=sys.stderr)
     print(json.dumps({"receipts": result.receipts, "jobs": result.jobs, "bad": len(result.bad)}))
@@ -63,7 +75,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     from cdhpc.actions import LIVE, cancel_steps
     from cdhpc.status import SnapshotReader
 
-    snap = SnapshotReader(_workdir(args.sweep)).read()
+    with SnapshotReader(_workdir(args.sweep)) as reader:
+        snap = reader.read()
     keys = [s["key"] for s in snap.steps if snap.states[s["key"]] in LIVE
             and (args.stage is None or s["stage"] == args.stage) and (args.step is None or s["name"] == args.step)]
     if not keys:
@@ -75,12 +88,13 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    """Re-launch the sweep from its resolved config: failed and missing steps run again."""
+    """Re-launch the sweep from its resolved config: failed and missing steps run again. The
+    child launcher takes the workdir's lock (this process holds none), or says who holds it."""
     import subprocess
 
     from cdhpc.actions import retry_command
 
-    return subprocess.run(retry_command(_workdir(args.sweep))).returncode
+    return subprocess.run(retry_command(_workdir(args.sweep), verbose=args.verbose)).returncode
 
 
 def cmd_launch(argv: list[str]) -> int:
@@ -101,30 +115,38 @@ def cmd_eval(argv: list[str]) -> int:
 DELEGATED = {"launch": cmd_launch, "eval": cmd_eval}
 
 
+VERBOSE_FLAGS = ("-v", "--verbose")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cdhpc", description="Contrastive-decoding studies as one sweep.")
+    p.add_argument(*VERBOSE_FLAGS, action="store_true", help="debug logs, and tracebacks of expected errors")
+    # -v after the subcommand too; SUPPRESS keeps a subcommand from resetting a -v given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(*VERBOSE_FLAGS, action="store_true", default=argparse.SUPPRESS,
+                        help="debug logs, and tracebacks of expected errors")
     sub = p.add_subparsers(dest="command", required=True)
     # launch and eval are listed here for `cdhpc --help` only; main gives their argv to DELEGATED.
     sub.add_parser("launch", help="validate, plan and run a sweep (same as python -m cdhpc.launch)", add_help=False)
-    s = sub.add_parser("status", help="the sweep's job-status terminal UI; --once: a plain table (exit 1 if any step failed)")
+    s = sub.add_parser("status", parents=[common], help="the sweep's job-status terminal UI; --once: a plain table (exit 1 if any step failed)")
     s.add_argument("sweep", help="the sweep's workdir or .yaml")
     s.add_argument("--once", action="store_true", help="print once and exit (the default when not a terminal)")
     s.set_defaults(fn=cmd_status)
-    s = sub.add_parser("manifest", help="index receipts into manifest.sqlite, or rebuild it from them")
+    s = sub.add_parser("manifest", parents=[common], help="index receipts into manifest.sqlite, or rebuild it from them")
     s.add_argument("action", choices=("ingest", "rebuild"))
     s.add_argument("sweep", help="the sweep's workdir or .yaml")
     s.set_defaults(fn=cmd_manifest)
     for name, text in (("export", "write results/ (CSV, Markdown, LaTeX, plots) from the scores so far"),
                        ("report", "print the paper table from the scores so far (marked partial)")):
-        s = sub.add_parser(name, help=text)
+        s = sub.add_parser(name, parents=[common], help=text)
         s.add_argument("sweep", help="the sweep's workdir or .yaml")
         s.set_defaults(fn=cmd_export)
-    s = sub.add_parser("cancel", help="cancel the queued/running steps of a sweep (all, one --stage, or one --step)")
+    s = sub.add_parser("cancel", parents=[common], help="cancel the queued/running steps of a sweep (all, one --stage, or one --step)")
     s.add_argument("sweep", help="the sweep's workdir or .yaml")
     s.add_argument("--stage", choices=STAGES, help="only this stage")
     s.add_argument("--step", help="only the step with this name")
     s.set_defaults(fn=cmd_cancel)
-    s = sub.add_parser("retry", help="re-launch a sweep from its resolved config: failed and missing steps run again")
+    s = sub.add_parser("retry", parents=[common], help="re-launch a sweep from its resolved config: failed and missing steps run again")
     s.add_argument("sweep", help="the sweep's workdir or .yaml")
     s.set_defaults(fn=cmd_retry)
     sub.add_parser("eval", help="evaluate any HF causal LM directory on BabyLM tasks", add_help=False)
@@ -132,12 +154,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one subcommand; its exit status (2 on a usage error, which argparse prints in one line)."""
+    """Run one subcommand; its exit status (2 on a usage error, which argparse prints in one line,
+    or a workdir in use; 1 on another expected failure, printed in one line)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in DELEGATED:
-        return DELEGATED[argv[0]](argv[1:])
+    lead = 0
+    while lead < len(argv) and argv[lead] in VERBOSE_FLAGS:
+        lead += 1
+    if lead < len(argv) and argv[lead] in DELEGATED:  # `cdhpc -v launch ...` is `cdhpc launch -v ...`
+        rest = argv[lead + 1:]
+        return DELEGATED[argv[lead]](rest + ["--verbose"] if lead and argv[lead] == "launch" else rest)
     args = build_parser().parse_args(argv)
-    return args.fn(args)
+    if args.verbose:
+        logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+        logging.getLogger("cdhpc").setLevel(logging.DEBUG)
+    try:
+        return args.fn(args)
+    except Exception as e:
+        from cdhpc.lock import WorkdirBusy, error_line
+
+        if isinstance(e, OSError) and e.filename is None and hasattr(args, "sweep"):
+            e.filename = args.sweep  # a write to an open file (a full disk): name the workdir in the one line
+        line = error_line(e)
+        if line is None or args.verbose:
+            raise
+        print(line, file=sys.stderr)
+        return 2 if isinstance(e, WorkdirBusy) else 1
 
 
 if __name__ == "__main__":

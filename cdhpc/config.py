@@ -13,32 +13,78 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator,
+                      model_validator)
 
 from cdhpc import STAGES
-from cdhpc.configio import ConfigError, Issue, format_pydantic_errors, load_yaml
+from cdhpc.configio import ConfigError, Issue, Loc, format_pydantic_errors, load_yaml, locate
 from cdhpc.evals import TASK_NAMES
 from cdhpc.model import PRESETS, ModelPreset
+from cdhpc.paths import check_name, path_error
 
-Positive = Annotated[int, Field(gt=0)]
+# Limits of what a sweep may ask for: generous for the study (paper.yaml: 8,000 steps, 16 checkpoints
+# per run, 100M synthetic tokens in 64 shards), small enough that nothing downstream runs out of
+# memory or time planning it. Seeds fit a signed 64-bit integer (SQLite, numpy, torch).
+MAX_STEPS = 10**8
+MAX_SHARDS = 100_000
+MAX_TOTAL_TOKENS = 10**11
+SEED_BOUND = 2**63
+
+
+def upto(hi: int) -> Any:
+    """A positive integer at most `hi`."""
+    return Annotated[int, Field(gt=0, le=hi)]
+
+
+def _local_path(path: Path) -> Path:
+    error = path_error(path)
+    if error:
+        raise ValueError(error)
+    return path
+
+
+def _distinct(values: list, what: str, shown: Any = repr) -> list:
+    """`values` when no two of them are the same as shown (ValueError naming the repeated one)."""
+    seen: set[str] = set()
+    for v in values:
+        if shown(v) in seen:
+            raise ValueError(f"{what} must be distinct; {shown(v)} appears more than once")
+        seen.add(shown(v))
+    return values
+
+
+def _share_label(q: float) -> str:
+    return f"{q:g}"  # how run names show a share (plan: <method>-q<share>-s<seed>)
+
+
 Share = Annotated[float, Field(ge=0.0, le=1.0)]
+Seed = Annotated[int, Field(ge=0, lt=SEED_BOUND)]
+Name = Annotated[str, AfterValidator(check_name)]
+LocalPath = Annotated[Path, AfterValidator(_local_path)]
+Shares = Annotated[list[Share], AfterValidator(lambda v: _distinct(v, "mix shares (as run names show them)",
+                                                                     _share_label))]
+Seeds = Annotated[list[Seed], AfterValidator(lambda v: _distinct(v, "seeds"))]
+Steps = Annotated[list[int], AfterValidator(lambda v: _distinct(v, "checkpoint steps"))]
+Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
 PAPER_DELTA_TASKS = ("blimp", "blimp_supplement", "entity_tracking", "ewok", "wug", "reading", "eye_tracking")
 
 
 class Strict(BaseModel):
-    """Unknown keys are errors; field docstrings are the reference documentation."""
+    """Unknown keys are errors; floats are finite unless a field says otherwise (decoding.tail);
+    field docstrings are the reference documentation."""
 
     model_config = ConfigDict(
-        extra="forbid", frozen=True, use_attribute_docstrings=True, ser_json_inf_nan="strings"
+        extra="forbid", frozen=True, use_attribute_docstrings=True, ser_json_inf_nan="strings",
+        allow_inf_nan=False,
     )
 
 
 class ToyDataConfig(Strict):
-    train_docs: Positive = 6000
+    train_docs: upto(10**7) = 6000
     """Documents in the toy train split."""
-    seed_docs: Positive = 300
+    seed_docs: upto(10**7) = 300
     """Documents in the toy seed split (generation prompts)."""
-    test_docs: Positive = 300
+    test_docs: upto(10**7) = 300
     """Documents in the toy held-out split."""
 
 
@@ -48,39 +94,46 @@ class DataConfig(Strict):
     tinybabylm: built from babylm_dir + tinystories by the prepare stage (PAPER.md 1.1)."""
     toy: ToyDataConfig = ToyDataConfig()
     """Sizes of the toy corpus (kind: toy)."""
-    corpus_dir: Path | None = None
+    corpus_dir: LocalPath | None = None
     """A prepared corpus: train/, seed/, test/ directories of <source>.txt (kind: prepared)."""
-    babylm_dir: Path | None = None
+    babylm_dir: LocalPath | None = None
     """BabyLM 2024 text directory with train_100M/ and test/ (kind: tinybabylm)."""
-    tinystories: Path | None = None
+    tinystories: LocalPath | None = None
     """TinyStories train file or directory (kind: tinybabylm)."""
-    tinystories_words: Positive = 38_000_000
+    tinystories_words: upto(10**11) = 38_000_000
     """TinyStories words kept, after shuffling with split_seed (words)."""
     seed_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
     """Share of each source's documents held out as generation prompts."""
-    split_seed: int = 42
+    split_seed: Seed = 42
     """Seed of the TinyStories shuffle and the train/seed split."""
-    chunk_words: tuple[Positive, Positive] = (100, 200)
+    chunk_words: tuple[upto(10**6), upto(10**6)] = (100, 200)
     """Seed documents longer than the lower bound are cut at sentence ends into chunks of this many words."""
     doc_sep: Literal["blank_line", "line"] = "blank_line"
     """How documents are separated in corpus files."""
+
+    @field_validator("chunk_words")
+    @classmethod
+    def _ordered(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if v[0] > v[1]:
+            raise ValueError("the lower bound comes first: [lower, upper] words")
+        return v
 
 
 class TokenizerConfig(Strict):
     vocab_size: Annotated[int, Field(ge=256, le=4_294_967_295)] = 32_000
     """BPE vocabulary size including the 4 specials (tokens)."""
-    min_frequency: Positive = 2
+    min_frequency: upto(10**9) = 2
     """Minimum pair frequency for a BPE merge."""
 
 
 class PretrainConfig(Strict):
     model: str = "llama-12x768"
     """Model preset of the baseline and retrained runs (see models / cdhpc.model.PRESETS)."""
-    steps: Positive = 8000
+    steps: upto(MAX_STEPS) = 8000
     """Optimizer steps per run."""
-    checkpoint_every: Positive = 500
+    checkpoint_every: upto(MAX_STEPS) = 500
     """Save an HF checkpoint step_<N> and its validation loss every this many steps."""
-    seeds: list[int] = Field(default_factory=lambda: list(range(42, 52)), min_length=1)
+    seeds: Seeds = Field(default_factory=lambda: list(range(42, 52)), min_length=1)
     """Seeds of the baseline runs (GOOD candidates and the baseline row)."""
     lr: Annotated[float, Field(gt=0)] = 1e-3
     """Peak learning rate."""
@@ -88,25 +141,25 @@ class PretrainConfig(Strict):
     """Learning rate at the end of the cosine schedule."""
     weight_decay: Annotated[float, Field(ge=0)] = 0.1
     """AdamW weight decay, applied to all parameters."""
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
     """AdamW betas."""
-    warmup_steps: Annotated[int, Field(ge=0)] = 150
+    warmup_steps: Annotated[int, Field(ge=0, le=MAX_STEPS)] = 150
     """Linear warm-up steps before the cosine decay."""
-    global_batch: Positive = 256
+    global_batch: upto(10**7) = 256
     """Sequences per optimizer step, over all ranks."""
-    micro_batch: Positive = 16
+    micro_batch: upto(10**6) = 16
     """Sequences per rank per forward pass."""
-    seq_len: Positive = 1024
+    seq_len: upto(10**7) = 1024
     """Training context (tokens)."""
     precision: Literal["bf16", "fp32"] = "bf16"
     """Training precision (fp16 is unsupported on CPU)."""
-    deepspeed: dict[str, Any] = Field(
+    deepspeed: dict[str, JsonValue] = Field(
         default_factory=lambda: {"zero_optimization": {"stage": 0}, "gradient_clipping": 1.0}
     )
-    """DeepSpeed config keys, unchanged, merged into the generated config."""
-    log_every: Positive = 10
+    """DeepSpeed config keys, unchanged, merged into the generated config (JSON: string keys, finite numbers)."""
+    log_every: upto(MAX_STEPS) = 10
     """Log loss, lr, tokens/s and MFU every this many steps."""
-    val_batches: Positive = 8
+    val_batches: upto(10**6) = 8
     """Held-out micro-batches per validation."""
 
     def saved_steps(self) -> list[int]:
@@ -118,7 +171,7 @@ class GoodConfig(Strict):
     rule: Literal["best_val_ppl", "fixed"] = "best_val_ppl"
     """best_val_ppl: the baseline checkpoint with the lowest validation perplexity, chosen at run
     time by a select step; fixed: the checkpoint `step` of the baseline run `seed`."""
-    seed: int | None = None
+    seed: Seed | None = None
     """Baseline run seed (rule fixed; optional with best_val_ppl to restrict the search to one run)."""
     step: int | None = None
     """Checkpoint step (rule fixed)."""
@@ -137,7 +190,7 @@ class AmateurConfig(Strict):
     """Checkpoint step of the GOOD run (kind early)."""
     model: str | None = None
     """Model preset of the smaller amateur (kind small)."""
-    seed: int | None = None
+    seed: Seed | None = None
     """Training seed of the smaller amateur (kind small; default: the first pretrain seed)."""
     dropout: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
     """Attention dropout probability (kind dropout)."""
@@ -159,9 +212,9 @@ class DecodingConfig(Strict):
     """Amateur temperature."""
     eps: Annotated[float, Field(ge=0.0)] = 1e-10
     """Floor in log(p + eps) for both models (the authors' value; 0 = exact log-probabilities)."""
-    tail: float = -math.inf
+    tail: Annotated[float, Field(allow_inf_nan=True)] = -math.inf
     """Score outside the head: -inf (Li et al.) or a finite number (the authors: -20)."""
-    top_k: Positive | None = None
+    top_k: upto(2**32) | None = None
     """Keep the k best method scores (applied after the CD score)."""
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
     """Nucleus truncation of the method's distribution (applied after the CD score)."""
@@ -175,19 +228,19 @@ class DecodingConfig(Strict):
 
 
 class GenerationConfig(Strict):
-    prompt_tokens: Positive = 20
+    prompt_tokens: upto(10**6) = 20
     """Prompt length: <s> + the first prompt_tokens-1 tokens of a seed chunk (tokens)."""
-    continuations: Positive = 8
+    continuations: upto(10**4) = 8
     """Samples per prompt."""
-    new_tokens: Positive = 400
-    """Generated tokens per sample (no stop at </s>)."""
-    total_tokens: Positive = 100_000_000
+    new_tokens: upto(10**6) = 400
+    """Generated tokens per sample (no stop at </s>; prompt_tokens + new_tokens fit the model's context)."""
+    total_tokens: upto(MAX_TOTAL_TOKENS) = 100_000_000
     """Target size of the synthetic corpus (tokens); sets the number of prompts."""
-    shards: Positive = 64
+    shards: upto(MAX_SHARDS) = 64
     """generate steps (array elements) the corpus is split into."""
-    batch_size: Positive = 256
+    batch_size: upto(10**6) = 256
     """Samples decoded in lockstep."""
-    chunk_prompts: Positive = 64
+    chunk_prompts: upto(10**7) = 64
     """Prompts per flushed chunk of a shard (the unit of resumption)."""
     keep_prompt: bool = False
     """Write the prompt text at the start of each sample's text."""
@@ -204,7 +257,7 @@ class MethodConfig(Strict):
     """The BAD model (decoding.mode cd only)."""
     generation: GenerationConfig = GenerationConfig()
     """Corpus size and sharding (defaults: the sweep's top-level `generation`)."""
-    mix: list[Share] | None = None
+    mix: Shares | None = None
     """Synthetic shares to retrain with (default: retrain.mix)."""
 
     @property
@@ -213,9 +266,9 @@ class MethodConfig(Strict):
 
 
 class RetrainConfig(Strict):
-    mix: list[Share] = Field(default_factory=lambda: [0.3], min_length=1)
+    mix: Shares = Field(default_factory=lambda: [0.3], min_length=1)
     """Synthetic share q of every global batch (0 = real only, 1 = synthetic only)."""
-    seeds: list[int] = Field(default_factory=lambda: list(range(42, 52)), min_length=1)
+    seeds: Seeds = Field(default_factory=lambda: list(range(42, 52)), min_length=1)
     """Seeds of the retrained runs of every synthetic method."""
     rounding: Literal["exact", "per_device"] = "exact"
     """exact: share q over the global batch; per_device: the authors' int(micro_batch * q) per rank."""
@@ -224,19 +277,22 @@ class RetrainConfig(Strict):
 class EvalConfig(Strict):
     tasks: list[str] = Field(default_factory=lambda: [t for t in TASK_NAMES if t != "aoa"], min_length=1)
     """Evaluation tasks (cdhpc.evals.TASK_NAMES; default all but aoa, which needs >= 3 saved checkpoints)."""
-    data_dir: Path | Literal["toy"] = "toy"
+    data_dir: LocalPath | Literal["toy"] = "toy"
     """BabyLM 2025 evaluation_data directory, or toy (written by the prepare stage)."""
     set: Literal["full", "fast"] = "full"
     """Full eval sets, or the fast subsets."""
-    checkpoints: Literal["all", "final"] | list[int] = "all"
+    checkpoints: Literal["all", "final"] | Steps = "all"
     """Which checkpoints of every run are evaluated: all saved, the final one, or a list of steps."""
     scoring: Literal["official", "joint"] = "official"
     """Which tokens are scored: the official BabyLM 2025 pipeline's rules, or ours (docs/evaluation.md)."""
     wug_metric: Literal["spearman", "accuracy"] = "spearman"
     """The wug task's score: Spearman's rho with the human ratio (official) or accuracy (the paper's column)."""
+    truncate: bool = False
+    """A sentence-task candidate longer than the model's context: an error naming it (false), or
+    cut from the left, counted in summary.json (true; docs/evaluation.md)."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Weights and activations while scoring: float32 (as the official pipeline) or bfloat16 (faster on GPUs)."""
-    batch_size: Positive = 64
+    batch_size: upto(10**6) = 64
     """Scoring batch size (packed rows of about 64 tokens)."""
 
     @field_validator("tasks")
@@ -251,13 +307,13 @@ class EvalConfig(Strict):
 
 
 class StatsConfig(Strict):
-    resamples: Positive = 1000
+    resamples: upto(10**6) = 1000
     """Paired bootstrap resamples B."""
-    seed: int = 0
+    seed: Seed = 0
     """Seed of the shared bootstrap index sets."""
     baseline: str = "baseline"
     """Method every other method is compared with."""
-    tasks: list[str] | None = None
+    tasks: Annotated[list[str], AfterValidator(lambda v: _distinct(v, "tasks"))] | None = None
     """Tasks averaged into muDeltaREL (default: the paper's seven that eval.tasks includes)."""
     ties: Literal["against", "strict"] = "against"
     """Ties count against the method (p = 1 for identical systems), or the authors' strict count."""
@@ -268,21 +324,28 @@ class StatsConfig(Strict):
 
 
 class ResourcesConfig(Strict):
-    nodes: Positive = 1
+    nodes: upto(10**5) = 1
     """Nodes per step."""
-    tasks_per_node: Positive = 1
+    tasks_per_node: upto(4096) = 1
     """Processes (ranks) per node."""
-    gpus_per_node: Annotated[int, Field(ge=0)] = 0
+    gpus_per_node: Annotated[int, Field(ge=0, le=1024)] = 0
     """GPUs per node."""
-    cpus_per_task: Positive = 1
+    cpus_per_task: upto(4096) = 1
     """CPU cores per process."""
-    mem_gb: Annotated[float, Field(gt=0)] = 4
+    mem_gb: Annotated[float, Field(gt=0, le=10**6)] = 4
     """Memory per node (GB)."""
-    timeout_min: Positive = 60
+    timeout_min: upto(10**7) = 60
     """Wall-clock limit per step (minutes)."""
-    steps_per_job: Positive = 1
+    steps_per_job: upto(10**6) = 1
     """Steps of this stage packed into one job (thousands of short evaluate steps need not be
     thousands of jobs); the job's time limit is steps_per_job x timeout_min."""
+
+
+def _profile_text(text: str) -> str:
+    """A profile name or path: printable, and usable as a path."""
+    if not text.isprintable() or path_error(text):
+        raise ValueError(f"not a profile name or path ({path_error(text) or 'unprintable characters'})")
+    return text
 
 
 def known_stages(by_stage: dict[str, Any]) -> dict[str, Any]:
@@ -296,14 +359,14 @@ def known_stages(by_stage: dict[str, Any]) -> dict[str, Any]:
 class ExecutorConfig(Strict):
     kind: Literal["local", "slurm"] = "local"
     """local: this machine, through submitit's local executor; slurm: submitit's SlurmExecutor."""
-    profile: str | None = None
+    profile: Annotated[str, AfterValidator(_profile_text)] | None = None
     """Cluster profile slurm/<profile>.yaml, or a path to one (kind slurm; unset: the cluster's defaults)."""
-    max_parallel: Positive = 2
+    max_parallel: upto(10**4) = 2
     """Steps running at once (local)."""
-    retries: Annotated[int, Field(ge=0)] = 1
+    retries: Annotated[int, Field(ge=0, le=1000)] = 1
     """Times a failed step is rerun automatically within one launch (local; on SLURM, timeouts are
     requeued up to the profile's max_requeues and a launch resubmits failed steps)."""
-    poll_s: Annotated[float, Field(gt=0)] = 0.5
+    poll_s: Annotated[float, Field(gt=0, le=3600)] = 0.5
     """Seconds between scheduler polls (local)."""
     resources: dict[str, ResourcesConfig] = Field(default_factory=dict)
     """Per-stage resources (keys: stage names); stages not listed get the defaults."""
@@ -323,17 +386,17 @@ class ExecutorConfig(Strict):
 
 
 class SweepConfig(Strict):
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
-    """Sweep name (letters, digits, _ . -); carried in job names."""
-    workdir: Path
+    name: Name
+    """Sweep name (1-64 letters, digits, . _ + -); carried in job names."""
+    workdir: LocalPath
     """Work directory of the sweep: outputs, receipts, logs, manifest.sqlite."""
-    seed: int = 0
+    seed: Seed = 0
     """Sweep seed: shard seeds and other random choices derive from it."""
     data: DataConfig = DataConfig()
     """Training corpus."""
     tokenizer: TokenizerConfig = TokenizerConfig()
     """Tokenizer training."""
-    models: dict[str, ModelPreset] = Field(default_factory=dict)
+    models: dict[Name, ModelPreset] = Field(default_factory=dict)
     """Extra model presets by name (added to cdhpc.model.PRESETS)."""
     pretrain: PretrainConfig = PretrainConfig()
     """Training hyper-parameters of every run."""
@@ -341,8 +404,8 @@ class SweepConfig(Strict):
     """GOOD checkpoint selection."""
     generation: dict[str, Any] = Field(default_factory=dict)
     """Defaults for every method's `generation` block."""
-    methods: dict[str, MethodConfig] = Field(min_length=1)
-    """Data recipes by name, in table order."""
+    methods: dict[Name, MethodConfig] = Field(min_length=1)
+    """Data recipes by name, in table order (names become run, file and job names)."""
     retrain: RetrainConfig = RetrainConfig()
     """Runs trained from scratch on each synthetic corpus."""
     eval: EvalConfig = EvalConfig()
@@ -368,19 +431,22 @@ class SweepConfig(Strict):
         return method.mix if method.mix is not None else self.retrain.mix
 
 
-def _apply_generation_defaults(raw: dict) -> dict:
-    """Merge the top-level `generation` block under each method's own `generation` keys."""
+def _apply_generation_defaults(raw: dict) -> tuple[dict, dict[Loc, Loc]]:
+    """Merge the top-level `generation` block under each method's own `generation` keys. Also
+    returns where each inherited key was written, so an error in it is reported there, once."""
     defaults = raw.get("generation")
     methods = raw.get("methods")
     if not isinstance(defaults, dict) or not isinstance(methods, dict):
-        return raw
-    merged = {}
+        return raw, {}
+    merged, moved = {}, {}
     for name, method in methods.items():
         if isinstance(method, dict) and method.get("decoding") is not None:
             own = method.get("generation") or {}
-            method = {**method, "generation": {**defaults, **own}} if isinstance(own, dict) else method
+            if isinstance(own, dict):
+                method = {**method, "generation": {**defaults, **own}}
+                moved |= {("methods", name, "generation", k): ("generation", k) for k in defaults if k not in own}
         merged[name] = method
-    return {**raw, "methods": merged}
+    return {**raw, "methods": merged}, moved
 
 
 def load_config(path: str | Path, overrides: list[str] = (), *, allow_missing_paths: bool = False) -> SweepConfig:
@@ -394,11 +460,12 @@ def load_config(path: str | Path, overrides: list[str] = (), *, allow_missing_pa
     raw, lines = load_yaml(path)
     raw, overridden = apply_overrides(path, raw, list(overrides))
     raw = {k: v for k, v in raw.items() if not str(k).startswith("x-")}
+    raw, moved = _apply_generation_defaults(raw)
     try:
-        cfg = SweepConfig.model_validate(_apply_generation_defaults(raw))
+        cfg = SweepConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(path, format_pydantic_errors(e, SweepConfig, lines, overridden)) from None
-    issues = [i.located(lines, overridden) for i in check_references(cfg)]
+        raise ConfigError(path, format_pydantic_errors(e, SweepConfig, lines, overridden, moved)) from None
+    issues = locate(check_references(cfg), lines, overridden, moved)
     if allow_missing_paths:
         for i in (i for i in issues if i.missing_path):
             logging.getLogger("cdhpc").warning("%s (needed before launch)", i.render(path))

@@ -1,10 +1,12 @@
 """``cdhpc export`` / ``cdhpc report``: the paper table from the scores that exist so far (the
-aggregate step's computation over the done evaluate steps; marked partial until all are done)."""
+aggregate step's computation over the done evaluate steps; marked partial until all are done).
+Neither takes the workdir's lock; report writes nothing into the workdir (beyond the manifest
+index, where it can be written), export writes only ``results/`` (atomically)."""
 
 from __future__ import annotations
 
-import json
 import sys
+import tempfile
 from pathlib import Path
 
 
@@ -12,12 +14,12 @@ def done_evaluations(workdir: Path) -> tuple[dict, list, int]:
     """(aggregate step spec, ok receipts of its evaluate inputs, number of inputs planned)."""
     from cdhpc.manifest import Manifest
     from cdhpc.receipts import read_receipt
+    from cdhpc.status import read_plan_steps
 
-    steps = json.loads((workdir / "plan.json").read_text())["steps"]
-    agg = next((s for s in steps if s["stage"] == "aggregate"), None)
+    agg = next((s for s in read_plan_steps(workdir) if s["stage"] == "aggregate"), None)
     if agg is None:
         raise SystemExit("cdhpc: this sweep has no aggregate step")
-    with Manifest(workdir) as m:
+    with Manifest(workdir, fallback=True) as m:
         m.ingest()
         ok = {k: r["path"] for k, r in m.receipts_by_key().items() if r["status"] == "ok"}
     wanted = list(agg["inputs"].values())
@@ -37,8 +39,9 @@ def export(workdir: Path, write: bool) -> int:
     if len(receipts) < planned:
         print(f"PARTIAL: {len(receipts)} of {planned} evaluate steps done; mean-max over the checkpoints evaluated so far\n")
     print(render_markdown(table))
-    if write:
-        out = workdir / "export"
-        for f in publish(workdir, table, records, out):
-            print(f"  {f}")
+    if write:  # the report is rendered outside the workdir, then published as results/ in one rename
+        with tempfile.TemporaryDirectory(prefix="cdhpc-export-") as out:
+            partial = f"{len(receipts)} of {planned} evaluate steps done" if len(receipts) < planned else None
+            for f in publish(workdir, table, records, Path(out), partial=partial):
+                print(f"  {f}")
     return 0

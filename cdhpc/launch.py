@@ -1,7 +1,10 @@
 """``python -m cdhpc.launch sweep.yaml [key=value ...]``: load -> plan -> diff with manifest -> run.
 
 Re-running the same command is always safe: done steps are skipped, running ones are waited for,
-failed and missing ones run (again). Nothing is written before the config has loaded cleanly.
+failed and missing ones run (again). Nothing is written before the config has loaded cleanly, and
+nothing by a second launcher on the same workdir: one launcher holds ``workdir/.lock`` for its whole
+run (cdhpc.lock); another exits 2 naming it. --dry-run and --print-config take no lock and write
+nothing.
 """
 
 from __future__ import annotations
@@ -11,12 +14,14 @@ import contextlib
 import json
 import logging
 import shutil
+import sqlite3
 import sys
 import time
 from pathlib import Path
 
 from cdhpc import STAGES
 from cdhpc.config import ConfigError, SweepConfig, dump_config, load_config
+from cdhpc.lock import LOCK_FILE, WorkdirBusy, WorkdirLock, error_line
 from cdhpc.plan import Plan, plan_sweep
 
 log = logging.getLogger("cdhpc")
@@ -36,35 +41,57 @@ def build_parser(prog: str = "python -m cdhpc.launch") -> argparse.ArgumentParse
     p.add_argument("--until", choices=STAGES, default="aggregate", help="plan only up to this stage")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--verify", action="store_true", help="re-hash every output of done steps (default: size+mtime)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logs, and tracebacks of expected errors")
     return p
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m cdhpc.launch") -> int:
     args = build_parser(prog).parse_intermixed_args(argv)  # flags may come after key=value overrides
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if args.verbose:
+        log.setLevel(logging.DEBUG)
     try:
-        cfg = load_config(args.sweep, args.overrides, allow_missing_paths=args.dry_run or args.print_config)
-        profile = None
-        if cfg.executor.kind == "slurm":
-            from cdhpc.profile import resolve_profile
-
-            cfg, profile = resolve_profile(cfg, args.sweep)
-        if args.print_config:
-            sys.stdout.write(dump_config(cfg))
-            return 0
-        plan = plan_sweep(cfg, args.until)
-        if args.dry_run:
-            from cdhpc.dryrun import print_dry_run
-
-            print_dry_run(cfg, plan, read_states(cfg, plan), profile)
-            return 0
-        if profile is not None and shutil.which("sbatch") is None:
-            raise UsageError("executor.kind is 'slurm' but sbatch is not on PATH: launch from a SLURM login node, "
-                             "or use executor=local (--dry-run works anywhere)")
-        return launch(cfg, plan, verify=args.verify, profile=profile)
-    except (ConfigError, UsageError) as e:
+        return _main(args, prog)
+    except (ConfigError, UsageError, WorkdirBusy) as e:
+        if args.verbose:
+            raise
         print(e, file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the scheduler has cancelled its running steps
+        if args.verbose:
+            raise
+        print("cdhpc: interrupted; running steps were cancelled. Run the same command again to resume.",
+              file=sys.stderr)
+        return 130
+    except Exception as e:
+        line = error_line(e)
+        if line is None or args.verbose:
+            raise
+        print(line, file=sys.stderr)
+        return 1
+
+
+def _main(args: argparse.Namespace, prog: str) -> int:
+    """load -> plan -> --print-config / --dry-run / launch. Expected errors propagate to main."""
+    cfg = load_config(args.sweep, args.overrides, allow_missing_paths=args.dry_run or args.print_config)
+    profile = None
+    if cfg.executor.kind == "slurm":
+        from cdhpc.profile import resolve_profile
+
+        cfg, profile = resolve_profile(cfg, args.sweep)
+    if args.print_config:
+        sys.stdout.write(dump_config(cfg))
+        return 0
+    plan = plan_sweep(cfg, args.until)
+    if args.dry_run:
+        from cdhpc.dryrun import print_dry_run
+
+        print_dry_run(cfg, plan, read_states(cfg, plan), profile)
+        return 0
+    if profile is not None and shutil.which("sbatch") is None:
+        raise UsageError("executor.kind is 'slurm' but sbatch is not on PATH: launch from a SLURM login node, "
+                         "or use executor=local (--dry-run works anywhere)")
+    return launch(cfg, plan, verify=args.verify, profile=profile, command=prog)
 
 
 def check_workdir(cfg: SweepConfig) -> Path:
@@ -72,10 +99,14 @@ def check_workdir(cfg: SweepConfig) -> Path:
     workdir = cfg.workdir.resolve()
     marker = workdir / MARKER
     if marker.is_file():
-        owner = json.loads(marker.read_text()).get("sweep")
+        try:
+            owner = json.loads(marker.read_text()).get("sweep")
+        except (ValueError, AttributeError):
+            raise UsageError(f"{marker} is not the JSON cdhpc writes; put {json.dumps({'sweep': cfg.name})} into it "
+                             "if this is the workdir of that sweep, or set workdir= to another directory") from None
         if owner != cfg.name:
             raise UsageError(f"workdir {workdir} belongs to sweep {owner!r}, not {cfg.name!r}; set workdir= to another directory")
-    elif workdir.exists() and any(workdir.iterdir()):
+    elif workdir.exists() and any(p.name != LOCK_FILE for p in workdir.iterdir()):
         raise UsageError(f"workdir {workdir} exists, is not empty and is not a cdhpc workdir (no {MARKER}); choose another workdir")
     return workdir
 
@@ -88,7 +119,7 @@ def read_states(cfg: SweepConfig, plan: Plan) -> dict[str, str] | None:
     from cdhpc.manifest import Manifest
     from cdhpc.scheduler import step_states
 
-    with Manifest(workdir) as m:
+    with Manifest(workdir, memory=True) as m:  # an in-memory copy: --dry-run writes nothing
         m.ingest()
         return step_states(workdir, plan, m.receipts_by_key(), m.jobs_by_key(), _outputs(m))
 
@@ -112,7 +143,21 @@ def prepare_workdir(cfg: SweepConfig, plan: Plan) -> Path:
     return workdir
 
 
-def launch(cfg: SweepConfig, plan: Plan, verify: bool = False, profile=None) -> int:
+def launch(cfg: SweepConfig, plan: Plan, verify: bool = False, profile=None, command: str = "python -m cdhpc.launch") -> int:
+    """Run (or submit) the plan, holding the workdir's lock throughout. Raises WorkdirBusy
+    before writing anything when another launcher holds it."""
+    workdir = check_workdir(cfg)
+    workdir.mkdir(parents=True, exist_ok=True)
+    with WorkdirLock(workdir, command):
+        try:
+            return _launch_locked(cfg, plan, verify, profile)
+        except OSError as e:
+            if e.filename is None:  # a write to an open file (a full disk): name the workdir in the one line
+                e.filename = str(workdir)
+            raise
+
+
+def _launch_locked(cfg: SweepConfig, plan: Plan, verify: bool, profile) -> int:
     # The workdir records the whole sweep (what status shows); --until limits what runs now.
     workdir = prepare_workdir(cfg, plan if plan.until == STAGES[-1] else plan_sweep(cfg))
     if cfg.executor.kind == "slurm":
@@ -154,7 +199,10 @@ def execute(workdir: Path, plan: Plan, *, max_parallel: int, retries: int, poll_
         bars = StageProgress(plan) if sys.stderr.isatty() else contextlib.nullcontext()
 
         def changed(now: dict[str, str]) -> None:
-            report_bad(m.ingest().bad)
+            try:  # the index only: a full disk must not stop the steps that are running
+                report_bad(m.ingest().bad)
+            except sqlite3.OperationalError as e:
+                log.warning("manifest not updated (%s); the receipts are the record, it catches up later", e)
             if isinstance(bars, StageProgress):
                 bars.update(now)
 

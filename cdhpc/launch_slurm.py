@@ -28,9 +28,13 @@ log = logging.getLogger("cdhpc")
 def submit_sweep(cfg: SweepConfig, plan: Plan, workdir: Path, profile: ClusterProfile, verify: bool = False) -> int:
     """Submit what the sweep needs; print the table when everything is already done."""
     from cdhpc.launch import print_results
+    from cdhpc.slurm import UnsafeSbatch
 
     try:
         states, sub, live = submit_plan(workdir, plan, profile, cfg.name, verify)
+    except UnsafeSbatch as e:  # a value that would change the sbatch script: checked before any sbatch
+        log.error("%s", e)
+        return 2
     except RuntimeError as e:  # sbatch refused (bad partition, ...) or SLURM does not answer
         log.error("%s; what was submitted before is recorded, and the same launch continues from there", e)
         return 1

@@ -11,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable
 
 from cdhpc import STAGES
 from cdhpc.config import MethodConfig, SweepConfig
+from cdhpc.paths import component, inside
 
 # Bump a stage's version when its code changes what it writes: its steps (and descendants) re-run.
 # generate 2: sampler seeds from derive_seed; evaluate 2: the official BabyLM scoring rules by default
@@ -51,8 +53,13 @@ class StepSpec:
 
     @property
     def dirname(self) -> str:
-        """Output directory relative to the workdir: <stage>/<name>-<key8>."""
-        return f"{self.stage}/{self.name}-{self.key[:8]}"
+        """Output directory relative to the workdir: <stage>/<name>-<key8> (ValueError when the
+        stage or name would make it more than two plain file names, e.g. a name with '/')."""
+        return f"{component(self.stage)}/{component(f'{self.name}-{self.key[:8]}')}"
+
+    def out_dir(self, workdir: str | Path) -> Path:
+        """The step's output directory under `workdir`, checked to stay inside it."""
+        return inside(workdir, self.dirname)
 
     def to_dict(self) -> dict[str, Any]:
         return {"stage": self.stage, "name": self.name, "key": self.key, "params": self.params,
@@ -61,6 +68,19 @@ class StepSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StepSpec:
         return cls(**{k: d[k] for k in ("stage", "name", "key", "params", "inputs", "options", "resources")})
+
+
+def baseline_run(method: str, seed: int) -> str:
+    """Run names (they name directories): a baseline run, a small amateur, a retrained run."""
+    return f"{method}-s{seed}"
+
+
+def amateur_run(preset: str, seed: int) -> str:
+    return f"amateur-{preset}-s{seed}"
+
+
+def retrain_run(method: str, share: float, seed: int) -> str:
+    return f"{method}-q{share:g}-s{seed}"
 
 
 @dataclass
@@ -152,7 +172,7 @@ def _plan_pretrain(b: _Builder, tok: StepSpec, last: int) -> dict[str, StepSpec]
     runs = {}
     baseline_name = cfg.stats.baseline
     for seed in cfg.pretrain.seeds:
-        name = f"{baseline_name}-s{seed}"
+        name = baseline_run(baseline_name, seed)
         runs[name] = b.add("pretrain", name, _run_params(cfg, cfg.pretrain.model, seed, baseline_name, 0.0),
                            {"tokenizer": tok}, opts)
     amateurs = {}
@@ -160,7 +180,7 @@ def _plan_pretrain(b: _Builder, tok: StepSpec, last: int) -> dict[str, StepSpec]
         a = method.amateur
         if a is not None and a.kind == "small":
             seed = a.seed if a.seed is not None else cfg.pretrain.seeds[0]
-            name = f"amateur-{a.model}-s{seed}"
+            name = amateur_run(a.model, seed)
             if name not in amateurs:
                 amateurs[name] = b.add("pretrain", name, _run_params(cfg, a.model, seed, None, 0.0),
                                        {"tokenizer": tok}, opts)
@@ -173,7 +193,7 @@ def _plan_pretrain(b: _Builder, tok: StepSpec, last: int) -> dict[str, StepSpec]
             continue
         for share in cfg.mix_for(method):
             for seed in cfg.retrain.seeds:
-                name = f"{mname}-q{share:g}-s{seed}"
+                name = retrain_run(mname, share, seed)
                 inputs = {"tokenizer": tok, "synthetic": corpus} if share > 0 else {"tokenizer": tok}
                 runs[name] = b.add("pretrain", name, _run_params(cfg, cfg.pretrain.model, seed, mname, share),
                                    inputs, opts)
@@ -188,7 +208,7 @@ def _plan_method_corpus(b: _Builder, mname: str, method: MethodConfig, baselines
     select_inputs = dict(baselines)
     if a is not None and a.kind == "small":
         seed = a.seed if a.seed is not None else cfg.pretrain.seeds[0]
-        select_inputs["amateur"] = amateurs[f"amateur-{a.model}-s{seed}"]
+        select_inputs["amateur"] = amateurs[amateur_run(a.model, seed)]
     select = b.add("select", mname, {"good": _dump(cfg.select.good), "mode": method.decoding.mode,
                                      "amateur": _dump(a) if a else None}, select_inputs)
     if last < 4:
@@ -233,6 +253,8 @@ def _plan_evaluate(b: _Builder, prepare: StepSpec, runs: dict[str, StepSpec]) ->
         common = {"set": e.set, "scoring": e.scoring, "dtype": e.dtype, "data_dir": data_dir,
                   "run": run_name, "method": run.params["method"], "seed": run.params["seed"],
                   "synthetic_share": run.params["synthetic_share"]}
+        if e.truncate:  # only when on: the keys of sweeps that never truncate stay as they were
+            common["truncate"] = True
         for step in eval_steps_for(cfg):
             for task in e.tasks:
                 if task == "aoa":

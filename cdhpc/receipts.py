@@ -101,13 +101,14 @@ class OutputFile(BaseModel):
 
 
 class Receipt(BaseModel):
-    """What a step did. Written last; status "failed" receipts keep the error and log paths."""
+    """What a step did. Written last; "failed" and "cancelled" (SIGTERM/SIGINT) receipts keep the
+    error and log paths. Only "ok" proves a step done; the others leave it to run again."""
 
     model_config = ConfigDict(extra="forbid")
     key: str
     stage: str
     name: str
-    status: Literal["ok", "failed"]
+    status: Literal["ok", "failed", "cancelled"]
     spec: dict[str, Any]
     outputs: list[OutputFile] = Field(default_factory=list)
     metrics: dict[str, Any] = Field(default_factory=dict)

@@ -8,8 +8,6 @@ bold (perplexity: lowest).
 
 from __future__ import annotations
 
-import csv
-import io
 import numbers
 import re
 from dataclasses import dataclass, field
@@ -176,12 +174,21 @@ def csv_cell(value: object) -> str:
     return text
 
 
-def _csv(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow([csv_cell(h) for h in header])
-    writer.writerows([csv_cell(v) for v in row] for row in rows)
-    return buf.getvalue()
+def _csv_field(text: str) -> str:
+    """A field quoted as csv.writer quotes it (QUOTE_MINIMAL), and also when it holds a bare \\r,
+    which csv.writer with a \\n line terminator would leave unquoted (a reader sees a new row)."""
+    if any(c in text for c in ',"\r\n'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def _csv(header: Sequence[str], rows: Iterable[Sequence[object]], partial: str | None = None) -> str:
+    """CSV text, escaped cells (`csv_cell`); with `partial`, a last column ``partial`` holding it
+    in every row."""
+    extra = [] if partial is None else [partial]
+    lines = [[csv_cell(h) for h in header] + (["partial"] if extra else [])]
+    lines += [[csv_cell(v) for v in row] + [csv_cell(p) for p in extra] for row in rows]
+    return "".join(",".join(map(_csv_field, line)) + "\n" for line in lines)
 
 
 def paper_table_header(tasks: Sequence[str]) -> list[str]:
@@ -190,8 +197,9 @@ def paper_table_header(tasks: Sequence[str]) -> list[str]:
     return ["method", "mu_delta_rel"] + [f"{t}{suffix}" for t in tasks for suffix in per_task]
 
 
-def render_paper_csv(table: PaperTable) -> str:
-    """``paper_table.csv``: one row per method; empty cells where there is no value."""
+def render_paper_csv(table: PaperTable, partial: str | None = None) -> str:
+    """``paper_table.csv``: one row per method; empty cells where there is no value. `partial`
+    (e.g. "3 of 8 evaluate steps done"): a last column ``partial`` holding it."""
     rows = []
     for m in table.methods:
         row: list[object] = [m, table.mu_delta_rel.get(m)]
@@ -199,11 +207,12 @@ def render_paper_csv(table: PaperTable) -> str:
             c = table.cells.get((m, t))
             row += [None] * 6 if c is None else [c.value, c.pm, c.significant if c.p is not None else None, c.p, c.ci_low, c.ci_high]
         rows.append(row)
-    return _csv(paper_table_header(table.tasks), rows)
+    return _csv(paper_table_header(table.tasks), rows, partial)
 
 
-def render_scores_long(records: Iterable[Mapping[str, object]]) -> str:
-    """``scores_long.csv``: one row per run x checkpoint x task, sorted."""
+def render_scores_long(records: Iterable[Mapping[str, object]], partial: str | None = None) -> str:
+    """``scores_long.csv``: one row per run x checkpoint x task, sorted; `partial` as in
+    `render_paper_csv`."""
     rows = []
     for i, r in enumerate(records):
         missing = [c for c in SCORES_LONG_COLUMNS if c not in r]
@@ -211,7 +220,7 @@ def render_scores_long(records: Iterable[Mapping[str, object]]) -> str:
             raise KeyError(f"score record {i} lacks {missing}; has {sorted(r)}")
         rows.append([r[c] for c in SCORES_LONG_COLUMNS])
     rows.sort(key=lambda row: tuple((0, v, "") if isinstance(v, numbers.Real) else (1, 0, str(v)) for v in row))
-    return _csv(SCORES_LONG_COLUMNS, rows)
+    return _csv(SCORES_LONG_COLUMNS, rows, partial)
 
 
 def _best(table: PaperTable, task: str, digits: int = 2) -> set[str]:
@@ -238,8 +247,34 @@ def _title(task: str, metrics: Mapping[str, str] | None = None, latex: bool = Fa
     return title
 
 
-def render_markdown(table: PaperTable, names: Mapping[str, str] | None = None) -> str:
-    """The table in Markdown: "value ± pm", ``\\*`` when significant, best per column in bold."""
+_MARKDOWN_SPECIAL = set("\\`*_[]<>|&$~")
+
+
+def markdown_escape(text: str) -> str:
+    """Text shown as itself in a Markdown (GFM) table cell: punctuation that would format, link,
+    open HTML, start math or end the cell is backslash-escaped; a line break is ``<br>``, other
+    control characters a space."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    out = []
+    for ch in text:
+        if ch in _MARKDOWN_SPECIAL:
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("<br>")
+        else:
+            out.append(ch if ch.isprintable() else " ")
+    return "".join(out)
+
+
+def partial_line(partial: str) -> str:
+    """The mark a partial report carries in its text files."""
+    return f"PARTIAL: {partial}; mean-max over the checkpoints evaluated so far"
+
+
+def render_markdown(table: PaperTable, names: Mapping[str, str] | None = None,
+                    partial: str | None = None) -> str:
+    """The table in Markdown: "value ± pm", ``\\*`` when significant, best per column in bold.
+    Method names are text (`markdown_escape`); `partial` puts `partial_line` before the table."""
     names = names or {}
     arrows = ["↓" if t in table.lower_is_better else "↑" for t in table.tasks]
     header = ["Name", "μΔREL ↑"] + [f"{_title(t, table.metrics)} {a}" for t, a in zip(table.tasks, arrows)]
@@ -248,31 +283,42 @@ def render_markdown(table: PaperTable, names: Mapping[str, str] | None = None) -
     for m in table.methods:
         mu = table.mu_delta_rel.get(m)
         mu_text = "-" if mu is None else f"{mu:.2f}%"
-        row = [names.get(m, m), f"**{mu_text}**" if m in _best_mu(table) else mu_text]
+        row = [markdown_escape(names.get(m, m)), f"**{mu_text}**" if m in _best_mu(table) else mu_text]
         for t in table.tasks:
             c = table.cells.get((m, t))
             text = "-" if c is None else f"{c.value:.2f} ± {c.pm:.2f}"
             if c is not None and m in best[t]:
                 text = f"**{text}**"
             row.append(text + ("\\*" if c is not None and c.significant else ""))
-        lines.append("| " + " | ".join(r.replace("|", "\\|") for r in row) + " |")
-    return "\n".join(lines) + "\n"
+        lines.append("| " + " | ".join(row) + " |")
+    head = [partial_line(partial), ""] if partial is not None else []
+    return "\n".join(head + lines) + "\n"
 
 
-_LATEX_SPECIAL = {c: "\\" + c for c in "&%$#_{}"} | {"~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}
+_LATEX_SPECIAL = {c: "\\" + c for c in "&%$#_{}"} | {
+    "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}",
+    "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}"}
 
 
 def latex_escape(text: str) -> str:
-    """Text safe inside a LaTeX tabular cell."""
-    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
+    """Text shown as itself inside a LaTeX tabular cell: specials escaped (``<``, ``>`` and ``|``
+    too, which the default font would print as other glyphs); a line break or other control
+    character is a space (an empty line would end the paragraph inside the tabular)."""
+    return "".join(_LATEX_SPECIAL.get(ch, ch if ch.isprintable() else " ") for ch in text)
 
 
-def render_latex(table: PaperTable, names: Mapping[str, str] | None = None) -> str:
-    """The table as a booktabs ``tabular``: ``$v \\pm pm$``, ``^{*}`` when significant, bold best."""
+def render_latex(table: PaperTable, names: Mapping[str, str] | None = None,
+                 partial: str | None = None) -> str:
+    """The table as a booktabs ``tabular``: ``$v \\pm pm$``, ``^{*}`` when significant, bold best.
+    `partial`: a comment line and a first row, both `partial_line`, so a typeset draft shows it."""
     names = names or {}
     arrows = [r"$\downarrow$" if t in table.lower_is_better else r"$\uparrow$" for t in table.tasks]
     header = ["Name", r"$\mu\Delta_{\mathrm{REL}}$ $\uparrow$"] + [f"{_title(t, table.metrics, latex=True)} {a}" for t, a in zip(table.tasks, arrows)]
-    lines = [r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule", " & ".join(header) + r" \\", r"\midrule"]
+    lines = [r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule"]
+    if partial is not None:
+        mark = latex_escape(partial_line(partial))
+        lines = [f"% {mark}"] + lines + [rf"\multicolumn{{{len(header)}}}{{l}}{{\textbf{{{mark}}}}} \\", r"\midrule"]
+    lines += [" & ".join(header) + r" \\", r"\midrule"]
     best = {t: _best(table, t) for t in table.tasks}
     for m in table.methods:
         mu = table.mu_delta_rel.get(m)
@@ -291,37 +337,47 @@ def render_latex(table: PaperTable, names: Mapping[str, str] | None = None) -> s
 
 
 # ----------------------------------------------------------------------------- plots and writers
-def plot_delta_rel(table: PaperTable, path: Path) -> Path:
+def _plain_text() -> dict[str, object]:
+    """matplotlib settings under which every label is plain text: no mathtext (a ``$`` in a
+    method name would be parsed as math and fail), no LaTeX."""
+    return {"text.parse_math": False, "text.usetex": False}
+
+
+def plot_delta_rel(table: PaperTable, path: Path, partial: str | None = None) -> Path:
     """``delta_rel.png``: per task, each method's relative improvement over the baseline (%) with
-    its bootstrap CI."""
+    its bootstrap CI. Method names are plain text; `partial` titles the plot with `partial_line`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = [m for m in table.methods if m != table.baseline]
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(table.tasks)), 4.0))
-    width = 0.8 / max(1, len(methods))
-    for i, m in enumerate(methods):
-        cells = [table.cells.get((m, t)) for t in table.tasks]
-        xs = [j + (i - (len(methods) - 1) / 2) * width for j, c in enumerate(cells) if c is not None and c.rel is not None]
-        got = [c for c in cells if c is not None and c.rel is not None]
-        rel = np.array([c.rel for c in got])
-        err = np.array([[c.rel - c.rel_ci_low, c.rel_ci_high - c.rel] for c in got]).T.reshape(2, -1)
-        ax.bar(xs, rel, width, yerr=np.clip(err, 0, None), capsize=2, label=m)
-    ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_xticks(range(len(table.tasks)), [_title(t, table.metrics) for t in table.tasks], rotation=30, ha="right")
-    ax.set_ylabel(f"relative improvement vs {table.baseline} (%)")
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with matplotlib.rc_context(_plain_text()):
+        methods = [m for m in table.methods if m != table.baseline]
+        fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(table.tasks)), 4.0))
+        width = 0.8 / max(1, len(methods))
+        for i, m in enumerate(methods):
+            cells = [table.cells.get((m, t)) for t in table.tasks]
+            xs = [j + (i - (len(methods) - 1) / 2) * width for j, c in enumerate(cells) if c is not None and c.rel is not None]
+            got = [c for c in cells if c is not None and c.rel is not None]
+            rel = np.array([c.rel for c in got])
+            err = np.array([[c.rel - c.rel_ci_low, c.rel_ci_high - c.rel] for c in got]).T.reshape(2, -1)
+            ax.bar(xs, rel, width, yerr=np.clip(err, 0, None), capsize=2, label=m)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(table.tasks)), [_title(t, table.metrics) for t in table.tasks], rotation=30, ha="right")
+        ax.set_ylabel(f"relative improvement vs {table.baseline} (%)")
+        ax.legend(fontsize="small")
+        if partial is not None:
+            ax.set_title(partial_line(partial), fontsize="small", color="tab:red")
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
     return path
 
 
-def plot_curves(points: Mapping[Key, float], path: Path, tasks: Sequence[str] | None = None) -> Path:
+def plot_curves(points: Mapping[Key, float], path: Path, tasks: Sequence[str] | None = None,
+                partial: str | None = None) -> Path:
     """``curves.png``: per task, each method's score vs checkpoint step (mean over seeds, band =
-    min..max over seeds)."""
+    min..max over seeds). Method names are plain text; `partial` titles the figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -331,48 +387,54 @@ def plot_curves(points: Mapping[Key, float], path: Path, tasks: Sequence[str] | 
                  or sorted({k[3] for k in points if k[3] != "aoa"}))  # aoa: one value per run, no curve
     cols = min(4, max(1, len(tasks)))
     rows = -(-len(tasks) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
-    for ax, task in zip(axes.ravel(), tasks):
-        for method in sorted({k[0] for k in points if k[3] == task}):
-            by_step: dict[int, list[float]] = {}
-            for (m, _, step, t), v in points.items():
-                if m == method and t == task:
-                    by_step.setdefault(step, []).append(v)
-            steps = sorted(by_step)
-            ax.plot(steps, [np.mean(by_step[s]) for s in steps], marker="o", markersize=3, label=method)
-            ax.fill_between(steps, [min(by_step[s]) for s in steps], [max(by_step[s]) for s in steps], alpha=0.15)
-        ax.set_title(_title(task))
-        ax.set_xlabel("step")
-    for ax in axes.ravel()[len(tasks):]:
-        ax.set_visible(False)
-    axes.ravel()[0].legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with matplotlib.rc_context(_plain_text()):
+        fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+        for ax, task in zip(axes.ravel(), tasks):
+            for method in sorted({k[0] for k in points if k[3] == task}):
+                by_step: dict[int, list[float]] = {}
+                for (m, _, step, t), v in points.items():
+                    if m == method and t == task:
+                        by_step.setdefault(step, []).append(v)
+                steps = sorted(by_step)
+                ax.plot(steps, [np.mean(by_step[s]) for s in steps], marker="o", markersize=3, label=method)
+                ax.fill_between(steps, [min(by_step[s]) for s in steps], [max(by_step[s]) for s in steps], alpha=0.15)
+            ax.set_title(_title(task))
+            ax.set_xlabel("step")
+        for ax in axes.ravel()[len(tasks):]:
+            ax.set_visible(False)
+        axes.ravel()[0].legend(fontsize="small")
+        if partial is not None:
+            fig.suptitle(partial_line(partial), fontsize="small", color="tab:red")
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
     return path
 
 
 def write_report(
     out_dir: Path, table: PaperTable, records: Iterable[Mapping[str, object]] | None = None,
-    names: Mapping[str, str] | None = None,
+    names: Mapping[str, str] | None = None, partial: str | None = None,
 ) -> list[Path]:
     """Write ``paper_table.{csv,md,tex}``, ``delta_rel.png`` and, given score records,
-    ``scores_long.csv`` and ``curves.png`` into ``out_dir``; returns the paths written."""
+    ``scores_long.csv`` and ``curves.png`` into ``out_dir``; returns the paths written.
+    `partial` (e.g. "3 of 8 evaluate steps done", None for a complete report) marks every file:
+    a first line in the Markdown, a comment and a first row in the LaTeX, a ``partial`` column in
+    the CSVs, a title on the plots."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     texts = {
-        "paper_table.csv": render_paper_csv(table),
-        "paper_table.md": render_markdown(table, names),
-        "paper_table.tex": render_latex(table, names),
+        "paper_table.csv": render_paper_csv(table, partial),
+        "paper_table.md": render_markdown(table, names, partial),
+        "paper_table.tex": render_latex(table, names, partial),
     }
     records = list(records) if records is not None else None
     if records is not None:
-        texts["scores_long.csv"] = render_scores_long(records)
+        texts["scores_long.csv"] = render_scores_long(records, partial)
     written = []
     for name, text in texts.items():
         (out_dir / name).write_text(text, encoding="utf-8")
         written.append(out_dir / name)
-    written.append(plot_delta_rel(table, out_dir / "delta_rel.png"))
+    written.append(plot_delta_rel(table, out_dir / "delta_rel.png", partial))
     if records:
-        written.append(plot_curves(points_from_scores(records), out_dir / "curves.png"))
+        written.append(plot_curves(points_from_scores(records), out_dir / "curves.png", partial=partial))
     return written

@@ -3,8 +3,11 @@ LocalExecutor, in dependency order, with a parallelism limit.
 
 State is files: a job record ``workdir/jobs/<stage>/<name>-<key8>.json`` is written when a job is
 submitted and when it ends; a receipt is the only proof of success. A launcher killed mid-sweep
-leaves its local jobs running (submitit's controllers outlive it); the next launch finds them by
-pid and waits for them instead of starting the same work twice.
+(SIGKILL) leaves its local jobs running (submitit's controllers outlive it); the next launch finds
+them by pid and waits for them instead of starting the same work twice. A launcher stopped by
+SIGINT or SIGTERM cancels the local jobs it runs and waits for them to stop; their steps resume
+at the next launch. A step cancelled by a signal is not retried. Record writes are best effort (a
+full disk must not stop the loop): a RUNNING record whose process is gone counts as failed.
 """
 
 from __future__ import annotations
@@ -12,13 +15,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from cdhpc.plan import Plan, StepSpec
-from cdhpc.receipts import OutputFile, atomic_write_json, output_intact, receipt_path
+from cdhpc.receipts import OutputFile, ReceiptError, atomic_write_json, output_intact, read_receipt, receipt_path
 
 log = logging.getLogger("cdhpc")
 
@@ -96,6 +101,17 @@ class _Running:
     job_id: str
     attempt: int
 
+    def alive(self) -> bool:
+        return not self.job.done() if self.job is not None else pid_alive(self.job_id)
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """SIGTERM reached the launcher: handled as Ctrl-C (SIGINT) is, by cancelling its local jobs."""
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise SweepInterrupted(f"stopped by {signal.Signals(signum).name}")
+
 
 class LocalScheduler:
     """Runs steps as submitit local jobs, at most `max_parallel` at once, inputs first."""
@@ -118,6 +134,8 @@ class LocalScheduler:
         for k, s in state.items():
             if s in (FAILED, MISSING):
                 state[k] = MISSING
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _interrupt) if main else None
         try:
             while True:
                 self._finish(running, state, attempts)
@@ -126,9 +144,12 @@ class LocalScheduler:
                 if not running:
                     break
                 time.sleep(self.poll_s)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # Ctrl-C, SIGINT, or SIGTERM (SweepInterrupted)
             self._cancel(running)
             raise
+        finally:
+            if main:
+                signal.signal(signal.SIGTERM, previous)
         return RunSummary(done=[k for k, s in state.items() if s == DONE],
                           failed=[k for k, s in state.items() if s == FAILED],
                           blocked=[k for k, s in state.items() if s == BLOCKED])
@@ -149,7 +170,11 @@ class LocalScheduler:
             for s in pack:
                 attempts[s.key] += 1
                 state[s.key] = RUNNING
-            running.append(self._start(pack, max(attempts[s.key] for s in pack)))
+            try:
+                running.append(self._start(pack, max(attempts[s.key] for s in pack)))
+            except OSError as e:  # e.g. ENOSPC writing the job's pickle: fail these steps, not the launcher
+                log.error("could not start %s: %s", ", ".join(f"{s.stage}/{s.name}" for s in pack), e)
+                state.update((s.key, FAILED) for s in pack)
         self.on_change(state)
 
     def _start(self, pack: list[StepSpec], attempt: int) -> _Running:
@@ -176,17 +201,19 @@ class LocalScheduler:
         from jobs import is_done
 
         for r in list(running):
-            if (r.job is not None and not r.job.done()) or (r.job is None and pid_alive(r.job_id)):
+            if r.alive():
                 continue
             running.remove(r)
+            cancelled = any(self._cancelled(s) for s in r.specs)  # a cancelled job stops its whole pack
             for s in r.specs:
                 ok = is_done(self.workdir, s)
-                if not ok and self._cancelled(s):  # cancelled by the user (cdhpc status): no retry
-                    state[s.key] = FAILED
-                    continue
-                self._record(s, r.job_id, "COMPLETED" if ok else "FAILED", r.attempt, r.job.paths if r.job else None)
+                self._record(s, r.job_id, "COMPLETED" if ok else "CANCELLED" if cancelled else "FAILED", r.attempt,
+                             r.job.paths if r.job else None)
                 if ok:
                     state[s.key] = DONE
+                elif cancelled:  # by the user (cdhpc cancel, kill): no retry; the next launch resumes it
+                    log.warning("step %s/%s cancelled; launching the sweep again resumes it", s.stage, s.name)
+                    state[s.key] = FAILED
                 elif attempts[s.key] <= self.retries:
                     log.warning("step %s/%s failed (attempt %d); retrying", s.stage, s.name, attempts[s.key])
                     state[s.key] = MISSING
@@ -196,26 +223,44 @@ class LocalScheduler:
                     state[s.key] = FAILED
 
     def _cancelled(self, spec: StepSpec) -> bool:
+        """The step's job record (cdhpc cancel, the step itself) or receipt says it was cancelled."""
         path = job_record_path(self.workdir, spec)
-        return path.is_file() and json.loads(path.read_text()).get("state") == "CANCELLED"
+        try:
+            if path.is_file() and json.loads(path.read_text()).get("state") == "CANCELLED":
+                return True
+            return read_receipt(receipt_path(self.workdir, spec.stage, spec.name, spec.key)).status == "cancelled"
+        except (OSError, ValueError, ReceiptError):
+            return False
 
     def _record(self, spec: StepSpec, job_id: str, job_state: str, attempt: int, paths: Any) -> None:
+        """Write the step's job record; best effort (logged): a full disk must not stop the loop."""
         path = job_record_path(self.workdir, spec)
         rec = {"key": spec.key, "executor": "local", "job_id": str(job_id), "array_index": None,
                "state": job_state, "attempt": attempt, "updated": time.time(),
                "stdout": str(paths.stdout) if paths else None, "stderr": str(paths.stderr) if paths else None}
-        if path.is_file():
-            rec["submitted"] = json.loads(path.read_text()).get("submitted") if job_state != "RUNNING" else time.time()
-        else:
-            rec["submitted"] = time.time()
-        atomic_write_json(path, rec)
+        try:
+            keep = path.is_file() and job_state != "RUNNING"
+            rec["submitted"] = json.loads(path.read_text()).get("submitted") if keep else time.time()
+            atomic_write_json(path, rec)
+        except (OSError, ValueError) as e:
+            log.error("step %s/%s: could not write its job record (%s): %s", spec.stage, spec.name, job_state, e)
 
-    def _cancel(self, running: list[_Running]) -> None:
+    def _cancel(self, running: list[_Running], wait_s: float = 10.0) -> None:
+        """SIGINT every running job (submitit's LocalJob.cancel: its controller passes SIGINT on to
+        the step, which records itself cancelled, and SIGKILLs it a second later), wait for them to
+        end, and record their steps CANCELLED; their outputs stay resumable."""
+        from jobs import is_done
+
         for r in running:
             if r.job is not None:
                 r.job.cancel(check=False)
             elif pid_alive(r.job_id):
-                os.kill(int(r.job_id), 2)
+                os.kill(int(r.job_id), signal.SIGINT)
+        deadline = time.time() + wait_s
+        while time.time() < deadline and any(r.alive() for r in running):
+            time.sleep(0.1)
+        for r in running:
             for s in r.specs:
-                self._record(s, r.job_id, "CANCELLED", r.attempt, r.job.paths if r.job else None)
-        log.warning("cancelled %d running job(s)", len(running))
+                ok = is_done(self.workdir, s)
+                self._record(s, r.job_id, "COMPLETED" if ok else "CANCELLED", r.attempt, r.job.paths if r.job else None)
+        log.warning("cancelled %d running job(s); launching the sweep again resumes them", len(running))

@@ -10,6 +10,10 @@ array waits for the one pretrain array element that trains its run, not for the 
 A launcher killed mid-submit leaves an intent file (``workdir/submitting/<job name>.json``)
 written before sbatch; the next launch finds the job by its unique name (squeue, then sacct)
 and adopts it instead of submitting it twice.
+
+Before any sbatch, the script submitit renders for every array is checked line by line
+(`check_sbatch_script`): the profile's values were checked when it loaded, and this is the
+second line of defence against a value that would start a line of its own in the script.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import json
 import logging
 import math
 import re
+import shlex
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,9 +122,20 @@ def dependency_string(after: Iterable[JobRef], sizes: dict[str, int]) -> str | N
     return "afterok:" + ":".join(parts) if parts else None
 
 
+class UnsafeSbatch(ValueError):
+    """A job name or sbatch script that a value could have changed: nothing is submitted."""
+
+
+JOB_NAME_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")  # sweep names' rule; safe in squeue/sacct --name lists
+
+
 def job_name(sweep: str, stage: str, keys: list[str], salt: str) -> str:
     """Pure: cdhpc.<sweep>.<stage>.<hash of the steps and the submission>: unique, and findable
     by name after a launcher died between sbatch and writing the job records."""
+    for what, part in (("sweep name", sweep), ("stage", stage)):
+        if not JOB_NAME_PART.fullmatch(part):
+            raise UnsafeSbatch(f"{what} {part!r} cannot be part of a SLURM job name (allowed: letters, digits "
+                               "and _ . + -, starting with a letter or digit)")
     digest = hashlib.sha256(json.dumps([keys, salt]).encode()).hexdigest()[:10]
     return f"cdhpc.{sweep}.{stage}.{digest}"
 
@@ -154,6 +171,75 @@ def sbatch_parameters(array: ArraySpec, profile: ClusterProfile, name: str, depe
     extra = {**profile.sbatch, **(stage.sbatch if stage is not None else {})}
     params["additional_parameters"].update(extra.pop("additional_parameters", {}))
     return params | extra
+
+
+# ----------------------------------------------------------------------------- pure: the script
+SBATCH_FLAG = re.compile(r"#SBATCH --([A-Za-z][A-Za-z0-9-]*)(=.*)?")
+SUBMITIT_FLAGS = {"signal", "output", "error", "open-mode", "array", "job-name", "time", "nodes", "wckey"}
+NOT_FLAGS = {"array_parallelism", "additional_parameters", "setup", "teardown", "signal_delay_s", "stderr_to_stdout",
+             "srun_args", "use_srun", "num_gpus"}  # submitit parameters that are no #SBATCH line of their own
+
+
+def sbatch_script(params: dict[str, Any], folder: str | Path, n_jobs: int, command: str | None = None) -> str:
+    """Pure: the script submitit's SlurmExecutor writes for these parameters (its own renderer),
+    for an array of `n_jobs` (a single job when 1) logging to `folder`."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    command = command or f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(str(folder))}"
+    return _make_sbatch_string(command=command, folder=folder, **({"map_count": n_jobs} if n_jobs > 1 else {}), **params)
+
+
+def check_sbatch_script(text: str, params: dict[str, Any], name: str) -> None:
+    """Raise UnsafeSbatch unless no parameter has a line break or control character and every
+    line of `text` is accounted for: the shebang, one ``#SBATCH --key=value`` line per parameter
+    (each key once, a key submitit or a parameter sets), the `setup` lines, submitit's command
+    block and the `teardown` lines, in submitit's order and number."""
+    def refuse(why: str) -> UnsafeSbatch:
+        return UnsafeSbatch(f"refusing to submit {name}: {why}; nothing was submitted for it "
+                            "(fix the value in the cluster profile or the sweep)")
+
+    for key, value in _strings(params):
+        if any(not c.isprintable() for c in value):
+            raise refuse(f"sbatch parameter {key} = {value!r} has a line break or control character")
+    flags: dict[str, str | None] = dict.fromkeys(SUBMITIT_FLAGS)  # flag -> its line (None: submitit's value)
+    if "num_gpus" in params:
+        flags["gpus-per-node"] = None
+    for key, value in [*params.items(), *(params.get("additional_parameters") or {}).items()]:
+        if value is not None and key not in NOT_FLAGS:
+            flags[key.replace("_", "-")] = f"#SBATCH --{key.replace('_', '-')}" + ("" if value is True else
+                                                                                     f"={shlex.quote(str(value))}")
+    lines = text.split("\n")
+    end = lines.index("", 3) if lines[:3] == ["#!/bin/bash", "", "# Parameters"] and "" in lines[3:] else 0
+    if not end:
+        raise refuse("its sbatch script does not start as submitit's scripts do")
+    seen = set()
+    for n, line in enumerate(lines[3:end], 4):
+        m = SBATCH_FLAG.fullmatch(line)
+        key = m[1] if m else None
+        if key not in flags or flags[key] not in (None, line) or key in seen:
+            raise refuse(f"line {n} of its sbatch script, {line!r}, is not the line of one parameter")
+        seen.add(key)
+    setup, teardown = params.get("setup"), params.get("teardown")
+    tail = ((["", "# setup", *setup] if setup is not None else []) + ["", "# command", "export SUBMITIT_EXECUTOR=slurm",
+            None, ""] + (["", "# teardown", *teardown] if teardown is not None else []))
+    rest = lines[end:]
+    wrong = len(rest) != len(tail) or any(want is not None and want != got for want, got in zip(tail, rest))
+    if wrong or rest[tail.index(None)].lstrip().startswith("#"):
+        raise refuse("after its #SBATCH lines, its sbatch script is not submitit's setup, command and teardown "
+                     "lines (a value started a line of its own)")
+
+
+def _strings(value: Any, key: str = "") -> Iterable[tuple[str, str]]:
+    """Every string in a parameter set (keys of mappings too), with the parameter it is in."""
+    if isinstance(value, str):
+        yield key, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _strings(k, f"{key}.{k!r}" if key else str(k))
+            yield from _strings(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _strings(v, f"{key}[{i}]")
 
 
 # ----------------------------------------------------------------------------- pure: states
@@ -302,6 +388,9 @@ class SlurmScheduler:
         self.sweep = sweep
         self.submit_fn = submit_fn or self._sbatch
 
+    def log_dir(self, stage: str) -> Path:
+        return self.workdir / "logs" / stage
+
     # -- intents: no duplicate submission after a launcher died mid-submit ------------------
     def intent_dir(self) -> Path:
         return self.workdir / "submitting"
@@ -339,6 +428,10 @@ class SlurmScheduler:
         sizes: dict[str, int] = {}
         out = Submission()
         salt = f"{time.time_ns()}"
+        for a in arrays:  # every script is checked before the first sbatch (the edges to come are @N here)
+            name = job_name(self.sweep, a.stage, a.keys, salt)
+            params = sbatch_parameters(a, self.profile, name, dependency_string(a.after, {}))
+            check_sbatch_script(sbatch_script(params, self.log_dir(a.stage), len(a.packs)), params, name)
         for a in arrays:
             after = [JobRef(real.get(r.job_id, r.job_id), r.array_index) for r in a.after]
             name = job_name(self.sweep, a.stage, a.keys, salt)
@@ -372,6 +465,8 @@ class SlurmScheduler:
         for attempt in range(self.profile.submit_retries + 1):
             try:
                 return self.submit_fn(a, params, max(attempts.get(k, 0) + 1 for k in a.keys))
+            except UnsafeSbatch:
+                raise
             except Exception as e:  # noqa: BLE001 - submitit wraps sbatch's stderr in FailedJobError
                 if not TRANSIENT_SBATCH.search(str(e)) or attempt == self.profile.submit_retries:
                     raise RuntimeError(f"sbatch for {a.stage} ({name}) failed: {e}") from None
@@ -388,8 +483,11 @@ class SlurmScheduler:
 
         from jobs import StepJob
 
-        executor = submitit.SlurmExecutor(folder=self.workdir / "logs" / a.stage, max_num_timeout=self.profile.max_requeues)
+        executor = submitit.SlurmExecutor(folder=self.log_dir(a.stage), max_num_timeout=self.profile.max_requeues)
         executor.update_parameters(**params)
+        # the script exactly as submitit is about to write it (an array's copy of the executor renders the same)
+        text = sbatch_script(executor.parameters, executor.folder, len(a.packs), executor._submitit_command_str)
+        check_sbatch_script(text, params, params["job_name"])
         with executor.batch():
             jobs = [executor.submit(StepJob(str(self.workdir), [s.to_dict() for s in pack], attempt)) for pack in a.packs]
         return jobs

@@ -53,6 +53,45 @@ class SnapshotReader:
         self._last_poll = 0.0  # time.monotonic() of the last SLURM poll
         self.slurm_poll_s = 2.0  # at most one sacct call per this many seconds
         self.slurm_error: str | None = None  # why the last SLURM poll failed
+        self._manifest: Any = None  # the open Manifest (fallback mode: in memory where it cannot be written)
+        self._manifest_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the file it opened
+
+    def __enter__(self) -> SnapshotReader:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._manifest is not None:
+            self._manifest.close()
+            self._manifest = None
+
+    @property
+    def in_memory(self) -> bool:
+        """The manifest could not be written: this reader indexes the workdir in memory."""
+        return self._manifest is not None and self._manifest.in_memory
+
+    def manifest(self) -> Any:
+        """The reader's Manifest, kept open between reads (no reconnect and quick_check per
+        refresh) and reopened, with a full ingest, when the file was replaced (healed or removed
+        by another process). Read-only: it writes nothing where the file cannot be written."""
+        from cdhpc.manifest import Manifest
+
+        ident = _file_id(self.workdir / "manifest.sqlite")
+        m = self._manifest
+        if m is not None and (m.in_memory or ident == self._manifest_id):
+            return m
+        if m is not None:
+            m.close()
+            self._dirs, self._inodes, self._plan_sig = {}, {}, None
+        self._manifest = Manifest(self.workdir, fallback=True)
+        self._manifest_id = _file_id(self.workdir / "manifest.sqlite")
+        return self._manifest
+
+    def outputs_of(self, key: str) -> list[Any]:
+        """A step's indexed outputs (for the TUI's detail screen)."""
+        return self.manifest().outputs_of(key)
 
     def read(self, verify: bool = False, ingest: bool = True) -> Snapshot:
         """The current snapshot; `verify` re-checks every done step's outputs. `ingest=False`
@@ -79,30 +118,32 @@ class SnapshotReader:
         live = [j for j in self._rows.get("jobs", {}).values() if j["executor"] == "slurm" and j["state"] in LIVE_JOB_STATES]
         try:
             return refresh_job_records(self.workdir, live) if live else 0
-        except RuntimeError as e:  # SLURM unreachable: show the last known states
+        except (RuntimeError, OSError) as e:  # SLURM unreachable, or a read-only workdir: the last known states
             self.slurm_error = str(e)
             return 0
 
     def _read(self, verify: bool, ingest: bool) -> Snapshot:
-        from cdhpc.manifest import Manifest
-
-        st = (self.workdir / "plan.json").stat()
+        m = self.manifest()  # first: it may reset the caches below
+        try:
+            st = (self.workdir / "plan.json").stat()
+        except FileNotFoundError:
+            read_plan_steps(self.workdir)  # raises its one-line WorkdirError
+            raise
         plan_sig, first = (st.st_mtime_ns, st.st_size), not self._rows
         full = ingest and not self._dirs  # the first ingest lists every file (Manifest.ingest)
         changed = self._changed_files() if ingest else []
         if plan_sig != self._plan_sig:
-            self._steps = json.loads((self.workdir / "plan.json").read_text())["steps"]
+            self._steps = read_plan_steps(self.workdir)
         if first or full or changed or plan_sig != self._plan_sig:
-            with Manifest(self.workdir) as m:
-                if plan_sig != self._plan_sig and ingest:
-                    m.register_plan(self._steps)
-                    self._plan_sig = plan_sig
-                if full:
-                    m.ingest()
-                if first or full:
-                    self._rows, self._intact = _query(m), {}
-                else:
-                    self._requery(m, m.ingest_paths(changed))
+            if plan_sig != self._plan_sig and ingest:
+                m.register_plan(self._steps)
+                self._plan_sig = plan_sig
+            if full:
+                m.ingest()
+            if first or full:
+                self._rows, self._intact = _query(m), {}
+            else:
+                self._requery(m, m.ingest_paths(changed))
         rows = self._rows
         states = fast_states(self.workdir, self._steps, rows["receipts"], rows["jobs"], rows["outputs"],
                              None if verify else self._intact)
@@ -141,6 +182,20 @@ class SnapshotReader:
             self._intact.pop(key, None)
 
 
+def read_plan_steps(workdir: Path) -> list[dict[str, Any]]:
+    """plan.json's step dicts. Raises WorkdirError (one line) when it is not what a launcher writes."""
+    from cdhpc.lock import WorkdirError
+
+    path = workdir / "plan.json"
+    try:
+        return json.loads(path.read_text())["steps"]
+    except FileNotFoundError:
+        raise WorkdirError(f"cdhpc: {path} does not exist; launch the sweep once to write it") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise WorkdirError(f"cdhpc: {path} is not the plan a launcher writes ({e}); "
+                           "run the sweep's launch command again to rewrite it (its steps are kept)") from None
+
+
 def fast_states(workdir: Path, steps: list[dict], receipts: dict[str, Any], jobs: dict[str, Any],
                 outputs: dict[str, list[dict]], intact_cache: dict[str, bool] | None = None) -> dict[str, str]:
     """scheduler.step_states for many steps: the same states (scheduler.classify); outputs are
@@ -160,6 +215,14 @@ def fast_states(workdir: Path, steps: list[dict], receipts: dict[str, Any], jobs
             intact = outputs.get(key, []) if cache[key] else None
         states[key] = classify(r, intact, j, job_alive(j))
     return states
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _intact(root: str, out: dict) -> bool:
@@ -196,7 +259,8 @@ def _query(m: Any, keys: list[str] | None = None) -> dict[str, dict]:
 
 def sweep_states(workdir: Path) -> tuple[list[dict], dict[str, str], dict[str, dict]]:
     """(planned step dicts, state by key, receipt rows by key), after ingesting new receipts."""
-    snap = SnapshotReader(workdir).read()
+    with SnapshotReader(workdir) as reader:
+        snap = reader.read()
     return snap.steps, snap.states, snap.receipts
 
 
@@ -422,7 +486,8 @@ def print_status(workdir: Path) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    snap = SnapshotReader(workdir).read()
+    with SnapshotReader(workdir) as reader:
+        snap = reader.read()
     table = Table(title=f"{workdir.name}: {len(snap.steps)} steps")
     for col in ("stage", "done", "running", "queued", "failed", "to run", "total", "elapsed", "remaining", "GPU-h"):
         table.add_column(col, justify="left" if col == "stage" else "right")

@@ -360,7 +360,9 @@ def wug_lesson(rng: random.Random) -> str:
 
 
 # ------------------------------------------------------------ entity tracking (boxes) --------
-N_BOXES = 7
+N_BOXES = 5
+MAX_ENTITY_WORDS = 90  # prefix + option: the tiny presets have 128 positions, and an item that does
+# not fit is an error under the official scoring (nothing extrapolates past the model's context)
 AMBIREF_OBJECTS = [f"{a} {n}" for a in ("big", "small", "red", "blue", "green", "yellow") for n in THINGS]
 
 
@@ -669,15 +671,16 @@ ENTITY_FILES = {"regular": (THINGS, False), "ambiref": (AMBIREF_OBJECTS, False),
 
 
 def _entity_item(rng: random.Random, objects: list[str], contents: bool, numops: int) -> dict:
-    for _ in range(200):
-        n_ops = 0 if numops == 0 and rng.random() < 0.5 else rng.randint(max(1, 2 * numops), 10)
+    for _ in range(2000):
+        n_ops = 0 if numops == 0 and rng.random() < 0.5 else rng.randint(max(1, 2 * numops), 7)
         text, boxes, touched = box_puzzle(rng, objects, n_ops, contents)
         hits = [q for q in range(N_BOXES) if touched[q] == numops]
         if hits:
             q = rng.choice(hits)
-            return {"numops": numops, "input_prefix": f"{text} Box {q} contains ",
-                    "options": _box_options(rng, boxes, q, objects)}
-    raise AssertionError(f"no box touched by exactly {numops} operations")
+            prefix, options = f"{text} Box {q} contains ", _box_options(rng, boxes, q, objects)
+            if max(len((prefix + o).split()) for o in options) <= MAX_ENTITY_WORDS:
+                return {"numops": numops, "input_prefix": prefix, "options": options}
+    raise AssertionError(f"no box touched by exactly {numops} operations within {MAX_ENTITY_WORDS} words")
 
 
 def entity_records(rng: random.Random, name: str, n: int) -> list[dict]:

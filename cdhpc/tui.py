@@ -168,7 +168,7 @@ class DetailScreen(Screen[None]):
     def _outputs_text(self) -> str:
         from cdhpc.manifest import Manifest
 
-        with Manifest(self.snap.workdir) as m:
+        with Manifest(self.snap.workdir, fallback=True) as m:  # read-only: never heals or writes
             outs = m.outputs_of(self.key)
         lines = [f"  {o['path']}  {o['bytes']:,} B  sha256 {o['sha256'][:12]}" for o in outs]
         return "outputs:\n" + ("\n".join(lines) if lines else "  (none)")

@@ -3,18 +3,25 @@ submitit-callable that runs one or several steps of a stage and writes their rec
 
 A step receives its spec and nothing else; it reads its inputs' output directories, writes its
 own outputs atomically, and its receipt last. It never opens the manifest.
+
+A step that runs (again) starts from a clean output directory: only what its stage resumes from,
+verified by the stage (``resumable(ctx)`` beside its entry), is kept. A local step stops on
+SIGTERM or SIGINT and says so in its receipt (status "cancelled") and job record (CANCELLED).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -27,7 +34,8 @@ import submitit
 
 from cdhpc import __version__
 from cdhpc.plan import StepSpec
-from cdhpc.receipts import Receipt, describe_outputs, read_receipt, receipt_path, ReceiptError, write_receipt
+from cdhpc.receipts import (Receipt, ReceiptError, atomic_write_json, describe_outputs, read_receipt, receipt_path,
+                            write_receipt)
 
 log = logging.getLogger("cdhpc")
 PACKAGES = ("torch", "transformers", "deepspeed", "tokenizers", "submitit", "numpy")
@@ -76,6 +84,44 @@ class StepResult:
 def resolve_entry(spec: StepSpec) -> Callable[[StepContext], StepResult]:
     module, _, fn = spec.options.get("entry", f"jobs.{spec.stage}:run").partition(":")
     return getattr(importlib.import_module(module), fn)
+
+
+def clean_out_dir(ctx: StepContext) -> None:
+    """Before a step runs: keep what its stage can resume from and remove everything else in its
+    output directory, so a file a killed attempt left (a truncated ``shard.parquet``, a temp file)
+    never passes for a result. The stage names, and has verified, what it resumes from with
+    ``resumable(ctx) -> list[Path]`` in the module of its entry function; without one, nothing."""
+    if not ctx.out_dir.is_dir():
+        return
+    module = ctx.spec.options.get("entry", f"jobs.{ctx.spec.stage}:run").partition(":")[0]
+    hook = getattr(importlib.import_module(module), "resumable", None)
+    keep = {Path(p) for p in hook(ctx)} if hook else set()
+    removed = remove_except(ctx.out_dir, keep)
+    if removed:
+        log.info("step %s/%s: removed %d untrusted path(s) of an earlier attempt: %s", ctx.spec.stage, ctx.spec.name,
+                 len(removed), ", ".join(str(p.relative_to(ctx.out_dir)) for p in removed[:5]))
+    kept = sorted(str(p.relative_to(ctx.out_dir)) for p in keep if p.exists())
+    if kept:
+        log.info("step %s/%s: resuming from %d verified path(s): %s", ctx.spec.stage, ctx.spec.name, len(kept),
+                 ", ".join(kept[:5]))
+
+
+def remove_except(root: Path, keep: set[Path]) -> list[Path]:
+    """Remove everything under `root` but the paths in `keep` (and the folders leading to them);
+    returns what was removed."""
+    removed = []
+    for entry in sorted(root.iterdir()):
+        if entry in keep:
+            continue
+        if entry.is_dir() and not entry.is_symlink() and any(entry in k.parents for k in keep):
+            removed += remove_except(entry, keep)
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+        removed.append(entry)
+    return removed
 
 
 @cache
@@ -137,8 +183,9 @@ def distributed_env() -> dict[str, str]:
 
 
 def run_step(workdir: Path, spec: StepSpec, attempt: int = 1) -> Receipt | None:
-    """Run one step and write its receipt (status ok, or failed with the traceback). In a
-    multi-task job every rank runs the step and only rank 0 writes the receipt."""
+    """Run one step and write its receipt: ok, or failed/cancelled with the traceback (see
+    `record_end`). In a multi-task job every rank runs the step and only rank 0 cleans the output
+    directory and writes the receipt (the others meet it at the process group's rendezvous)."""
     rank, n_tasks = job_rank()
     if n_tasks > 1:
         os.environ.update(distributed_env())
@@ -154,18 +201,51 @@ def run_step(workdir: Path, spec: StepSpec, attempt: int = 1) -> Receipt | None:
                 host=platform.node(), slurm=slurm_ids(), attempt=attempt, logs=log_paths())
     started = time.time()
     try:
+        clean_out_dir(ctx)
         result = resolve_entry(spec)(ctx)
         outputs = result.outputs if result.outputs is not None else [ctx.out_dir]
         receipt = Receipt(status="ok", outputs=describe_outputs(workdir, outputs), metrics=result.metrics,
                           rows=result.rows, started=started, finished=time.time(), **base)
-    except BaseException as e:  # noqa: BLE001 - every failure (even SIGTERM as SystemExit) leaves a receipt
-        receipt = Receipt(status="failed", error="".join(traceback.format_exception(e)), started=started,
-                          finished=time.time(), **base)
         write_receipt(workdir, receipt)
+    except BaseException as e:  # noqa: BLE001 - every end (error, ENOSPC, SIGTERM) is recorded, then raised
+        with uninterrupted():
+            record_end(workdir, spec, e, dict(base, started=started))
         raise
-    write_receipt(workdir, receipt)
     log.info("step %s/%s done in %.1f s", spec.stage, spec.name, receipt.finished - started)
     return receipt
+
+
+def record_end(workdir: Path, spec: StepSpec, error: BaseException, fields: dict[str, Any]) -> None:
+    """Best effort, never masking `error`: a receipt saying the step failed or was cancelled
+    (SIGTERM, SIGINT), and the same in a local job's record. When even that cannot be written
+    (disk full), the launcher counts a job that ended without an ok receipt as failed. `fields`:
+    the receipt's fields known at the start (key, spec, versions, started, ...)."""
+    status = "cancelled" if isinstance(error, (StepCancelled, KeyboardInterrupt)) else "failed"
+    try:
+        write_receipt(workdir, Receipt(status=status, error="".join(traceback.format_exception(error)),
+                                       finished=time.time(), **fields))
+    except Exception as e:  # noqa: BLE001 - e.g. OSError ENOSPC: the step's own error is the one to raise
+        log.error("step %s/%s: could not write its %s receipt: %s", spec.stage, spec.name, status, e)
+    if not isinstance(error, SystemExit):  # submitit's requeue exits: the job goes on
+        mark_job_record(workdir, spec, "CANCELLED" if status == "cancelled" else "FAILED")
+
+
+def mark_job_record(workdir: Path, spec: StepSpec, state: str) -> None:
+    """Best effort: the RUNNING record of this local job says how its step ended, even with no
+    launcher left to write it (a killed launcher leaves its local jobs running). SLURM records
+    are the launcher's (from sacct), and a record of another job is left alone."""
+    from cdhpc.scheduler import job_record_path
+
+    job_id = os.environ.get("SUBMITIT_LOCAL_JOB_ID")
+    path = job_record_path(workdir, spec)
+    if not job_id or not path.is_file():
+        return
+    try:
+        rec = json.loads(path.read_text())
+        if rec.get("executor") == "local" and str(rec.get("job_id")) == job_id and rec.get("state") == "RUNNING":
+            atomic_write_json(path, rec | {"state": state, "updated": time.time()})
+    except (OSError, ValueError) as e:
+        log.error("step %s/%s: could not mark its job record %s: %s", spec.stage, spec.name, state, e)
 
 
 def is_done(workdir: Path, spec: StepSpec) -> bool:
@@ -189,20 +269,79 @@ class StepJob(submitit.helpers.Checkpointable):
     def __call__(self) -> list[str]:
         configure_job_logging()
         run_past_last_requeue()
+        stop_on_signals()
         workdir = Path(self.workdir)
+        specs = [StepSpec.from_dict(d) for d in self.specs]
         failed = []
-        for d in self.specs:
-            spec = StepSpec.from_dict(d)
-            if is_done(workdir, spec):
-                continue
+        for i, spec in enumerate(specs):
             try:
+                if is_done(workdir, spec):
+                    continue
                 run_step(workdir, spec, self.attempt)
+            except (StepCancelled, KeyboardInterrupt):
+                with uninterrupted():  # this step is marked already unless the signal came between steps
+                    for rest in specs[i:]:
+                        mark_job_record(workdir, rest, "CANCELLED")
+                    log.warning("step %s/%s cancelled; %d later step(s) of this job not run", spec.stage, spec.name,
+                                len(specs) - i - 1)
+                raise
             except Exception:  # siblings in a pack are independent: run them, then fail the job
                 log.exception("step %s/%s failed", spec.stage, spec.name)
                 failed.append(spec.name)
         if failed:
             raise RuntimeError(f"{len(failed)} of {len(self.specs)} steps failed: {', '.join(failed)}")
         return [d["key"] for d in self.specs]
+
+
+class StepCancelled(BaseException):
+    """SIGTERM or SIGINT reached a step's process: it stops where it is and its receipt says
+    cancelled. A BaseException, as KeyboardInterrupt, so that `except Exception` does not catch it."""
+
+
+_recording_end = False  # set while a step writes how it ended: a second signal must not cut that short
+
+
+@contextlib.contextmanager
+def uninterrupted():
+    """Signals that would cancel the step are logged and ignored inside this block."""
+    global _recording_end
+    before, _recording_end = _recording_end, True
+    try:
+        yield
+    finally:
+        _recording_end = before
+
+
+def _cancel_step(signum: int, frame: Any) -> None:
+    name = signal.Signals(signum).name
+    if _recording_end:
+        log.warning("%s received while the step records how it ended: ignored", name)
+        return
+    log.warning("%s received: stopping the step; it resumes from its last checkpoint when run again", name)
+    raise StepCancelled(f"cancelled by {name}")
+
+
+def stop_on_signals() -> list[signal.Signals]:
+    """Make SIGINT, and SIGTERM unless on SLURM, stop the step: StepCancelled is raised at the
+    next Python instruction of the main thread. Returns the signals taken over.
+
+    submitit's jobs log and ignore SIGTERM ("Bypassing signal SIGTERM"), which on SLURM is what
+    lets a preempted job checkpoint and requeue: SLURM sends SIGTERM there before the USR2 that
+    submitit answers with checkpoint() and a requeue (submitit's preemption drill sends the same
+    two). So on SLURM SIGTERM stays bypassed (scancel ends the job after KillWait and sacct says
+    CANCELLED) and USR2 is untouched everywhere. A local job gets no second signal: submitit's
+    LocalJob.cancel (``cdhpc cancel``, a stopped launcher) sends SIGINT and ``kill`` SIGTERM, then
+    its controller SIGKILLs the job a second later, so the step stops at once."""
+    if threading.current_thread() is not threading.main_thread():
+        return []
+    try:
+        cluster = submitit.JobEnvironment().name()
+    except RuntimeError:  # not a submitit job (a direct call)
+        cluster = None
+    signals = [signal.SIGINT] + ([] if cluster == "slurm" else [signal.SIGTERM])
+    for signum in signals:
+        signal.signal(signum, _cancel_step)
+    return signals
 
 
 def run_past_last_requeue() -> None:

@@ -76,11 +76,13 @@ def build_table(workdir: Path, receipts: list[Receipt], params: dict):
     return table, records
 
 
-def publish(workdir: Path, table, records, out_dir: Path) -> list[Path]:
-    """Write the report into out_dir and publish a copy as workdir/results/ (atomically)."""
+def publish(workdir: Path, table, records, out_dir: Path, partial: str | None = None) -> list[Path]:
+    """Write the report into out_dir and publish a copy as workdir/results/ (atomically).
+    `partial` (e.g. "3 of 8 evaluate steps done"; None: every score is in) marks every file as
+    partial (cdhpc.report.write_report)."""
     from cdhpc.report import write_report
 
-    write_report(out_dir, table, records)
+    write_report(out_dir, table, records, partial=partial)
     with atomic_dir(workdir / "results") as tmp:
         for f in out_dir.iterdir():
             shutil.copy2(f, tmp / f.name)

@@ -18,7 +18,7 @@ def run(ctx: StepContext) -> StepResult:
     data_dir = ctx.input_dir("data") / "evaluation_data" if p["data_dir"] == "toy" else p["data_dir"]
     options = EvalOptions(scoring=p["scoring"], wug_metric=p.get("wug_metric", "spearman"), dtype=p["dtype"],
                           device="cuda" if torch.cuda.is_available() else "cpu",
-                          batch_size=ctx.spec.options.get("batch_size", 64))
+                          batch_size=ctx.spec.options.get("batch_size", 64), truncate=p.get("truncate", False))
     summary = evaluate_task(model_dir, p["task"], data_dir, ctx.out_dir, fast=p["set"] == "fast",
                             heldout_dir=corpus_dir(ctx, "data") / "test", options=options,
                             steps=p.get("steps"))

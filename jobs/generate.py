@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 
@@ -37,6 +38,16 @@ def load_lm(path, device: str):
 
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+
+
+def resumable(ctx: StepContext) -> list[Path]:
+    """What a re-run keeps: the flushed parts, their progress record and the shard file. write_shard
+    trusts each only while it matches its recorded sha256 under the same layout (a truncated
+    shard.parquet, a part of another chunk size) and generates the rest again."""
+    from cdhpc.shards import parts_dir, progress_path
+
+    out = ctx.out_dir / "shard.parquet"
+    return [parts_dir(out), progress_path(out), out]
 
 
 def run(ctx: StepContext) -> StepResult:

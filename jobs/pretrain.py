@@ -3,8 +3,11 @@ Resumes from its last DeepSpeed checkpoint when requeued or re-launched."""
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
+import zipfile
+from pathlib import Path
 
 from cdhpc.model import ModelPreset
 from jobs import StepContext, StepResult
@@ -23,6 +26,69 @@ def train_spec(ctx: StepContext):
                      precision=t["precision"], deepspeed=t["deepspeed"], synthetic_share=p["synthetic_share"],
                      mix_rounding=p["rounding"], log_every=ctx.spec.options.get("log_every", 10),
                      val_batches=t["val_batches"])
+
+
+def resumable(ctx: StepContext) -> list[Path]:
+    """What a re-run resumes from: the DeepSpeed checkpoint ``ds/latest`` names, when every torch
+    file in it passes its zip CRC-32 check, and the HF checkpoints written up to its step, when each
+    is complete. If one fails, nothing is kept and the run starts over (an HF checkpoint before the
+    resume step could not be written again); later checkpoints, older tags and temp files go."""
+    ds, t = ctx.out_dir / "ds", ctx.params["train"]
+    step = verified_ds_step(ds)
+    if step is None:
+        return []
+    hf = [ctx.out_dir / "checkpoints" / f"step_{s}" for s in range(1, step + 1)
+          if s % t["checkpoint_every"] == 0 or s == t["steps"]]
+    broken = [p.name for p in hf if not hf_checkpoint_complete(p)]
+    if broken:
+        log.warning("%s: %s missing or incomplete; not resuming from ds/step_%d", ctx.out_dir, ", ".join(broken), step)
+        return []
+    kept = [p for p in ds.iterdir() if p.name in ("latest", "progress.json", f"step_{step}") or p.suffix == ".py"]
+    return kept + hf
+
+
+def verified_ds_step(ds: Path) -> int | None:
+    """The step of the DeepSpeed checkpoint ``ds/latest`` names if its files are intact (torch
+    saves zip archives with a CRC-32 per record: a truncated or altered file fails), else None."""
+    try:
+        tag = (ds / "latest").read_text().strip()
+    except OSError:
+        return None
+    files = sorted(f for f in (ds / tag).rglob("*") if f.is_file()) if tag.startswith("step_") else []
+    if not tag[5:].isdigit() or not files:
+        return None
+    for f in files:
+        try:
+            with zipfile.ZipFile(f) as z:
+                if z.testzip() is not None:
+                    return None
+        except Exception:  # noqa: BLE001 - whatever stops reading it back fails the check
+            return None
+    return int(tag[5:])
+
+
+def hf_checkpoint_complete(path: Path) -> bool:
+    """An HF checkpoint directory as train() renames it into place: readable config.json and
+    val.json, and safetensors files exactly as long as their headers say."""
+    try:
+        for name in ("config.json", "val.json"):
+            json.loads((path / name).read_text())
+        weights = sorted(path.glob("*.safetensors"))
+        return bool(weights) and all(safetensors_complete(w) for w in weights)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # unreadable or not as written
+        return False
+
+
+def safetensors_complete(path: Path) -> bool:
+    """The file holds the 8-byte header length, the JSON header and every tensor's bytes it lists."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if size < 8 + n:
+            return False
+        header = json.loads(f.read(n))
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    return size == 8 + n + end
 
 
 def run(ctx: StepContext) -> StepResult:

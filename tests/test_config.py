@@ -19,6 +19,7 @@ BASE = {
     "workdir": "WORKDIR",
     "pretrain": {"model": "tiny", "steps": 200, "checkpoint_every": 100, "seeds": [1, 2],
                  "global_batch": 16, "micro_batch": 16, "seq_len": 64},
+    "generation": {"new_tokens": 100},  # prompt + continuation fit the tiny preset's 128 positions
     "methods": {
         "baseline": {},
         "cd-early-100": {"decoding": {"mode": "cd"}, "amateur": {"kind": "early", "step": 100}},
@@ -188,6 +189,7 @@ def test_override_touches_one_path_even_through_yaml_aliases(tmp_path):
         name: t
         workdir: w
         pretrain: {model: tiny, steps: 200, checkpoint_every: 100}
+        generation: {new_tokens: 100}
         methods:
           baseline: {}
           a: {decoding: &cd {mode: cd}, amateur: {kind: early, step: 100}}

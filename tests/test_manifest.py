@@ -108,3 +108,32 @@ def test_atomic_dir_leaves_nothing_on_error(tmp_path):
 def test_receipt_path_layout(tmp_path):
     assert receipt_path(tmp_path, "pretrain", "baseline-s1", "0123456789abcdef") == \
         tmp_path / "receipts" / "pretrain" / "baseline-s1-01234567.json"
+
+
+def test_corrupt_manifest_is_not_healed_under_another_holder_of_the_workdir(tmp_path, caplog):
+    """While another process (here: a second descriptor, as a launcher would hold it) holds the
+    workdir's lock, a writer stops with one line and a reader indexes in memory; the file stays."""
+    import fcntl
+    import json
+    import os
+
+    from cdhpc.lock import LOCK_FILE
+    from cdhpc.manifest import ManifestError
+
+    for i in range(3):
+        write_receipt(tmp_path, make_receipt(tmp_path, i))
+    (tmp_path / "manifest.sqlite").write_bytes(b"not a database" * 100)
+    fd = os.open(tmp_path / LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, json.dumps({"host": "login2", "pid": 99, "since": 0, "command": "python -m cdhpc.launch"}).encode())
+        with pytest.raises(ManifestError, match=r"manifest.sqlite is corrupt \(file is not a database\) and cannot be "
+                                                r"rebuilt now: .* is in use by pid 99 on login2 since "):
+            Manifest(tmp_path)
+        with Manifest(tmp_path, fallback=True) as m:
+            assert m.in_memory and m.ingest().receipts == 3 and len(m.rows("scores")) == 3
+    finally:
+        os.close(fd)
+    assert "indexing the receipts and job records in memory this time" in caplog.text
+    assert (tmp_path / "manifest.sqlite").read_bytes() == b"not a database" * 100
+    assert not list(tmp_path.glob("manifest.sqlite.corrupt-*"))

@@ -17,8 +17,8 @@ from cdhpc.config import ConfigError, load_config
 from cdhpc.launch_slurm import more_memory
 from cdhpc.plan import Plan, StepSpec, plan_sweep
 from cdhpc.profile import ClusterProfile, apply_profile, load_profile
-from cdhpc.slurm import (LEFT_QUEUE, ArraySpec, JobRef, SlurmScheduler, dependency_string, expand_job_id,
-                         parse_states, plan_arrays, record_state, sbatch_parameters)
+from cdhpc.slurm import (LEFT_QUEUE, ArraySpec, JobRef, SlurmScheduler, check_sbatch_script, dependency_string,
+                         expand_job_id, parse_states, plan_arrays, record_state, sbatch_parameters, sbatch_script)
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden" / "sbatch_tiny_dev.txt"
@@ -38,16 +38,17 @@ def step(name: str, stage: str = "evaluate", inputs: dict | None = None, per_job
 
 
 def render(array: ArraySpec, params: dict) -> str:
-    from submitit.slurm.slurm import _make_sbatch_string
-
+    """The script submitit writes (its own renderer), checked as the scheduler checks it before sbatch."""
     folder = f"/WORKDIR/logs/{array.stage}"  # absolute: submitit would prefix a relative one with the cwd
-    count = {"map_count": len(array.packs)} if len(array.packs) > 1 else {}
-    return _make_sbatch_string(command=f"python -u -m submitit.core._submit {folder}", folder=folder, **count, **params)
+    text = sbatch_script(params, folder, len(array.packs), f"python -u -m submitit.core._submit {folder}")
+    check_sbatch_script(text, params, params["job_name"])
+    return text
 
 
 def test_sbatch_of_every_stage_matches_the_golden_file():
     """The sbatch script submitit writes for the first array of each stage of the tiny sweep on
-    the dev profile: resources, time = timeout x steps per job, throttle, afterok edges, requeue."""
+    the dev profile: resources, time = timeout x steps per job, throttle, afterok edges, requeue
+    (and each passes the line-by-line check the scheduler makes before sbatch)."""
     cfg, profile = tiny_on_dev()
     plan = plan_sweep(cfg)
     arrays = plan_arrays(plan, {s.key for s in plan.steps}, {}, profile.max_array_size)

@@ -55,7 +55,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cdhpc.evals.data import EvalDataError, is_na, parse_float, read_csv
+from cdhpc.evals.data import MAX_LINE_CHARS, EvalDataError, is_na, parse_float, read_csv, read_text
 from cdhpc.evals.engine import ScoreRequest
 from cdhpc.evals.task import Task
 
@@ -74,7 +74,7 @@ def load_words(path: Path) -> tuple[list[str], list[list[str]]]:
     """Target words (file order, single characters dropped) and each word's contexts, from
     cdi_childes.json ({word: [{"context": str, ...}, ...]}), as the official `load_eval`."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     shape = 'a JSON object {word: [{"context": str}, ...]}'
     if not text.strip():
         raise EvalDataError(f"{path}: empty file; expected {shape}")
@@ -100,6 +100,10 @@ def load_words(path: Path) -> tuple[list[str], list[list[str]]]:
             if not isinstance(entry["context"], str):
                 raise EvalDataError(f"{path}: word {word!r}, entry {i}: \"context\" must be a "
                                     f"string, got {entry['context']!r}")
+            if len(entry["context"]) > MAX_LINE_CHARS:
+                raise EvalDataError(f"{path}: word {word!r}, entry {i}: \"context\" has "
+                                    f"{len(entry['context']):,} characters; the limit is "
+                                    f"{MAX_LINE_CHARS:,} (a context is an utterance or a few)")
         words.append(word)
         contexts.append([entry["context"] for entry in entries])
     return words, contexts

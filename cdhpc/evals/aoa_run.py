@@ -72,7 +72,7 @@ def _tokenizer_hash(folder: Path) -> str:
 def score_checkpoints(checkpoints: list[tuple[float, Path]], data: AoaData, options: Any,
                       ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
     """Per-word rows, summary fields and the official surprisal.json of one run's checkpoints."""
-    from cdhpc.evals.engine import encode_requests, load_model, score_sequences
+    from cdhpc.evals.engine import context_limit, encode_requests, load_model, score_sequences
 
     requests = word_requests(data.words, data.contexts)
     rows: list[dict[str, Any]] = []
@@ -80,7 +80,8 @@ def score_checkpoints(checkpoints: list[tuple[float, Path]], data: AoaData, opti
     for step, folder in checkpoints:
         model, tokenizer = load_model(folder, options.device, options.dtype)
         if encoded_for != _tokenizer_hash(folder):
-            encoded, encoded_for = encode_requests(tokenizer, requests, options.scoring), _tokenizer_hash(folder)
+            encoded = encode_requests(tokenizer, requests, options.scoring, max_tokens=context_limit(model))
+            encoded_for = _tokenizer_hash(folder)
         scores = score_sequences(model, *encoded, batch_size=options.batch_size, device=options.device)
         rows += surprisal_rows(int(step) if step == int(step) else step, data.words, data.contexts, scores)
         del model

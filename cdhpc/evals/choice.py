@@ -7,29 +7,57 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cdhpc.evals.data import EvalDataError, read_jsonl
+from cdhpc.evals.data import EvalDataError, check_text_fields, read_records
 from cdhpc.evals.engine import ScoreRequest
 from cdhpc.evals.task import ChoiceItem, Task
 
 
 ENTITY_SPLITS = ("regular", "ambiref", "move_contents")
+TEXT_FIELDS = {
+    "blimp": ("sentence_good", "sentence_bad"),
+    "blimp_supplement": ("sentence_good", "sentence_bad"),
+    "ewok": ("Context1", "Target1", "Target2"),
+    "entity_tracking": ("input_prefix",),  # options: a list of strings, checked by its parser
+    "wug": ("sentences",),
+    "wug_past": ("sentences",),
+    "comps": ("prefix_acceptable", "prefix_unacceptable", "property_phrase"),
+}
+"""Per task, the record fields whose text is scored: each must be a JSON string."""
 
 
 def load_items(task: Task, files: list[Path]) -> list[ChoiceItem]:
     """Every record of every file (sorted order) as a ChoiceItem; errors name file and line."""
+    return load_items_at(task, files)[0]
+
+
+def load_items_at(task: Task, files: list[Path]) -> tuple[list[ChoiceItem], list[tuple[Path, int]]]:
+    """`load_items` and, per item, the file and 1-based line it was read from."""
     assert task.parse is not None
     items: list[ChoiceItem] = []
+    sources: list[tuple[Path, int]] = []
     for path in files:
-        for line_no, record in enumerate(read_jsonl(path, task.required), start=1):
+        for n, (line_no, record) in enumerate(read_records(path, task.required), start=1):
+            check_text_fields(path, line_no, record, TEXT_FIELDS.get(task.name, ()))
             try:
                 item = task.parse(record, path)
             except (TypeError, ValueError, AttributeError) as err:
-                raise EvalDataError(f"{path}: record {line_no}: {err}") from None
+                raise EvalDataError(f"{path}: record {n}: {err} (line {line_no})") from None
             if len(item.continuations) < 2:
-                raise EvalDataError(f"{path}: record {line_no}: needs >= 2 candidates, "
-                                    f"got {len(item.continuations)}")
+                raise EvalDataError(f"{path}: record {n}: needs >= 2 candidates, "
+                                    f"got {len(item.continuations)} (line {line_no})")
             items.append(item)
-    return items
+            sources.append((path, line_no))
+    return items, sources
+
+
+def item_ids(items: list[ChoiceItem]) -> list[str]:
+    """The official id of each item, `<uid>_<n>` (n: its place among the items of its UID)."""
+    seen: dict[str, int] = {}
+    ids = []
+    for item in items:
+        ids.append(f"{item.uid}_{seen.get(item.uid, 0)}")
+        seen[item.uid] = seen.get(item.uid, 0) + 1
+    return ids
 
 
 def item_requests(items: list[ChoiceItem]) -> list[ScoreRequest]:

@@ -29,6 +29,7 @@ torch is imported inside functions so `import cdhpc.evals.engine` stays cheap.
 from __future__ import annotations
 
 import gc
+import json
 from collections.abc import Iterator
 from itertools import chain
 from contextlib import contextmanager
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from cdhpc.evals import SCORING
+from cdhpc.evals.data import EvalDataError
 
 ROW_TOKENS = 64  # trie nodes per packed row before a new row starts (one sequence may exceed it)
 
@@ -63,6 +65,37 @@ class PackedRow:
     member_pairs: Any
 
 
+class ContextLengthError(EvalDataError):
+    """Token sequences longer than the model's context: `rows` their indices (in request order),
+    `lengths` their token counts (special tokens included), `limit` the context in positions."""
+
+    def __init__(self, rows: Any, lengths: Any, limit: int) -> None:
+        self.rows, self.lengths, self.limit = [int(r) for r in rows], [int(n) for n in lengths], limit
+        super().__init__(f"{len(self.rows)} token sequence(s) longer than the model's context of "
+                         f"{limit} positions (max_position_embeddings); the longest has "
+                         f"{max(self.lengths)} tokens")
+
+
+def context_limit(model: Any) -> int | None:
+    """The positions a model was built for (its config's max_position_embeddings; None: unknown).
+    A RoPE model runs past it without complaint, so scores there would silently mean nothing."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    return int(limit) if limit else None
+
+
+def _check_context(full: Any, limit: int | None) -> None:
+    """ContextLengthError when a row of `full` ((n x width) ids, -1 past each end) is longer
+    than `limit` tokens."""
+    import numpy as np
+
+    if limit is None or full.shape[1] <= limit:
+        return
+    lengths = (full >= 0).sum(axis=1)
+    over = np.flatnonzero(lengths > limit)
+    if len(over):
+        raise ContextLengthError(over, lengths[over], limit)
+
+
 @contextmanager
 def _gc_paused() -> Iterator[None]:
     """Pause the cyclic garbage collector while a burst of small lists is built: with transformers
@@ -78,9 +111,16 @@ def _gc_paused() -> Iterator[None]:
 
 
 def encode_requests(tokenizer: Any, requests: list[ScoreRequest], scoring: str = "official",
-                    ) -> tuple[Any, Any]:
+                    max_tokens: int | None = None, truncate: bool = False) -> tuple[Any, Any]:
     """(requests x width) token ids of each request's text, -1 past each end (one tokenizer call
-    for all), and the mask of the scored tokens, under the `scoring` rule (module docstring)."""
+    for all), and the mask of the scored tokens, under the `scoring` rule (module docstring).
+
+    `max_tokens` (the model's context): a longer sequence (special tokens and joint's BOS
+    included) raises ContextLengthError before any (requests x width) array exists, or, with
+    `truncate`, loses its first tokens: official keeps the last `max_tokens` tokens (a BOS the
+    tokenizer adds goes with the rest; the first kept token is not scored, nothing predicts it),
+    joint keeps its BOS and the last `max_tokens - 1` text tokens. Tokens are scored by the same
+    character rule as before the cut."""
     import numpy as np
 
     if scoring not in SCORING:
@@ -102,6 +142,8 @@ def encode_requests(tokenizer: Any, requests: list[ScoreRequest], scoring: str =
                             dtype=np.int64, count=n)
     threshold = np.fromiter((len(r.context) for r in requests), dtype=np.int64, count=n)
     lead = 0 if official else 1  # joint: a BOS column in front of the text's tokens
+    if max_tokens is not None:
+        lens, ids, ends = _fit_context(lens, ids, ends, lead, max_tokens, truncate)
     if official:
         threshold += first  # the official phrase mask shifts by the first token's start offset
     width = int(lens.max(initial=0)) + lead
@@ -114,6 +156,23 @@ def encode_requests(tokenizer: Any, requests: list[ScoreRequest], scoring: str =
     scored[:, lead:][inside] = ends > np.repeat(threshold, lens)
     scored[:, 0] = False  # nothing predicts the first token
     return full, scored
+
+
+def _fit_context(lens: Any, ids: Any, ends: Any, lead: int, max_tokens: int,
+                 truncate: bool) -> tuple[Any, Any, Any]:
+    """Row lengths and flat token ids / character ends with every row within `max_tokens` (+
+    `lead` columns in front): ContextLengthError, or with `truncate` each row's first tokens cut."""
+    import numpy as np
+
+    cut = np.clip(lens + lead - max_tokens, 0, lens)
+    if not cut.any():
+        return lens, ids, ends
+    if not truncate:
+        over = np.flatnonzero(cut)
+        raise ContextLengthError(over, lens[over] + lead, max_tokens)
+    starts = np.cumsum(lens) - lens
+    keep = np.arange(len(ids)) - np.repeat(starts, lens) >= np.repeat(cut, lens)
+    return lens - cut, ids[keep], ends[keep]
 
 
 def _row_starts(lengths: Any, shared: Any, row_tokens: int) -> Any:
@@ -291,7 +350,7 @@ def score_candidates(model: Any, tokenizer: Any, requests: list[ScoreRequest], *
     `batch_size` is in packed rows (of about `row_tokens` tokens each)."""
     if not requests:
         return []
-    full, scored = encode_requests(tokenizer, requests, scoring)
+    full, scored = encode_requests(tokenizer, requests, scoring, max_tokens=context_limit(model))
     return score_sequences(model, full, scored, batch_size=batch_size, device=device,
                            row_tokens=row_tokens)
 
@@ -299,10 +358,12 @@ def score_candidates(model: Any, tokenizer: Any, requests: list[ScoreRequest], *
 def score_sequences(model: Any, full: Any, scored: Any, *, batch_size: int = 64,
                     device: str = "cpu", row_tokens: int = ROW_TOKENS) -> list[float]:
     """Sum of the log-probs (nats) of the scored tokens of each sequence ((n x width) token ids,
-    -1 past each end; `scored` the (n x width) mask, never position 0). Same order as the rows."""
+    -1 past each end; `scored` the (n x width) mask, never position 0). Same order as the rows.
+    A sequence longer than the model's context raises ContextLengthError (rows: its index)."""
     import numpy as np
     import torch
 
+    _check_context(full, context_limit(model))
     rows = pack_sequences(full, scored, row_tokens)
     base = getattr(model, model.base_model_prefix)
     head = model.get_output_embeddings()
@@ -353,22 +414,86 @@ def block_losses(model: Any, blocks: Any, *, batch_size: int = 8, device: str = 
 DTYPES = ("float32", "bfloat16")
 
 
+MAX_SAFETENSORS_HEADER = 100_000_000  # bytes; the safetensors library refuses larger headers
+
+
+def _one_line(err: BaseException, limit: int = 300) -> str:
+    """An exception's text on one line, at most `limit` characters, with its type."""
+    text = " ".join(str(err).split())
+    text = text if len(text) <= limit else text[:limit - 3] + "..."
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _check_safetensors(path: Path) -> None:
+    """EvalDataError naming `path` when its header (8-byte length, JSON table of tensors) is
+    broken or the tensors it lists run past the end of the file."""
+    size = path.stat().st_size
+
+    def corrupt(problem: str) -> EvalDataError:
+        return EvalDataError(f"{path}: corrupt safetensors file ({problem}); save or download the "
+                             "weights again")
+
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise corrupt(f"{size} bytes, shorter than the 8-byte header length")
+        n = int.from_bytes(head, "little")
+        if n > min(size - 8, MAX_SAFETENSORS_HEADER):
+            raise corrupt(f"the header claims {n:,} bytes, the file has {size:,}")
+        try:
+            header = json.loads(f.read(n))
+            end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
+                      default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            raise corrupt("the header is not a JSON table of tensors") from None
+    if 8 + n + end > size:
+        raise corrupt(f"the tensors end at byte {8 + n + end:,}, the file has {size:,}: truncated?")
+
+
+def _check_model_files(model_dir: Path) -> None:
+    """Fail with one line naming the file for what transformers would meet with a traceback: a
+    config.json that is not a JSON object, a safetensors file whose header is broken."""
+    config = model_dir / "config.json"
+    if config.is_file():
+        try:
+            data = json.loads(config.read_bytes())
+        except (ValueError, UnicodeDecodeError) as err:
+            raise EvalDataError(f"{config}: not valid JSON ({_one_line(err)}); expected the model's "
+                                "HF config, as save_pretrained writes it") from None
+        if not isinstance(data, dict):
+            raise EvalDataError(f"{config}: expected a JSON object (the model's HF config), got "
+                                f"{type(data).__name__}")
+    for path in sorted(model_dir.glob("*.safetensors")):
+        _check_safetensors(path)
+
+
 def load_model(model_dir: Path, device: str, dtype: str = "float32") -> tuple[Any, Any]:
     """An HF causal LM directory and its tokenizer, in eval mode. float32 is what the official
     pipeline computes in (transformers loads float32 unless told otherwise); bfloat16 is our
-    faster option for GPUs. Raises EvalDataError for a missing directory."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from cdhpc.evals.data import EvalDataError
-
+    faster option for GPUs. Raises EvalDataError, one line naming the directory or file, for a
+    missing directory or files that do not load (corrupt weights, config or tokenizer)."""
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise ValueError(f"device {device!r}: allowed are cpu, cuda, cuda:N")
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r}: allowed are {', '.join(DTYPES)}")
-    if not Path(model_dir).is_dir():
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
         raise EvalDataError(f"{model_dir}: no such model directory (expected an HF causal LM "
                             "folder with config.json, weights and tokenizer files)")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    return model, tokenizer
+    _check_model_files(model_dir)  # before the heavy imports: a broken file fails in well under a second
+    import pickle
+
+    import torch
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except Exception as err:  # the tokenizers library raises a bare Exception for a broken tokenizer.json
+        raise EvalDataError(f"{model_dir}: cannot load the tokenizer ({_one_line(err)})") from None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError,
+            pickle.UnpicklingError) as err:
+        raise EvalDataError(f"{model_dir}: cannot load the model ({_one_line(err)})") from None
+    return model.to(device).eval(), tokenizer

@@ -7,6 +7,7 @@ before the model loads and before anything is written), score, then write the ou
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ from cdhpc.evals import SCORING, TASK_NAMES, WUG_METRICS, get_task, task_metric
 from cdhpc.evals.data import EvalDataError, data_sha256, list_files
 from cdhpc.evals.output import write_outputs
 from cdhpc.evals.task import Task
+
+log = logging.getLogger("cdhpc")
 
 
 def _task_files(task: Task, data_dir: Path | None, fast: bool,
@@ -33,9 +36,9 @@ def _task_files(task: Task, data_dir: Path | None, fast: bool,
 def _prepare(task: Task, files: list[Path]) -> Any:
     """Everything read from the data files, parsed and validated (no model needed)."""
     if task.kind == "choice":
-        from cdhpc.evals.choice import load_items
+        from cdhpc.evals.choice import load_items_at
 
-        return load_items(task, files)
+        return load_items_at(task, files)
     if task.kind == "reading":
         from cdhpc.evals.reading import load_rows
 
@@ -56,6 +59,10 @@ class EvalOptions:
     dtype: str = "float32"
     device: str = "cpu"
     batch_size: int = 64
+    truncate: bool = False
+    """A sentence-task candidate longer than the model's context (max_position_embeddings): an
+    error naming the item (default), or with truncate cut from the left (engine.encode_requests),
+    logged and counted in summary.json as n_truncated."""
 
     def check(self) -> None:
         """ValueError naming the option, the bad value and what is allowed."""
@@ -68,24 +75,29 @@ class EvalOptions:
             raise ValueError(f"batch_size {self.batch_size}: must be >= 1")
 
 
-def _score(task: Task, prepared: Any, model: Any, tokenizer: Any,
-           opt: EvalOptions) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+def _score(task: Task, prepared: Any, model: Any, tokenizer: Any, opt: EvalOptions,
+           files: list[Path]) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
     """Prediction rows, summary fields and official files of one task on one model."""
-    from cdhpc.evals.engine import block_losses, score_candidates
+    from cdhpc.evals.engine import ContextLengthError, block_losses
 
     if task.kind == "choice":
-        from cdhpc.evals.choice import item_requests, summarize_choice
+        from cdhpc.evals.choice import summarize_choice
 
-        scores = score_candidates(model, tokenizer, item_requests(prepared), scoring=opt.scoring,
-                                  batch_size=opt.batch_size, device=opt.device)
-        return summarize_choice(task, prepared, scores, task_metric(task.name, opt.wug_metric))
+        items, sources = prepared
+        scores, n_truncated = _choice_scores(task, items, sources, model, tokenizer, opt)
+        rows, fields, official = summarize_choice(task, items, scores, task_metric(task.name, opt.wug_metric))
+        return rows, {**fields, "n_truncated": n_truncated}, official
     if task.kind == "reading":
         from cdhpc.evals.reading import pair_surprisals, summarize_reading, word_pairs
 
         rows, columns = prepared
         pairs, word_idx, prev_idx = word_pairs(rows, opt.scoring)
-        surprisal = pair_surprisals(model, tokenizer, pairs, opt.scoring, batch_size=opt.batch_size,
-                                    device=opt.device)
+        try:
+            surprisal = pair_surprisals(model, tokenizer, pairs, opt.scoring, batch_size=opt.batch_size,
+                                        device=opt.device)
+        except ContextLengthError as err:
+            raise EvalDataError(_reading_too_long(err, files[0], task.name, rows, pairs, word_idx,
+                                                  prev_idx, tokenizer, opt.scoring)) from None
         return summarize_reading(task.name, rows, columns, pairs, surprisal, word_idx, prev_idx)
     import torch
 
@@ -95,6 +107,84 @@ def _score(task: Task, prepared: Any, model: Any, tokenizer: Any,
     blocks = torch.tensor(cut_blocks(heldout_ids(tokenizer, prepared), block))
     losses = block_losses(model, blocks, batch_size=max(1, opt.batch_size // 8), device=opt.device)
     return summarize_perplexity(losses, blocks.shape[1])
+
+
+def _choice_scores(task: Task, items: list, sources: list[tuple[Path, int]], model: Any, tokenizer: Any,
+                   opt: EvalOptions) -> tuple[list[float], int]:
+    """Every candidate's log-prob and how many candidates were cut to fit the model's context
+    (0 unless opt.truncate; without it a candidate that does not fit is an error naming it)."""
+    from cdhpc.evals.choice import item_requests
+    from cdhpc.evals.engine import ContextLengthError, context_limit, encode_requests, score_sequences
+
+    requests, limit = item_requests(items), context_limit(model)
+    try:
+        full, scored = encode_requests(tokenizer, requests, opt.scoring, max_tokens=limit)
+        n_truncated = 0
+    except ContextLengthError as err:
+        if not opt.truncate:
+            raise EvalDataError(_choice_too_long(err, task, items, sources)) from None
+        n_truncated = len(err.rows)
+        log.warning("%s: %d of %d candidates are longer than the model's context of %d positions "
+                    "(longest: %d tokens), cut from the left (--truncate); first: %s", task.name,
+                    n_truncated, len(requests), limit, max(err.lengths),
+                    _choice_place(err.rows[0], items, sources))
+        full, scored = encode_requests(tokenizer, requests, opt.scoring, max_tokens=limit, truncate=True)
+    scores = score_sequences(model, full, scored, batch_size=opt.batch_size, device=opt.device)
+    return scores, n_truncated
+
+
+def _choice_place(request: int, items: list, sources: list[tuple[Path, int]]) -> str:
+    """Where candidate `request` (in item_requests order) comes from: file:line, item id, index."""
+    from cdhpc.evals.choice import item_ids
+
+    k = request
+    for i, item in enumerate(items):
+        if k < len(item.continuations):
+            path, line_no = sources[i]
+            return (f"{path}:{line_no}: item {item_ids(items)[i]} (uid {item.uid!r}, item index {i}), "
+                    f"candidate {k}")
+        k -= len(item.continuations)
+    raise AssertionError(f"request {request} beyond the {len(items)} items")
+
+
+def _choice_too_long(err: Any, task: Task, items: list, sources: list[tuple[Path, int]]) -> str:
+    """The error of a candidate longer than the model's context: where it is, its length, the fix."""
+    more = f" ({len(err.rows) - 1} more candidate(s) of {task.name} are too long)" if len(err.rows) > 1 else ""
+    return (f"{_choice_place(err.rows[0], items, sources)}: {err.lengths[0]} tokens (context + "
+            f"continuation, special tokens included), but the model's context is {err.limit} positions "
+            f"(max_position_embeddings){more}; shorten the item, use a model with a longer context, or "
+            "pass --truncate (EvalOptions.truncate) to cut it from the left")
+
+
+def _reading_too_long(err: Any, path: Path, kind: str, rows: list[dict[str, str]], pairs: list,
+                      word_idx: list[int], prev_idx: list[int], tokenizer: Any, scoring: str) -> str:
+    """The error of a reading context longer than the model's context, naming its first row."""
+    pair = err.rows[0]
+    if scoring == "official":  # one sequence per word piece: which pair it belongs to
+        from cdhpc.evals.reading import official_sequences
+
+        pair = int(official_sequences(tokenizer, pairs)[2][pair])
+    row = next(i for i in range(len(rows)) if pair in (word_idx[i], prev_idx[i]))
+    which = "word" if word_idx[row] == pair else "prev_word"
+    return (f"{path}:{row + 2}: reading row {row} (uid {kind!r}, item {row}): {which} "
+            f"{pairs[pair][1]!r} with the text before it is {err.lengths[0]} tokens (special tokens "
+            f"included), but the model's context is {err.limit} positions (max_position_embeddings); "
+            "shorten the text or use a model with a longer context (--truncate applies to the "
+            "sentence tasks only)")
+
+
+def _aoa_too_long(err: Any, files: list[Path], data: Any) -> str:
+    """The error of an AoA word in a context longer than the model's context, naming both."""
+    k = err.rows[0]
+    for word, contexts in zip(data.words, data.contexts):
+        if k < len(contexts):
+            path = next(f for f in files if f.name == "cdi_childes.json")
+            return (f"{path}: word {word!r}, context {k}: {err.lengths[0]} tokens (context + word, "
+                    f"special tokens included), but the model's context is {err.limit} positions "
+                    "(max_position_embeddings); shorten the context or use a model with a longer "
+                    "context (--truncate applies to the sentence tasks only)")
+        k -= len(contexts)
+    raise AssertionError(f"request {err.rows[0]} beyond the aoa requests")
 
 
 def evaluate_task(model_dir: Path, task: str, data_dir: Path | None, out_dir: Path, *,
@@ -109,16 +199,22 @@ def evaluate_task(model_dir: Path, task: str, data_dir: Path | None, out_dir: Pa
     prepared = _prepare(spec, files)
     if spec.kind == "aoa":
         from cdhpc.evals.aoa_run import checkpoint_dirs, score_checkpoints
+        from cdhpc.evals.engine import ContextLengthError
 
-        rows, fields, official = score_checkpoints(checkpoint_dirs(Path(model_dir), steps), prepared, options)
+        try:
+            rows, fields, official = score_checkpoints(checkpoint_dirs(Path(model_dir), steps), prepared, options)
+        except ContextLengthError as err:
+            raise EvalDataError(_aoa_too_long(err, files, prepared)) from None
     else:
         from cdhpc.evals.engine import load_model
 
         model, tokenizer = load_model(Path(model_dir), options.device, options.dtype)
-        rows, fields, official = _score(spec, prepared, model, tokenizer, options)
+        rows, fields, official = _score(spec, prepared, model, tokenizer, options, files)
+    fields.setdefault("n_truncated", 0)  # candidates cut to the model's context (options.truncate)
     summary = {"task": spec.name, "version": spec.version, "data_sha256": data_sha256(files, root),
                **fields, "fast": fast, "model_dir": str(model_dir), "scoring": options.scoring,
-               "dtype": options.dtype, "files": [str(f.relative_to(root)) for f in files]}
+               "dtype": options.dtype, "truncate": options.truncate,
+               "files": [str(f.relative_to(root)) for f in files]}
     write_outputs(Path(out_dir), rows, official, summary)
     return summary
 
@@ -142,6 +238,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="wug: Spearman's rho with the human ratio (official, default) or accuracy (the paper)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                    help="weights and activations: float32 (as the official pipeline, default) or bfloat16")
+    p.add_argument("--truncate", action="store_true",
+                   help="a sentence-task candidate longer than the model's context (max_position_embeddings, "
+                   "special tokens included) is cut from the left, with a warning, and counted in "
+                   "summary.json as n_truncated; default: such an item is an error naming it")
     return p
 
 
@@ -150,14 +250,16 @@ def main_eval(argv: list[str]) -> int:
     each task into OUT/<task>/, prints one line per task; 2 on a user error."""
     args = _parser().parse_args(argv)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    options = EvalOptions(args.scoring, args.wug_metric, args.dtype, args.device, args.batch_size)
+    options = EvalOptions(args.scoring, args.wug_metric, args.dtype, args.device, args.batch_size,
+                          args.truncate)
     try:
         for name in tasks:
             get_task(name)
         for name in tasks:
             s = evaluate_task(args.model, name, args.data, args.out / name, fast=args.fast,
                               heldout_dir=args.heldout, options=options)
-            print(f"{name}\t{s['metric']}\t{s['score']:.4f}\tn={s['n_items']}")
+            cut = f"\ttruncated={s['n_truncated']}" if s["n_truncated"] else ""
+            print(f"{name}\t{s['metric']}\t{s['score']:.4f}\tn={s['n_items']}{cut}")
     except (EvalDataError, ValueError, OSError) as err:
         print(f"cdhpc eval: error: {err}", file=sys.stderr)
         return 2
