@@ -14,6 +14,8 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from cdhpc.paths import inside
 from typing import Any, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -129,7 +131,7 @@ class ReceiptError(ValueError):
 
 
 def receipt_path(workdir: str | Path, stage: str, name: str, key: str) -> Path:
-    return Path(workdir) / "receipts" / stage / f"{name}-{key[:8]}.json"
+    return inside(workdir, "receipts", stage, f"{name}-{key[:8]}.json")
 
 
 def describe_outputs(workdir: str | Path, paths: list[Path]) -> list[OutputFile]:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from cdhpc.paths import inside
 from cdhpc.plan import Plan, StepSpec
 from cdhpc.receipts import OutputFile, ReceiptError, atomic_write_json, output_intact, read_receipt, receipt_path
 
@@ -34,7 +35,7 @@ QUEUED_JOB_STATES = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV
 
 
 def job_record_path(workdir: Path, spec: StepSpec) -> Path:
-    return workdir / "jobs" / spec.stage / f"{spec.name}-{spec.key[:8]}.json"
+    return inside(workdir, "jobs", spec.stage, f"{spec.name}-{spec.key[:8]}.json")
 
 
 def classify(receipt: Any | None, outputs: list[OutputFile] | None, job: Any | None, alive: bool) -> str:
@@ -183,7 +184,7 @@ class LocalScheduler:
         from jobs import StepJob
 
         stage = pack[0].stage
-        executor = submitit.LocalExecutor(folder=self.workdir / "logs" / stage)
+        executor = submitit.LocalExecutor(folder=inside(self.workdir, "logs", stage))
         res = pack[0].resources
         executor.update_parameters(timeout_min=res.get("timeout_min", 60) * len(pack),
                                    tasks_per_node=res.get("tasks_per_node", 1), gpus_per_node=res.get("gpus_per_node", 0))

@@ -31,10 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from cdhpc.paths import inside
 from cdhpc.plan import Plan, StepSpec
 from cdhpc.profile import ClusterProfile
 from cdhpc.receipts import atomic_write_json, receipt_path
-from cdhpc.scheduler import LIVE_JOB_STATES  # sacct/squeue states of a job that may still run
+from cdhpc.scheduler import LIVE_JOB_STATES, job_record_path  # live: sacct/squeue states of a job that may still run
 
 log = logging.getLogger("cdhpc")
 
@@ -389,7 +390,7 @@ class SlurmScheduler:
         self.submit_fn = submit_fn or self._sbatch
 
     def log_dir(self, stage: str) -> Path:
-        return self.workdir / "logs" / stage
+        return inside(self.workdir, "logs", stage)
 
     # -- intents: no duplicate submission after a launcher died mid-submit ------------------
     def intent_dir(self) -> Path:
@@ -438,7 +439,7 @@ class SlurmScheduler:
             params = sbatch_parameters(a, self.profile, name, dependency_string(after, sizes))
             for s in (s for p in a.packs for s in p):  # a stale receipt must not let the job skip its step
                 receipt_path(self.workdir, s.stage, s.name, s.key).unlink(missing_ok=True)
-            intent = self.intent_dir() / f"{name}.json"
+            intent = inside(self.intent_dir(), f"{name}.json")
             atomic_write_json(intent, {"name": name, "packs": [[s.key for s in p] for p in a.packs],
                                        "attempts": {k: attempts.get(k, 0) + 1 for k in a.keys}, "resources": a.resources})
             jobs = self._submit_with_retries(a, params, name, attempts)
@@ -493,7 +494,7 @@ class SlurmScheduler:
         return jobs
 
     def _record(self, spec: StepSpec, ref: JobRef, attempt: int, name: str, resources: dict, paths: Any) -> None:
-        path = self.workdir / "jobs" / spec.stage / f"{spec.name}-{spec.key[:8]}.json"
+        path = job_record_path(self.workdir, spec)
         now = time.time()
         atomic_write_json(path, {
             "key": spec.key, "executor": "slurm", "job_id": ref.job_id, "array_index": ref.array_index,

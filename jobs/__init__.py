@@ -51,7 +51,7 @@ class StepContext:
 
     @property
     def out_dir(self) -> Path:
-        return self.workdir / self.spec.dirname
+        return self.spec.out_dir(self.workdir)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -69,7 +69,7 @@ class StepContext:
 
     def input_dir(self, role: str) -> Path:
         r = self.input_receipt(role)
-        return self.workdir / StepSpec.from_dict(r.spec).dirname
+        return StepSpec.from_dict(r.spec).out_dir(self.workdir)
 
 
 @dataclass

@@ -52,7 +52,7 @@ def build_table(workdir: Path, receipts: list[Receipt], params: dict):
     idx, columns, vectors, points, records, metrics = {}, {}, {}, {}, [], {}
     for r in receipts:
         p = r.spec["params"]
-        out_dir = workdir / StepSpec.from_dict(r.spec).dirname
+        out_dir = StepSpec.from_dict(r.spec).out_dir(workdir)
         rows = [json.loads(line) for line in (out_dir / "predictions.jsonl").read_text().splitlines()]
         metric = task_metric(p["task"], p.get("wug_metric", "spearman"))
         n_by_uid = items_per_uid(p["task"], rows, metric)
