@@ -299,7 +299,8 @@ def test_cuda_bf16_scores_track_cpu_fp32(world):
 
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
-    from cdhpc.evals.engine import ScoreRequest, load_model, score_candidates
+    from cdhpc.evals.engine import ScoreRequest, score_candidates
+    from cdhpc.evals.loading import load_model
 
     reqs = [ScoreRequest(c, x) for c, x in PACK_CASES]
     cpu = score_candidates(*load_model(world[0], "cpu"), reqs, device="cpu")

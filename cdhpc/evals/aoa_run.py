@@ -72,7 +72,8 @@ def _tokenizer_hash(folder: Path) -> str:
 def score_checkpoints(checkpoints: list[tuple[float, Path]], data: AoaData, options: Any,
                       ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
     """Per-word rows, summary fields and the official surprisal.json of one run's checkpoints."""
-    from cdhpc.evals.engine import context_limit, encode_requests, load_model, score_sequences
+    from cdhpc.evals.engine import context_limit, encode_requests, score_sequences
+    from cdhpc.evals.loading import load_model
 
     requests = word_requests(data.words, data.contexts)
     rows: list[dict[str, Any]] = []

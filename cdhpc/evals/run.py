@@ -66,7 +66,7 @@ class EvalOptions:
 
     def check(self) -> None:
         """ValueError naming the option, the bad value and what is allowed."""
-        from cdhpc.evals.engine import DTYPES
+        from cdhpc.evals.loading import DTYPES
 
         for name, allowed in (("scoring", SCORING), ("wug_metric", WUG_METRICS), ("dtype", DTYPES)):
             if getattr(self, name) not in allowed:
@@ -206,7 +206,7 @@ def evaluate_task(model_dir: Path, task: str, data_dir: Path | None, out_dir: Pa
         except ContextLengthError as err:
             raise EvalDataError(_aoa_too_long(err, files, prepared)) from None
     else:
-        from cdhpc.evals.engine import load_model
+        from cdhpc.evals.loading import load_model
 
         model, tokenizer = load_model(Path(model_dir), options.device, options.dtype)
         rows, fields, official = _score(spec, prepared, model, tokenizer, options, files)
