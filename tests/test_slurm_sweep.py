@@ -23,6 +23,7 @@ from cdhpc.launch_slurm import submit_plan
 from cdhpc.manifest import Manifest
 from cdhpc.plan import Plan, StepSpec, content_key
 from cdhpc.profile import ClusterProfile
+from cdhpc.scheduler import LIVE_JOB_STATES
 from cdhpc.status import SnapshotReader
 
 pytestmark = [
@@ -85,7 +86,10 @@ def slurm_sweep(tmp_path_factory, cluster_up):
         out = subprocess.run([sys.executable, "-m", "cdhpc", "status", str(workdir), "--once"], cwd=ROOT,
                              capture_output=True, text=True, timeout=60)
         polls.append(out)
-        return out.returncode == 0 and all(s == "done" for s in states(workdir).values())
+        # a step's receipt is written before its job exits: wait for the job records too,
+        # which `status --once` refreshes from sacct/squeue
+        return (out.returncode == 0 and all(s == "done" for s in states(workdir).values())
+                and all(r["state"] not in LIVE_JOB_STATES for r in job_records(workdir).values()))
 
     wait_for("the tiny sweep to finish on SLURM", finished, timeout_s=1800, poll_s=10)
     return {"workdir": workdir, "first": first, "again": again, "launch_s": launch_s, "right_after": right_after,
