@@ -105,10 +105,6 @@ def test_malformed_sweep_exits_2_naming_the_key(tmp_path, capsys, case):
     assert not (tmp_path / "work").exists(), "an invalid sweep must not create its workdir"
 
 
-def test_there_are_at_least_20_distinct_cases():
-    assert len({c[0] for c in CASES}) >= 20
-
-
 def test_errors_carry_the_yaml_line(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text(textwrap.dedent("""\

@@ -15,7 +15,7 @@ import pytest
 
 from cdhpc.launch import execute
 from cdhpc.plan import Plan, StepSpec, content_key
-from cdhpc.scheduler import BLOCKED, DONE, FAILED, MISSING, RUNNING, classify
+from cdhpc.scheduler import DONE, FAILED, MISSING, RUNNING, classify
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -139,7 +139,6 @@ def test_classify_is_pure_and_receipt_is_the_proof():
     assert classify(None, None, job, False) == FAILED  # left the queue without a receipt
     assert classify(failed, None, None, False) == FAILED
     assert classify(None, None, None, False) == MISSING
-    assert BLOCKED == "blocked"
 
 
 def test_cdhpc_cancel_stops_a_running_step_and_it_is_not_retried(tmp_path):

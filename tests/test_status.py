@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -130,9 +131,13 @@ def test_status_once_plain_table(tmp_path):
     assert "synthetic failure" in out.stdout
 
 
-def test_benchmark_small(tmp_path):
-    from cdhpc.benchmarks.status import run
-
-    result = run(["--steps", "300", "--repeats", "1"])
+@pytest.mark.slow
+def test_bench_status_prints_one_json_line_comparing_ours_with_the_peer():
+    """The benchmark contract users read: one JSON line on stdout, both figures from this run."""
+    out = subprocess.run([sys.executable, "-m", "cdhpc.bench", "status", "--steps", "300", "--repeats", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (line,) = out.stdout.splitlines()
+    result = json.loads(line)
     assert result["bench"] == "status" and result["steps"] == 300
-    assert result["ours"] > 0 and result["peer"] > 0 and result["ratio"] == pytest.approx(result["peer"] / result["ours"])
+    assert result["ratio"] == pytest.approx(result["peer"] / result["ours"])
