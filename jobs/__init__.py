@@ -290,6 +290,7 @@ class StepJob(submitit.helpers.Checkpointable):
                 failed.append(spec.name)
         if failed:
             raise RuntimeError(f"{len(failed)} of {len(self.specs)} steps failed: {', '.join(failed)}")
+        ignore_signals_once_done()
         return [d["key"] for d in self.specs]
 
 
@@ -342,6 +343,18 @@ def stop_on_signals() -> list[signal.Signals]:
     for signum in signals:
         signal.signal(signum, _cancel_step)
     return signals
+
+
+def ignore_signals_once_done() -> None:
+    """Completion wins over a late signal: every step's receipt is written, so a time limit's
+    USR2 or a TERM that arrives while the job exits must not make submitit checkpoint and requeue
+    it or kill it (sacct would say FAILED and SLURM would cancel its dependents). SIG_IGN, not a
+    Python handler, so that it holds through the interpreter's shutdown too."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGUSR2, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+    log.info("all steps of this job are done: USR2 and TERM are ignored from here on")
 
 
 def run_past_last_requeue() -> None:

@@ -5,7 +5,9 @@ Each call appends its step name to ``workdir/calls.log`` so tests can count exec
 
 from __future__ import annotations
 
+import atexit
 import os
+import signal
 import time
 
 from jobs import StepContext, StepResult
@@ -33,4 +35,11 @@ def add(ctx: StepContext) -> StepResult:
     if flag and os.path.exists(flag):
         raise RuntimeError(f"failing on purpose: {flag} exists")
     atomic_write_text(ctx.out_dir / "value.txt", str(total))
+    if ctx.params.get("usr2_at_exit"):  # a time limit's signal arriving while the finished job exits
+        atexit.register(_signal_self, signal.SIGUSR2, 3.0)
     return StepResult(metrics={"value": total}, rows={"scores": [{"run": ctx.spec.name, "task": "t", "score": float(total)}]})
+
+
+def _signal_self(signum: int, linger_s: float) -> None:
+    os.kill(os.getpid(), signum)
+    time.sleep(linger_s)  # Python runs a handler between instructions: give it the chance

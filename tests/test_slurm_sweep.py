@@ -166,13 +166,13 @@ def step(name: str, params: dict, timeout_min: int = 5, stage: str = "evaluate",
 PROFILE = ClusterProfile(partition="debug", signal_delay_s=30, max_requeues=0, submit_interval_s=0.0)
 
 
-def submit(workdir: Path, steps: list[StepSpec]):
+def submit(workdir: Path, steps: list[StepSpec], profile: ClusterProfile = PROFILE):
     plan = Plan(steps)
     if not (workdir / "plan.json").exists():
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "plan.json").write_text(json.dumps({"steps": [s.to_dict() for s in steps]}))
         (workdir / "cdhpc.json").write_text(json.dumps({"sweep": "drill"}))
-    return submit_plan(workdir, plan, PROFILE, "drill")
+    return submit_plan(workdir, plan, profile, "drill")
 
 
 def test_after_a_failure_a_relaunch_submits_only_the_failed_step_and_its_dependents(cluster_up, tmp_path):
@@ -218,6 +218,23 @@ def test_scancel_and_a_time_limit_are_seen_as_cancelled_and_timeout(cluster_up, 
         rows = {r["key"]: r for r in m.rows("jobs")}
     assert rows[limited.key]["state"] == "TIMEOUT" and rows[limited.key]["stdout"].endswith("_log.out")
     assert "running on until SLURM's limit" in Path(rows[limited.key]["stdout"]).read_text()
+
+
+def test_a_signal_during_a_finished_jobs_exit_does_not_undo_its_completion(cluster_up, tmp_path):
+    """USR2 (a time limit's signal) sent while a job whose step is done exits: the job ends
+    COMPLETED, is not checkpointed or requeued, and its dependent runs. With a requeue left,
+    submitit would otherwise checkpoint the finished job and requeue it."""
+    late = step("late", {"add": 1, "usr2_at_exit": True})
+    after = step("after", {"add": 10}, x=late)
+    workdir = tmp_path / "w"
+    submit(workdir, [late, after], PROFILE.model_copy(update={"max_requeues": 2}))
+    wait_for("both steps to settle", lambda: settled(workdir), 300)
+    assert set(states(workdir).values()) == {"done"}
+    with Manifest(workdir) as m:
+        rows = {r["key"]: r for r in m.rows("jobs")}
+    assert rows[late.key]["state"] == "COMPLETED"
+    log = Path(rows[late.key]["stdout"]).read_text()
+    assert "USR2 and TERM are ignored" in log and "Requeued" not in log and "checkpoint" not in log.lower(), log[-2000:]
 
 
 def test_a_launcher_killed_after_sbatch_is_adopted_not_submitted_again(cluster_up, tmp_path):
