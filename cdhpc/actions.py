@@ -3,7 +3,6 @@ jobs of chosen steps (local or SLURM), and the launch command that retries faile
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -17,37 +16,62 @@ from cdhpc.status import Snapshot
 LIVE = ("running", "queued")
 
 
+SCANCEL_BATCH = 1000  # job ids per scancel call: one process per batch, not per job
+
+
+def job_of(j: Any) -> tuple[str, str]:
+    """Pure: (executor, job) of a job record; one SLURM array element is one job."""
+    ref = str(j["job_id"]) if j["array_index"] is None else f"{j['job_id']}_{j['array_index']}"
+    return j["executor"], ref
+
+
+def scancel_ids(chosen: set[str], live_elements: dict[str, int]) -> list[str]:
+    """Pure: the ids to give scancel for the chosen SLURM jobs: an array's own id when every live
+    element of it is chosen (one id instead of thousands), its elements otherwise."""
+    by_array: dict[str, list[str]] = {}
+    for ref in chosen:
+        by_array.setdefault(ref.split("_")[0], []).append(ref)
+    ids = []
+    for array, refs in sorted(by_array.items()):
+        whole = "_" in refs[0] and len(refs) == live_elements.get(array, 0)
+        ids += [array] if whole else sorted(refs)
+    return ids
+
+
 def cancel_steps(snap: Snapshot, keys: list[str]) -> list[str]:
-    """Cancel the live jobs of the given steps: SIGINT to a local job's controller pid (it stops
-    its step), `scancel` for a SLURM job; every job record of a cancelled job is marked
-    CANCELLED. Returns one message per job."""
-    from cdhpc.receipts import atomic_write_json
-    from cdhpc.scheduler import pid_alive
+    """Cancel the live jobs of the given steps (and so also the steps packed into those jobs):
+    SIGINT to a local job's controller pid (it stops its step) and its records marked CANCELLED
+    at once; `scancel` for SLURM jobs, batched, whole arrays by their own id, and their records
+    left to the next poll, which reads CANCELLED from sacct/squeue. Linear in the number of job
+    records. Returns one message per local job and one line for all SLURM jobs."""
+    from cdhpc.scheduler import pid_alive, update_job_record
 
-    def job_of(j: Any) -> tuple[str, str]:  # one SLURM array element is one job
-        ref = str(j["job_id"]) if j["array_index"] is None else f"{j['job_id']}_{j['array_index']}"
-        return j["executor"], ref
-
-    by_job: dict[tuple[str, str], list[dict]] = {}
-    for key in keys:
-        j = snap.jobs.get(key)
-        if j is not None and snap.states.get(key) in LIVE:
-            by_job.setdefault(job_of(j), []).append(j)
-    for job, rows in by_job.items():  # a packed job also runs steps not asked for
-        rows += [j for k, j in snap.jobs.items() if job_of(j) == job and k not in keys and snap.states.get(k) in LIVE]
+    members: dict[tuple[str, str], list[dict]] = {}  # every live job -> its live records
+    for k, j in snap.jobs.items():
+        if snap.states.get(k) in LIVE:
+            members.setdefault(job_of(j), []).append(j)
+    chosen = {job_of(snap.jobs[k]) for k in keys if k in snap.jobs and snap.states.get(k) in LIVE}
     messages = []
-    for (executor, job_id), rows in by_job.items():
+    for executor, job_id in sorted(chosen):
         if executor == "local":
             if pid_alive(job_id):
                 os.kill(int(job_id), signal.SIGINT)
-        else:
-            subprocess.run(["scancel", job_id], check=False, capture_output=True)
-        for j in rows:
-            path = snap.workdir / j["path"]
-            rec = json.loads(path.read_text())
-            rec.update(state="CANCELLED", updated=time.time())
-            atomic_write_json(path, rec)
-        messages.append(f"cancelled {executor} job {job_id} ({len(rows)} step(s))")
+            for j in members[executor, job_id]:
+                update_job_record(snap.workdir / j["path"], state="CANCELLED", updated=time.time())
+            messages.append(f"cancelled local job {job_id} ({len(members[executor, job_id])} step(s))")
+    slurm = {job_id for executor, job_id in chosen if executor == "slurm"}
+    if slurm:
+        live_elements: dict[str, int] = {}
+        for executor, job_id in members:
+            if executor == "slurm" and "_" in job_id:
+                array = job_id.split("_")[0]
+                live_elements[array] = live_elements.get(array, 0) + 1
+        ids = scancel_ids(slurm, live_elements)
+        for i in range(0, len(ids), SCANCEL_BATCH):
+            subprocess.run(["scancel", *ids[i:i + SCANCEL_BATCH]], check=False, capture_output=True)
+        n = sum(len(members["slurm", job_id]) for job_id in slurm)
+        what = f"slurm job {ids[0]}" if len(slurm) == 1 else f"{len(slurm)} slurm jobs ({len(ids)} scancel ids)"
+        messages.append(f"cancelled {what} ({n} step(s)); status shows them once SLURM reports it")
     return messages
 
 

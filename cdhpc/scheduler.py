@@ -38,6 +38,18 @@ def job_record_path(workdir: Path, spec: StepSpec) -> Path:
     return inside(workdir, "jobs", spec.stage, f"{spec.name}-{spec.key[:8]}.json")
 
 
+def update_job_record(path: Path, **changes: Any) -> None:
+    """Rewrite one job record with `changes` (e.g. a state sacct reported), by rename so a reader
+    sees the old record or the new one. No fsync: a record is a cache of what the executor
+    knows, and an update lost to a crash is made again on the next poll; a mass cancel or poll
+    of 46k records would otherwise spend a minute in fsync."""
+    rec = json.loads(path.read_text())
+    rec.update(changes)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(json.dumps(rec, indent=1, sort_keys=True) + "\n")  # open() gives the umask's mode
+    os.replace(tmp, path)
+
+
 def classify(receipt: Any | None, outputs: list[OutputFile] | None, job: Any | None, alive: bool) -> str:
     """Pure: the state of one step from its receipt row, its recorded outputs' integrity (None
     when not checked) and its job record. A receipt is the proof of success; a job that left the

@@ -35,7 +35,7 @@ from cdhpc.paths import inside
 from cdhpc.plan import Plan, StepSpec
 from cdhpc.profile import ClusterProfile
 from cdhpc.receipts import atomic_write_json, receipt_path
-from cdhpc.scheduler import LIVE_JOB_STATES, job_record_path  # live: sacct/squeue states of a job that may still run
+from cdhpc.scheduler import LIVE_JOB_STATES, job_record_path, update_job_record  # live: sacct/squeue states of a job that may still run
 
 log = logging.getLogger("cdhpc")
 
@@ -345,10 +345,7 @@ def refresh_job_records(workdir: Path, records: Iterable[Any]) -> int:
     for r in live:
         state = record_state(r, answer, complete, now)
         if state != r["state"]:
-            path = Path(workdir) / r["path"]
-            rec = json.loads(path.read_text())
-            rec.update(state=state, updated=now)
-            atomic_write_json(path, rec)
+            update_job_record(Path(workdir) / r["path"], state=state, updated=now)
             changed += 1
     return changed
 
