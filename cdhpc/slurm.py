@@ -40,6 +40,15 @@ from cdhpc.scheduler import LIVE_JOB_STATES, job_record_path, update_job_record 
 log = logging.getLogger("cdhpc")
 
 LEFT_QUEUE = "LEFT_QUEUE"  # not listed by squeue any more and no accounting to say how it ended
+# sbatch errors that waiting a few seconds does not cure: a limit of the cluster or the account.
+# Each names the limit a user can look up; "temporarily unable to accept job" is what sbatch
+# prints while it retries by itself against MaxJobCount.
+LIMIT_SBATCH = (
+    (re.compile(r"MaxJobCount|temporarily unable to accept job", re.I), "MaxJobCount (slurm.conf: jobs the controller holds)"),
+    (re.compile(r"QOSMaxSubmitJobPerUserLimit|MaxSubmitJobs", re.I), "the QOS's MaxSubmitJobsPerUser"),
+    (re.compile(r"AssocMaxSubmitJobLimit|job submit limit", re.I), "your association's MaxSubmitJobs"),
+    (re.compile(r"Invalid job array specification|MaxArraySize", re.I), "MaxArraySize (slurm.conf)"),
+)
 TRANSIENT_SBATCH = re.compile(r"Socket timed out|Unable to contact slurm controller|Resource temporarily unavailable|"
                               r"try again|Connection refused|Zero Bytes were transmitted", re.I)
 
@@ -394,8 +403,11 @@ class SlurmScheduler:
         return self.workdir / "submitting"
 
     def adopt_intents(self, plan: Plan) -> int:
-        """Jobs a killed launcher submitted but did not record: find them by name and record
-        them; forget intents SLURM never saw. Returns how many steps were adopted."""
+        """Jobs a killed launcher submitted but did not record: find them by name; record those
+        whose submitit pickles were written (they can run their steps), scancel those without
+        (submitit moves the pickles into place only after sbatch returned, and a job without
+        them fails after a minute), whose steps are then submitted again; forget intents SLURM
+        never saw. Returns how many steps were adopted."""
         intents = sorted(self.intent_dir().glob("*.json")) if self.intent_dir().is_dir() else []
         if not intents:
             return 0
@@ -406,15 +418,32 @@ class SlurmScheduler:
             ids = found.get(d["name"], [])
             if ids:
                 base = max((i.split("_")[0] for i in ids), key=int)  # the newest, should a name recur
-                single = len(d["packs"]) == 1
-                for i, pack in enumerate(d["packs"]):
-                    for key in pack:
-                        if key in by_key:
-                            self._record(by_key[key], JobRef(base, None if single else i), d["attempts"].get(key, 1),
-                                         d["name"], d["resources"], None)
-                            adopted += 1
-                log.warning("adopted job %s (%s), submitted by a launcher that stopped before recording it", base, d["name"])
+                if self._pickled(d, base):
+                    adopted += self._adopt(d, base, by_key)
+                else:
+                    _run(["scancel", base])
+                    log.warning("cancelled job %s (%s): a launcher stopped after sbatch, before submitit wrote "
+                                "its pickles; its steps are submitted again", base, d["name"])
             path.unlink()
+        return adopted
+
+    def _pickled(self, intent: dict, base: str) -> bool:
+        """Whether every job of an intent has its submitit pickle (`JobPaths.submitted_pickle`:
+        `<id>_submitted.pkl`, `<id>_<index>_submitted.pkl` for an array's elements)."""
+        n = len(intent["packs"])
+        names = [f"{base}_submitted.pkl"] if n == 1 else [f"{base}_{i}_submitted.pkl" for i in range(n)]
+        folder = self.log_dir(intent["stage"])
+        return all((folder / name).is_file() for name in names)
+
+    def _adopt(self, intent: dict, base: str, by_key: dict[str, StepSpec]) -> int:
+        single, adopted = len(intent["packs"]) == 1, 0
+        for i, pack in enumerate(intent["packs"]):
+            for key in pack:
+                if key in by_key:
+                    self._record(by_key[key], JobRef(base, None if single else i), intent["attempts"].get(key, 1),
+                                 intent["name"], intent["resources"], None)
+                    adopted += 1
+        log.warning("adopted job %s (%s), submitted by a launcher that stopped before recording it", base, intent["name"])
         return adopted
 
     # -- submission --------------------------------------------------------------------------
@@ -437,7 +466,7 @@ class SlurmScheduler:
             for s in (s for p in a.packs for s in p):  # a stale receipt must not let the job skip its step
                 receipt_path(self.workdir, s.stage, s.name, s.key).unlink(missing_ok=True)
             intent = inside(self.intent_dir(), f"{name}.json")
-            atomic_write_json(intent, {"name": name, "packs": [[s.key for s in p] for p in a.packs],
+            atomic_write_json(intent, {"name": name, "stage": a.stage, "packs": [[s.key for s in p] for p in a.packs],
                                        "attempts": {k: attempts.get(k, 0) + 1 for k in a.keys}, "resources": a.resources})
             jobs = self._submit_with_retries(a, params, name, attempts)
             base = str(jobs[0].job_id).split("_")[0]
@@ -466,6 +495,12 @@ class SlurmScheduler:
             except UnsafeSbatch:
                 raise
             except Exception as e:  # noqa: BLE001 - submitit wraps sbatch's stderr in FailedJobError
+                limit = next((what for pattern, what in LIMIT_SBATCH if pattern.search(str(e))), None)
+                if limit is not None:
+                    raise RuntimeError(
+                        f"sbatch for {a.stage} ({name}) refused: {limit} is reached. The arrays submitted before it "
+                        f"stand; launch again when jobs have finished, or lower executor.max_array_size / "
+                        f"submit fewer steps (--until). sbatch said: {str(e).strip()[-300:]}") from None
                 if not TRANSIENT_SBATCH.search(str(e)) or attempt == self.profile.submit_retries:
                     raise RuntimeError(f"sbatch for {a.stage} ({name}) failed: {e}") from None
                 if find_jobs_by_name([name]):

@@ -174,6 +174,50 @@ def test_transient_sbatch_errors_are_retried_others_are_not(tmp_path, monkeypatc
         SlurmScheduler(tmp_path, ClusterProfile(), "t", submit_fn=bad_partition).submit(Plan([s]), {s.key}, {}, {})
 
 
+@pytest.mark.parametrize("said, named", [
+    ("sbatch: error: Slurm temporarily unable to accept job, sleeping and retrying\n"
+     "sbatch: error: Batch job submission failed: Resource temporarily unavailable", "MaxJobCount"),
+    ("sbatch: error: QOSMaxSubmitJobPerUserLimit", "MaxSubmitJobsPerUser"),
+    ("sbatch: error: AssocMaxSubmitJobLimit", "association's MaxSubmitJobs"),
+    ("sbatch: error: Batch job submission failed: Invalid job array specification", "MaxArraySize"),
+])
+def test_a_limit_error_stops_the_submission_at_once_naming_the_limit(tmp_path, monkeypatch, said, named):
+    monkeypatch.setattr("cdhpc.slurm.time.sleep", lambda s: pytest.fail("a limit is not retried"))
+    calls = []
+
+    def refused(array, params, attempt):
+        calls.append(1)
+        raise RuntimeError(said)
+
+    s = step("x", "prepare")
+    with pytest.raises(RuntimeError, match=named) as e:
+        SlurmScheduler(tmp_path, ClusterProfile(submit_retries=5), "t", submit_fn=refused).submit(Plan([s]), {s.key}, {}, {})
+    assert len(calls) == 1 and "launch again" in str(e.value)
+
+
+def test_an_intents_job_is_adopted_with_its_pickles_and_cancelled_without(tmp_path, monkeypatch):
+    """A launcher killed after submitit moved the pickles into place left a job that can run:
+    it is recorded. One killed before that left a job that cannot: it is cancelled."""
+    a, b = step("a", "evaluate"), step("b", "evaluate")
+    sched = SlurmScheduler(tmp_path, ClusterProfile(), "t")
+    cancelled = []
+    monkeypatch.setattr("cdhpc.slurm._run", lambda cmd, timeout_s=60: cancelled.append(cmd))
+    monkeypatch.setattr("cdhpc.slurm.find_jobs_by_name", lambda names: {n: ["77_0", "77_1"] for n in names})
+    for pickled in (True, False):
+        sched.intent_dir().mkdir(exist_ok=True)
+        (sched.intent_dir() / "n.json").write_text(json.dumps(
+            {"name": "n", "stage": "evaluate", "packs": [[a.key], [b.key]], "attempts": {}, "resources": {}}))
+        sched.log_dir("evaluate").mkdir(parents=True, exist_ok=True)
+        for i in range(2):
+            pkl = sched.log_dir("evaluate") / f"77_{i}_submitted.pkl"
+            pkl.write_bytes(b"x") if pickled else pkl.unlink()
+        assert sched.adopt_intents(Plan([a, b])) == (2 if pickled else 0)
+        assert cancelled == ([] if pickled else [["scancel", "77"]])
+        assert not list(sched.intent_dir().iterdir())
+    rec = json.loads((tmp_path / "jobs" / "evaluate" / f"b-{b.key[:8]}.json").read_text())
+    assert (rec["job_id"], rec["array_index"]) == ("77", 1)
+
+
 # ----------------------------------------------------------------------------- profiles
 def write(tmp_path: Path, text: str, name: str = "site") -> Path:
     (tmp_path / "slurm").mkdir(exist_ok=True)

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -237,27 +238,53 @@ def test_a_signal_during_a_finished_jobs_exit_does_not_undo_its_completion(clust
     assert "USR2 and TERM are ignored" in log and "Requeued" not in log and "checkpoint" not in log.lower(), log[-2000:]
 
 
-def test_a_launcher_killed_after_sbatch_is_adopted_not_submitted_again(cluster_up, tmp_path):
-    """The intent written before sbatch, and a job under its name that no record mentions: what
-    a launcher killed between sbatch and writing the job records leaves behind."""
-    a = step("a", {"add": 1, "sleep_s": 5})
+SUBMIT = """import json, sys
+from pathlib import Path
+from cdhpc.launch_slurm import submit_plan
+from cdhpc.plan import Plan, StepSpec
+from cdhpc.profile import ClusterProfile
+w = Path(sys.argv[1])
+plan = Plan([StepSpec.from_dict(d) for d in json.loads((w / "plan.json").read_text())["steps"]])
+submit_plan(w, plan, ClusterProfile.model_validate(json.loads(sys.argv[2])), "drill")
+"""
+
+
+def test_a_launcher_killed_between_sbatch_and_its_records_leaves_jobs_that_still_run_their_steps(cluster_up, tmp_path):
+    """A real sbatch that returns, then a launcher killed before it wrote submitit's pickles or
+    the job records (a fake sbatch on PATH calls the real one and hangs). The next launch finds
+    the job by name, cancels it (without pickles it could not run its steps) and submits the
+    steps again; they finish."""
+    a, b = step("a", {"add": 1}), step("b", {"add": 2})
     workdir = tmp_path / "w"
-    workdir.mkdir()
-    (workdir / "plan.json").write_text(json.dumps({"steps": [a.to_dict()]}))
-    name = f"cdhpc.drill.evaluate.killed{time.time_ns()}"  # unique: squeue remembers finished jobs for an hour
-    (workdir / "submitting").mkdir()
-    (workdir / "submitting" / f"{name}.json").write_text(json.dumps(
-        {"name": name, "packs": [[a.key]], "attempts": {a.key: 1}, "resources": a.resources}))
-    out = subprocess.run(["sbatch", "--parsable", f"--job-name={name}", "--wrap", "sleep 20"], capture_output=True,
-                         text=True, timeout=10, check=True)
-    job_id = out.stdout.strip().split(";")[0]
+    submit(workdir, [])  # plan.json and the marker, nothing to submit
+    (workdir / "plan.json").write_text(json.dumps({"steps": [a.to_dict(), b.to_dict()]}))
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "sbatch").write_text(f"#!/bin/sh\nout=$({shutil.which('sbatch')} \"$@\") || exit $?\n"
+                                 f"echo \"$out\" > {tmp_path / 'submitted'}\necho \"$out\"\nexec sleep 600\n")
+    (fake / "sbatch").chmod(0o755)
+    env = dict(os.environ, PATH=f"{fake}{os.pathsep}{os.environ['PATH']}")
+    killed = subprocess.Popen([sys.executable, "-c", SUBMIT, str(workdir), PROFILE.model_dump_json()], cwd=ROOT,
+                              env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _, sub, live = submit(workdir, [a])
-        assert sub.steps == 0 and a.key in live
-        assert json.loads(next((workdir / "jobs" / "evaluate").glob("a-*.json")).read_text())["job_id"] == job_id
-        assert not list((workdir / "submitting").iterdir())
+        wait_for("the real sbatch to return", lambda: (tmp_path / "submitted").is_file(), 60, 0.2)
     finally:
-        subprocess.run(["scancel", job_id], timeout=10)
+        os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait(10)
+    first = (tmp_path / "submitted").read_text().split()[-1]  # "Submitted batch job 353"
+    assert list((workdir / "submitting").iterdir()) and not (workdir / "jobs").exists()
+    _, sub, live = submit(workdir, [a, b])
+    assert sub.steps == 2 and not live and not list((workdir / "submitting").iterdir())
+    assert {r["job_id"] for r in job_records(workdir).values()} != {first}
+    wait_for("the resubmitted steps", lambda: settled(workdir), 300)
+    assert set(states(workdir).values()) == {"done"}
+    assert _sacct(first).startswith("CANCELLED"), "the job that could not run was cancelled"
+
+
+def _sacct(job_id: str) -> str:
+    out = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "State", "-j", job_id], capture_output=True, text=True,
+                         timeout=10).stdout.split()
+    return out[0] if out else ""
 
 
 def test_without_accounting_status_converges_through_squeue(cluster_up, tmp_path):
