@@ -1,6 +1,6 @@
 """cdhpc: the contrastive-decoding synthetic-data study as one declarative sweep.
 
-Glossary (the words of DESIGN.md, used exactly everywhere in the code):
+Glossary (the words of docs/design.md §1, used exactly everywhere in the code):
 
 - sweep: one ``sweep.yaml``, one experiment, one work directory (``workdir``).
 - step: one node of the sweep's DAG, a unit of work with a content key (a hash of its resolved

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -116,15 +115,17 @@ DELEGATED = {"launch": cmd_launch, "eval": cmd_eval}
 
 
 VERBOSE_FLAGS = ("-v", "--verbose")
+QUIET_FLAGS = ("-q", "--quiet")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from cdhpc.verbosity import add_flags
+
     p = argparse.ArgumentParser(prog="cdhpc", description="Contrastive-decoding studies as one sweep.")
-    p.add_argument(*VERBOSE_FLAGS, action="store_true", help="debug logs, and tracebacks of expected errors")
-    # -v after the subcommand too; SUPPRESS keeps a subcommand from resetting a -v given before it.
+    add_flags(p)
+    # -v/-q after the subcommand too; SUPPRESS keeps a subcommand from resetting a flag given before it.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(*VERBOSE_FLAGS, action="store_true", default=argparse.SUPPRESS,
-                        help="debug logs, and tracebacks of expected errors")
+    add_flags(common, suppress=True)
     sub = p.add_subparsers(dest="command", required=True)
     # launch and eval are listed here for `cdhpc --help` only; main gives their argv to DELEGATED.
     sub.add_parser("launch", help="validate, plan and run a sweep (same as python -m cdhpc.launch)", add_help=False)
@@ -153,20 +154,39 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def split_delegated(argv: list[str]) -> tuple[str, list[str], bool, bool] | None:
+    """Pure: (subcommand, its argv, -v, -q) when argv runs a DELEGATED subcommand, else None.
+    -v/-q may come before the subcommand; launch parses its own flags, so they are handed on to
+    it; eval's parser has none, so they are taken out of its argv wherever they are."""
+    lead = 0
+    while lead < len(argv) and argv[lead] in VERBOSE_FLAGS + QUIET_FLAGS:
+        lead += 1
+    if lead >= len(argv) or argv[lead] not in DELEGATED:
+        return None
+    name, before, rest = argv[lead], argv[:lead], argv[lead + 1:]
+    if name == "launch":
+        return name, rest + before, False, False
+    flags = before + [a for a in rest if a in VERBOSE_FLAGS + QUIET_FLAGS]
+    return (name, [a for a in rest if a not in VERBOSE_FLAGS + QUIET_FLAGS],
+            any(a in VERBOSE_FLAGS for a in flags), any(a in QUIET_FLAGS for a in flags))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; its exit status (2 on a usage error, which argparse prints in one line,
     or a workdir in use; 1 on another expected failure, printed in one line)."""
+    from cdhpc.verbosity import setup_command
+
     argv = sys.argv[1:] if argv is None else list(argv)
-    lead = 0
-    while lead < len(argv) and argv[lead] in VERBOSE_FLAGS:
-        lead += 1
-    if lead < len(argv) and argv[lead] in DELEGATED:  # `cdhpc -v launch ...` is `cdhpc launch -v ...`
-        rest = argv[lead + 1:]
-        return DELEGATED[argv[lead]](rest + ["--verbose"] if lead and argv[lead] == "launch" else rest)
+    delegated = split_delegated(argv)
+    if delegated is not None:  # `cdhpc -v launch ...` is `cdhpc launch -v ...`
+        name, rest, verbose, quiet = delegated
+        if name != "launch":
+            setup_command(verbose, quiet)
+        return DELEGATED[name](rest)
     args = build_parser().parse_args(argv)
-    if args.verbose:
-        logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-        logging.getLogger("cdhpc").setLevel(logging.DEBUG)
+    # CDHPC_LOG_LEVEL=debug is -v (tracebacks too); a retry's launcher inherits the level
+    # these commands answer at once: their warnings are plain lines, as before (no timestamp)
+    args.verbose = setup_command(args.verbose, args.quiet, fmt="%(message)s", datefmt=None) == "debug"
     try:
         return args.fn(args)
     except Exception as e:

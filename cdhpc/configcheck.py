@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from cdhpc import STAGES
 from cdhpc.configio import Issue, Loc
+from cdhpc.trackers import missing_packages
 
 if TYPE_CHECKING:
     from cdhpc.config import SweepConfig
@@ -82,6 +83,8 @@ def _check_data(cfg: SweepConfig) -> list[Issue]:
             issues.append(Issue(("data", key), f"required when data.kind is {d.kind!r}", has_value=False))
         elif error:
             issues.append(Issue(("data", key), f"cannot be read: {error}", str(path)))
+        elif kind is None and key in ("babylm_dir", "tinystories"):  # or a hub id in the HF cache (cdhpc.hfdata)
+            issues += _hub_issue(("data", key), path)
         elif kind is None:
             issues.append(Issue(("data", key), "path does not exist (give a local file or directory)", str(path),
                                 missing_path=True))
@@ -91,6 +94,32 @@ def _check_data(cfg: SweepConfig) -> list[Issue]:
                 msg = f"prepared corpus has no {split}/ directory (expected train/, seed/, test/ of <source>.txt)"
                 issues.append(Issue(("data", "corpus_dir"), msg, str(d.corpus_dir)))
     return issues
+
+
+def _hub_id(path: Path) -> bool:
+    from cdhpc.hfdata import source_kind
+
+    return source_kind(path) == "hub"
+
+
+def _saved_dataset(path: Path) -> bool:
+    from cdhpc.hfdata import saved_dataset
+
+    return saved_dataset(Path(path))
+
+
+def _hub_issue(loc: tuple, path: Path) -> list[Issue]:
+    """None when `path`, not a local path, names a hub dataset in the local HF cache."""
+    from cdhpc.hfdata import DataSourceError, hub_snapshot, source_kind
+
+    if source_kind(path) != "hub":
+        return [Issue(loc, "path does not exist (give a local folder, a save_to_disk dataset, or a hub dataset id "
+                      "in the local Hugging Face cache)", str(path), missing_path=True)]
+    try:
+        hub_snapshot(str(path), ".".join(loc))
+    except DataSourceError as e:
+        return [Issue(loc, str(e).split(" is ", 1)[1], str(path), missing_path=True)]
+    return []
 
 
 def _check_models(cfg: SweepConfig) -> list[Issue]:
@@ -115,6 +144,9 @@ def _check_pretrain(cfg: SweepConfig) -> list[Issue]:
         issues.append(Issue(("pretrain", "global_batch"), msg, p.global_batch))
     if cfg.pretrain.steps < cfg.pretrain.checkpoint_every:
         issues.append(Issue(("pretrain", "checkpoint_every"), "larger than pretrain.steps", p.checkpoint_every))
+    for name, package in missing_packages(p.report_to):
+        issues.append(Issue(("pretrain", "report_to"), f"{name} asked for but the {package} package is not installed: "
+                            f"pip install 'cdhpc[tracking]' (or {package}), or remove it from report_to", name))
     return issues
 
 
@@ -211,6 +243,12 @@ def _check_eval_and_stats(cfg: SweepConfig) -> list[Issue]:
     kind, error = _kind(e.data_dir) if e.data_dir != "toy" else ("dir", None)
     if error:
         issues.append(Issue(("eval", "data_dir"), f"cannot be read: {error}", str(e.data_dir)))
+    elif kind is None and _hub_id(e.data_dir):  # a hub dataset repo in the HF cache (cdhpc.hfdata)
+        issues += _hub_issue(("eval", "data_dir"), e.data_dir)
+    elif kind == "dir" and e.data_dir != "toy" and _saved_dataset(e.data_dir):
+        issues.append(Issue(("eval", "data_dir"), "is a save_to_disk dataset; the evaluation data is a folder of "
+                            "task files (evaluation_data/, as the official pipeline reads it): give that folder or "
+                            "a hub dataset id in the local Hugging Face cache", str(e.data_dir)))
     elif kind != "dir":
         issues.append(Issue(("eval", "data_dir"), "directory does not exist (the BabyLM evaluation_data dir, or toy)",
                             str(e.data_dir), missing_path=True))

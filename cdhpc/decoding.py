@@ -1,4 +1,4 @@
-"""Contrastive decoding, V-head control and sampling math (PAPER.md section 2), pure torch.
+"""Contrastive decoding, V-head control and sampling math (docs/method.md §5), pure torch.
 
 One decoding step maps the expert's (and amateur's) next-token logits ``[B, V]`` to float32
 scores whose softmax is the distribution sampled from:
@@ -31,7 +31,7 @@ _LOG2E = 1.0 / math.log(2.0)
 
 @dataclass(frozen=True)
 class DecodingParams:
-    """Decoding keys of a method (PAPER.md section 1.6 and 2); defaults are the correct behaviour."""
+    """Decoding keys of a method (docs/method.md §5.4); defaults are the correct behaviour."""
 
     mode: str
     """``sample`` (plain ancestral), ``vhead`` (expert restricted to its head) or ``cd``."""

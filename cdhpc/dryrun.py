@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from cdhpc import STAGES
 from cdhpc.config import SweepConfig
+from cdhpc.estimate import Rates, default_rates, step_hours
 from cdhpc.plan import Plan, StepSpec
 
 MAX_ARRAY_SIZE = 1000  # arrays are chunked to the cluster's MaxArraySize (slurm profiles set it)
@@ -25,13 +26,15 @@ class StageRow:
     running: int
     to_run: int
     gpu_hours: float
+    gpu_hours_est: float = 0.0  # from measured (or default) throughput: see estimate_hours
 
 
-def stage_rows(plan: Plan, states: dict[str, str] | None, max_array_size: int = MAX_ARRAY_SIZE) -> list[StageRow]:
+def stage_rows(plan: Plan, states: dict[str, str] | None, max_array_size: int = MAX_ARRAY_SIZE,
+               cfg: SweepConfig | None = None, rates: Rates | None = None) -> list[StageRow]:
     """Pure: one row per planned stage. Jobs and arrays are those a first SLURM submission makes
     (steps with the same upstream jobs share an array, steps_per_job to an element, split at
-    max_array_size); GPU-hours are the upper bound the time limits allow: steps to run x nodes x
-    GPUs/node x timeout."""
+    max_array_size); GPU-hours max are the upper bound the time limits allow: steps to run x nodes
+    x GPUs/node x timeout; GPU-hours est. (with ``cfg`` and ``rates``) come from throughput."""
     from cdhpc.slurm import plan_arrays
 
     arrays = plan_arrays(plan, {s.key for s in plan.steps}, {}, max_array_size)
@@ -49,7 +52,9 @@ def stage_rows(plan: Plan, states: dict[str, str] | None, max_array_size: int = 
         rows.append(StageRow(stage, len(steps), sum(len(a.packs) for a in mine), len(mine),
                              max((len(a.packs) for a in mine), default=0), sum(len(s.inputs) for s in steps),
                              res, st.count("done"), st.count("running") + st.count("queued"), to_run,
-                             to_run * gpus * r["timeout_min"] / 60))
+                             to_run * gpus * r["timeout_min"] / 60,
+                             sum(step_hours(s, cfg, rates) for s, x in zip(steps, st)
+                                 if x not in ("done", "running", "queued")) if gpus and rates else 0.0))
     return rows
 
 
@@ -106,27 +111,30 @@ def model_lines(cfg: SweepConfig, plan: Plan) -> list[str]:
             for name, n in seen.items()]
 
 
-def print_dry_run(cfg: SweepConfig, plan: Plan, states: dict[str, str] | None, profile=None) -> None:
+def print_dry_run(cfg: SweepConfig, plan: Plan, states: dict[str, str] | None, profile=None,
+                  rates: Rates | None = None) -> None:
     """The plan as a table; with a cluster profile (executor.kind slurm), its arrays and limits."""
     max_array_size = profile.max_array_size if profile is not None else MAX_ARRAY_SIZE
+    rates = rates or default_rates()
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"sweep {cfg.name}: plan until {plan.until} ({len(plan.steps)} steps)")
-    for col in ("stage", "steps", "jobs", "arrays", "largest", "deps", "resources per step", "done", "running", "to run", "GPU-h max"):
+    for col in ("stage", "steps", "jobs", "arrays", "largest", "deps", "resources per step", "done", "running", "to run", "GPU-h max", "GPU-h est."):
         table.add_column(col, justify="left" if col in ("stage", "resources per step") else "right")
-    rows = stage_rows(plan, states, max_array_size)
+    rows = stage_rows(plan, states, max_array_size, cfg, rates)
     for r in rows:
         table.add_row(r.stage, str(r.steps), str(r.jobs), str(r.arrays), str(r.largest_array), str(r.dependencies), r.resources, str(r.done),
-                      str(r.running), str(r.to_run), f"{r.gpu_hours:.1f}")
+                      str(r.running), str(r.to_run), f"{r.gpu_hours:.1f}", f"{r.gpu_hours_est:.1f}")
     table.add_row("total", str(len(plan.steps)), str(sum(r.jobs for r in rows)), str(sum(r.arrays for r in rows)), "", "", "", "", "", str(sum(r.to_run for r in rows)),
-                  f"{sum(r.gpu_hours for r in rows):.1f}")
+                  f"{sum(r.gpu_hours for r in rows):.1f}", f"{sum(r.gpu_hours_est for r in rows):.1f}")
     console = Console(width=160)
     console.print(table)
     if profile is not None:
         console.print(f"executor: slurm, profile {cfg.executor.profile or '(none: cluster defaults)'}: partition "
                       f"{profile.partition or '(default)'}, account {profile.account or '-'}, qos {profile.qos or '-'}, "
                       f"arrays of at most {profile.max_array_size} throttled to %{profile.array_parallelism}", highlight=False)
+    console.print(f"GPU-h est.: {rates.source}", highlight=False)
     console.print("methods: " + ", ".join(cfg.methods))
     disk = disk_estimate(cfg, plan)
     console.print(f"generated tokens: {generated_tokens(plan) / 1e6:,.1f}M; disk: "
@@ -138,4 +146,4 @@ def print_dry_run(cfg: SweepConfig, plan: Plan, states: dict[str, str] | None, p
         console.print(f"workdir {cfg.workdir} does not exist yet: every step will run.")
 
 
-__all__ = ["StageRow", "stage_rows", "decisions", "print_dry_run", "StepSpec"]
+__all__ = ["StageRow", "stage_rows", "decisions", "print_dry_run", "StepSpec", "Rates"]

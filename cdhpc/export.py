@@ -29,6 +29,7 @@ def done_evaluations(workdir: Path) -> tuple[dict, list, int]:
 def export(workdir: Path, write: bool) -> int:
     """Print the (possibly partial) table; with `write`, publish results/ as aggregate does."""
     from cdhpc.report import render_markdown
+    from cdhpc.status import read_plan_steps
     from jobs.aggregate import build_table, publish
 
     agg, receipts, planned = done_evaluations(workdir)
@@ -42,6 +43,8 @@ def export(workdir: Path, write: bool) -> int:
     if write:  # the report is rendered outside the workdir, then published as results/ in one rename
         with tempfile.TemporaryDirectory(prefix="cdhpc-export-") as out:
             partial = f"{len(receipts)} of {planned} evaluate steps done" if len(receipts) < planned else None
-            for f in publish(workdir, table, records, Path(out), partial=partial):
+            wanted = set(agg["inputs"].values())  # every planned run's curve, trained or training
+            evals = [s for s in read_plan_steps(workdir) if s["key"] in wanted]
+            for f in publish(workdir, table, records, Path(out), partial=partial, eval_specs=evals):
                 print(f"  {f}")
     return 0

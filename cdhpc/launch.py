@@ -38,18 +38,23 @@ def build_parser(prog: str = "python -m cdhpc.launch") -> argparse.ArgumentParse
     p.add_argument("sweep", type=Path, help="the sweep .yaml file")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted-path overrides, values typed as YAML")
     p.add_argument("--dry-run", action="store_true", help="print the plan (steps, resources, states, GPU-hours) and exit")
+    p.add_argument("--calibration", type=Path, metavar="GPU_JSONL",
+                   help="with --dry-run: estimate GPU-hours from this gpu.jsonl of `bash .ci/gpu` (docs/gpu.md)")
     p.add_argument("--until", choices=STAGES, default="aggregate", help="plan only up to this stage")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--verify", action="store_true", help="re-hash every output of done steps (default: size+mtime)")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logs, and tracebacks of expected errors")
+    from cdhpc.verbosity import add_flags
+
+    add_flags(p)
     return p
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m cdhpc.launch") -> int:
     args = build_parser(prog).parse_intermixed_args(argv)  # flags may come after key=value overrides
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    if args.verbose:
-        log.setLevel(logging.DEBUG)
+    from cdhpc.verbosity import setup_command
+
+    # jobs inherit the level through CDHPC_LOG_LEVEL; CDHPC_LOG_LEVEL=debug is -v
+    args.verbose = setup_command(args.verbose, args.quiet) == "debug"
     try:
         return _main(args, prog)
     except (ConfigError, UsageError, WorkdirBusy) as e:
@@ -73,6 +78,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m cdhpc.launch") ->
 
 def _main(args: argparse.Namespace, prog: str) -> int:
     """load -> plan -> --print-config / --dry-run / launch. Expected errors propagate to main."""
+    if args.calibration is not None and not args.dry_run:
+        raise UsageError(f"--calibration {args.calibration}: only used with --dry-run (it estimates GPU-hours)")
     cfg = load_config(args.sweep, args.overrides, allow_missing_paths=args.dry_run or args.print_config)
     profile = None
     if cfg.executor.kind == "slurm":
@@ -85,8 +92,14 @@ def _main(args: argparse.Namespace, prog: str) -> int:
     plan = plan_sweep(cfg, args.until)
     if args.dry_run:
         from cdhpc.dryrun import print_dry_run
+        from cdhpc.estimate import default_rates, rates_from_calibration
+        from cdhpc.gpufigures import CalibrationError
 
-        print_dry_run(cfg, plan, read_states(cfg, plan), profile)
+        try:
+            rates = rates_from_calibration(args.calibration) if args.calibration else default_rates()
+        except CalibrationError as e:
+            raise UsageError(str(e)) from None
+        print_dry_run(cfg, plan, read_states(cfg, plan), profile, rates)
         return 0
     if profile is not None and shutil.which("sbatch") is None:
         raise UsageError("executor.kind is 'slurm' but sbatch is not on PATH: launch from a SLURM login node, "

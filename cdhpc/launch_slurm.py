@@ -71,7 +71,7 @@ def submit_plan(workdir: Path, plan: Plan, profile: ClusterProfile, sweep: str, 
         stuck = [JobRef(jobs[k]["job_id"], jobs[k]["array_index"]) for k in todo if job_alive(jobs.get(k))]
         sched.cancel(stuck)
         live = {k: JobRef(j["job_id"], j["array_index"]) for k, j in jobs.items()
-                if k in states and k not in todo and job_alive(j)}
+                if k in states and k not in todo and states[k] != DONE and job_alive(j)}  # done: nothing to wait for
         attempts = {k: j["attempt"] or 0 for k, j in jobs.items()}
         resources = more_memory(plan, todo, jobs, profile)
         sub = sched.submit(plan, todo, live, attempts, resources)

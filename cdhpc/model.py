@@ -1,4 +1,4 @@
-"""Model presets (PAPER.md section 1.3) and the HF LlamaForCausalLM they build.
+"""Model presets (docs/method.md §3) and the HF LlamaForCausalLM they build.
 
 The preset table is plain data so the config validator and the dry-run can use it without torch.
 """

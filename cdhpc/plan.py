@@ -153,7 +153,7 @@ def plan_sweep(cfg: SweepConfig, until: str = "aggregate") -> Plan:
 
 def _run_params(cfg: SweepConfig, preset: str, seed: int, method: str | None, share: float) -> dict:
     train = _dump(cfg.pretrain)
-    for key in ("model", "seeds", "log_every"):
+    for key in ("model", "seeds", "log_every", "report_to"):  # report_to: where metrics go, not the weights
         train.pop(key)
     return {"model": preset, "preset": _dump_preset(cfg, preset), "seed": seed, "method": method,
             "train": train, "vocab_size": cfg.tokenizer.vocab_size, "synthetic_share": share,
@@ -168,7 +168,8 @@ def _dump_preset(cfg: SweepConfig, name: str) -> dict:
 def _plan_pretrain(b: _Builder, tok: StepSpec, last: int) -> dict[str, StepSpec]:
     """Baseline runs, small amateurs, and (past `corpus`) the retrained runs. Returns runs by name."""
     cfg = b.cfg
-    opts = {"log_every": cfg.pretrain.log_every}
+    opts = {"log_every": cfg.pretrain.log_every, "sweep": cfg.name,
+            "report_to": sorted(set(cfg.pretrain.report_to))}
     runs = {}
     baseline_name = cfg.stats.baseline
     for seed in cfg.pretrain.seeds:

@@ -1,7 +1,7 @@
 """The paper's tables and plots from scores: one pure aggregation (``build_paper_table``), pure
 renderers returning strings (CSV, Markdown, LaTeX), and thin writers (files, matplotlib plots).
 
-Layout of the paper (PAPER.md section 5): one row per method, muDeltaREL first, then per task
+Layout of the paper (docs/method.md §8.5): one row per method, muDeltaREL first, then per task
 "value ± pm", ``*`` when significantly better than the baseline, the best value per column in
 bold (perplexity: lowest).
 """
@@ -122,7 +122,7 @@ def build_paper_table(
     delta_tasks: Sequence[str] | None = None,
     metrics: Mapping[str, str] | None = None,
 ) -> PaperTable:
-    """The whole aggregation of PAPER.md section 4 as one pure function.
+    """The whole aggregation of docs/method.md §8 as one pure function.
 
     ``vectors``/``points``: per (method, seed, step, task) the bootstrap vector (B,) on the
     shared index sets and the point value. Per task: mean-max over checkpoints and seeds, paired

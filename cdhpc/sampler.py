@@ -2,7 +2,7 @@
 
 The Llama layers run here, with the HF modules' weights, over a preallocated KV cache that each
 step writes into and attends over only up to the filled position (HF's DynamicCache re-concatenates
-every step and StaticCache attends over the whole preallocated length; DESIGN.md Facts). Prompts
+every step and StaticCache attends over the whole preallocated length; docs/design.md §10). Prompts
 are left-padded; positions start at 0 at each prompt's first real token and pads are masked out
 of attention. ``<s>``/``</s>`` are ordinary in-stream tokens: exactly ``new_tokens`` are generated.
 Nothing synchronises with the host inside the token loop.

@@ -35,6 +35,7 @@ from cdhpc.paths import inside
 from cdhpc.plan import Plan, StepSpec
 from cdhpc.profile import ClusterProfile
 from cdhpc.receipts import atomic_write_json, receipt_path
+from cdhpc.verbosity import env_level
 from cdhpc.scheduler import LIVE_JOB_STATES, job_record_path, update_job_record  # live: sacct/squeue states of a job that may still run
 
 log = logging.getLogger("cdhpc")
@@ -150,8 +151,11 @@ def job_name(sweep: str, stage: str, keys: list[str], salt: str) -> str:
     return f"cdhpc.{sweep}.{stage}.{digest}"
 
 
-def sbatch_parameters(array: ArraySpec, profile: ClusterProfile, name: str, dependency: str | None) -> dict[str, Any]:
-    """Pure: submitit SlurmExecutor parameters of one array (the sbatch lines it renders)."""
+def sbatch_parameters(array: ArraySpec, profile: ClusterProfile, name: str, dependency: str | None,
+                      log_level: str | None = None) -> dict[str, Any]:
+    """Pure: submitit SlurmExecutor parameters of one array (the sbatch lines it renders).
+    `log_level` (a cdhpc.verbosity level) is exported to the job even where a profile exports
+    no environment (``--export=NONE``)."""
     res = array.resources
     stage = profile.stages.get(array.stage)
     params: dict[str, Any] = {
@@ -166,6 +170,8 @@ def sbatch_parameters(array: ArraySpec, profile: ClusterProfile, name: str, depe
         "setup": [f"export OMP_NUM_THREADS={res['cpus_per_task']}"],
         "additional_parameters": {"requeue": True},
     }
+    if log_level is not None:  # one of cdhpc.verbosity.LEVELS: a plain word, safe in the script
+        params["setup"].append(f"export CDHPC_LOG_LEVEL={log_level}")
     if res["gpus_per_node"]:
         params["gpus_per_node"] = res["gpus_per_node"]
     for key in ("partition", "qos"):
@@ -457,12 +463,12 @@ class SlurmScheduler:
         salt = f"{time.time_ns()}"
         for a in arrays:  # every script is checked before the first sbatch (the edges to come are @N here)
             name = job_name(self.sweep, a.stage, a.keys, salt)
-            params = sbatch_parameters(a, self.profile, name, dependency_string(a.after, {}))
+            params = sbatch_parameters(a, self.profile, name, dependency_string(a.after, {}), env_level())
             check_sbatch_script(sbatch_script(params, self.log_dir(a.stage), len(a.packs)), params, name)
         for a in arrays:
             after = [JobRef(real.get(r.job_id, r.job_id), r.array_index) for r in a.after]
             name = job_name(self.sweep, a.stage, a.keys, salt)
-            params = sbatch_parameters(a, self.profile, name, dependency_string(after, sizes))
+            params = sbatch_parameters(a, self.profile, name, dependency_string(after, sizes), env_level())
             for s in (s for p in a.packs for s in p):  # a stale receipt must not let the job skip its step
                 receipt_path(self.workdir, s.stage, s.name, s.key).unlink(missing_ok=True)
             intent = inside(self.intent_dir(), f"{name}.json")

@@ -1,4 +1,4 @@
-"""Statistics of the paper's tables (PAPER.md section 4), as a notebook-friendly pure API.
+"""Statistics of the paper's tables (docs/method.md §8), as a notebook-friendly pure API.
 
 - Bootstrap index sets are drawn once per (seed, UID) and shared by every method, seed and
   checkpoint, so comparisons are paired over items. Each UID has its own generator derived from
@@ -27,7 +27,7 @@ from typing import Hashable, Literal, Mapping, Sequence
 import numpy as np
 
 PAPER_TASKS = ("blimp", "blimp_supplement", "entity_tracking", "ewok", "wug", "reading", "eye_tracking")
-"""The seven tasks muDeltaREL averages over (perplexity excluded), PAPER.md section 4."""
+"""The seven tasks muDeltaREL averages over (perplexity excluded), docs/method.md §8.4."""
 EYE_TRACKING_MEASURES = ("RTfirstfix", "RTfirstpass", "RTgopast", "RTrightbound")
 READING_MEASURE = "self_paced_reading_time"
 EYE_TRACKING_PREDICTORS = ("Subtlex_log10", "length", "context_length")
@@ -271,7 +271,7 @@ def delta_r2_bootstrap(
 def regression_bootstrap(
     columns: Mapping[str, np.ndarray], idx: np.ndarray, task: Literal["reading", "eye_tracking"]
 ) -> np.ndarray:
-    """Bootstrap vector (B,) of the reading or eye-tracking score (PAPER.md section 3).
+    """Bootstrap vector (B,) of the reading or eye-tracking score (docs/method.md §8.1).
 
     ``columns``: the rows of ``reading_data.csv`` by column name plus ``surprisal`` and
     ``prev_surprisal`` (nats or bits: R^2 does not care). Eye tracking is the mean over the four
@@ -301,7 +301,7 @@ def mean_max(
     point: Mapping[tuple[str, Hashable, int], float],
     higher_is_better: bool,
 ) -> dict[str, MeanMaxResult]:
-    """Mean-max per method (PAPER.md section 4) for one task.
+    """Mean-max per method (docs/method.md §8.2) for one task.
 
     For each (method, seed) the checkpoint with the best point value (highest, or lowest when
     ``higher_is_better`` is False, e.g. perplexity) is chosen; ties go to the earliest step.
@@ -400,7 +400,7 @@ def mu_delta_rel(
     lower_is_better: Sequence[str] = ("perplexity",),
 ) -> dict[str, float]:
     """muDeltaREL in percent per non-baseline method: the mean over ``tasks`` of the relative
-    improvement over the baseline (PAPER.md section 4; perplexity is excluded by default)."""
+    improvement over the baseline (docs/method.md §8.4; perplexity is excluded by default)."""
     if baseline not in values:
         raise KeyError(f"baseline method {baseline!r} not among {sorted(values)}")
     out = {}

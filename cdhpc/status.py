@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from cdhpc import STAGES
-
-STATES = ("done", "running", "queued", "failed", "missing", "blocked")
-LOWER_IS_BETTER = ("perplexity",)
+# the pure views of a snapshot, re-exported: cdhpc.status is where the CLI, TUI and tests find them
+from cdhpc.partial import LOWER_IS_BETTER, PartialTable, method_labels, partial_table  # noqa: F401
+from cdhpc.steptable import SORT_COLUMNS, STATES, StepRow, filter_rows, sort_rows, step_rows  # noqa: F401
 
 
 @dataclass
@@ -347,139 +347,6 @@ def format_duration(seconds: float | None) -> str:
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
-# ----------------------------------------------------------------------------- steps table
-@dataclass(frozen=True)
-class StepRow:
-    """One step of the steps table."""
-
-    key: str
-    stage: str
-    name: str
-    state: str
-    job: str  # job id, with `_<array_index>` for an array element; '' before submission
-    attempts: int
-    node: str
-    runtime_s: float | None  # receipt's runtime, or time since submission while live
-    metric: str  # val PPL (pretrain), score (evaluate), tokens (generate)
-
-
-def _metric(stage: str, key: str, snap: Snapshot) -> str:
-    if stage == "pretrain" and key in snap.val_ppl:
-        return f"ppl {snap.val_ppl[key]:.2f}"
-    if stage == "evaluate" and key in snap.scores:
-        return f"{snap.scores[key]:.2f}"
-    if stage == "generate" and key in snap.tokens:
-        return f"{snap.tokens[key]:,} tok"
-    return ""
-
-
-def step_rows(snap: Snapshot) -> list[StepRow]:
-    """Pure: one row per planned step, in plan order."""
-    rows = []
-    for s in snap.steps:
-        key, state = s["key"], snap.states[s["key"]]
-        r, j = snap.receipts.get(key), snap.jobs.get(key)
-        job = "" if j is None else str(j["job_id"]) + ("" if j["array_index"] is None else f"_{j['array_index']}")
-        runtime = r["runtime_s"] if r is not None and state not in ("running", "queued") else None
-        if runtime is None and j is not None and state in ("running", "queued") and j["submitted"]:
-            runtime = max(0.0, snap.now - j["submitted"])
-        attempts = (j["attempt"] if j is not None else None) or (r["attempt"] if r is not None else 0)
-        rows.append(StepRow(key, s["stage"], s["name"], state, job, attempts or 0,
-                            (r["host"] or "") if r is not None else "", runtime, _metric(s["stage"], key, snap)))
-    return rows
-
-
-def filter_rows(rows: list[StepRow], query: str) -> list[StepRow]:
-    """Pure: rows matching every word of `query`. A word that is a state name (done, failed, ...)
-    or `state:<name>` keeps that state; any other word must occur in the stage, name, job id or
-    node (case-insensitive)."""
-    words = query.lower().split()
-    states = {w.removeprefix("state:") for w in words if w.removeprefix("state:") in STATES}
-    texts = [w for w in words if w.removeprefix("state:") not in STATES]
-    out = []
-    for r in rows:
-        hay = f"{r.stage} {r.name} {r.job} {r.node}".lower()
-        if (not states or r.state in states) and all(t in hay for t in texts):
-            out.append(r)
-    return out
-
-
-SORT_COLUMNS = ("stage", "name", "state", "job", "attempts", "node", "runtime_s", "metric")
-
-
-def sort_rows(rows: list[StepRow], column: str, reverse: bool = False) -> list[StepRow]:
-    """Pure: rows sorted by one column; stages in pipeline order, empty values last."""
-    if column not in SORT_COLUMNS:
-        raise ValueError(f"cannot sort steps by {column!r}; columns: {', '.join(SORT_COLUMNS)}")
-
-    def key(r: StepRow) -> tuple:
-        v = getattr(r, column)
-        if column == "stage":
-            v = STAGES.index(v) if v in STAGES else len(STAGES)
-        elif column == "metric":
-            num = v.replace("ppl ", "").replace(" tok", "").replace(",", "")
-            v = float(num) if num else None
-        return (v is None or v == "", v if v is not None else 0)
-
-    present = [r for r in rows if not key(r)[0]]
-    empty = [r for r in rows if key(r)[0]]
-    return sorted(present, key=key, reverse=reverse) + empty
-
-
-# ----------------------------------------------------------------------------- partial results
-@dataclass(frozen=True)
-class PartialTable:
-    """The paper table from the point scores evaluated so far (no bootstrap, no significance).
-
-    cells[(method, task)] = (mean over seeds of each seed's best checkpoint so far,
-    evaluate steps with a score, evaluate steps planned)."""
-
-    methods: tuple[str, ...]
-    tasks: tuple[str, ...]
-    cells: dict[tuple[str, str], tuple[float, int, int]]
-
-    @property
-    def complete(self) -> bool:
-        return all(n == planned for _, n, planned in self.cells.values()) and len(self.cells) == len(self.methods) * len(self.tasks)
-
-
-def method_labels(evals: list[dict[str, Any]]) -> dict[tuple[str, float], str]:
-    """Pure: a table row per (method, synthetic share): the method's name, plus `@q<share>` when
-    the method is trained at several shares (as the aggregate stage labels them)."""
-    shares: dict[str, set] = {}
-    for p in evals:
-        shares.setdefault(p["method"], set()).add(p["synthetic_share"])
-    return {(m, q): m if len(qs) == 1 else f"{m}@q{q:g}" for m, qs in shares.items() for q in qs}
-
-
-def partial_table(snap: Snapshot) -> PartialTable:
-    """Pure: mean-max over the checkpoints scored so far, per (method, task). Perplexity keeps the
-    lowest checkpoint, every other task the highest; ties go to the earliest step."""
-    evals = [s for s in snap.steps if s["stage"] == "evaluate"]
-    labels = method_labels([s["params"] for s in evals])
-    planned: Counter = Counter()
-    scored: Counter = Counter()
-    best: dict[tuple[str, str], dict[Any, tuple[int, float]]] = {}
-    for s in sorted(evals, key=lambda s: s["params"]["step"]):
-        p = s["params"]
-        cell = (labels[(p["method"], p["synthetic_share"])], p["task"])
-        planned[cell] += 1
-        score = snap.scores.get(s["key"])
-        if score is None:
-            continue
-        scored[cell] += 1
-        seeds = best.setdefault(cell, {})
-        old = seeds.get(p["seed"])
-        better = old is None or (score < old[1] if p["task"] in LOWER_IS_BETTER else score > old[1])
-        if better:
-            seeds[p["seed"]] = (p["step"], score)
-    cells = {cell: (sum(v for _, v in seeds.values()) / len(seeds), scored[cell], planned[cell])
-             for cell, seeds in best.items()}
-    methods = tuple(dict.fromkeys(c[0] for c in planned))
-    tasks = tuple(dict.fromkeys(c[1] for c in planned))
-    return PartialTable(methods, tasks, cells)
-
-
 # ----------------------------------------------------------------------------- plain mode
 def print_status(workdir: Path) -> int:
     """``cdhpc status --once``: the per-stage table and the failed steps. Exit 1 if any failed."""
@@ -498,6 +365,9 @@ def print_status(workdir: Path) -> int:
                       format_duration(row.remaining_s), f"{row.gpu_hours:.2f}")
     console = Console(width=140)
     console.print(table)
+    from cdhpc.metrics import print_training
+
+    print_training(console, snap)  # running pretrain steps: latest step, loss, tokens/s
     failed = [s for s in snap.steps if snap.states[s["key"]] == "failed"]
     if failed:
         ft = Table(title=f"{len(failed)} failed step(s)")
@@ -512,5 +382,7 @@ def print_status(workdir: Path) -> int:
 
 def failure_line(receipt: Any) -> str:
     """Pure: the last line of a failed step's error, or why there is none."""
+    if receipt is not None and receipt["status"] == "ok":  # failed only because its outputs changed since
+        return "its outputs changed after its receipt was written; the next launch runs it again"
     err = ((receipt["error"] if receipt else None) or "no receipt: the job ended without writing one").strip()
     return err.splitlines()[-1] if err else "failed without an error message"

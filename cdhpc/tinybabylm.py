@@ -1,4 +1,4 @@
-"""The TinyBabyLM corpus of PAPER.md 1.1, built from local copies of BabyLM 2024 and TinyStories.
+"""The TinyBabyLM corpus of docs/method.md §2, built from local copies of BabyLM 2024 and TinyStories.
 
 Inputs (the public releases' own file names):
 - ``babylm_dir/train_100M/{gutenberg,simple_wiki,open_subtitles}.train`` and

@@ -1,25 +1,24 @@
 """The DeepSpeed pretraining loop: one code path for CPU (gloo) and GPU (nccl), one or many ranks.
 
 Pure helpers (``lr_at``, ``deepspeed_config``, ``distributed_env``) render what the shell hands to
-DeepSpeed; ``train`` is the shell. Checkpoints: HF directories ``out_dir/checkpoints/step_<N>``
-(safetensors + config + tokenizer + ``val.json``, written in a temp dir and renamed) and the latest
-DeepSpeed checkpoint in ``out_dir/ds/`` for bit-exact resumption.
+DeepSpeed; ``train`` is the shell. It writes HF checkpoints ``out_dir/checkpoints/step_<N>`` and the
+latest DeepSpeed checkpoint ``out_dir/ds/`` (``cdhpc.train_checkpoints``), and one line per optimizer
+step to ``out_dir/metrics.jsonl`` (``cdhpc.metrics``), plus the trackers ``report_to`` names.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
 import socket
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from cdhpc.data import MixedBatches, TokenArray
 from cdhpc.model import ModelPreset, build_model, flops_per_token, get_preset, peak_flops
+from cdhpc.train_checkpoints import existing_checkpoints, resume, save_ds, save_hf
 
 PRECISIONS = ("bf16", "fp32")
 _CLIENT_OWNED_KEYS = ("optimizer", "scheduler")
@@ -27,7 +26,7 @@ _CLIENT_OWNED_KEYS = ("optimizer", "scheduler")
 
 @dataclass
 class TrainSpec:
-    """Everything a pretrain step needs, plain data (PAPER.md section 1.3 defaults)."""
+    """Everything a pretrain step needs, plain data (docs/method.md §3 defaults)."""
 
     preset: ModelPreset | str  # a preset or its name in cdhpc.model.PRESETS
     vocab_size: int
@@ -165,7 +164,7 @@ def build_engine(spec: TrainSpec, world_size: int, device: str):
     return engine
 
 
-def _loss(engine, rows) -> "torch.Tensor":
+def _loss(engine: Any, rows: Any) -> Any:  # a torch.Tensor (torch is imported inside)
     """Mean next-token cross-entropy of int64 rows ``[B, T + 1]`` (fp32 logits)."""
     import torch
     import torch.nn.functional as F
@@ -175,15 +174,33 @@ def _loss(engine, rows) -> "torch.Tensor":
     return F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
 
 
-def train_step(engine, micro_batches: list) -> float:
-    """One optimizer step over this rank's micro-batches; returns their mean loss (this rank)."""
-    total = 0.0
-    for rows in micro_batches:
+def train_step(engine, micro_batches: list) -> tuple[float, float | None]:
+    """One optimizer step over this rank's micro-batches; returns (their mean loss on this rank,
+    the global gradient 2-norm before clipping, None where DeepSpeed keeps none)."""
+    total, norm = 0.0, None
+    for i, rows in enumerate(micro_batches):
         loss = _loss(engine, rows)
         engine.backward(loss)
+        if i == len(micro_batches) - 1 and _norm_not_kept(engine):
+            norm = _grad_norm(engine)
         engine.step()
         total += loss.item()
-    return total / len(micro_batches)
+    norm = engine.get_global_grad_norm() if norm is None else norm
+    return total / len(micro_batches), None if norm is None else float(norm)
+
+
+def _norm_not_kept(engine) -> bool:
+    """True where DeepSpeed clips without keeping the norm: plain fp32 without ZeRO (its bf16 and
+    ZeRO optimizers record ``_global_grad_norm``; ``engine.clip_fp32_gradients`` drops it)."""
+    return not (engine.bfloat16_enabled() or engine.fp16_enabled() or engine.zero_optimization())
+
+
+def _grad_norm(engine) -> float:
+    """2-norm of the (already all-reduced) gradients, as DeepSpeed's clipping computes it."""
+    import torch
+
+    norms = [p.grad.detach().float().norm() for p in engine.module.parameters() if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
 
 
 def _all_sum(values: list[float], device: str) -> list[float]:
@@ -216,70 +233,6 @@ def validate(engine, val: TokenArray, spec: TrainSpec, rank: int, world_size: in
     return {"val_loss": val_loss, "val_ppl": math.exp(val_loss), "val_tokens": int(weight) * m * spec.seq_len}
 
 
-def _save_hf(engine, spec: TrainSpec, step: int, rank: int, tokenizer_dir: Path, out_dir: Path,
-             metrics: dict) -> dict:
-    """``out_dir/checkpoints/step_<step>``: written by rank 0 in a temp dir, then renamed."""
-    import torch.distributed as dist
-
-    stage3 = engine.zero_optimization_stage() == 3
-    state = engine._zero3_consolidated_16bit_state_dict() if stage3 else None
-    final = out_dir / "checkpoints" / f"step_{step}"
-    record = {"step": step, "path": str(final), **metrics}
-    if rank == 0:
-        tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        engine.module.save_pretrained(str(tmp), state_dict=state)
-        for item in Path(tokenizer_dir).iterdir():
-            if item.is_file():
-                shutil.copy2(item, tmp / item.name)
-        # no absolute path inside: a workdir must stay movable and its bytes location-independent
-        (tmp / "val.json").write_text(json.dumps({k: v for k, v in record.items() if k != "path"} | {"spec": asdict(spec)}, indent=2))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-    dist.barrier()
-    return record
-
-
-def _save_ds(engine, ds_dir: Path, step: int, rank: int, world_size: int) -> None:
-    """DeepSpeed checkpoint tagged ``step_<step>``; older tags are removed once it is complete."""
-    import torch
-    import torch.distributed as dist
-
-    engine.save_checkpoint(str(ds_dir), tag=f"step_{step}",
-                           client_state={"cdhpc_step": step, "torch_rng": torch.get_rng_state()})
-    dist.barrier()
-    if rank == 0:
-        for old in ds_dir.glob("step_*"):
-            if old.is_dir() and old.name != f"step_{step}":
-                shutil.rmtree(old)
-        progress = {"step": step, "world_size": world_size,
-                    "zero_stage": engine.zero_optimization_stage()}
-        (ds_dir / "progress.json.tmp").write_text(json.dumps(progress))
-        os.replace(ds_dir / "progress.json.tmp", ds_dir / "progress.json")
-    dist.barrier()
-
-
-def _resume(engine, ds_dir: Path, world_size: int) -> int:
-    """Load the latest DeepSpeed checkpoint if any; returns the optimizer step to continue from."""
-    import torch
-
-    if not (ds_dir / "latest").is_file():
-        return 0
-    progress_file = ds_dir / "progress.json"
-    saved = json.loads(progress_file.read_text()) if progress_file.is_file() else {}
-    if saved.get("zero_stage", 0) > 0 and saved.get("world_size") != world_size:
-        raise RuntimeError(f"{progress_file}: ZeRO checkpoint written by {saved.get('world_size')} "
-                           f"ranks cannot resume on {world_size}; run with the same world size")
-    _, client = engine.load_checkpoint(str(ds_dir))
-    torch.set_rng_state(client["torch_rng"])
-    return int(client["cdhpc_step"])
-
-
-def _existing_checkpoints(out_dir: Path) -> list[dict]:
-    records = [{**json.loads(p.read_text()), "path": str(p.parent)} for p in (out_dir / "checkpoints").glob("step_*/val.json")]
-    return sorted(({k: v for k, v in r.items() if k != "spec"} for r in records), key=lambda r: r["step"])
-
-
 def _open_batches(spec: TrainSpec, train_array: Path, synthetic_array: Path | None) -> MixedBatches:
     return MixedBatches(TokenArray.open(train_array),
                         TokenArray.open(synthetic_array) if synthetic_array else None,
@@ -301,42 +254,99 @@ class _Run:
     tokenizer_dir: Path
     out_dir: Path
     say: Callable[[str], None]
+    peak: float | None = None  # FLOP/s of all ranks; None for a GPU of unknown peak
+    metrics: Any = None  # rank 0's cdhpc.metrics.MetricsLog
 
 
-def _run_steps(spec: TrainSpec, run: _Run, start: int, stop: int, peak: float) -> float:
-    """Optimizer steps ``start + 1 .. stop`` with logging and checkpoints; returns the seconds
-    spent in training steps (checkpoints and validation excluded)."""
+def utilisation_key(device: str) -> str:
+    """What achieved over peak FLOP/s is called: ``mfu`` on a GPU (its data-sheet peak), and
+    ``matmul_utilisation`` on a CPU, whose "peak" is a measured matmul rate: not an MFU."""
+    return "mfu" if str(device).startswith("cuda") else "matmul_utilisation"
+
+
+def _peak(device: str, precision: str, world_size: int) -> float | None:
+    try:
+        return peak_flops(device, precision) * world_size
+    except KeyError:  # a GPU without a known data-sheet peak: no MFU rather than a wrong one
+        return None
+
+
+def _flush(run: _Run, pending: list[dict]) -> list[float]:
+    """Average the pending records' losses over ranks (one collective), write them (rank 0) and
+    return those losses."""
+    losses = [r["loss"] for r in pending]
+    if run.world_size > 1 and pending:
+        losses = [total / run.world_size for total in _all_sum(losses, run.device)]
+    for record, loss in zip(pending, losses):
+        record["loss"] = loss
+    if run.metrics is not None:
+        run.metrics.write(pending)
+    pending.clear()
+    return losses
+
+
+def _record(spec: TrainSpec, run: _Run, step: int, loss: float, norm: float | None, elapsed: float) -> dict:
+    """One metrics.jsonl line (see cdhpc.metrics) before its loss is averaged over ranks."""
+    tokens = spec.global_batch * spec.seq_len
+    rate = tokens / elapsed
+    util = {utilisation_key(run.device): rate * flops_per_token(spec.preset, spec.vocab_size, spec.seq_len) / run.peak
+            } if run.peak else {}
+    return {"step": step, "tokens": step * tokens, "loss": loss, "lr": lr_at(step - 1, spec), "grad_norm": norm,
+            "tokens_per_s": rate, **util, "time": time.time()}
+
+
+def _run_steps(spec: TrainSpec, run: _Run, start: int, stop: int) -> float:
+    """Optimizer steps ``start + 1 .. stop`` with metrics, logging and checkpoints; returns the
+    seconds spent in training steps (checkpoints and validation excluded). Metrics are written
+    before the checkpoint of their step, so a resumed run finds every step up to it."""
     flops = flops_per_token(spec.preset, spec.vocab_size, spec.seq_len)
     tokens_per_step = spec.global_batch * spec.seq_len
-    step_s = window_s = window_loss = 0.0
-    window_steps = 0  # a resumed run's first window may be shorter than log_every
+    step_s = window_s = 0.0
+    pending: list[dict] = []
+    window: list[float] = []  # losses since the last log line (a resumed run's first is shorter)
     for step in range(start + 1, stop + 1):
         begin = time.perf_counter()
-        batch = run.batches.micro_batches(step - 1, run.rank, run.world_size)
-        window_loss += train_step(run.engine, batch)
+        loss, norm = train_step(run.engine, run.batches.micro_batches(step - 1, run.rank, run.world_size))
         elapsed = time.perf_counter() - begin
-        step_s, window_s, window_steps = step_s + elapsed, window_s + elapsed, window_steps + 1
+        step_s, window_s = step_s + elapsed, window_s + elapsed
+        pending.append(_record(spec, run, step, loss, norm, elapsed))
+        checkpoint = step % spec.checkpoint_every == 0 or step == spec.steps
+        if checkpoint:
+            val = validate(run.engine, run.val, spec, run.rank, run.world_size)
+            pending[-1].update(val_loss=val["val_loss"], val_ppl=val["val_ppl"])
+        if checkpoint or step % spec.log_every == 0 or step == stop:
+            window += _flush(run, pending)
         if step % spec.log_every == 0:
-            loss = _all_sum([window_loss / window_steps], run.device)[0] / run.world_size
-            rate = window_steps * tokens_per_step / window_s
-            run.say(f"step {step} loss {loss:.4f} lr {lr_at(step - 1, spec):.3e} "
-                    f"tokens/s {rate:,.0f} mfu {rate * flops / peak:.3f}")
-            window_s, window_loss, window_steps = 0.0, 0.0, 0
-        if step % spec.checkpoint_every == 0 or step == spec.steps:
-            metrics = validate(run.engine, run.val, spec, run.rank, run.world_size)
-            _save_hf(run.engine, spec, step, run.rank, run.tokenizer_dir, run.out_dir, metrics)
-            _save_ds(run.engine, run.out_dir / "ds", step, run.rank, run.world_size)
-            run.say(f"checkpoint step_{step} val_loss {metrics['val_loss']:.4f} "
-                    f"ppl {metrics['val_ppl']:.2f}")
+            rate = len(window) * tokens_per_step / window_s
+            util = f" {utilisation_key(run.device)} {rate * flops / run.peak:.3f}" if run.peak else ""
+            run.say(f"step {step} loss {sum(window) / len(window):.4f} lr {lr_at(step - 1, spec):.3e} "
+                    f"tokens/s {rate:,.0f}{util}")
+            window_s, window = 0.0, []
+        if checkpoint:
+            save_hf(run.engine, spec, step, run.rank, run.tokenizer_dir, run.out_dir, val)
+            save_ds(run.engine, run.out_dir / "ds", step, run.rank, run.world_size)
+            run.say(f"checkpoint step_{step} val_loss {val['val_loss']:.4f} ppl {val['val_ppl']:.2f}")
     return step_s
+
+
+def _open_metrics(run: _Run, start: int, report_to: Sequence[str], run_info: Mapping[str, Any] | None) -> None:
+    """Rank 0 writes metrics.jsonl (and what ``report_to`` asks for), continuing after ``start``."""
+    from cdhpc.metrics import MetricsLog
+    from cdhpc.trackers import open_trackers
+
+    if run.rank == 0:
+        trackers = open_trackers(report_to, run.out_dir, start, run_info or {})
+        run.metrics = MetricsLog(run.out_dir, start, csv="csv" in report_to, trackers=trackers)
 
 
 def train(spec: TrainSpec, *, tokenizer_dir: Path, train_array: Path, val_array: Path,
           synthetic_array: Path | None, out_dir: Path, log: Callable[[str], None] = print,
-          stop_after: int | None = None) -> dict:
+          stop_after: int | None = None, report_to: Sequence[str] = (),
+          run_info: Mapping[str, Any] | None = None) -> dict:
     """Pretrain (or resume, from ``out_dir/ds``) one run; see the module docstring for what is
     written. ``stop_after`` ends this process's work after that optimizer step, as a preemption
-    would (tests, drills); the next call resumes from the last checkpoint."""
+    would (tests, drills); the next call resumes from the last checkpoint. ``report_to``: trackers
+    of ``cdhpc.trackers`` fed the metrics, tagged from ``run_info`` (sweep, run, method, seed, key)."""
     import deepspeed.utils
     import transformers
 
@@ -349,17 +359,22 @@ def train(spec: TrainSpec, *, tokenizer_dir: Path, train_array: Path, val_array:
     engine = build_engine(spec, world_size, device)
     run = _Run(engine, _open_batches(spec, train_array, synthetic_array), TokenArray.open(val_array),
                rank, world_size, device, Path(tokenizer_dir), out_dir,
-               log if rank == 0 else (lambda _msg: None))
-    start = _resume(engine, out_dir / "ds", world_size)
+               log if rank == 0 else (lambda _msg: None), _peak(device, spec.precision, world_size))
+    start = resume(engine, out_dir / "ds", world_size)
     params = sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters())  # ZeRO-3
     run.say(f"train: device={device} world_size={world_size} grad_accumulation="
             f"{grad_accumulation(spec, world_size)} params={params} start_step={start}")
-    peak = peak_flops(device, spec.precision) * world_size
     stop = max(start, min(spec.steps, stop_after or spec.steps))
-    step_s = _run_steps(spec, run, start, stop, peak)
+    _open_metrics(run, start, report_to, run_info)
+    try:
+        step_s = _run_steps(spec, run, start, stop)
+    finally:
+        if run.metrics is not None:
+            run.metrics.close()
     tokens_per_s = (stop - start) * spec.global_batch * spec.seq_len / step_s if step_s else 0.0
-    return {"checkpoints": _existing_checkpoints(out_dir), "steps": stop, "params": params,
+    util = {utilisation_key(device): tokens_per_s * flops_per_token(spec.preset, spec.vocab_size, spec.seq_len)
+            / run.peak} if run.peak else {}
+    return {"checkpoints": existing_checkpoints(out_dir), "steps": stop, "params": params,
             "realised_synthetic_share": run.batches.realised_share(stop),
             "tokens": stop * spec.global_batch * spec.seq_len, "tokens_per_s": tokens_per_s,
-            "world_size": world_size, "device": device,
-            "mfu": tokens_per_s * flops_per_token(spec.preset, spec.vocab_size, spec.seq_len) / peak}
+            "world_size": world_size, "device": device, **util}

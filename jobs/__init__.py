@@ -20,7 +20,6 @@ import platform
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import traceback
@@ -204,6 +203,7 @@ def run_step(workdir: Path, spec: StepSpec, attempt: int = 1) -> Receipt | None:
         clean_out_dir(ctx)
         result = resolve_entry(spec)(ctx)
         outputs = result.outputs if result.outputs is not None else [ctx.out_dir]
+        share_outputs(outputs)
         receipt = Receipt(status="ok", outputs=describe_outputs(workdir, outputs), metrics=result.metrics,
                           rows=result.rows, started=started, finished=time.time(), **base)
         write_receipt(workdir, receipt)
@@ -213,6 +213,18 @@ def run_step(workdir: Path, spec: StepSpec, attempt: int = 1) -> Receipt | None:
         raise
     log.info("step %s/%s done in %.1f s", spec.stage, spec.name, receipt.finished - started)
     return receipt
+
+
+def share_outputs(paths: list[Path]) -> None:
+    """Give a step's outputs the umask's modes, whatever wrote them (safetensors writes 0600,
+    toy data fixes 0755), so the group reads them; chmod keeps the mtimes the receipt records."""
+    from cdhpc.receipts import follow_umask
+
+    for p in paths:
+        try:
+            follow_umask(p)
+        except OSError as e:  # e.g. a file another user owns in a shared workdir
+            log.warning("could not set the mode of %s: %s", p, e)
 
 
 def record_end(workdir: Path, spec: StepSpec, error: BaseException, fields: dict[str, Any]) -> None:
@@ -377,8 +389,8 @@ def run_past_last_requeue() -> None:
 
 
 def configure_job_logging() -> None:
-    """Jobs log to stdout (the step's log file) with the step's array index in every line."""
-    index = os.environ.get("SLURM_ARRAY_TASK_ID", "-")
-    rank, _ = job_rank()  # only rank 0 logs progress
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, stream=sys.stdout, force=True,
-                        format=f"%(asctime)s [%(levelname)s] [array {index}] %(message)s")
+    """Jobs log to stdout (the step's log file) with the step's array index in every line, at
+    the launcher's level (CDHPC_LOG_LEVEL; cdhpc.verbosity.configure_job). Only rank 0 logs progress."""
+    from cdhpc.verbosity import configure_job
+
+    configure_job(os.environ.get("SLURM_ARRAY_TASK_ID", "-"), job_rank()[0])

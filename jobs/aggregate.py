@@ -76,13 +76,18 @@ def build_table(workdir: Path, receipts: list[Receipt], params: dict):
     return table, records
 
 
-def publish(workdir: Path, table, records, out_dir: Path, partial: str | None = None) -> list[Path]:
+def publish(workdir: Path, table, records, out_dir: Path, partial: str | None = None,
+            eval_specs: list[dict] | None = None) -> list[Path]:
     """Write the report into out_dir and publish a copy as workdir/results/ (atomically).
     `partial` (e.g. "3 of 8 evaluate steps done"; None: every score is in) marks every file as
-    partial (cdhpc.report.write_report)."""
+    partial (cdhpc.report.write_report). `eval_specs`: the evaluate steps whose runs' training
+    curves go into training.png (cdhpc.metrics.plot_training)."""
+    from cdhpc.metrics import plot_training, training_curves
     from cdhpc.report import write_report
 
     write_report(out_dir, table, records, partial=partial)
+    if eval_specs:
+        plot_training(training_curves(workdir, eval_specs), out_dir / "training.png", partial)
     with atomic_dir(workdir / "results") as tmp:
         for f in out_dir.iterdir():
             shutil.copy2(f, tmp / f.name)
@@ -94,7 +99,7 @@ def run(ctx: StepContext) -> StepResult:
 
     receipts = [ctx.input_receipt(role) for role in ctx.spec.inputs]
     table, records = build_table(ctx.workdir, receipts, ctx.params)
-    publish(ctx.workdir, table, records, ctx.out_dir)
+    publish(ctx.workdir, table, records, ctx.out_dir, eval_specs=[r.spec for r in receipts])
     markdown = render_markdown(table)
     log.info("results table:\n%s", markdown)
     return StepResult(metrics={"table_markdown": markdown, "rows": len(table.methods)})

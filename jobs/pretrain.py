@@ -13,6 +13,9 @@ from cdhpc.model import ModelPreset
 from jobs import StepContext, StepResult
 
 log = logging.getLogger("cdhpc")
+# Continued by a resumed run (train() drops their lines past the resume step; TensorBoard's purge_step
+# and W&B's step order hide a redone step's old events); removed with everything else otherwise.
+TRAINING_LOGS = ("metrics.jsonl", "metrics.csv", "tensorboard", "wandb")
 
 
 def train_spec(ctx: StepContext):
@@ -31,8 +34,9 @@ def train_spec(ctx: StepContext):
 def resumable(ctx: StepContext) -> list[Path]:
     """What a re-run resumes from: the DeepSpeed checkpoint ``ds/latest`` names, when every torch
     file in it passes its zip CRC-32 check, and the HF checkpoints written up to its step, when each
-    is complete. If one fails, nothing is kept and the run starts over (an HF checkpoint before the
-    resume step could not be written again); later checkpoints, older tags and temp files go."""
+    is complete, and its training logs (metrics.jsonl, trackers' files). If one fails, nothing is kept
+    and the run starts over (an HF checkpoint before the resume step could not be written again);
+    later checkpoints, older tags and temp files go."""
     ds, t = ctx.out_dir / "ds", ctx.params["train"]
     step = verified_ds_step(ds)
     if step is None:
@@ -44,7 +48,7 @@ def resumable(ctx: StepContext) -> list[Path]:
         log.warning("%s: %s missing or incomplete; not resuming from ds/step_%d", ctx.out_dir, ", ".join(broken), step)
         return []
     kept = [p for p in ds.iterdir() if p.name in ("latest", "progress.json", f"step_{step}") or p.suffix == ".py"]
-    return kept + hf
+    return kept + hf + [p for name in TRAINING_LOGS if (p := ctx.out_dir / name).exists()]
 
 
 def verified_ds_step(ds: Path) -> int | None:
@@ -98,11 +102,22 @@ def run(ctx: StepContext) -> StepResult:
     synthetic = ctx.input_dir("synthetic") / "tokens" if "synthetic" in ctx.spec.inputs else None
     result = train(train_spec(ctx), tokenizer_dir=tok / "tokenizer", train_array=tok / "tokens" / "train",
                    val_array=tok / "tokens" / "test", synthetic_array=synthetic, out_dir=ctx.out_dir, log=log.info,
-                   stop_after=ctx.spec.options.get("stop_after"))
+                   stop_after=ctx.spec.options.get("stop_after"), report_to=ctx.spec.options.get("report_to", []),
+                   run_info=run_info(ctx))
     if result["steps"] < ctx.params["train"]["steps"]:
         raise RuntimeError(f"stopped after step {result['steps']} of {ctx.params['train']['steps']} (stop_after)")
     shutil.rmtree(ctx.out_dir / "ds", ignore_errors=True)  # resume state is not needed once the run is done
     rows = [{"run": ctx.spec.name, "step": c["step"], "path": str((ctx.out_dir / "checkpoints" / f"step_{c['step']}").relative_to(ctx.workdir)),
              "val_loss": c["val_loss"], "val_ppl": c["val_ppl"]} for c in result["checkpoints"]]
-    metrics = {k: result[k] for k in ("params", "tokens", "tokens_per_s", "mfu", "realised_synthetic_share", "device", "world_size")}
-    return StepResult(outputs=[ctx.out_dir / "checkpoints"], metrics=metrics, rows={"checkpoints": rows})
+    metrics = {k: result[k] for k in ("params", "tokens", "tokens_per_s", "mfu", "matmul_utilisation",
+                                      "realised_synthetic_share", "device", "world_size") if k in result}
+    # metrics.jsonl is final now: hashed with the checkpoints (the trackers' files are not outputs)
+    return StepResult(outputs=[ctx.out_dir / "checkpoints", ctx.out_dir / "metrics.jsonl"], metrics=metrics,
+                      rows={"checkpoints": rows})
+
+
+def run_info(ctx: StepContext) -> dict:
+    """What the trackers tag a run with: sweep (from the spec's options), run, method, seed, key."""
+    p = ctx.params
+    return {"sweep": ctx.spec.options.get("sweep"), "run": ctx.spec.name, "method": p["method"], "seed": p["seed"],
+            "key": ctx.spec.key, "params": p}

@@ -1,4 +1,4 @@
-"""Known-answer tests for cdhpc.stats (PAPER.md section 4)."""
+"""Known-answer tests for cdhpc.stats (docs/method.md §8)."""
 
 import subprocess
 import sys

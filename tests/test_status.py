@@ -141,3 +141,10 @@ def test_bench_status_prints_one_json_line_comparing_ours_with_the_peer():
     result = json.loads(line)
     assert result["bench"] == "status" and result["steps"] == 300
     assert result["ratio"] == pytest.approx(result["peer"] / result["ours"])
+
+def test_failure_line_says_why_a_step_with_a_good_receipt_failed():
+    from cdhpc.status import failure_line
+
+    assert "outputs changed" in failure_line({"status": "ok", "error": None})
+    assert failure_line(None).startswith("no receipt")
+    assert failure_line({"status": "failed", "error": "Traceback\nValueError: bad"}) == "ValueError: bad"

@@ -138,7 +138,7 @@ def test_shards_hold_every_method_and_a_deleted_shard_reruns_alone_with_identica
 
 def test_cd_shards_stay_inside_the_experts_head(sweep):
     """Every generated token of a CD shard lies in GOOD's alpha-head at its position, re-scored
-    with full forward passes of the selected checkpoints (PAPER.md section 2)."""
+    with full forward passes of the selected checkpoints (docs/method.md §5)."""
     import pyarrow.parquet as pq
     import torch
     from transformers import AutoModelForCausalLM

@@ -1,7 +1,15 @@
 """`python -m cdhpc.bench eval [--device cpu|cuda] [--pairs N]`: BLiMP-style minimal pairs scored
 by our engine vs the official pipeline's way (fixed batches of 64 in file order, each candidate
 its own padded batch, full log-softmax over B x T x V), same model, same data, one run.
-Reports pairs/s of both, the ratio, and whether every decision is identical."""
+Reports pairs/s of both, the ratio, and whether every decision is identical.
+
+`python -m cdhpc.bench eval --checkpoints 8 [--preset NAME]`: the pack cache instead. One run's
+checkpoints (same tokenizer, other weights) are evaluated on BLiMP-shaped files by `evaluate_task`,
+as a sweep's evaluate steps do: one at a time without a cache (each a full prepare + score, as
+before the cache), and with a fresh cache (the first builds the pack, the others reuse it, as one
+job scoring several checkpoints); also with a warm disk cache and nothing in memory (a sweep's
+separate jobs). Seconds per checkpoint of each, best of interleaved repeats, the ratio, and whether
+every output file is identical (asserted)."""
 
 from __future__ import annotations
 
@@ -10,7 +18,10 @@ import time
 from typing import Any
 
 PRESETS = {"cpu": dict(layers=4, hidden=256, heads=4, mlp=1024, vocab=8000),
-           "cuda": dict(layers=12, hidden=768, heads=12, mlp=3072, vocab=32000)}
+           "cuda": dict(layers=12, hidden=768, heads=12, mlp=3072, vocab=32000),
+           # a model as much faster than the CPU preset as a GPU is for the 12x768 one: its scoring
+           # takes about as long as the host work (BLiMP on an H100/H200: ~3.4 s host, a few s device)
+           "cpu-small": dict(layers=2, hidden=32, heads=2, mlp=128, vocab=1000)}
 
 
 def make_words(rng: Any, vocab: int) -> list[str]:
@@ -45,7 +56,7 @@ def make_pairs(rng: Any, words: list[str], n: int) -> list[tuple[str, str]]:
     return pairs
 
 
-def build(device: str, seed: int = 0) -> tuple[Any, Any, list[str]]:
+def build(device: str, seed: int = 0, preset: str | None = None) -> tuple[Any, Any, list[str]]:
     """A random-init Llama of the device's preset and a word-level tokenizer over pseudo-words
     that adds a BOS, as this project's tokenizers do (so the official scoring rule, our default,
     scores every word, as the reference does)."""
@@ -55,7 +66,7 @@ def build(device: str, seed: int = 0) -> tuple[Any, Any, list[str]]:
     from tokenizers.processors import TemplateProcessing
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    cfg = PRESETS[device]
+    cfg = PRESETS[preset or device]
     words = make_words(np.random.default_rng(seed), cfg["vocab"])
     vocab = {t: i for i, t in enumerate(["<unk>", "<s>", "</s>", "<pad>", "."] + words)}
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
@@ -69,6 +80,7 @@ def build(device: str, seed: int = 0) -> tuple[Any, Any, list[str]]:
                        max_position_embeddings=1024, bos_token_id=1, eos_token_id=2, pad_token_id=3)
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     model = LlamaForCausalLM(lcfg).to(device=device, dtype=dtype).eval()
+    model.generation_config.pad_token_id = None  # a random model: nothing to say (save_pretrained checks it)
     return model, tok, words
 
 
@@ -123,7 +135,8 @@ def token_counts(tok: Any, pairs: list[tuple[str, str]], reqs: list[Any], batch_
     """Tokens per pair through the body: the reference's padded batches vs our packed rows."""
     import numpy as np
 
-    from cdhpc.evals.engine import pack_requests, plan_batches
+    from cdhpc.evals.batches import plan_batches
+    from cdhpc.evals.engine import pack_requests
 
     lens = [[len(tok(p[c], add_special_tokens=False)["input_ids"]) for c in range(2)] for p in pairs]
     ref = sum(len(lens[s:s + 64]) * max(x[c] for x in lens[s:s + 64])
@@ -146,11 +159,17 @@ def run(argv: list[str]) -> dict:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--pairs", type=int, default=None, help="default 2000 (cpu), 8000 (cuda)")
     ap.add_argument("--batch-size", type=int, default=None, help="ours: rows per batch")
-    ap.add_argument("--repeats", type=int, default=5, help="interleaved runs; fastest kept")
+    ap.add_argument("--repeats", type=int, default=None, help="interleaved runs; fastest kept (default 5; 3 with --checkpoints)")
+    ap.add_argument("--checkpoints", type=int, default=None,
+                    help="measure the pack cache instead: N checkpoints of one run with it vs one at a time without")
+    ap.add_argument("--preset", choices=sorted(PRESETS), default=None, help="model size (default: the device's)")
     args = ap.parse_args(argv)
+    if args.checkpoints is not None:
+        return run_checkpoints(args)
+    args.repeats = args.repeats or 5
     n = args.pairs or (2000 if args.device == "cpu" else 8000)
     bs = args.batch_size or (32 if args.device == "cpu" else 64)
-    model, tok, words = build(args.device)
+    model, tok, words = build(args.device, preset=args.preset)
     pairs = make_pairs(np.random.default_rng(1), words, n)
     reqs = [ScoreRequest("", s) for p in pairs for s in p]
     warm = min(128, n)
@@ -167,6 +186,104 @@ def run(argv: list[str]) -> dict:
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     return {"bench": "eval", "device": device_name, "ours": n / t_ours, "peer": n / t_ref,
             "ratio": t_ref / t_ours, "unit": "pairs/s", "pairs": n, "identical_decisions": same,
-            "max_abs_score_diff": max_diff, "model": PRESETS[args.device], "batch_size_ours": bs,
+            "max_abs_score_diff": max_diff, "model": PRESETS[args.preset or args.device], "batch_size_ours": bs,
             "threads": torch.get_num_threads(), "ours_s": t_ours, "peer_s": t_ref,
             **token_counts(tok, pairs, reqs, bs)}
+
+
+def write_run(root: Any, model: Any, tok: Any, n: int) -> list[Any]:
+    """`n` checkpoint folders step_K of one run: the model's weights scaled per step (other
+    weights, other scores), the same tokenizer files in each."""
+    import torch
+
+    folders = []
+    for k in range(n):
+        folder = root / "checkpoints" / f"step_{(k + 1) * 100}"
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(1.02)
+        model.save_pretrained(folder)
+        tok.save_pretrained(folder)
+        folders.append(folder)
+    return folders
+
+
+def write_blimp(root: Any, pairs: list[tuple[str, str]], files: int = 8) -> Any:
+    """The pairs as BLiMP files (`files` phenomena) in the official layout under root."""
+    import json
+
+    out = root / "evaluation_data"
+    per = -(-len(pairs) // files)
+    for f in range(files):
+        path = out / "full_eval" / "blimp_filtered" / f"phenomenon_{f}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps({"sentence_good": g, "sentence_bad": b, "field": "syntax",
+                                            "linguistics_term": "order", "UID": f"phenomenon_{f}"}) + "\n"
+                                for g, b in pairs[f * per:(f + 1) * per]))
+    return out
+
+
+def _evaluate_all(folders: list[Any], data: Any, out: Any, options: Any, cache: Any, cold_memo: bool) -> list:
+    """Every checkpoint through `evaluate_task` (blimp); each one's output files (bytes).
+    `cold_memo`: forget the packs in memory before each (a sweep's separate jobs)."""
+    from cdhpc.evals import packcache
+    from cdhpc.evals.run import evaluate_task
+
+    outputs = []
+    for k, folder in enumerate(folders):
+        if cold_memo:
+            packcache.clear_memo()
+        evaluate_task(folder, "blimp", data, out / str(k), options=options, cache_dir=cache)
+        outputs.append({p.name: p.read_bytes() for p in sorted((out / str(k)).iterdir())
+                        if p.name != "summary.json"})  # summary.json names the model folder only
+    return outputs
+
+
+def run_checkpoints(args: Any) -> dict:
+    """`--checkpoints N`: per-checkpoint seconds of one run's checkpoints evaluated one at a time
+    without the pack cache, with a fresh cache (one job), and from a warm disk cache with nothing
+    in memory (separate jobs); best of interleaved repeats; identical outputs asserted."""
+    import logging
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    from cdhpc.evals import packcache
+    from cdhpc.evals.run import EvalOptions
+
+    logging.getLogger("transformers").setLevel(logging.ERROR)  # no load-progress lines in the JSON output
+    n, preset = args.checkpoints, args.preset or args.device
+    pairs_n = args.pairs or 2000
+    options = EvalOptions(device=args.device, batch_size=args.batch_size or 32)
+    root = Path(tempfile.mkdtemp(prefix="cdhpc-bench-evalpack-"))
+    try:
+        model, tok, words = build(args.device, preset=preset)
+        folders = write_run(root, model, tok, n)
+        data = write_blimp(root, make_pairs(np.random.default_rng(1), words, pairs_n))
+        warm = root / "warm"
+        _evaluate_all(folders[:1], data, root / "warmup", options, warm, True)  # imports, and the warm cache
+
+        def fresh() -> list:
+            packcache.clear_memo()
+            shutil.rmtree(root / "fresh", ignore_errors=True)
+            return _evaluate_all(folders, data, root / "out", options, root / "fresh", False)
+
+        results, best = _interleaved(
+            {"uncached": lambda: _evaluate_all(folders, data, root / "out", options, None, True),
+             "cached": fresh,
+             "disk": lambda: _evaluate_all(folders, data, root / "out", options, warm, True)},
+            args.device, args.repeats or 3)
+        assert results["cached"] == results["uncached"] == results["disk"], "the cache changed a score"
+        assert len({o["predictions.jsonl"] for o in results["uncached"]}) == n, "checkpoints must differ"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    per = {k: v / n for k, v in best.items()}
+    return {"bench": "eval-checkpoints", "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+            "checkpoints": n, "pairs": pairs_n, "model": PRESETS[preset], "preset": preset,
+            "uncached_s_per_checkpoint": per["uncached"], "cached_s_per_checkpoint": per["cached"],
+            "disk_cached_s_per_checkpoint": per["disk"], "ratio": per["uncached"] / per["cached"],
+            "ratio_disk": per["uncached"] / per["disk"], "identical_outputs": True,
+            "batch_size": options.batch_size, "threads": torch.get_num_threads()}

@@ -1,13 +1,13 @@
 """Running the aoa task (cdhpc.evals.aoa holds the method): every checkpoint of one run scores
 the CDI words in their contexts, then one curve fit per word gives the run's curve fitness.
 
-The requests are tokenized once and reused by every checkpoint whose tokenizer files are the
-same (a run's checkpoints share one tokenizer), so the host work is paid once per run.
+The requests are tokenized and packed once and reused by every checkpoint whose tokenizer files
+are the same (a run's checkpoints share one tokenizer; cdhpc.evals.packcache), so the host work is
+paid once per run.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,10 +15,9 @@ from typing import Any
 from cdhpc.evals.aoa import (CdiData, curve_fitness, load_words, read_cdi, step_number, surprisal_json,
                              surprisal_rows, word_requests, word_rows)
 from cdhpc.evals.data import EvalDataError
+from cdhpc.evals.packcache import PackCache
 
 MIN_CHECKPOINTS = 3
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-                   "merges.txt", "tokenizer.model")
 
 
 @dataclass(frozen=True)
@@ -61,29 +60,23 @@ def checkpoint_dirs(model_dir: Path, steps: list[int] | None = None) -> list[tup
     return sorted(found)
 
 
-def _tokenizer_hash(folder: Path) -> str:
-    h = hashlib.sha256()
-    for name in TOKENIZER_FILES:
-        if (folder / name).is_file():
-            h.update(name.encode() + b"\0" + (folder / name).read_bytes() + b"\0")
-    return h.hexdigest()
-
-
 def score_checkpoints(checkpoints: list[tuple[float, Path]], data: AoaData, options: Any,
-                      ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
-    """Per-word rows, summary fields and the official surprisal.json of one run's checkpoints."""
-    from cdhpc.evals.engine import context_limit, encode_requests, score_sequences
+                      cache: PackCache | None = None) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """Per-word rows, summary fields and the official surprisal.json of one run's checkpoints.
+    The requests are packed once per tokenizer (`cache`: the evaluation's pack cache)."""
+    from cdhpc.evals.batches import prepare_pack, score_pack
+    from cdhpc.evals.engine import context_limit, encode_requests
     from cdhpc.evals.loading import load_model
 
     requests = word_requests(data.words, data.contexts)
+    cache = cache if cache is not None else PackCache(None, {"task": "aoa"})
     rows: list[dict[str, Any]] = []
-    encoded, encoded_for = None, None
     for step, folder in checkpoints:
         model, tokenizer = load_model(folder, options.device, options.dtype)
-        if encoded_for != _tokenizer_hash(folder):
-            encoded = encode_requests(tokenizer, requests, options.scoring, max_tokens=context_limit(model))
-            encoded_for = _tokenizer_hash(folder)
-        scores = score_sequences(model, *encoded, batch_size=options.batch_size, device=options.device)
+        limit = context_limit(model)
+        pack = cache.get(folder, limit, lambda: prepare_pack(
+            *encode_requests(tokenizer, requests, options.scoring, max_tokens=limit), options.batch_size))
+        scores = score_pack(model, pack, options.device)
         rows += surprisal_rows(int(step) if step == int(step) else step, data.words, data.contexts, scores)
         del model
     result = curve_fitness(rows, data.cdi)

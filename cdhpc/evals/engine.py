@@ -33,7 +33,6 @@ from collections.abc import Iterator
 from itertools import chain
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from cdhpc.evals import SCORING
@@ -96,7 +95,7 @@ def _check_context(full: Any, limit: int | None) -> None:
 
 
 @contextmanager
-def _gc_paused() -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
     """Pause the cyclic garbage collector while a burst of small lists is built: with transformers
     loaded, a full collection walks ~400k objects (about 0.2 s) and would run several times for a
     large task; nothing built here forms a cycle."""
@@ -129,7 +128,7 @@ def encode_requests(tokenizer: Any, requests: list[ScoreRequest], scoring: str =
         raise ValueError("scoring 'joint' prepends BOS but the tokenizer has no bos_token; "
                          "use scoring 'official' or set bos_token")
     n = len(requests)
-    with _gc_paused():
+    with gc_paused():
         enc = tokenizer([r.context + r.continuation for r in requests], add_special_tokens=official,
                         return_offsets_mapping=True)
         lens = np.fromiter(map(len, enc["input_ids"]), dtype=np.int64, count=n)
@@ -243,104 +242,6 @@ def pack_sequences(full: Any, scored: Any, row_tokens: int = ROW_TOKENS) -> list
                                               member_cut, member_cut[1:])]
 
 
-def plan_batches(rows: list[PackedRow], batch_size: int,
-                 row_tokens: int = ROW_TOKENS) -> list[list[PackedRow]]:
-    """Rows sorted longest first, cut into batches of <= batch_size rows and <= 2 x batch_size x
-    row_tokens padded tokens (a row longer than that goes alone)."""
-    max_tokens = 2 * batch_size * row_tokens
-    order = sorted(rows, key=lambda r: len(r.ids), reverse=True)
-    batches: list[list[PackedRow]] = []
-    for row in order:
-        if batches:
-            last = batches[-1]
-            width = len(last[0].ids)
-            if len(last) < batch_size and (len(last) + 1) * width <= max_tokens:
-                last.append(row)
-                continue
-        batches.append([row])
-    return batches
-
-
-def _batch_tensors(batch: list[PackedRow], pad_id: int, dtype: Any) -> tuple[Any, Any, Any]:
-    """input ids, position ids and the additive (B, 1, T, T) ancestor mask of one batch. In
-    depth-first order node i's subtree is i..end_i - 1, end_i the first later node no deeper than
-    i: a node sees exactly its ancestors and itself (a root at depth 0 ends the previous tree, so
-    a row may hold a forest). Padding (depth 0) ends every subtree and sees itself only, so no
-    softmax row is empty (its output is unused)."""
-    import numpy as np
-    import torch
-
-    width = len(batch[0].ids)
-    ids = np.full((len(batch), width), pad_id, dtype=np.int64)
-    depth = np.zeros((len(batch), width), dtype=np.int64)
-    for b, row in enumerate(batch):
-        ids[b, :len(row.ids)] = row.ids
-        depth[b, :len(row.ids)] = row.depths
-    t = np.arange(width)
-    ends = (t[None, None, :] > t[None, :, None]) & (depth[:, None, :] <= depth[:, :, None])  # [b, i, j]
-    end = np.where(ends.any(axis=2), ends.argmax(axis=2), width)  # [b, i]
-    allowed = (t[None, None, :] <= t[None, :, None]) & (t[None, :, None] < end[:, None, :])  # [b, j, i]
-    mask = np.where(allowed[:, None], np.float32(0), np.float32(torch.finfo(dtype).min))
-    return torch.from_numpy(ids), torch.from_numpy(depth), torch.from_numpy(mask).to(dtype)
-
-
-@dataclass
-class HeadPlan:
-    """Which hidden rows the output head runs on and which logits each pair reads, planned on the
-    host: `rows` (flat positions, ascending, unique), per pair its index into `rows` (ascending)
-    and target id, and the chunk cuts (row start, first pair) that bound the logits alive."""
-
-    rows: Any
-    pair_row: Any
-    pair_target: Any
-    cuts: list[tuple[int, int]]
-
-
-def plan_head(positions: Any, targets: Any, vocab: int, max_elements: int) -> tuple[HeadPlan, Any]:
-    """A HeadPlan for pairs (flat position, target) and the permutation that orders the pairs."""
-    import numpy as np
-
-    positions, targets = np.asarray(positions, dtype=np.int64), np.asarray(targets, dtype=np.int64)
-    rows, pair_row = np.unique(positions, return_inverse=True)
-    order = np.argsort(pair_row, kind="stable")
-    pair_row = pair_row[order]
-    step = max(1, max_elements // vocab)
-    starts = np.arange(0, len(rows), step)
-    cuts = list(zip(starts.tolist(), np.searchsorted(pair_row, starts).tolist()))
-    return HeadPlan(rows, pair_row, targets[order], cuts), order
-
-
-def head_logprobs(head: Any, hidden: Any, plan: HeadPlan, device: str) -> Any:
-    """log softmax(head(hidden[plan.rows[r]]))[target] for every planned pair (in plan order), in
-    fp32, one head row per distinct position and at most one chunk of logits alive at a time."""
-    import torch
-
-    sel = hidden[_to_device(torch.from_numpy(plan.rows), device)]
-    pair_row = _to_device(torch.from_numpy(plan.pair_row), device)
-    pair_target = _to_device(torch.from_numpy(plan.pair_target), device)
-    bounds = plan.cuts + [(len(plan.rows), len(plan.pair_row))]
-    out = []
-    for (s, lo), (e, hi) in zip(bounds, bounds[1:]):
-        # one fused log-softmax pass per row of a bounded chunk (cache-resident), then the targets
-        logp = torch.log_softmax(head(sel[s:e]).float(), dim=-1)
-        out.append(logp[pair_row[lo:hi] - s, pair_target[lo:hi]])
-    return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
-
-
-def _to_device(x: Any, device: str) -> Any:
-    """Copy a host tensor to `device` without making the host wait (pinned, non-blocking on GPU),
-    so the next batch is prepared while the device still computes."""
-    if device == "cpu":
-        return x
-    return x.pin_memory().to(device, non_blocking=True)
-
-
-def _head_budget(device: str) -> int:
-    """Logit elements alive at once (16 MB of fp32 on CPU: in an interleaved measurement, 4M
-    beat 1M by 1.6x on the head, larger chunks were slower again); large on GPU."""
-    return 1 << 22 if device == "cpu" else 1 << 26
-
-
 def score_candidates(model: Any, tokenizer: Any, requests: list[ScoreRequest], *,
                      scoring: str = "official", batch_size: int = 64, device: str = "cpu",
                      row_tokens: int = ROW_TOKENS) -> list[float]:
@@ -358,43 +259,21 @@ def score_sequences(model: Any, full: Any, scored: Any, *, batch_size: int = 64,
                     device: str = "cpu", row_tokens: int = ROW_TOKENS) -> list[float]:
     """Sum of the log-probs (nats) of the scored tokens of each sequence ((n x width) token ids,
     -1 past each end; `scored` the (n x width) mask, never position 0). Same order as the rows.
-    A sequence longer than the model's context raises ContextLengthError (rows: its index)."""
-    import numpy as np
-    import torch
+    A sequence longer than the model's context raises ContextLengthError (rows: its index).
+    The host work (`prepare_pack`) and the model's (`score_pack`) are separate steps there, so
+    the first can be done once for many checkpoints (cdhpc.evals.packcache)."""
+    from cdhpc.evals.batches import prepare_pack, score_pack
 
     _check_context(full, context_limit(model))
-    rows = pack_sequences(full, scored, row_tokens)
-    base = getattr(model, model.base_model_prefix)
-    head = model.get_output_embeddings()
-    dtype = next(model.parameters()).dtype
-    scores = torch.zeros(len(full), dtype=torch.float32, device=device)
-    with torch.inference_mode():
-        for batch in plan_batches(rows, batch_size, row_tokens):
-            ids, pos, mask = _batch_tensors(batch, 0, dtype)  # padding sees only itself: any id
-            width = ids.shape[1]
-            pair_base = np.cumsum([0] + [len(r.pair_nodes) for r in batch[:-1]])
-            flat = np.concatenate([b * width + r.pair_nodes for b, r in enumerate(batch)])
-            targets = np.concatenate([r.pair_targets for r in batch])
-            req_idx = np.concatenate([r.member_requests for r in batch])
-            pair_idx = np.concatenate([base + r.member_pairs for base, r in zip(pair_base, batch)])
-            plan, order = plan_head(flat, targets, head.weight.shape[0], _head_budget(device))
-            # member -> its pair's place in plan order
-            where = np.empty(len(order), dtype=np.int64)
-            where[order] = np.arange(len(order))
-            req_t = _to_device(torch.from_numpy(req_idx), device)
-            pair_t = _to_device(torch.from_numpy(where[pair_idx]), device)
-            hidden = base(input_ids=_to_device(ids, device), use_cache=False,
-                          attention_mask=_to_device(mask, device),
-                          position_ids=_to_device(pos, device)).last_hidden_state
-            lp = head_logprobs(head, hidden.reshape(-1, hidden.shape[-1]), plan, device)
-            scores.index_add_(0, req_t, lp[pair_t])
-    return scores.cpu().tolist()
+    return score_pack(model, prepare_pack(full, scored, batch_size, row_tokens), device)
 
 
 def block_losses(model: Any, blocks: Any, *, batch_size: int = 8, device: str = "cpu") -> list[float]:
     """Mean next-token cross-entropy (nats) of each row of `blocks` (n_blocks x L token ids):
     the L-1 tokens after the first, given everything before them in the block."""
     import torch
+
+    from cdhpc.evals.batches import to_device, head_budget, head_logprobs, plan_head
 
     base = getattr(model, model.base_model_prefix)
     head = model.get_output_embeddings()
@@ -403,8 +282,8 @@ def block_losses(model: Any, blocks: Any, *, batch_size: int = 8, device: str = 
         for s in range(0, blocks.shape[0], batch_size):
             rows = blocks[s:s + batch_size]
             targets = rows[:, 1:].reshape(-1).numpy()
-            plan, _ = plan_head(range(len(targets)), targets, head.weight.shape[0], _head_budget(device))
-            hidden = base(input_ids=_to_device(rows, device), use_cache=False).last_hidden_state[:, :-1]
+            plan, _ = plan_head(range(len(targets)), targets, head.weight.shape[0], head_budget(device))
+            hidden = base(input_ids=to_device(rows, device), use_cache=False).last_hidden_state[:, :-1]
             lp = head_logprobs(head, hidden.reshape(-1, hidden.shape[-1]), plan, device)
             out.append(-lp.view(rows.shape[0], -1).mean(dim=1))
     return torch.cat(out).cpu().tolist() if out else []

@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -75,16 +76,17 @@ class EvalOptions:
             raise ValueError(f"batch_size {self.batch_size}: must be >= 1")
 
 
-def _score(task: Task, prepared: Any, model: Any, tokenizer: Any, opt: EvalOptions,
-           files: list[Path]) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
-    """Prediction rows, summary fields and official files of one task on one model."""
+def _score(task: Task, prepared: Any, model: Any, tokenizer: Any, opt: EvalOptions, files: list[Path],
+           packs: Any) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """Prediction rows, summary fields and official files of one task on one model. `packs`:
+    (max_tokens, build) -> the task's PreparedPack from the pack cache, or built."""
     from cdhpc.evals.engine import ContextLengthError, block_losses
 
     if task.kind == "choice":
         from cdhpc.evals.choice import summarize_choice
 
         items, sources = prepared
-        scores, n_truncated = _choice_scores(task, items, sources, model, tokenizer, opt)
+        scores, n_truncated = _choice_scores(task, items, sources, model, tokenizer, opt, packs)
         rows, fields, official = summarize_choice(task, items, scores, task_metric(task.name, opt.wug_metric))
         return rows, {**fields, "n_truncated": n_truncated}, official
     if task.kind == "reading":
@@ -110,27 +112,41 @@ def _score(task: Task, prepared: Any, model: Any, tokenizer: Any, opt: EvalOptio
 
 
 def _choice_scores(task: Task, items: list, sources: list[tuple[Path, int]], model: Any, tokenizer: Any,
-                   opt: EvalOptions) -> tuple[list[float], int]:
+                   opt: EvalOptions, packs: Any) -> tuple[list[float], int]:
     """Every candidate's log-prob and how many candidates were cut to fit the model's context
     (0 unless opt.truncate; without it a candidate that does not fit is an error naming it)."""
-    from cdhpc.evals.choice import item_requests
-    from cdhpc.evals.engine import ContextLengthError, context_limit, encode_requests, score_sequences
+    from cdhpc.evals.batches import score_pack
+    from cdhpc.evals.engine import context_limit
 
-    requests, limit = item_requests(items), context_limit(model)
+    limit = context_limit(model)
+    pack = packs(limit, lambda: _choice_pack(task, items, sources, tokenizer, opt, limit))
+    cut = pack.meta.get("truncated")
+    if cut:
+        log.warning("%s: %d of %d candidates are longer than the model's context of %d positions "
+                    "(longest: %d tokens), cut from the left (--truncate); first: %s", task.name,
+                    cut["n"], cut["of"], limit, cut["longest"], _choice_place(cut["first"], items, sources))
+    return score_pack(model, pack, opt.device), cut["n"] if cut else 0
+
+
+def _choice_pack(task: Task, items: list, sources: list[tuple[Path, int]], tokenizer: Any,
+                 opt: EvalOptions, limit: int | None) -> Any:
+    """The prepared batches of every candidate (the host work the pack cache keeps); its meta
+    says what was truncated (opt.truncate), so a pack read back logs the same warning."""
+    from cdhpc.evals.batches import prepare_pack
+    from cdhpc.evals.choice import item_requests
+    from cdhpc.evals.engine import ContextLengthError, encode_requests
+
+    requests = item_requests(items)
     try:
         full, scored = encode_requests(tokenizer, requests, opt.scoring, max_tokens=limit)
-        n_truncated = 0
+        meta = {}
     except ContextLengthError as err:
         if not opt.truncate:
             raise EvalDataError(_choice_too_long(err, task, items, sources)) from None
-        n_truncated = len(err.rows)
-        log.warning("%s: %d of %d candidates are longer than the model's context of %d positions "
-                    "(longest: %d tokens), cut from the left (--truncate); first: %s", task.name,
-                    n_truncated, len(requests), limit, max(err.lengths),
-                    _choice_place(err.rows[0], items, sources))
+        meta = {"truncated": {"n": len(err.rows), "of": len(requests), "longest": max(err.lengths),
+                              "first": err.rows[0]}}
         full, scored = encode_requests(tokenizer, requests, opt.scoring, max_tokens=limit, truncate=True)
-    scores = score_sequences(model, full, scored, batch_size=opt.batch_size, device=opt.device)
-    return scores, n_truncated
+    return prepare_pack(full, scored, opt.batch_size, meta=meta)
 
 
 def _choice_place(request: int, items: list, sources: list[tuple[Path, int]]) -> str:
@@ -189,29 +205,42 @@ def _aoa_too_long(err: Any, files: list[Path], data: Any) -> str:
 
 def evaluate_task(model_dir: Path, task: str, data_dir: Path | None, out_dir: Path, *,
                   fast: bool = False, heldout_dir: Path | None = None,
-                  options: EvalOptions = EvalOptions(), steps: list[int] | None = None) -> dict:
+                  options: EvalOptions = EvalOptions(), steps: list[int] | None = None,
+                  cache_dir: Path | None = None) -> dict:
     """Score the HF causal LM in `model_dir` on `task` (aoa: the checkpoint folders in
     `model_dir`, those of `steps` when given); write predictions.jsonl, the official files and
-    summary.json (last) into `out_dir`. Returns the summary."""
+    summary.json (last) into `out_dir`. Returns the summary. `cache_dir`: where the tokenized and
+    packed requests are kept for the next checkpoint with the same tokenizer (None: not kept;
+    cdhpc.evals.packcache)."""
+    from cdhpc.evals.packcache import PackCache
+
     spec = get_task(task)
     options.check()
     files, root = _task_files(spec, data_dir, fast, heldout_dir)
     prepared = _prepare(spec, files)
+    checksum = data_sha256(files, root)
+    cache = PackCache(cache_dir, {"task": spec.name, "version": spec.version, "data_sha256": checksum,
+                                  "scoring": options.scoring, "truncate": options.truncate,
+                                  "batch_size": options.batch_size})
     if spec.kind == "aoa":
         from cdhpc.evals.aoa_run import checkpoint_dirs, score_checkpoints
         from cdhpc.evals.engine import ContextLengthError
 
         try:
-            rows, fields, official = score_checkpoints(checkpoint_dirs(Path(model_dir), steps), prepared, options)
+            rows, fields, official = score_checkpoints(checkpoint_dirs(Path(model_dir), steps), prepared,
+                                                       options, cache)
         except ContextLengthError as err:
             raise EvalDataError(_aoa_too_long(err, files, prepared)) from None
     else:
         from cdhpc.evals.loading import load_model
 
         model, tokenizer = load_model(Path(model_dir), options.device, options.dtype)
-        rows, fields, official = _score(spec, prepared, model, tokenizer, options, files)
+        packs = partial(cache.get, Path(model_dir))
+        rows, fields, official = _score(spec, prepared, model, tokenizer, options, files, packs)
+    if cache.directory is not None:
+        log.info("%s: pack cache %s: %d read, %d built", spec.name, cache.directory, cache.hits, cache.builds)
     fields.setdefault("n_truncated", 0)  # candidates cut to the model's context (options.truncate)
-    summary = {"task": spec.name, "version": spec.version, "data_sha256": data_sha256(files, root),
+    summary = {"task": spec.name, "version": spec.version, "data_sha256": checksum,
                **fields, "fast": fast, "model_dir": str(model_dir), "scoring": options.scoring,
                "dtype": options.dtype, "truncate": options.truncate,
                "files": [str(f.relative_to(root)) for f in files]}
@@ -238,6 +267,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="wug: Spearman's rho with the human ratio (official, default) or accuracy (the paper)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                    help="weights and activations: float32 (as the official pipeline, default) or bfloat16")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="keep the tokenized and packed requests in this directory and reuse them for every "
+                   "checkpoint with the same tokenizer (default: not kept)")
     p.add_argument("--truncate", action="store_true",
                    help="a sentence-task candidate longer than the model's context (max_position_embeddings, "
                    "special tokens included) is cut from the left, with a warning, and counted in "
@@ -257,7 +289,7 @@ def main_eval(argv: list[str]) -> int:
             get_task(name)
         for name in tasks:
             s = evaluate_task(args.model, name, args.data, args.out / name, fast=args.fast,
-                              heldout_dir=args.heldout, options=options)
+                              heldout_dir=args.heldout, options=options, cache_dir=args.cache)
             cut = f"\ttruncated={s['n_truncated']}" if s["n_truncated"] else ""
             print(f"{name}\t{s['metric']}\t{s['score']:.4f}\tn={s['n_items']}{cut}")
     except (EvalDataError, ValueError, OSError) as err:
