@@ -151,6 +151,8 @@ def test_readme_commands_parse(tmp_path):
     assert len(commands) >= 10, commands
     for line in commands:
         words = [paths.get(w, w) for w in shlex.split(line, comments=True)]
+        while re.fullmatch(r"[A-Z_]+=\S*", words[0]):  # an environment assignment before the command
+            words = words[1:]
         if words[:3] == ["python", "-m", "cdhpc.launch"]:
             argv = ["launch", *words[3:]]
         else:
