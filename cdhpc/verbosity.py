@@ -6,10 +6,11 @@ its environment, so the processes it starts inherit it: local jobs (submitit's L
 copies the environment), SLURM jobs (sbatch exports the environment, and the job script sets
 the variable again in case a profile exports none), and ``cdhpc retry``'s launcher.
 
-Only cdhpc's own records (logger ``cdhpc``) are shown below WARNING unless the level is debug:
-libraries' INFO chatter (submitit's job banners, DeepSpeed's compiler probes, which setuptools
-logs as ``gcc ...`` lines on the root logger, torch, urllib3, filelock, matplotlib) stays out of
-the logs at the default level and shows with ``-v``. transformers, datasets and submitit set
+Only cdhpc's own records (logger ``cdhpc``) and submitit's (a job's life: started, timed out,
+checkpointed, requeued, exiting) are shown below WARNING unless the level is debug: libraries'
+INFO chatter (DeepSpeed's compiler probes, which setuptools logs as ``gcc ...`` lines on the root
+logger, torch, urllib3, filelock, matplotlib) stays out of the logs at the default level and
+shows with ``-v``. transformers, datasets and submitit set
 their loggers' levels from their own variables when they are imported, which may be after this
 module ran, so those variables are set too (where the user has not set them).
 """
@@ -29,9 +30,10 @@ OWN = "cdhpc"
 LIBRARY_ENV = {
     "TRANSFORMERS_VERBOSITY": {"debug": "info", "info": "warning", "warning": "warning", "error": "error"},
     "DATASETS_VERBOSITY": {"debug": "info", "info": "warning", "warning": "warning", "error": "error"},
-    "SUBMITIT_LOG_LEVEL": {"debug": "INFO", "info": "WARNING", "warning": "WARNING", "error": "ERROR"},
+    "SUBMITIT_LOG_LEVEL": {"debug": "INFO", "info": "INFO", "warning": "WARNING", "error": "ERROR"},
 }
-THIRD_PARTY = ("deepspeed", "DeepSpeed", "transformers", "datasets", "torch", "submitit", "urllib3", "filelock",
+OURS = (OWN, "submitit")  # loggers shown at the chosen level: ours and the job life's
+THIRD_PARTY = ("deepspeed", "DeepSpeed", "transformers", "datasets", "torch", "urllib3", "filelock",
                "matplotlib", "huggingface_hub", "fsspec", "PIL", "numexpr")
 
 
@@ -74,10 +76,10 @@ def add_flags(parser, suppress: bool = False) -> None:
 
 
 class _OwnBelowWarning(logging.Filter):
-    """Below WARNING, pass only cdhpc's own records (see the module docstring)."""
+    """Below WARNING, pass only cdhpc's and submitit's records (see the module docstring)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or record.name == OWN or record.name.startswith(OWN + ".")
+        return record.levelno >= logging.WARNING or any(record.name == n or record.name.startswith(n + ".") for n in OURS)
 
 
 def configure(level: str, fmt: str = "%(asctime)s %(message)s", datefmt: str | None = "%H:%M:%S",
@@ -95,7 +97,8 @@ def configure(level: str, fmt: str = "%(asctime)s %(message)s", datefmt: str | N
     root = logging.getLogger()
     if force or not root.handlers:
         logging.basicConfig(level=number, handlers=[handler], force=True)
-    logging.getLogger(OWN).setLevel(number)
+    for name in OURS:
+        logging.getLogger(name).setLevel(number)
     library = max(number, logging.WARNING) if level != "debug" else logging.INFO
     for name in THIRD_PARTY:
         logging.getLogger(name).setLevel(library)

@@ -138,6 +138,7 @@ def test_a_cancelled_step_says_so_in_its_receipt_and_job_record(tmp_path, monkey
     assert "cancelled by SIGTERM" in read_receipt(receipt_path(tmp_path, "generate", "c", spec.key)).error
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_local_step_and_the_next_launch_resumes_it(tmp_path):
     spec = squares_step(n=30, sleep_s=0.15)
     killed = {}
@@ -236,7 +237,7 @@ def test_usr2_still_checkpoints_requeues_and_resumes(tmp_path):
 
     from jobs import StepJob
 
-    spec = squares_step(n=12, sleep_s=0.1)
+    spec = squares_step(n=12, sleep_s=0.4)  # seconds of work left after the 2nd part: USR2 lands mid-step
     executor = submitit.LocalExecutor(folder=tmp_path / "logs")
     executor.update_parameters(timeout_min=5)
     job = executor.submit(StepJob(str(tmp_path), [spec.to_dict()]))
