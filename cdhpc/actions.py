@@ -3,8 +3,6 @@ jobs of chosen steps (local or SLURM), and the launch command that retries faile
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -44,7 +42,7 @@ def cancel_steps(snap: Snapshot, keys: list[str]) -> list[str]:
     at once; `scancel` for SLURM jobs, batched, whole arrays by their own id, and their records
     left to the next poll, which reads CANCELLED from sacct/squeue. Linear in the number of job
     records. Returns one message per local job and one line for all SLURM jobs."""
-    from cdhpc.scheduler import pid_alive, update_job_record
+    from cdhpc.scheduler import pid_alive, stop_local_job, update_job_record
 
     members: dict[tuple[str, str], list[dict]] = {}  # every live job -> its live records
     for k, j in snap.jobs.items():
@@ -55,7 +53,7 @@ def cancel_steps(snap: Snapshot, keys: list[str]) -> list[str]:
     for executor, job_id in sorted(chosen):
         if executor == "local":
             if pid_alive(job_id):
-                os.kill(int(job_id), signal.SIGINT)
+                stop_local_job(int(job_id))
             for j in members[executor, job_id]:
                 update_job_record(snap.workdir / j["path"], state="CANCELLED", updated=time.time())
             messages.append(f"cancelled local job {job_id} ({len(members[executor, job_id])} step(s))")

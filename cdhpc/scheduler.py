@@ -12,6 +12,7 @@ full disk must not stop the loop): a RUNNING record whose process is gone counts
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -124,6 +125,17 @@ class SweepInterrupted(KeyboardInterrupt):
 
 def _interrupt(signum: int, frame: Any) -> None:
     raise SweepInterrupted(f"stopped by {signal.Signals(signum).name}")
+
+
+def stop_local_job(pid: int) -> None:
+    """Stop a local job: SIGINT to its submitit controller (as LocalJob.cancel: it passes SIGINT
+    on to the step, which records itself cancelled, and SIGKILLs it a second later), then SIGTERM,
+    which the controller passes on too (jobs.stop_on_signals). The SIGTERM is for a launcher
+    started in the background by a shell without job control (`nohup ... &`): its jobs start with
+    SIGINT ignored, and the controller would never hear the SIGINT."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
 
 
 class LocalScheduler:
@@ -259,16 +271,13 @@ class LocalScheduler:
             log.error("step %s/%s: could not write its job record (%s): %s", spec.stage, spec.name, job_state, e)
 
     def _cancel(self, running: list[_Running], wait_s: float = 10.0) -> None:
-        """SIGINT every running job (submitit's LocalJob.cancel: its controller passes SIGINT on to
-        the step, which records itself cancelled, and SIGKILLs it a second later), wait for them to
-        end, and record their steps CANCELLED; their outputs stay resumable."""
+        """Stop every running job (`stop_local_job`), wait for them to end, and record their steps
+        CANCELLED; their outputs stay resumable."""
         from jobs import is_done
 
         for r in running:
-            if r.job is not None:
-                r.job.cancel(check=False)
-            elif pid_alive(r.job_id):
-                os.kill(int(r.job_id), signal.SIGINT)
+            if r.job is not None or pid_alive(r.job_id):
+                stop_local_job(int(r.job_id))
         deadline = time.time() + wait_s
         while time.time() < deadline and any(r.alive() for r in running):
             time.sleep(0.1)

@@ -342,9 +342,9 @@ def stop_on_signals() -> list[signal.Signals]:
     lets a preempted job checkpoint and requeue: SLURM sends SIGTERM there before the USR2 that
     submitit answers with checkpoint() and a requeue (submitit's preemption drill sends the same
     two). So on SLURM SIGTERM stays bypassed (scancel ends the job after KillWait and sacct says
-    CANCELLED) and USR2 is untouched everywhere. A local job gets no second signal: submitit's
-    LocalJob.cancel (``cdhpc cancel``, a stopped launcher) sends SIGINT and ``kill`` SIGTERM, then
-    its controller SIGKILLs the job a second later, so the step stops at once."""
+    CANCELLED) and USR2 is untouched everywhere. A local job gets no second signal: ``cdhpc cancel``
+    and a stopped launcher send SIGTERM to its submitit controller, which passes it on
+    (scheduler.stop_local_job), Ctrl-C in a terminal sends SIGINT, and ``kill`` SIGTERM."""
     if threading.current_thread() is not threading.main_thread():
         return []
     try:

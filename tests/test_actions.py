@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from cdhpc import actions
 from cdhpc.actions import cancel_steps, scancel_ids
 from cdhpc.status import Snapshot
@@ -31,6 +33,7 @@ def snapshot(workdir: Path, n: int, executor: str = "slurm") -> Snapshot:
     return Snapshot(workdir=workdir, steps=steps, states=states, jobs=jobs)
 
 
+@pytest.mark.slow
 def test_cancelling_a_big_slurm_sweep_is_a_few_batched_scancel_calls(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(actions.subprocess, "run", lambda cmd, **kw: calls.append(cmd))
@@ -46,7 +49,7 @@ def test_cancelling_a_big_slurm_sweep_is_a_few_batched_scancel_calls(tmp_path, m
 
 def test_a_local_cancel_marks_the_records_of_every_step_in_the_job(tmp_path, monkeypatch):
     killed = []
-    monkeypatch.setattr(actions.os, "kill", lambda pid, sig: killed.append(pid))
+    monkeypatch.setattr("cdhpc.scheduler.stop_local_job", lambda pid: killed.append(pid))
     monkeypatch.setattr("cdhpc.scheduler.pid_alive", lambda job_id: True)
     snap = snapshot(tmp_path, 20, executor="local")
     msgs = cancel_steps(snap, [snap.steps[0]["key"]])
