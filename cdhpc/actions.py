@@ -70,7 +70,23 @@ def cancel_steps(snap: Snapshot, keys: list[str]) -> list[str]:
         n = sum(len(members["slurm", job_id]) for job_id in slurm)
         what = f"slurm job {ids[0]}" if len(slurm) == 1 else f"{len(slurm)} slurm jobs ({len(ids)} scancel ids)"
         messages.append(f"cancelled {what} ({n} step(s)); status shows them once SLURM reports it")
+        messages += cancel_continuation(snap.workdir)
     return messages
+
+
+def cancel_continuation(workdir: Path) -> list[str]:
+    """scancel the sweep's wave continuation (cdhpc.waves), so no later wave is submitted after a
+    cancel; the record keeps the wave and names the cancel. A launch starts the waves again."""
+    from cdhpc.receipts import atomic_write_json
+    from cdhpc.waves import WAVES_FILE, read_waves
+
+    doc = read_waves(workdir)
+    if not doc or not doc.get("continuation"):
+        return []
+    subprocess.run(["scancel", str(doc["continuation"])], check=False, capture_output=True)
+    atomic_write_json(Path(workdir) / WAVES_FILE, {**doc, "continuation": None,
+                                                   "note": f"continuation {doc['continuation']} cancelled by cdhpc cancel"})
+    return [f"cancelled the continuation job {doc['continuation']}: no further wave is submitted until a launch"]
 
 
 def retry_command(workdir: Path, verbose: bool = False) -> list[str]:

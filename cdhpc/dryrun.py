@@ -111,6 +111,25 @@ def model_lines(cfg: SweepConfig, plan: Plan) -> list[str]:
             for name, n in seen.items()]
 
 
+def limits_line(plan: Plan, states: dict[str, str] | None, profile, limits=None) -> str:
+    """The cluster's limits (read-only queries; unknown without SLURM) and the waves the steps to
+    run need under them (cdhpc.waves)."""
+    import shutil
+
+    from cdhpc.slurm import plan_arrays
+    from cdhpc.slurm_limits import Limits, read_limits, waves_needed
+
+    if limits is None:
+        limits = read_limits(profile) if shutil.which("scontrol") else Limits(
+            max_submit=profile.max_submitted_jobs, submit_source="profile max_submitted_jobs" if profile.max_submitted_jobs else "")
+    todo = {s.key for s in plan.steps if (states or {}).get(s.key, "missing") not in ("done", "running", "queued")}
+    sizes = [len(a.packs) for a in plan_arrays(plan, todo, {}, limits.array_cap(profile.max_array_size))]
+    n = waves_needed(sizes, limits.budget())
+    waves = ("no room in the queue now" if n is None else f"{n} wave(s)" if limits.budget() is not None
+             else "1 wave (no submit limit known)")
+    return f"limits: {limits.describe()}; {sum(sizes)} job(s) to submit: {waves}"
+
+
 def print_dry_run(cfg: SweepConfig, plan: Plan, states: dict[str, str] | None, profile=None,
                   rates: Rates | None = None) -> None:
     """The plan as a table; with a cluster profile (executor.kind slurm), its arrays and limits."""
@@ -134,6 +153,7 @@ def print_dry_run(cfg: SweepConfig, plan: Plan, states: dict[str, str] | None, p
         console.print(f"executor: slurm, profile {cfg.executor.profile or '(none: cluster defaults)'}: partition "
                       f"{profile.partition or '(default)'}, account {profile.account or '-'}, qos {profile.qos or '-'}, "
                       f"arrays of at most {profile.max_array_size} throttled to %{profile.array_parallelism}", highlight=False)
+        console.print(limits_line(plan, states, profile), highlight=False)
     console.print(f"GPU-h est.: {rates.source}", highlight=False)
     console.print("methods: " + ", ".join(cfg.methods))
     disk = disk_estimate(cfg, plan)

@@ -22,10 +22,10 @@ from pathlib import Path
 from cdhpc import STAGES
 from cdhpc.config import ConfigError, SweepConfig, dump_config, load_config
 from cdhpc.lock import LOCK_FILE, WorkdirBusy, WorkdirLock, error_line
+from cdhpc.paths import MARKER
 from cdhpc.plan import Plan, plan_sweep
 
 log = logging.getLogger("cdhpc")
-MARKER = "cdhpc.json"
 
 
 class UsageError(Exception):
@@ -43,6 +43,10 @@ def build_parser(prog: str = "python -m cdhpc.launch") -> argparse.ArgumentParse
     p.add_argument("--until", choices=STAGES, default="aggregate", help="plan only up to this stage")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--verify", action="store_true", help="re-hash every output of done steps (default: size+mtime)")
+    p.add_argument("--follow", action="store_true", help="SLURM: stay attached and submit the next wave as jobs "
+                   "finish, instead of a continuation job; Ctrl-C stops following and cancels nothing")
+    p.add_argument("--missing-only", action="store_true", help="SLURM: submit only steps that never ran, not "
+                   "failed ones (what a wave's continuation job runs)")
     from cdhpc.verbosity import add_flags
 
     add_flags(p)
@@ -104,7 +108,10 @@ def _main(args: argparse.Namespace, prog: str) -> int:
     if profile is not None and shutil.which("sbatch") is None:
         raise UsageError("executor.kind is 'slurm' but sbatch is not on PATH: launch from a SLURM login node, "
                          "or use executor=local (--dry-run works anywhere)")
-    return launch(cfg, plan, verify=args.verify, profile=profile, command=prog)
+    if (args.follow or args.missing_only) and profile is None:
+        raise UsageError("--follow and --missing-only are for executor.kind slurm (the local executor always follows)")
+    return launch(cfg, plan, verify=args.verify, profile=profile, command=prog,
+                  slurm_options={"follow": args.follow, "missing_only": args.missing_only})
 
 
 def check_workdir(cfg: SweepConfig) -> Path:
@@ -156,27 +163,28 @@ def prepare_workdir(cfg: SweepConfig, plan: Plan) -> Path:
     return workdir
 
 
-def launch(cfg: SweepConfig, plan: Plan, verify: bool = False, profile=None, command: str = "python -m cdhpc.launch") -> int:
+def launch(cfg: SweepConfig, plan: Plan, verify: bool = False, profile=None, command: str = "python -m cdhpc.launch",
+           slurm_options: dict | None = None) -> int:
     """Run (or submit) the plan, holding the workdir's lock throughout. Raises WorkdirBusy
     before writing anything when another launcher holds it."""
     workdir = check_workdir(cfg)
     workdir.mkdir(parents=True, exist_ok=True)
     with WorkdirLock(workdir, command):
         try:
-            return _launch_locked(cfg, plan, verify, profile)
+            return _launch_locked(cfg, plan, verify, profile, slurm_options or {})
         except OSError as e:
             if e.filename is None:  # a write to an open file (a full disk): name the workdir in the one line
                 e.filename = str(workdir)
             raise
 
 
-def _launch_locked(cfg: SweepConfig, plan: Plan, verify: bool, profile) -> int:
+def _launch_locked(cfg: SweepConfig, plan: Plan, verify: bool, profile, slurm_options: dict) -> int:
     # The workdir records the whole sweep (what status shows); --until limits what runs now.
     workdir = prepare_workdir(cfg, plan if plan.until == STAGES[-1] else plan_sweep(cfg))
     if cfg.executor.kind == "slurm":
         from cdhpc.launch_slurm import submit_sweep
 
-        return submit_sweep(cfg, plan, workdir, profile, verify=verify)
+        return submit_sweep(cfg, plan, workdir, profile, verify=verify, **slurm_options)
     e = cfg.executor
     summary = execute(workdir, plan, max_parallel=e.max_parallel, retries=e.retries, poll_s=e.poll_s, verify=verify)
     log.info("sweep %s: %d/%d steps done", cfg.name, len(summary.done), len(plan.steps))

@@ -200,6 +200,9 @@ class ClusterProfile(Strict):
     """GPUs a node of the partition has; a stage asking for more is a config error."""
     max_array_size: Annotated[int, Field(gt=0)] = 1000
     """The cluster's MaxArraySize: larger arrays are split into several."""
+    max_submitted_jobs: Annotated[int, Field(gt=1)] | None = None
+    """Your limit of submitted jobs (MaxSubmitJobs; every array element counts): overrides what
+    sacctmgr says, or fills it in where accounting cannot be read. A sweep above it runs in waves."""
     array_parallelism: Annotated[int, Field(gt=0)] = 256
     """Array throttle (%N): elements of one array running at once."""
     signal_delay_s: Annotated[int, Field(gt=0)] = 90

@@ -25,14 +25,12 @@ from typing import Any, Callable, Iterable
 
 from cdhpc.paths import inside
 from cdhpc.plan import Plan, StepSpec
-from cdhpc.receipts import OutputFile, ReceiptError, atomic_write_json, output_intact, read_receipt, receipt_path
+from cdhpc.receipts import ReceiptError, atomic_write_json, read_receipt, receipt_path
+# the step-state rule (re-exported): cdhpc.stepstate imports no plan or config, so `cdhpc status` starts fast
+from cdhpc.stepstate import (BLOCKED, DONE, FAILED, LIVE_JOB_STATES, MISSING, QUEUED,  # noqa: F401
+                             QUEUED_JOB_STATES, RUNNING, classify, job_alive, outputs_intact, pid_alive, step_states)
 
 log = logging.getLogger("cdhpc")
-
-DONE, FAILED, RUNNING, QUEUED, MISSING, BLOCKED = "done", "failed", "running", "queued", "missing", "blocked"
-LIVE_JOB_STATES = ("PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "CONFIGURING",
-                   "COMPLETING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT")
-QUEUED_JOB_STATES = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD")
 
 
 def job_record_path(workdir: Path, spec: StepSpec) -> Path:
@@ -49,56 +47,6 @@ def update_job_record(path: Path, **changes: Any) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(json.dumps(rec, indent=1, sort_keys=True) + "\n")  # open() gives the umask's mode
     os.replace(tmp, path)
-
-
-def classify(receipt: Any | None, outputs: list[OutputFile] | None, job: Any | None, alive: bool) -> str:
-    """Pure: the state of one step from its receipt row, its recorded outputs' integrity (None
-    when not checked) and its job record. A receipt is the proof of success; a job that left the
-    queue without one failed."""
-    if receipt is not None and receipt["status"] == "ok" and outputs is not None:
-        return DONE
-    if job is not None and job["state"] in LIVE_JOB_STATES and alive:
-        return QUEUED if job["state"] in QUEUED_JOB_STATES else RUNNING
-    if receipt is not None or job is not None:
-        return FAILED
-    return MISSING
-
-
-def pid_alive(job_id: str | None) -> bool:
-    """A local job's controller is still running (and is a submitit controller, not a reused pid)."""
-    if not job_id or not job_id.isdigit():
-        return False
-    try:
-        cmdline = Path(f"/proc/{job_id}/cmdline").read_bytes()
-        stat = Path(f"/proc/{job_id}/stat").read_text()
-    except OSError:
-        return False
-    return b"submitit" in cmdline and ") Z " not in stat
-
-
-def job_alive(job: Any | None) -> bool:
-    """A job record in a live state whose job still exists: a local controller pid that runs, or
-    a SLURM job (its record is refreshed from sacct/squeue before states are computed)."""
-    if job is None or job["state"] not in LIVE_JOB_STATES:
-        return False
-    return job["executor"] != "local" or pid_alive(job["job_id"])
-
-
-def step_states(workdir: Path, plan: Plan, receipts: dict[str, Any], jobs: dict[str, Any],
-                outputs_of: Callable[[str], list[Any]], rehash: bool = False) -> dict[str, str]:
-    """State of every planned step; done steps have every output still intact."""
-    states = {}
-    for spec in plan.steps:
-        r, j = receipts.get(spec.key), jobs.get(spec.key)
-        intact = None
-        if r is not None and r["status"] == "ok":
-            outs = [OutputFile(path=o["path"], sha256=o["sha256"], bytes=o["bytes"], mtime_ns=o["mtime_ns"])
-                    for o in outputs_of(spec.key)]
-            intact = outs if all(output_intact(workdir, o, rehash) for o in outs) else None
-            if intact is None:
-                log.warning("step %s/%s: outputs changed since its receipt; it will run again", spec.stage, spec.name)
-        states[spec.key] = classify(r, intact, j, job_alive(j))
-    return states
 
 
 @dataclass

@@ -389,6 +389,7 @@ class Submission:
     jobs: int = 0
     steps: int = 0
     job_ids: list[str] = field(default_factory=list)
+    left: int = 0  # steps of `todo` left for a later wave (cdhpc.waves)
 
 
 class SlurmScheduler:
@@ -454,12 +455,16 @@ class SlurmScheduler:
 
     # -- submission --------------------------------------------------------------------------
     def submit(self, plan: Plan, todo: set[str], live: dict[str, JobRef], attempts: dict[str, int],
-               resources: dict[str, dict] | None = None) -> Submission:
-        """Submit every step in `todo` (upstream first), waiting on `live` jobs where they are inputs."""
+               resources: dict[str, dict] | None = None, budget: int | None = None) -> Submission:
+        """Submit every step in `todo` (upstream first), waiting on `live` jobs where they are
+        inputs; with a `budget` of jobs they do not fit, only the wave that fits (cdhpc.waves)."""
+        from cdhpc.waves import cut_wave, wave_room
+
         arrays = plan_arrays(plan, todo, live, self.profile.max_array_size, resources)
+        arrays, left = cut_wave(arrays, wave_room(arrays, budget))
         real: dict[str, str] = {}  # "@N" -> job id
         sizes: dict[str, int] = {}
-        out = Submission()
+        out = Submission(left=left)
         salt = f"{time.time_ns()}"
         for a in arrays:  # every script is checked before the first sbatch (the edges to come are @N here)
             name = job_name(self.sweep, a.stage, a.keys, salt)

@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from cdhpc import STAGES
 # the pure views of a snapshot, re-exported: cdhpc.status is where the CLI, TUI and tests find them
+from cdhpc.overview import (StageRow, format_duration, remaining_estimate_s, stage_counts,  # noqa: F401
+                            stage_overview)
 from cdhpc.partial import LOWER_IS_BETTER, PartialTable, method_labels, partial_table  # noqa: F401
 from cdhpc.steptable import SORT_COLUMNS, STATES, StepRow, filter_rows, sort_rows, step_rows  # noqa: F401
 
@@ -24,7 +25,7 @@ class Snapshot:
     """One consistent view of a sweep: its plan, each step's state, and the manifest rows."""
 
     workdir: Path
-    steps: list[dict[str, Any]]  # plan.json's step dicts, in dependency order
+    steps: list[Any]  # plan.json's step dicts in dependency order (heads: key, stage, name, gpus; SnapshotReader.specs)
     states: dict[str, str]  # key -> one of STATES
     receipts: dict[str, Any] = field(default_factory=dict)  # key -> receipts row (a mapping)
     jobs: dict[str, Any] = field(default_factory=dict)  # key -> jobs row (a mapping)
@@ -35,20 +36,24 @@ class Snapshot:
 
 
 class SnapshotReader:
-    """Reads a workdir again and again, cheaply. plan.json is re-parsed only when it changes.
-    Receipts and job records are written by atomic rename, which gives the file a new inode and
-    touches its directory's mtime: only directories whose mtime changed are listed (os.scandir,
-    no stat), only files with a new inode are ingested, and only their steps' rows are queried
-    again. Outputs of done steps are re-checked (size + mtime) on `read(verify=True)` and for
-    receipts that changed; live jobs' pids are probed on every read."""
+    """Reads a workdir again and again, cheaply. Each read ingests what changed into the manifest
+    (which lists only the directories whose mtime changed: receipts and job records are written
+    by rename) and queries again only the rows of steps whose files changed, here or in another
+    process's ingest (PRAGMA data_version tells). `specs=False` (``cdhpc status --once``,
+    ``cdhpc cancel``): the steps are the manifest's heads (key, stage, name, gpus) while plan.json
+    is what it registered, so plan.json is not parsed, and the snapshot holds only what the plain
+    table needs (receipt times and the errors of failed steps, job records, tokens; no scores or
+    checkpoints); `specs=True` (the terminal UI): plan.json's spec dicts, parsed once per change
+    of the file, and every row. Outputs of done steps are re-checked (size + mtime) on
+    `read(verify=True)` and for receipts that changed; live jobs' pids are probed on every read."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, specs: bool = True):
         self.workdir = Path(workdir)
-        self._plan_sig: tuple | None = None
-        self._dirs: dict[str, int] = {}  # receipts/<stage>, jobs/<stage> -> mtime_ns
-        self._inodes: dict[str, int] = {}  # relative path -> inode
+        self.specs = specs
+        self._plan_sig: tuple | None = None  # (mtime_ns, size) of plan.json as self._steps holds it
         self._steps: list[dict[str, Any]] = []
         self._rows: dict[str, dict] = {}
+        self._version: int | None = None  # the manifest's data_version when self._rows were read
         self._intact: dict[str, bool] = {}  # key -> outputs intact at the last check
         self._last_poll = 0.0  # time.monotonic() of the last SLURM poll
         self.slurm_poll_s = 2.0  # at most one sacct call per this many seconds
@@ -74,8 +79,8 @@ class SnapshotReader:
 
     def manifest(self) -> Any:
         """The reader's Manifest, kept open between reads (no reconnect and quick_check per
-        refresh) and reopened, with a full ingest, when the file was replaced (healed or removed
-        by another process). Read-only: it writes nothing where the file cannot be written."""
+        refresh) and reopened, with every row read again, when the file was replaced (healed or
+        removed by another process). Read-only: it writes nothing where the file cannot be written."""
         from cdhpc.manifest import Manifest
 
         ident = _file_id(self.workdir / "manifest.sqlite")
@@ -84,7 +89,7 @@ class SnapshotReader:
             return m
         if m is not None:
             m.close()
-            self._dirs, self._inodes, self._plan_sig = {}, {}, None
+            self._rows, self._plan_sig = {}, None
         self._manifest = Manifest(self.workdir, fallback=True)
         self._manifest_id = _file_id(self.workdir / "manifest.sqlite")
         return self._manifest
@@ -93,11 +98,18 @@ class SnapshotReader:
         """A step's indexed outputs (for the TUI's detail screen)."""
         return self.manifest().outputs_of(key)
 
+    def specs_of(self, keys: list[str]) -> list[dict[str, Any]]:
+        """The full spec dicts of the given steps (from the manifest when `specs=False`)."""
+        if self.specs:
+            wanted = set(keys)
+            return [s for s in self._steps if s["key"] in wanted]
+        return self.manifest().specs_of(keys)
+
     def read(self, verify: bool = False, ingest: bool = True) -> Snapshot:
-        """The current snapshot; `verify` re-checks every done step's outputs. `ingest=False`
-        (for a first render within a second) shows the manifest as last ingested. Live SLURM
-        jobs are polled first (one sacct call, at most every `slurm_poll_s`); the job records
-        whose state changed are rewritten and ingested like any other file."""
+        """The current snapshot; `verify` re-checks every done step's outputs and lists every
+        directory. `ingest=False` (for a first render within a second) shows the manifest as last
+        ingested. Live SLURM jobs are polled first (one sacct call, at most every `slurm_poll_s`);
+        the job records whose state changed are rewritten and ingested like any other file."""
         first = not self._rows
         if ingest and not first:
             self._poll_slurm()
@@ -108,72 +120,97 @@ class SnapshotReader:
 
     def _poll_slurm(self) -> int:
         """Refresh the records of live SLURM jobs; how many changed (0 when polled recently)."""
-        from cdhpc.scheduler import LIVE_JOB_STATES
-        from cdhpc.slurm import refresh_job_records
+        from cdhpc.stepstate import LIVE_JOB_STATES
 
         now = time.monotonic()
         if now - self._last_poll < self.slurm_poll_s:
             return 0
         self._last_poll = now
         live = [j for j in self._rows.get("jobs", {}).values() if j["executor"] == "slurm" and j["state"] in LIVE_JOB_STATES]
+        if not live:
+            return 0
+        from cdhpc.slurm import refresh_job_records  # only now: it imports the SLURM profile models
+
         try:
-            return refresh_job_records(self.workdir, live) if live else 0
+            return refresh_job_records(self.workdir, live)
         except (RuntimeError, OSError) as e:  # SLURM unreachable, or a read-only workdir: the last known states
             self.slurm_error = str(e)
             return 0
 
     def _read(self, verify: bool, ingest: bool) -> Snapshot:
+        from cdhpc.stepstate import step_states
+
         m = self.manifest()  # first: it may reset the caches below
+        self._load_steps(m, ingest)
+        version = _data_version(m)  # before the rows are compared: a later commit is seen next time
+        changed = self._changed_elsewhere(m) if self._rows and version != self._version else set()
+        if ingest:
+            changed |= m.ingest(full=verify).keys
+        self._version = version
+        if not self._rows:
+            self._rows, self._intact = _query(m, light=not self.specs), {}
+        elif changed:
+            self._requery(m, changed)
+        if verify:
+            self._intact = {}
+        rows = self._rows
+        self._check_outputs(m)
+        states = step_states(self.workdir, [s["key"] for s in self._steps], rows["receipts"], rows["jobs"],
+                             m.outputs_of, intact=self._intact)
+        return Snapshot(self.workdir, self._steps, states, rows["receipts"], rows["jobs"], rows["val_ppl"],
+                        rows["tokens"], rows["scores"], time.time())
+
+    def _load_steps(self, m: Any, ingest: bool) -> None:
+        """The plan's steps, again only when plan.json changed: the manifest's heads while it
+        holds plan.json (no parse), else plan.json parsed (and registered, when ingesting)."""
         try:
             st = (self.workdir / "plan.json").stat()
         except FileNotFoundError:
             read_plan_steps(self.workdir)  # raises its one-line WorkdirError
             raise
-        plan_sig, first = (st.st_mtime_ns, st.st_size), not self._rows
-        full = ingest and not self._dirs  # the first ingest lists every file (Manifest.ingest)
-        changed = self._changed_files() if ingest else []
-        if plan_sig != self._plan_sig:
-            self._steps = read_plan_steps(self.workdir)
-        if first or full or changed or plan_sig != self._plan_sig:
-            if plan_sig != self._plan_sig and ingest:
-                m.register_plan(self._steps)
-                self._plan_sig = plan_sig
-            if full:
-                m.ingest()
-            if first or full:
-                self._rows, self._intact = _query(m), {}
-            else:
-                self._requery(m, m.ingest_paths(changed))
-        rows = self._rows
-        states = fast_states(self.workdir, self._steps, rows["receipts"], rows["jobs"], rows["outputs"],
-                             None if verify else self._intact)
-        return Snapshot(self.workdir, self._steps, states, rows["receipts"], rows["jobs"], rows["val_ppl"],
-                        rows["tokens"], rows["scores"], time.time())
+        if (st.st_mtime_ns, st.st_size) == self._plan_sig:
+            return
+        if ingest and not self.specs and m.plan_current():
+            self._steps, self._plan_sig = m.step_heads(), (st.st_mtime_ns, st.st_size)
+            return
+        steps, stamp = read_plan_steps(self.workdir, stamped=True)
+        if ingest:
+            m.register_plan(steps, stamp)  # nothing to do where the manifest holds this plan already
+        from cdhpc.manifest_db import step_gpus
 
-    def _changed_files(self) -> list[str]:
-        """Relative paths of receipts/job records added, replaced or removed since the last call."""
-        changed = []
-        for top in ("receipts", "jobs"):
-            try:
-                subdirs = [e for e in os.scandir(self.workdir / top) if e.is_dir()]
-            except FileNotFoundError:
-                continue
-            for d in subdirs:
-                rel, mtime = f"{top}/{d.name}", d.stat().st_mtime_ns
-                if self._dirs.get(rel) == mtime:
-                    continue
-                self._dirs[rel] = mtime
-                now = {f"{rel}/{e.name}": e.inode() for e in os.scandir(d.path) if e.name.endswith(".json")}
-                old = {p: i for p, i in self._inodes.items() if p.startswith(rel + "/")}
-                changed += [p for p in now.keys() | old.keys() if now.get(p) != old.get(p)]
-                self._inodes.update(now)
-                for p in old.keys() - now.keys():
-                    del self._inodes[p]
-        return sorted(changed)
+        self._steps = steps if self.specs else [{"key": s["key"], "stage": s["stage"], "name": s["name"],
+                                                 "gpus": step_gpus(s)} for s in steps]
+        self._plan_sig = stamp[:2]
+
+    def _changed_elsewhere(self, m: Any) -> set[str]:
+        """Keys whose receipt or job rows another process (a launcher) ingested since the last read."""
+        keys = set()
+        for table in ("receipts", "jobs"):
+            cached = {k: (r["mtime_ns"], r["size"]) for k, r in self._rows[table].items()}
+            now = {k: (t, n) for k, t, n in m.db.execute(f"SELECT key, mtime_ns, size FROM {table}")}
+            keys |= {k for k in cached.keys() | now.keys() if cached.get(k) != now.get(k)}
+        return keys
+
+    def _check_outputs(self, m: Any) -> None:
+        """Check the outputs of done steps not checked yet, in one pass over their manifest rows."""
+        from cdhpc.stepstate import outputs_intact_by_key
+
+        todo = [k for k, r in self._rows["receipts"].items() if r["status"] == "ok" and k not in self._intact]
+        if not todo:
+            return
+        cur = m.db.cursor()
+        cur.row_factory = None  # plain tuples: ~40k rows at the paper's size
+        sql = "SELECT key, path, sha256, bytes, mtime_ns FROM outputs"
+        rows = cur.execute(sql) if len(todo) > BULK_KEYS else cur.execute(f"{sql}{_where(todo)}", todo)
+        checked = outputs_intact_by_key(str(self.workdir), rows)
+        self._intact.update((k, checked.get(k, True)) for k in todo)  # a step without outputs is intact
 
     def _requery(self, m: Any, keys: set[str]) -> None:
         """Replace the cached rows of the given steps with the manifest's."""
-        fresh = _query(m, sorted(keys))
+        if len(keys) > BULK_KEYS:  # one query of every row is faster (and within SQLite's variable limit)
+            self._rows, self._intact = _query(m, light=not self.specs), {}
+            return
+        fresh = _query(m, sorted(keys), light=not self.specs)
         for table, rows in self._rows.items():
             for key in keys:
                 rows.pop(key, None)
@@ -182,39 +219,26 @@ class SnapshotReader:
             self._intact.pop(key, None)
 
 
-def read_plan_steps(workdir: Path) -> list[dict[str, Any]]:
-    """plan.json's step dicts. Raises WorkdirError (one line) when it is not what a launcher writes."""
+def read_plan_steps(workdir: Path, stamped: bool = False) -> Any:
+    """plan.json's step dicts (with the file's stamp, (mtime_ns, size, sha256), if `stamped`).
+    Raises WorkdirError (one line) when it is not what a launcher writes."""
     from cdhpc.lock import WorkdirError
+    from cdhpc.manifest_db import read_stamped
 
     path = workdir / "plan.json"
     try:
-        return json.loads(path.read_text())["steps"]
+        data, stamp = read_stamped(path)
+        steps = json.loads(data)["steps"]
     except FileNotFoundError:
         raise WorkdirError(f"cdhpc: {path} does not exist; launch the sweep once to write it") from None
     except (ValueError, KeyError, TypeError) as e:
         raise WorkdirError(f"cdhpc: {path} is not the plan a launcher writes ({e}); "
                            "run the sweep's launch command again to rewrite it (its steps are kept)") from None
+    return (steps, stamp) if stamped else steps
 
 
-def fast_states(workdir: Path, steps: list[dict], receipts: dict[str, Any], jobs: dict[str, Any],
-                outputs: dict[str, list[dict]], intact_cache: dict[str, bool] | None = None) -> dict[str, str]:
-    """scheduler.step_states for many steps: the same states (scheduler.classify); outputs are
-    checked by os.stat (re-hashed only when size or mtime changed) unless `intact_cache` already
-    holds the step's answer (it is filled in), and pids are probed only for live job records."""
-    from cdhpc.receipts import OutputFile, output_intact
-    from cdhpc.scheduler import classify, job_alive
-
-    root, states, cache = str(workdir), {}, {} if intact_cache is None else intact_cache
-    for s in steps:
-        key = s["key"]
-        r, j = receipts.get(key), jobs.get(key)
-        intact = None
-        if r is not None and r["status"] == "ok":
-            if key not in cache:
-                cache[key] = all(_intact(root, o) or output_intact(workdir, OutputFile(**o)) for o in outputs.get(key, []))
-            intact = outputs.get(key, []) if cache[key] else None
-        states[key] = classify(r, intact, j, job_alive(j))
-    return states
+def _data_version(m: Any) -> int:
+    return m.db.execute("PRAGMA data_version").fetchone()[0]
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:
@@ -225,35 +249,41 @@ def _file_id(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def _intact(root: str, out: dict) -> bool:
-    try:
-        st = os.stat(os.path.join(root, out["path"]))
-    except FileNotFoundError:
-        return False
-    return st.st_size == out["bytes"] and st.st_mtime_ns == out["mtime_ns"]
+RECEIPT_COLUMNS = "key, stage, name, status, started, finished, runtime_s, host, attempt, error, stdout, stderr, mtime_ns, size"
+JOB_COLUMNS = "*"
+# `cdhpc status --once` and `cdhpc cancel` (SnapshotReader(specs=False)) read fewer columns: at 46k
+# steps each column costs ~10 ms; error and log of failed steps only
+LIGHT_RECEIPT_COLUMNS = ("key, status, started, finished, runtime_s, CASE WHEN status = 'ok' THEN NULL ELSE error END AS "
+                         "error, CASE WHEN status = 'ok' THEN NULL ELSE stdout END AS stdout, mtime_ns, size")
+LIGHT_JOB_COLUMNS = "key, state, executor, submitted, job_id, array_index, attempt, path, mtime_ns, size"  # hot first
 
 
-RECEIPT_COLUMNS = "key, stage, name, status, started, finished, runtime_s, host, attempt, error, stdout, stderr"
+BULK_KEYS = 2000  # more changed steps than this: read every row again
 
 
-def _query(m: Any, keys: list[str] | None = None) -> dict[str, dict]:
+def _where(keys: list[str]) -> str:
+    return f" WHERE key IN ({','.join('?' * len(keys))})"
+
+
+def _by_key(rows: list[Any]) -> dict[str, Any]:
+    return dict(zip(map(itemgetter(0), rows), rows))  # no Python loop per row
+
+
+def _query(m: Any, keys: list[str] | None = None, light: bool = False) -> dict[str, dict]:
     """The manifest rows the status views need (of the given steps only, if `keys`)."""
-    where = "" if keys is None else f" WHERE key IN ({','.join('?' * len(keys))})"
+    where = "" if keys is None else _where(keys)
     args = keys or []
+    receipt_cols, job_cols = (LIGHT_RECEIPT_COLUMNS, LIGHT_JOB_COLUMNS) if light else (RECEIPT_COLUMNS, JOB_COLUMNS)
 
     def q(sql: str) -> Any:
         return m.db.execute(sql.format(where=where), args)
 
-    outputs: dict[str, list[dict]] = {}
-    for r in q("SELECT key, path, sha256, bytes, mtime_ns FROM outputs{where} ORDER BY key, path"):
-        outputs.setdefault(r[0], []).append({"path": r[1], "sha256": r[2], "bytes": r[3], "mtime_ns": r[4]})
     return {
-        "receipts": {r["key"]: r for r in q(f"SELECT {RECEIPT_COLUMNS} FROM receipts{{where}}")},
-        "jobs": {r["key"]: r for r in q("SELECT * FROM jobs{where}")},
-        "outputs": outputs,
-        "val_ppl": {k: v for k, v in q("SELECT key, val_ppl FROM checkpoints{where} ORDER BY key, step")},
-        "tokens": {k: v for k, v in q("SELECT key, SUM(tokens) FROM shards{where} GROUP BY key")},
-        "scores": {k: v for k, v in q("SELECT key, score FROM scores{where}")},
+        "receipts": _by_key(q(f"SELECT {receipt_cols} FROM receipts{{where}}").fetchall()),
+        "jobs": _by_key(q(f"SELECT {job_cols} FROM jobs{{where}}").fetchall()),
+        "val_ppl": {} if light else dict(q("SELECT key, val_ppl FROM checkpoints{where} ORDER BY key, step")),
+        "tokens": dict(q("SELECT key, SUM(tokens) FROM shards{where} GROUP BY key")),
+        "scores": {} if light else dict(q("SELECT key, score FROM scores{where}")),
     }
 
 
@@ -264,97 +294,16 @@ def sweep_states(workdir: Path) -> tuple[list[dict], dict[str, str], dict[str, d
     return snap.steps, snap.states, snap.receipts
 
 
-def stage_counts(steps: list[dict], states: dict[str, str]) -> list[tuple[str, Counter]]:
-    """Pure: per stage, how many steps are in each state."""
-    counts: dict[str, Counter] = {}
-    for s in steps:
-        counts.setdefault(s["stage"], Counter())[states[s["key"]]] += 1
-    return [(stage, counts[stage]) for stage in STAGES if stage in counts]
-
-
-# ----------------------------------------------------------------------------- overview
-@dataclass(frozen=True)
-class StageRow:
-    """One stage of the overview."""
-
-    stage: str
-    counts: Counter  # state -> number of steps
-    total: int
-    elapsed_s: float  # first start (or submission) to last finish, or to now while any step is live
-    remaining_s: float | None  # estimate; None when no step of the stage has finished yet
-    tokens: int  # generated tokens (generate stage; 0 elsewhere)
-    gpu_hours: float  # sum of runtime x GPUs over the stage's receipts (h)
-
-
-def _gpus(spec: dict[str, Any]) -> int:
-    res = spec.get("resources") or {}
-    return int(res.get("gpus_per_node") or 0) * int(res.get("nodes") or 1)
-
-
-def _elapsed_s(steps: list[dict], snap: Snapshot, live: bool) -> float:
-    starts, ends = [], []
-    for s in steps:
-        r, j = snap.receipts.get(s["key"]), snap.jobs.get(s["key"])
-        if r is not None:
-            starts.append(r["started"])
-            ends.append(r["finished"])
-        if j is not None and j["submitted"]:
-            starts.append(j["submitted"])
-    if not starts:
-        return 0.0
-    return max(0.0, (snap.now if live or not ends else max(ends)) - min(starts))
-
-
-def remaining_estimate_s(runtimes_s: list[float], left: int, running: int) -> float | None:
-    """Pure: time until `left` unfinished steps are done, at the mean runtime of the finished ones,
-    `max(1, running)` at a time (s). None before any step has finished."""
-    if left == 0:
-        return 0.0
-    if not runtimes_s:
-        return None
-    return sum(runtimes_s) / len(runtimes_s) * left / max(1, running)
-
-
-def stage_overview(snap: Snapshot) -> list[StageRow]:
-    """Pure: one row per stage with counts, elapsed and remaining time, tokens and GPU-hours."""
-    by_stage: dict[str, list[dict]] = {}
-    for s in snap.steps:
-        by_stage.setdefault(s["stage"], []).append(s)
-    out = []
-    for stage in [st for st in STAGES if st in by_stage] + sorted(set(by_stage) - set(STAGES)):
-        steps = by_stage[stage]
-        counts = Counter(snap.states[s["key"]] for s in steps)
-        done = [snap.receipts[s["key"]] for s in steps if snap.states[s["key"]] == "done"]
-        live = counts["running"] + counts["queued"]
-        gpu_h = sum((snap.receipts[s["key"]]["runtime_s"] or 0.0) * _gpus(s) for s in steps if s["key"] in snap.receipts) / 3600
-        out.append(StageRow(stage, counts, len(steps), _elapsed_s(steps, snap, live > 0),
-                            remaining_estimate_s([r["runtime_s"] for r in done], len(steps) - len(done), counts["running"]),
-                            sum(snap.tokens.get(s["key"], 0) or 0 for s in steps), gpu_h))
-    return out
-
-
-def format_duration(seconds: float | None) -> str:
-    """Pure: '-', '45s', '12m05s', '3h07m' or '2d04h'."""
-    if seconds is None:
-        return "-"
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-
-
 # ----------------------------------------------------------------------------- plain mode
 def print_status(workdir: Path) -> int:
     """``cdhpc status --once``: the per-stage table and the failed steps. Exit 1 if any failed."""
     from rich.console import Console
     from rich.table import Table
 
-    with SnapshotReader(workdir) as reader:
+    with SnapshotReader(workdir, specs=False) as reader:  # the manifest's step heads: no plan.json parse
         snap = reader.read()
+        training = reader.specs_of([s["key"] for s in snap.steps
+                                    if s["stage"] == "pretrain" and snap.states[s["key"]] == "running"])
     table = Table(title=f"{workdir.name}: {len(snap.steps)} steps")
     for col in ("stage", "done", "running", "queued", "failed", "to run", "total", "elapsed", "remaining", "GPU-h"):
         table.add_column(col, justify="left" if col == "stage" else "right")
@@ -367,7 +316,11 @@ def print_status(workdir: Path) -> int:
     console.print(table)
     from cdhpc.metrics import print_training
 
-    print_training(console, snap)  # running pretrain steps: latest step, loss, tokens/s
+    print_training(console, replace(snap, steps=training))  # running pretrain steps: latest step, loss, tokens/s
+    from cdhpc.waves import read_waves, wave_line
+
+    if (waves := wave_line(read_waves(workdir))) is not None:  # a sweep submitted in waves (cdhpc.waves)
+        console.print(waves, highlight=False)
     failed = [s for s in snap.steps if snap.states[s["key"]] == "failed"]
     if failed:
         ft = Table(title=f"{len(failed)} failed step(s)")

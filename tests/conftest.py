@@ -3,6 +3,8 @@ import os
 # Small ops on 2 cores slow down 5-10x without this (docs/design.md §10).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import fcntl
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,15 +15,74 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
-def tiny_local(tmp_path_factory):
+def tiny_local(tmp_path_factory, worker_id):
     """The tiny sweep run once per session with the local executor: (workdir, completed launch).
-    The end-to-end tests inspect it and the SLURM tests compare their results with it."""
-    workdir = tmp_path_factory.mktemp("tiny") / "work"
-    # umask 022 explicitly: tests/test_permissions.py checks the group and others can read every file
-    out = subprocess.run([sys.executable, "-m", "cdhpc.launch", "configs/tiny.yaml", f"workdir={workdir}"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=1500, preexec_fn=lambda: os.umask(0o022))
+    The end-to-end tests inspect it and the SLURM tests compare their results with it.
+    Under pytest-xdist a session fixture runs once per worker: the workers share one directory
+    and a lock, the first runs the sweep and records its launch, the others wait and read it."""
+    root = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    workdir, record = root / "tiny" / "work", root / "tiny" / "launch.json"
+    workdir.parent.mkdir(exist_ok=True)
+    with open(root / "tiny" / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the worker dies
+        if not record.is_file():
+            # umask 022 explicitly: tests/test_permissions.py checks the group and others can read every file
+            out = subprocess.run([sys.executable, "-m", "cdhpc.launch", "configs/tiny.yaml", f"workdir={workdir}"],
+                                 cwd=ROOT, capture_output=True, text=True, timeout=1500,
+                                 preexec_fn=lambda: os.umask(0o022))
+            tmp = record.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"args": out.args, "returncode": out.returncode, "stdout": out.stdout,
+                                       "stderr": out.stderr}))
+            tmp.rename(record)
+    out = subprocess.CompletedProcess(**json.loads(record.read_text()))
     assert out.returncode == 0, out.stderr[-3000:]
     return workdir, out
+
+
+@pytest.fixture(scope="session")
+def worker_id(request) -> str:
+    """pytest-xdist's worker id ("gw0", ...), or "master" without xdist (xdist defines the same fixture)."""
+    workerinput = getattr(request.config, "workerinput", None)
+    return workerinput["workerid"] if workerinput else "master"
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
+def pytest_collection_modifyitems(config, items):
+    """Groups for `--dist loadgroup`: the SLURM tests share one cluster and some reconfigure it
+    (slurmdbd stopped, a QOS added), so they run one after the other on one worker; the other tests
+    of the tiny sweep change its workdir (a shard deleted, the manifest rebuilt) or need it unchanged."""
+    for item in items:
+        if item.get_closest_marker("slurm"):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
+        elif "tiny_local" in item.fixturenames:
+            item.add_marker(pytest.mark.xdist_group("tiny"))
+
+
+# The heavy groups start first, one per worker; the rest fills in around them.
+FIRST = ("slurm", "tiny")
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: without it installed, never called
+def pytest_xdist_make_scheduler(config, log):
+    """`-n 2 --dist loadgroup` (CI): tests marked xdist_group("tiny") (they read or change the tiny
+    sweep's workdir) run on one worker, one after the other; every other test module goes whole to
+    one worker, so its module-scoped fixtures (a SLURM sweep, a toy corpus) are built once."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class GroupOrModule(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)  # the group after "@", or the node id itself
+            return scope if scope != nodeid else nodeid.split("::", 1)[0]
+
+        def _assign_work_unit(self, node) -> None:
+            for scope in reversed(FIRST):
+                if scope in self.workqueue:
+                    self.workqueue.move_to_end(scope, last=False)
+            super()._assign_work_unit(node)
+
+    return GroupOrModule(config, log)
 
 
 LOG_ENV = ("CDHPC_LOG_LEVEL", "TRANSFORMERS_VERBOSITY", "DATASETS_VERBOSITY", "SUBMITIT_LOG_LEVEL")

@@ -71,6 +71,7 @@ def test_ablations_cover_their_topic():
     assert "mixing" in kinds["mixing"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ABLATIONS, ids=lambda p: p.name)
 def test_ablation_dry_run_exits_0(path, tmp_path, monkeypatch, capsys):
     from cdhpc.launch import main

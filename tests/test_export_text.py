@@ -89,6 +89,7 @@ def test_csv_quotes_line_breaks_and_keeps_cells(table_and_records):
         assert all(None not in r and None not in r.values() for r in rows)
 
 
+@pytest.mark.slow
 def test_plots_take_any_name(table_and_records, tmp_path):
     table, records = table_and_records
     written = report.write_report(tmp_path, table, records)
@@ -97,6 +98,7 @@ def test_plots_take_any_name(table_and_records, tmp_path):
     assert len(written) == 6
 
 
+@pytest.mark.slow
 def test_a_partial_report_says_so_in_every_file(table_and_records, tmp_path):
     from jobs.aggregate import publish
 

@@ -97,6 +97,7 @@ def test_sweep_and_preset_names_follow_the_same_rule(tmp_path):
     assert "models.x/y = 'x/y': not a valid name" in error_of(sweep(tmp_path, text))
 
 
+@pytest.mark.slow
 def test_path_traversal_through_a_method_name_exits_2_and_writes_nothing(tmp_path):
     """The issue's case: a method called ../../../ESCAPED wrote selection.json outside the workdir."""
     deep = tmp_path / "a" / "b"
@@ -175,6 +176,7 @@ def test_too_many_values_is_an_error_while_composing(tmp_path, monkeypatch):
     assert "<top level>: more than 1,000 YAML values" in err, err
 
 
+@pytest.mark.slow
 def test_alias_bomb_through_launch_exits_2_without_memory_growth(tmp_path):
     path = sweep(tmp_path, tiny_text(tmp_path / "work") + alias_bomb(12))  # 9**12 values if expanded
     out = launch(tmp_path, path, timeout=30)
@@ -195,6 +197,7 @@ def test_an_oversized_file_is_refused_before_parsing(tmp_path):
 
 # --- values that passed validation and failed later -------------------------------------------
 
+@pytest.mark.slow
 def test_duplicate_retrain_seeds_exit_2_before_the_workdir_exists(tmp_path):
     """Was: sqlite3.IntegrityError after the workdir had been created."""
     path = sweep(tmp_path)

@@ -93,6 +93,7 @@ def test_record_message_and_error_lines_known_answers(monkeypatch):
     assert error_line(ValueError("a bug")) is None and error_line(FileNotFoundError(2, "gone", "/x")) is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workdir_state", ["new", "this sweep's"])
 def test_second_launcher_exits_2_names_the_first_and_writes_nothing(tmp_path, hold, workdir_state):
     workdir = tmp_path / "work"
@@ -110,6 +111,7 @@ def test_second_launcher_exits_2_names_the_first_and_writes_nothing(tmp_path, ho
     assert tree(workdir) == before
 
 
+@pytest.mark.slow
 def test_lock_takers_refuse_and_read_only_commands_run_while_it_is_held(tmp_path, hold, capsys, monkeypatch):
     """manifest rebuild and retry (its child launcher) exit 2 with the line; --dry-run and
     --print-config work and write nothing (in this process, to keep the test fast)."""
@@ -187,6 +189,7 @@ def read_only_run(workdir: Path, argv: list[str]) -> subprocess.CompletedProcess
     return out
 
 
+@pytest.mark.slow
 def test_launcher_and_rebuild_on_a_read_only_workdir_say_so_in_one_line(tmp_path):
     workdir = tmp_path / "work"
     workdir.mkdir()
@@ -203,6 +206,7 @@ def test_launcher_and_rebuild_on_a_read_only_workdir_say_so_in_one_line(tmp_path
     assert sorted(p.name for p in workdir.iterdir()) == ["cdhpc.json"]
 
 
+@pytest.mark.slow
 def test_launcher_on_a_full_disk_says_so_in_one_line(tmp_path):
     """A 64 KiB tmpfs (mounted in a private mount namespace) fills up while plan.json is written."""
     if shutil.which("unshare") is None:

@@ -36,6 +36,7 @@ def dump(m: Manifest) -> dict[str, list]:
     return {t: sorted(tuple(r.values()) for r in m.rows(t)) for t in TABLES}
 
 
+@pytest.mark.slow
 def test_64_concurrent_writers_then_one_ingest(tmp_path):
     with mp.get_context("fork").Pool(16) as pool:
         pool.map(_writer, [(str(tmp_path), i) for i in range(64)], chunksize=1)

@@ -134,6 +134,7 @@ def test_shard_seeds_are_derived_and_distinct():
     assert prompts == [(0, 96), (96, 192)]
 
 
+@pytest.mark.slow
 def test_paper_dry_run_lists_every_method_and_stage_counts():
     out = subprocess.run([sys.executable, "-m", "cdhpc.launch", "configs/paper.yaml", "--dry-run"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)

@@ -55,6 +55,7 @@ def run(workdir: Path, steps: list[StepSpec], retries: int = 0, max_parallel: in
     return execute(workdir, Plan(steps), max_parallel=max_parallel, retries=retries, poll_s=0.1)
 
 
+@pytest.mark.slow
 def test_order_failure_isolation_and_rerun(tmp_path):
     flag = tmp_path / "fail-c"
     flag.touch()
@@ -77,6 +78,7 @@ def test_order_failure_isolation_and_rerun(tmp_path):
     assert calls(tmp_path) == Counter({"a": 1, "b": 1, "c": 2, "d": 1, "e": 1})
 
 
+@pytest.mark.slow
 def test_corrupted_output_is_rerun_not_trusted(tmp_path):
     a, b, c, d, e = steps = diamond(tmp_path / "no-flag")
     run(tmp_path, steps)
@@ -86,6 +88,7 @@ def test_corrupted_output_is_rerun_not_trusted(tmp_path):
     assert value(tmp_path, b) == 11
 
 
+@pytest.mark.slow
 def test_retry_budget(tmp_path):
     flag = tmp_path / "once"
     flag.touch()
@@ -98,6 +101,7 @@ def test_retry_budget(tmp_path):
     assert s.failed == [flaky2.key] and calls(tmp_path)["flaky2"] == 1
 
 
+@pytest.mark.slow
 def test_parallelism_limit(tmp_path):
     steps = [step("evaluate", f"p{i}", {"add": i, "sleep_s": 0.5}) for i in range(3)]
     t0 = time.time()
@@ -108,6 +112,7 @@ def test_parallelism_limit(tmp_path):
     assert time.time() - t0 >= 1.5
 
 
+@pytest.mark.slow
 def test_resume_after_launcher_sigkill_does_no_duplicate_work(tmp_path):
     a = step("prepare", "a", {"add": 1})
     slow = step("pretrain", "slow", {"add": 2, "sleep_s": 6}, x=a)
@@ -141,6 +146,7 @@ def test_classify_is_pure_and_receipt_is_the_proof():
     assert classify(None, None, None, False) == MISSING
 
 
+@pytest.mark.slow
 def test_cdhpc_cancel_stops_a_running_step_and_it_is_not_retried(tmp_path):
     slow = step("pretrain", "slow", {"add": 1, "sleep_s": 60})
     work = tmp_path / "work"

@@ -254,6 +254,7 @@ def test_sweep_resources_override_the_profile_key_by_key(tmp_path):
     assert (ev.mem_gb, ev.timeout_min, ev.steps_per_job) == (7, 5, 8), "steps_per_job: 8 comes from tiny.yaml"
 
 
+@pytest.mark.slow
 def test_launch_with_a_missing_profile_exits_2_and_writes_nothing(tmp_path):
     workdir = tmp_path / "w"
     out = subprocess.run([sys.executable, "-m", "cdhpc.launch", str(SWEEP), "executor=slurm",
@@ -268,6 +269,7 @@ def test_executor_shorthand_keeps_the_other_executor_keys():
     assert cfg.executor.kind == "slurm" and cfg.executor.resources_for("evaluate").steps_per_job == 8
 
 
+@pytest.mark.slow
 def test_launch_without_sbatch_exits_2_and_writes_nothing(tmp_path):
     workdir = tmp_path / "w"
     env = dict(os.environ, PATH=os.path.dirname(sys.executable))  # no SLURM client commands

@@ -294,6 +294,7 @@ def test_submit_sweep_refuses_with_one_error_and_exit_2(tmp_path, monkeypatch, c
     assert "\n" not in error and not list(scripts.iterdir()) and not (tmp_path / "w" / "jobs").exists()
 
 
+@pytest.mark.slow
 def test_launch_with_a_hostile_profile_exits_2_with_one_error_line_and_writes_nothing(tmp_path):
     write_profile(tmp_path, 'partition: debug\nsbatch: {comment: "c\\ntouch /tmp/x\\n: \'"}\n', name="shared")
     workdir = tmp_path / "w"

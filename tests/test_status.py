@@ -111,6 +111,7 @@ def test_reader_verify_sees_changed_outputs(tmp_path):
     assert reader.read(verify=True).states[steps[3]["key"]] == "failed"  # receipt kept, outputs not intact
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make", ["missing", "foreign"])
 def test_status_on_bad_workdir_exits_2(tmp_path, make):
     target = tmp_path / "nope"
@@ -134,13 +135,16 @@ def test_status_once_plain_table(tmp_path):
 @pytest.mark.slow
 def test_bench_status_prints_one_json_line_comparing_ours_with_the_peer():
     """The benchmark contract users read: one JSON line on stdout, both figures from this run."""
-    out = subprocess.run([sys.executable, "-m", "cdhpc.bench", "status", "--steps", "300", "--repeats", "1"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "cdhpc.bench", "status", "--steps", "300", "--repeats", "1",
+                          "--big-steps", "400"], cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr[-2000:]
     (line,) = out.stdout.splitlines()
     result = json.loads(line)
     assert result["bench"] == "status" and result["steps"] == 300
     assert result["ratio"] == pytest.approx(result["peer"] / result["ours"])
+    assert result["once_steps"] == result["cancel_steps"] == 400
+    assert 0 < result["once_wall_s"] <= result["once_first_wall_s"] and 20 < result["once_peak_rss_mb"] < 2000
+    assert result["cancel_plan_s"] > 0
 
 def test_failure_line_says_why_a_step_with_a_good_receipt_failed():
     from cdhpc.status import failure_line

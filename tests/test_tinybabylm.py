@@ -222,6 +222,7 @@ def test_document_readers():
     assert cap_words("a b\nc  d") == 4 and count_words("a b\nc  d") == 4
 
 
+@pytest.mark.slow
 def test_prepare_stage_builds_tinybabylm_through_the_launcher(tmp_path):
     """data.kind tinybabylm: the prepare step builds the splits, the tokenizer step reads them."""
     import json

@@ -50,6 +50,7 @@ def _full(root: Path, folder: str) -> list[Path]:
     return sorted((root / "evaluation_data/full_eval" / folder).glob("*.jsonl"))
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):
         toydata.write_toy(tmp_path / name, seed, **SMALL)
@@ -390,6 +391,7 @@ def test_reading_csv_schema_and_surprisal_signal(toy):
         assert 100 * (r2_model - r2_base) / (1 - r2_base) > 3.0, dv
 
 
+@pytest.mark.slow
 def test_cli_refuses_non_empty_out_and_writes_fresh(tmp_path, capsys):
     out = tmp_path / "taken"
     out.mkdir()

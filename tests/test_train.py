@@ -130,6 +130,7 @@ def _unigram_ppl(train: data.TokenArray, val: data.TokenArray, vocab: int) -> fl
     return float(np.exp(-logp[np.asarray(val.tokens)].mean()))
 
 
+@pytest.mark.slow
 def test_loss_goes_down_and_beats_unigram(prepared):
     from transformers import AutoModelForCausalLM
 
@@ -156,6 +157,7 @@ def train_run(spec: TrainSpec, root: Path, out: str, logs: list | None = None, *
     return train(spec, log=(logs.append if logs is not None else lambda _m: None), **_paths(root, out), **kw)
 
 
+@pytest.mark.slow
 def test_resume_is_bit_identical(prepared):
     spec = _spec(preset=ModelPreset(2, 64, 2, 256, context=128))  # a preset object, as jobs pass it
     whole = train_run(spec, prepared, "whole")

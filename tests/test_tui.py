@@ -39,6 +39,7 @@ def test_log_tail_reads_only_appended_bytes(tmp_path):
     assert LogTail(tmp_path / "missing.log").read_new() == "" and LogTail(None).read_new() == ""
 
 
+@pytest.mark.slow
 def test_navigation_filter_sort_and_results(tmp_path):
     workdir = tmp_path / "sweep"
     steps = build_workdir(workdir, 200)
@@ -77,6 +78,7 @@ def test_navigation_filter_sort_and_results(tmp_path):
     run(drive())
 
 
+@pytest.mark.slow
 def test_detail_shows_spec_receipt_and_tails_log(tmp_path):
     workdir = tmp_path / "sweep"
     steps = build_workdir(workdir, 40)
@@ -122,6 +124,7 @@ def _submitit_sleeper(folder: Path):
     return executor.submit(time.sleep, 120)
 
 
+@pytest.mark.slow
 def test_cancel_step_asks_then_interrupts_controller(tmp_path):
     from cdhpc.scheduler import pid_alive
 
@@ -166,6 +169,7 @@ def test_cancel_step_asks_then_interrupts_controller(tmp_path):
         job.cancel(check=False)
 
 
+@pytest.mark.slow
 def test_refresh_while_receipts_arrive(tmp_path):
     workdir = tmp_path / "sweep"
     steps = build_workdir(workdir, 200)

@@ -7,6 +7,11 @@ of R; the app's whole refresh (every view rebuilt, Steps tab shown) is reported 
 and job record JSON each time and checking outputs. Also measured: start-up to first render of
 the app in a fresh process (the manifest already ingested, as the launcher leaves it), and the
 cold first ingest of all receipts.
+
+At the paper's size (``--big-steps``, 46,000): ``cdhpc status --once`` in a fresh process on a
+workdir as the launcher leaves it (best wall time of R+1 runs, the first reported too, and the
+largest peak RSS), beside the naive refresh at that size; and ``cdhpc cancel``'s own time to plan
+the cancellation of every step as live SLURM array elements (scancel itself faked).
 """
 
 from __future__ import annotations
@@ -93,8 +98,8 @@ def build_workdir(workdir: Path, n_steps: int) -> list[dict[str, Any]]:
 
 def naive_refresh(workdir: Path) -> dict[str, str]:
     """The peer: every receipt and job record parsed again, outputs checked, states classified."""
-    from cdhpc.receipts import read_receipt
-    from cdhpc.scheduler import classify, output_intact
+    from cdhpc.receipts import output_intact, read_receipt
+    from cdhpc.stepstate import classify
 
     steps = json.loads((workdir / "plan.json").read_text())["steps"]
     receipts = {r.key: r for r in map(read_receipt, sorted((workdir / "receipts").glob("*/*.json")))}
@@ -165,6 +170,76 @@ def slurm_poll_parse_s(n_steps: int, live_share: float = 0.2) -> float:
     return time.perf_counter() - t0
 
 
+ONCE_PROBE = """
+import os, subprocess, sys, time
+t0 = time.perf_counter()
+p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+_, status, usage = os.wait4(p.pid, 0)
+wall = time.perf_counter() - t0
+print(wall, usage.ru_maxrss, os.waitstatus_to_exitcode(status), p.stderr.read().decode()[-2000:].replace(chr(10), " "))
+"""
+
+
+def once_process(workdir: Path, env: dict[str, str]) -> tuple[float, float]:
+    """`python -m cdhpc status W --once` in a fresh process: (wall s, peak RSS MB) of that process
+    alone. A small probe process starts it and reads its rusage (os.wait4): started from this big
+    process instead, a child's peak RSS would count this process's pages, copied at fork."""
+    cmd = [sys.executable, "-c", ONCE_PROBE, sys.executable, "-m", "cdhpc", "status", str(workdir), "--once"]
+    wall, rss_kb, code, err = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout.split(" ", 3)
+    if int(code) not in (0, 1):  # 1: the synthetic sweep has failed steps
+        raise RuntimeError(f"cdhpc status --once failed: {err}")
+    return float(wall), int(rss_kb) / 1024
+
+
+def cancel_plan_s(n_steps: int, array_size: int = 100) -> float:
+    """`cdhpc cancel`'s own time for a sweep of `n_steps` live SLURM array elements (arrays of
+    `array_size`), every step chosen: the records scan and the scancel batches, with
+    `subprocess.run` replaced by a recorder (scancel is the controller's time, not ours) (s)."""
+    from cdhpc import actions
+    from cdhpc.status import Snapshot
+
+    jobs, steps, states = {}, [], {}
+    for i in range(n_steps):
+        key = f"{i:016x}"
+        jobs[key] = {"key": key, "executor": "slurm", "job_id": str(7000 + i // array_size), "array_index": i % array_size,
+                     "state": "PENDING", "path": f"jobs/evaluate/s{i}-{key[:8]}.json", "submitted": 0.0}
+        steps.append({"key": key, "stage": "evaluate", "name": f"s{i}"})
+        states[key] = "queued"
+    snap = Snapshot(workdir=Path("."), steps=steps, states=states, jobs=jobs)
+    calls: list[list[str]] = []
+    real, actions.subprocess.run = actions.subprocess.run, lambda cmd, **kw: calls.append(cmd)  # a fake scancel
+    try:
+        t0 = time.perf_counter()
+        actions.cancel_steps(snap, list(jobs))
+        took = time.perf_counter() - t0
+    finally:
+        actions.subprocess.run = real
+    ids = [i for cmd in calls for i in cmd[1:]]
+    assert len(ids) == -(-n_steps // array_size), "every whole array cancelled by its own id"
+    return took
+
+
+def big_case(n_steps: int, repeats: int, env: dict[str, str]) -> dict[str, Any]:
+    """`cdhpc status --once` at the paper's size, the manifest as a launcher leaves it (plan
+    registered, everything ingested): best of `repeats` fresh processes, against the naive refresh
+    in this process; and `cdhpc cancel`'s planning time at that size."""
+    from cdhpc.manifest import Manifest
+
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp) / "sweep"
+        build_workdir(workdir, n_steps)
+        with Manifest(workdir) as m:  # as launch.execute does
+            m.register_plan(json.loads((workdir / "plan.json").read_text())["steps"])
+            m.ingest()
+        once = [once_process(workdir, env) for _ in range(repeats + 1)]
+        t0 = time.perf_counter()
+        naive_refresh(workdir)
+        naive_s = time.perf_counter() - t0
+    return {"once_steps": n_steps, "once_wall_s": min(w for w, _ in once), "once_peak_rss_mb": max(r for _, r in once),
+            "once_first_wall_s": once[0][0], "once_naive_refresh_s": naive_s,
+            "cancel_steps": n_steps, "cancel_plan_s": min(cancel_plan_s(n_steps) for _ in range(max(1, min(repeats, 3))))}
+
+
 def run(argv: list[str]) -> dict:
     import asyncio
 
@@ -173,6 +248,7 @@ def run(argv: list[str]) -> dict:
     p = argparse.ArgumentParser(prog="python -m cdhpc.bench status")
     p.add_argument("--steps", type=int, default=10_000)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--big-steps", type=int, default=46_000, help="the `status --once` and cancel case (0: skip)")
     p.add_argument("--device", default="cpu", help="ignored: status is CPU and disk only")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
@@ -195,7 +271,8 @@ def run(argv: list[str]) -> dict:
             peer.append(time.perf_counter() - t0)
     ours, theirs = statistics.median(times["read"]), statistics.median(peer)
     poll_s = slurm_poll_parse_s(args.steps)
+    big = big_case(args.big_steps, args.repeats, env) if args.big_steps > 0 else {}
     return {"bench": "status", "device": "cpu", "ours": ours, "peer": theirs, "ratio": theirs / ours,
             "unit": "s per refresh (ingest+query+states, one new receipt); ratio = times faster", "steps": args.steps,
             "refresh_idle_s": statistics.median(times["idle"]), "ui_refresh_s": statistics.median(times["ui"]), "startup_first_render_s": float(out.stdout.split()[0]),
-            "startup_process_wall_s": startup_wall_s, "slurm_poll_own_s": poll_s, "cold_ingest_s": cold_ingest_s, "repeats": args.repeats}
+            "startup_process_wall_s": startup_wall_s, "slurm_poll_own_s": poll_s, "cold_ingest_s": cold_ingest_s, "repeats": args.repeats, **big}
