@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import os
-import random
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cdhpc import data
 
 # cuBLAS is deterministic only with a fixed workspace; it reads this when it first starts (.ci/gpu sets it too)
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -32,24 +30,11 @@ def cuda():
     return torch
 
 
-def _grammar_docs(n: int, seed: int) -> list[str]:
-    """Learnable word order, so a few steps lower the loss (as tests/test_train.py)."""
-    rng = random.Random(seed)
-    nouns, adjs, verbs = ["cat", "dog", "bird", "fish"], ["big", "small", "red"], ["sees", "likes", "chases"]
-    sentence = lambda: f"the {rng.choice(adjs)} {rng.choice(nouns)} {rng.choice(verbs)} the {rng.choice(nouns)} ."
-    return [" ".join(sentence() for _ in range(rng.randint(2, 5))) for _ in range(n)]
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("gpu_corpus")
-    for split, n, seed in (("train", 400, 0), ("test", 60, 1)):
-        (root / split).mkdir()
-        (root / split / "grammar.txt").write_text("\n\n".join(_grammar_docs(n, seed)) + "\n")
-    data.train_tokenizer(root / "train", root / "tok", vocab_size=64, min_frequency=1)
-    data.encode_split(root / "tok", root / "train", root / "train_arr")
-    data.encode_split(root / "tok", root / "test", root / "val_arr")
-    return root
+    from test_train import grammar_corpus
+
+    return grammar_corpus(tmp_path_factory.mktemp("gpu_corpus"))
 
 
 def _spec(**changes):

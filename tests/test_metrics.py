@@ -210,18 +210,9 @@ def test_a_rerun_keeps_the_training_logs_only_when_it_resumes(tmp_path):
 # ----------------------------------------------------------------------------- slow: real training
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    from test_train import _grammar_docs
+    from test_train import grammar_corpus
 
-    from cdhpc import data
-
-    root = tmp_path_factory.mktemp("metrics")
-    for split, n, seed in (("train", 200, 0), ("test", 40, 1)):
-        (root / split).mkdir()
-        (root / split / "grammar.txt").write_text("\n\n".join(_grammar_docs(n, seed)) + "\n")
-    data.train_tokenizer(root / "train", root / "tok", vocab_size=64, min_frequency=1)
-    data.encode_split(root / "tok", root / "train", root / "train_arr")
-    data.encode_split(root / "tok", root / "test", root / "val_arr")
-    return root
+    return grammar_corpus(tmp_path_factory.mktemp("metrics"), n_train=200, n_test=40)
 
 
 def _train(prepared: Path, out: str, **kw) -> dict:

@@ -31,16 +31,21 @@ def _grammar_docs(n: int, seed: int) -> list[str]:
     return [" ".join(sentence() for _ in range(rng.randint(2, 5))) for _ in range(n)]
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    root = tmp_path_factory.mktemp("prepared")
-    for split, n, seed in (("train", 400, 0), ("test", 60, 1)):
+def grammar_corpus(root: Path, n_train: int = 400, n_test: int = 60) -> Path:
+    """A tokenizer (tok/) and train/val token arrays (train_arr/, val_arr/) of the learnable
+    grammar, under `root`: what the training tests (here, metrics, GPU) train on."""
+    for split, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
         (root / split).mkdir()
         (root / split / "grammar.txt").write_text("\n\n".join(_grammar_docs(n, seed)) + "\n")
     data.train_tokenizer(root / "train", root / "tok", vocab_size=64, min_frequency=1)
     data.encode_split(root / "tok", root / "train", root / "train_arr")
     data.encode_split(root / "tok", root / "test", root / "val_arr")
     return root
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    return grammar_corpus(tmp_path_factory.mktemp("prepared"))
 
 
 def _spec(**changes) -> TrainSpec:
