@@ -71,16 +71,21 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from cdhpc.actions import LIVE, cancel_steps
+    from cdhpc.actions import LIVE, cancel_continuation, cancel_steps
     from cdhpc.status import SnapshotReader
 
-    with SnapshotReader(_workdir(args.sweep)) as reader:
+    with SnapshotReader(_workdir(args.sweep), specs=False) as reader:  # step heads: no plan.json parse
         snap = reader.read()
     keys = [s["key"] for s in snap.steps if snap.states[s["key"]] in LIVE
             and (args.stage is None or s["stage"] == args.stage) and (args.step is None or s["name"] == args.step)]
     if not keys:
-        print("cdhpc: no queued or running step matches; nothing to cancel", file=sys.stderr)
-        return 1
+        # between waves only the continuation job may be pending: the whole sweep's cancel stops it
+        pending = cancel_continuation(snap.workdir) if args.stage is None and args.step is None else []
+        for msg in pending:
+            print(msg)
+        if not pending:
+            print("cdhpc: no queued or running step matches; nothing to cancel", file=sys.stderr)
+        return 0 if pending else 1
     for msg in cancel_steps(snap, keys):
         print(msg)
     return 0

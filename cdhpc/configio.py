@@ -74,13 +74,14 @@ def _short_repr(value: Any, limit: int = 200) -> str:
 class ConfigError(Exception):
     """A sweep that cannot be used. The CLI prints it and exits 2; nothing was written."""
 
-    def __init__(self, path: str | Path, issues: list[Issue]):
+    def __init__(self, path: str | Path, issues: list[Issue], kind: str = "sweep"):
         self.path = Path(path)
         self.issues = issues
+        self.kind = kind  # what the file is: "sweep" or "cluster profile"
         super().__init__(str(self))
 
     def __str__(self) -> str:
-        head = f"invalid sweep {self.path} ({len(self.issues)} error{'s' * (len(self.issues) != 1)}):"
+        head = f"invalid {self.kind} {self.path} ({len(self.issues)} error{'s' * (len(self.issues) != 1)}):"
         return "\n".join([head] + ["  " + i.render(self.path) for i in self.issues])
 
 

@@ -38,9 +38,9 @@ OWN_PARAMETERS = ("job_name", "partition", "time", "nodes", "ntasks_per_node", "
 
 def sbatch_parameter_names() -> list[str]:
     """Every parameter submitit's SlurmExecutor accepts (from its sbatch-string signature)."""
-    from submitit.slurm.slurm import _get_default_parameters
+    from cdhpc.thirdparty import sbatch_parameter_defaults
 
-    return sorted(_get_default_parameters())
+    return sorted(sbatch_parameter_defaults())
 
 
 # ----------------------------------------------------------------------------- value rules
@@ -260,6 +260,9 @@ def resolve_profile(cfg: SweepConfig, sweep_path: Path) -> tuple[SweepConfig, Cl
     return cfg, profile
 
 
+PROFILE = "cluster profile"  # what ConfigError calls a profile file
+
+
 def load_profile(cfg: SweepConfig, sweep_path: Path) -> ClusterProfile:
     """The sweep's cluster profile (built-in defaults when executor.profile is unset), checked
     against the sweep's stages. Raises ConfigError naming the profile file or the sweep key."""
@@ -273,23 +276,26 @@ def load_profile(cfg: SweepConfig, sweep_path: Path) -> ClusterProfile:
             raise ConfigError(sweep_path, [Issue(("executor", "profile"), "no such cluster profile: looked for "
                                                  f"slurm/{name}.yaml in the working directory and above the sweep "
                                                  f"(profiles here: {', '.join(known) or 'none'})", name)])
-        raw, lines = load_yaml(path)
+        try:
+            raw, lines = load_yaml(path)
+        except ConfigError as e:
+            raise ConfigError(e.path, e.issues, PROFILE) from None
         issues = located(check_keys(raw), lines)  # before pydantic, whose messages print keys as they are
         if issues:
-            raise ConfigError(path, issues)
+            raise ConfigError(path, issues, PROFILE)
         try:
             profile = ClusterProfile.model_validate(raw)
         except ValidationError as e:
-            raise ConfigError(path, format_pydantic_errors(e, ClusterProfile, lines, {})) from None
+            raise ConfigError(path, format_pydantic_errors(e, ClusterProfile, lines, {}), PROFILE) from None
         issues = located(check_sbatch(profile) + check_values(profile), lines)
         if issues:
-            raise ConfigError(path, issues)
+            raise ConfigError(path, issues, PROFILE)
     issues = check_sweep_values(cfg)
     if issues:
         raise ConfigError(sweep_path, issues)
     issues = check_against_sweep(profile, cfg)
     if issues:
-        raise ConfigError(path, issues)
+        raise ConfigError(path, issues, PROFILE if name is not None else "sweep")
     return profile
 
 

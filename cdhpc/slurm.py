@@ -44,11 +44,15 @@ LEFT_QUEUE = "LEFT_QUEUE"  # not listed by squeue any more and no accounting to 
 # sbatch errors that waiting a few seconds does not cure: a limit of the cluster or the account.
 # Each names the limit a user can look up; "temporarily unable to accept job" is what sbatch
 # prints while it retries by itself against MaxJobCount.
-LIMIT_SBATCH = (
-    (re.compile(r"MaxJobCount|temporarily unable to accept job", re.I), "MaxJobCount (slurm.conf: jobs the controller holds)"),
-    (re.compile(r"QOSMaxSubmitJobPerUserLimit|MaxSubmitJobs", re.I), "the QOS's MaxSubmitJobsPerUser"),
-    (re.compile(r"AssocMaxSubmitJobLimit|job submit limit", re.I), "your association's MaxSubmitJobs"),
-    (re.compile(r"Invalid job array specification|MaxArraySize", re.I), "MaxArraySize (slurm.conf)"),
+WAVES_ADVICE = ("launch again when jobs have finished: a launch submits in waves within the limits it reads "
+                "(the profile's max_submitted_jobs sets the limit where SLURM's cannot be read)")
+LIMIT_SBATCH = (  # (sbatch's words, the limit, what to do)
+    (re.compile(r"MaxJobCount|temporarily unable to accept job", re.I), "MaxJobCount (slurm.conf: jobs the controller holds)",
+     WAVES_ADVICE),
+    (re.compile(r"QOSMaxSubmitJobPerUserLimit|MaxSubmitJobs", re.I), "the QOS's MaxSubmitJobsPerUser", WAVES_ADVICE),
+    (re.compile(r"AssocMaxSubmitJobLimit|job submit limit", re.I), "your association's MaxSubmitJobs", WAVES_ADVICE),
+    (re.compile(r"Invalid job array specification|MaxArraySize", re.I), "MaxArraySize (slurm.conf)",
+     "lower the profile's max_array_size below it and launch again"),
 )
 TRANSIENT_SBATCH = re.compile(r"Socket timed out|Unable to contact slurm controller|Resource temporarily unavailable|"
                               r"try again|Connection refused|Zero Bytes were transmitted", re.I)
@@ -506,12 +510,11 @@ class SlurmScheduler:
             except UnsafeSbatch:
                 raise
             except Exception as e:  # noqa: BLE001 - submitit wraps sbatch's stderr in FailedJobError
-                limit = next((what for pattern, what in LIMIT_SBATCH if pattern.search(str(e))), None)
+                limit = next(((what, todo) for pattern, what, todo in LIMIT_SBATCH if pattern.search(str(e))), None)
                 if limit is not None:
                     raise RuntimeError(
-                        f"sbatch for {a.stage} ({name}) refused: {limit} is reached. The arrays submitted before it "
-                        f"stand; launch again when jobs have finished, or lower executor.max_array_size / "
-                        f"submit fewer steps (--until). sbatch said: {str(e).strip()[-300:]}") from None
+                        f"sbatch for {a.stage} ({name}) refused: {limit[0]} is reached. The arrays submitted before it "
+                        f"stand; {limit[1]}. sbatch said: {' '.join(str(e).split())[-300:]}") from None
                 if not TRANSIENT_SBATCH.search(str(e)) or attempt == self.profile.submit_retries:
                     raise RuntimeError(f"sbatch for {a.stage} ({name}) failed: {e}") from None
                 if find_jobs_by_name([name]):

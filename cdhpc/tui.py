@@ -22,6 +22,7 @@ from cdhpc.actions import LIVE, cancel_steps, retry_command
 from cdhpc.status import (PartialTable, Snapshot, SnapshotReader, StageRow, StepRow, filter_rows, format_duration,
                           partial_table, sort_rows, stage_overview, step_rows)
 from cdhpc.tui_screens import ConfirmScreen, DetailScreen, LogTail, TextScreen, detail_text  # noqa: F401 (re-exported)
+from cdhpc.waves import read_waves, wave_line
 
 BAR_COLOURS = {"done": "green", "running": "yellow", "queued": "cyan", "failed": "red"}
 STEP_COLUMNS = ("stage", "name", "state", "job", "attempts", "node", "runtime_s", "metric")
@@ -147,9 +148,10 @@ class StatusApp(App[int]):
                           f"{r.tokens:,}" if r.tokens else "", f"{r.gpu_hours:.2f}", key=r.stage)
         done = sum(r.counts["done"] for r in rows)
         tokens, gpu_h = sum(r.tokens for r in rows), sum(r.gpu_hours for r in rows)
+        waves = wave_line(read_waves(snap.workdir))  # a sweep submitted in waves (cdhpc.waves)
         self.query_one("#summary", Static).update(
             f"{done}/{len(snap.steps)} steps done   tokens generated {tokens:,}   GPU-hours {gpu_h:.2f}   "
-            f"updated {time.strftime('%H:%M:%S', time.localtime(snap.now))}")
+            f"updated {time.strftime('%H:%M:%S', time.localtime(snap.now))}" + (f"\n{waves}" if waves else ""))
 
     def _show_steps(self) -> None:
         """Rebuild the steps table when its rows changed; the Steps tab is filled only once seen

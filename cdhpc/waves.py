@@ -122,7 +122,20 @@ class ContinueSweep:
                 break
             time.sleep(30)  # a user's launch holds the workdir: it finishes in seconds to minutes
         # the job ends FAILED (sacct shows it; its log has the launch's output): no next wave until a launch
+        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1][:300]
+        note_failed(Path(self.workdir), env[OWN_JOB_ENV], f"the sweep's launch exited {done.returncode}: {last}")
         raise RuntimeError(f"the sweep's launch exited {done.returncode}: {done.stderr.strip()[-500:]}")
+
+
+def note_failed(workdir: Path, job_id: str, why: str) -> None:
+    """A continuation whose launch failed says so in waves.json (status shows it instead of a
+    next wave that will not come), unless a later launch has replaced it meanwhile."""
+    from cdhpc.receipts import atomic_write_json
+
+    doc = read_waves(workdir)
+    if doc and str(doc.get("continuation")) == job_id:
+        atomic_write_json(workdir / WAVES_FILE, {**doc, "continuation": None,
+                                                 "note": f"continuation job {job_id} failed ({why}); launch again"})
 
 
 def continuation_parameters(profile: Any, sweep: str, after: list[str], begin_s: int = 0) -> dict[str, Any]:

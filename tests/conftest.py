@@ -56,6 +56,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group("slurm"))
         elif "tiny_local" in item.fixturenames:
             item.add_marker(pytest.mark.xdist_group("tiny"))
+    # The SLURM test that compares with the tiny sweep runs last in its group: meanwhile the other
+    # worker runs the tiny sweep, so the SLURM worker does not sit waiting on it. A module's tests
+    # stay together (their module-scoped fixture, a SLURM sweep, is built once).
+    slots = [i for i, item in enumerate(items) if item.get_closest_marker("slurm")]
+    modules = list(dict.fromkeys(items[i].module.__name__ for i in slots))
+    waits = {items[i].module.__name__ for i in slots if "tiny_local" in items[i].fixturenames}
+    rank = {m: (m in waits, n) for n, m in enumerate(modules)}
+    ordered = sorted((items[i] for i in slots),
+                     key=lambda it: (rank[it.module.__name__], "tiny_local" in it.fixturenames))
+    for i, item in zip(slots, ordered):
+        items[i] = item
 
 
 # The heavy groups start first, one per worker; the rest fills in around them.

@@ -236,6 +236,7 @@ def profile_error(tmp_path: Path, text: str) -> str:
 
 def test_profile_errors_name_the_file_line_and_the_valid_names(tmp_path):
     err = profile_error(tmp_path, "partition: gpu\nstages:\n  pretrain: {mem_gbs: 3}\n")
+    assert err.startswith("invalid cluster profile ") and "site.yaml (1 error):" in err, "names what the file is"
     assert "site.yaml:3: stages.pretrain.mem_gbs: unknown key; did you mean 'mem_gb'?" in err and "timeout_min" in err
     err = profile_error(tmp_path, "sbatch: {exlcude: node1}\n")
     assert "site.yaml:1: sbatch.exlcude: not a submitit SlurmExecutor parameter; did you mean 'exclude'?" in err

@@ -74,7 +74,8 @@ def _after_ok(job) -> dict[str, str]:
 def cluster() -> str:
     """The node's state; fails (not skips) when sinfo exists but the controller does not answer."""
     try:
-        state = _run("sinfo", "-h", "-N", "-n", "localhost", "-o", "%T").strip()
+        states = _run("sinfo", "-h", "-N", "-n", "localhost", "-o", "%T").split()  # a line per partition
+        state = states[0] if states else ""
     except (RuntimeError, subprocess.TimeoutExpired) as err:
         pytest.fail(f"sinfo is installed but the cluster does not answer ({err}); "
                     "run slurm/dev-cluster/start.sh")

@@ -303,7 +303,7 @@ def test_launch_with_a_hostile_profile_exits_2_with_one_error_line_and_writes_no
     assert out.returncode == 2, out.stderr
     profile = tmp_path / "slurm" / "shared.yaml"
     assert out.stderr.splitlines() == [
-        f"invalid sweep {profile} (1 error):",
+        f"invalid cluster profile {profile} (1 error):",
         f"  {profile}:2: sbatch.comment = \"c\\ntouch /tmp/x\\n: '\": has a line break (in the sbatch script it would "
         "end the line and start a new one); allowed: printable text on one line (no line break, tab or other control "
         "character)"]

@@ -225,3 +225,50 @@ def test_the_continuation_runs_the_launch_without_its_own_slurm_settings(tmp_pat
     with pytest.raises(RuntimeError, match="exited 3"):
         ContinueSweep(str(tmp_path), [sys.executable, "-c", "raise SystemExit(3)"])()
     assert ContinueSweep("/w").command()[-3:] == ["/w/sweep.resolved.yaml", "workdir=/w", "--missing-only"]
+
+
+def test_a_failed_continuation_says_so_instead_of_a_next_wave(tmp_path, monkeypatch):
+    """Its launch failed: waves.json no longer promises a next wave, and says to launch again;
+    a continuation that a later launch replaced leaves the new one alone."""
+    from cdhpc.waves import ContinueSweep
+
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    failing = [sys.executable, "-c", "import sys; sys.exit('cdhpc: MaxJobCount reached')"]
+    (tmp_path / WAVES_FILE).write_text(json.dumps({"wave": 2, "left": 9, "continuation": "77", "after": ["70"]}))
+    with pytest.raises(RuntimeError, match="exited 1"):
+        ContinueSweep(str(tmp_path), failing)()
+    line = wave_line(json.loads((tmp_path / WAVES_FILE).read_text()))
+    assert "continuation job 77 failed" in line and "MaxJobCount reached" in line and "launch again" in line
+    (tmp_path / WAVES_FILE).write_text(json.dumps({"wave": 3, "left": 4, "continuation": "90", "after": ["80"]}))
+    with pytest.raises(RuntimeError):
+        ContinueSweep(str(tmp_path), failing)()
+    assert json.loads((tmp_path / WAVES_FILE).read_text())["continuation"] == "90"
+
+
+@pytest.mark.slow  # two CLI processes
+def test_cancel_between_waves_cancels_the_pending_continuation(tmp_path):
+    """`cdhpc cancel` when no step is queued or running (the continuation waits for the next
+    wave's turn): it cancels the continuation and exits 0; with nothing at all, exit 1."""
+    import os
+    import subprocess
+
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    (workdir / "cdhpc.json").write_text(json.dumps({"sweep": "waves"}))
+    (workdir / "plan.json").write_text(json.dumps({"steps": []}))
+    (workdir / WAVES_FILE).write_text(json.dumps({"wave": 1, "left": 9, "continuation": "77", "after": ["70"]}))
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "scancel").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'scancel.log'}\n")
+    (fake / "scancel").chmod(0o755)
+    env = dict(os.environ, PATH=f"{fake}{os.pathsep}{os.environ['PATH']}")
+
+    def cancel():
+        return subprocess.run([sys.executable, "-m", "cdhpc", "cancel", str(workdir)], env=env, capture_output=True,
+                              text=True, timeout=60)
+
+    first = cancel()
+    assert first.returncode == 0 and "continuation job 77" in first.stdout, first.stderr
+    assert (tmp_path / "scancel.log").read_text().split() == ["77"]
+    again = cancel()
+    assert again.returncode == 1 and "nothing to cancel" in again.stderr

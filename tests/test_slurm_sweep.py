@@ -349,21 +349,6 @@ def test_cdhpc_cancel_stops_a_slurm_array_element_and_status_shows_it(cluster_up
     subprocess.run(["scancel", rec["job_id"]], timeout=10)
 
 
-def test_pretrain_with_two_ranks_from_slurm_runs_deepspeed_across_them(cluster_up, tmp_path):
-    """tasks_per_node: 2 -> srun starts two processes; each takes its rank from submitit's
-    JobEnvironment and DeepSpeed trains over gloo; only rank 0 writes the receipt."""
-    workdir = tmp_path / "work"
-    out = launch(workdir, "--until", "pretrain", "pretrain.seeds=[1]", "pretrain.steps=60", "pretrain.checkpoint_every=60",
-                 "eval.checkpoints=all", "eval.tasks=[blimp]", "pretrain.micro_batch=8",
-                 "executor.resources.pretrain.tasks_per_node=2")
-    assert out.returncode == 0, out.stderr[-3000:]
-    wait_for("the pretrain steps", lambda: settled(workdir), 600)
-    ran = {k: v for k, v in states(workdir).items() if v != "missing"}  # --until pretrain: no retrained runs
-    assert set(ran.values()) == {"done"} and len(ran) == 4, ran  # prepare, tokenizer, baseline-s1, amateur
-    receipt = json.loads(next((workdir / "receipts" / "pretrain").glob("baseline-s1-*.json")).read_text())
-    assert receipt["metrics"]["world_size"] == 2 and receipt["slurm"]["job_id"]
-
-
 def test_status_ui_follows_slurm_jobs_and_tails_their_logs(cluster_up, tmp_path):
     """The Textual app (headless pilot) on a SLURM sweep: array elements with their job ids,
     running then done through its own sacct polls, and the detail screen's tail of the job log."""

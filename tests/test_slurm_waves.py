@@ -6,9 +6,10 @@ after the first wave, no more than 50 jobs are ever queued, each wave's continua
 the next, the values prove every edge across waves, and a relaunch in the middle submits nothing
 twice. The same with --follow, interrupted once with SIGINT (nothing is cancelled).
 
-The dev cluster enforces no accounting limits (AccountingStorageEnforce=none), so the limit is
-only what cdhpc reads: a sweep above it would not be refused, and the squeue watcher is what
-proves it never went above it."""
+The dev cluster enforces the QOS (AccountingStorageEnforce=associations,limits,qos): a wave above
+the limit would be refused by sbatch, and the squeue watcher also checks that cdhpc never went
+above it. When another submission of the same user fills the QOS after the launcher read the
+limits, SLURM's refusal stops the launch at once with one line (the last test)."""
 
 from __future__ import annotations
 
@@ -199,3 +200,43 @@ def test_follow_tops_up_the_queue_and_ctrl_c_cancels_nothing(submit_limit, tmp_p
     assert max(watch.counts) <= LIMIT, f"at most {LIMIT} jobs queued at any poll: {max(watch.counts)}"
     assert not (workdir / "logs" / "continue").exists(), "--follow submits no continuation job"
     check_results(workdir, steps, value)
+
+
+def test_a_limit_that_slurm_enforces_stops_the_launch_at_once_with_whole_arrays_only(submit_limit, tmp_path):
+    """Another submission of the same user fills the QOS between the launcher's read of the limits
+    and its second sbatch (a fake sbatch on PATH submits 49 held jobs to the QOS, then calls the
+    real one). SLURM enforces the QOS (AccountingStorageEnforce=limits,qos) and refuses the next
+    array: the launcher stops at once (no retries, no wait) with one line that names the limit,
+    and what it submitted before stands as whole arrays: the one prepare job."""
+    import yaml
+
+    prof = yaml.safe_load((ROOT / "slurm" / "dev.yaml").read_text()) | {"qos": QOS}
+    (tmp_path / "prof.yaml").write_text(yaml.safe_dump(prof))
+    real, filler, fake = shutil.which("sbatch"), tmp_path / "filler", tmp_path / "bin"
+    fake.mkdir()
+    (fake / "sbatch").write_text(
+        f"#!/bin/sh\nif [ -e {filler} ]; then exec {real} \"$@\"; fi\n{real} \"$@\" || exit $?\n"
+        f"{real} --parsable --hold -p debug -q {QOS} --array=0-{LIMIT - 2} -J cdhpc-test-filler --wrap true > {filler}\n")
+    (fake / "sbatch").chmod(0o755)
+    env = dict(os.environ, PATH=f"{fake}{os.pathsep}{os.environ['PATH']}")
+    workdir = tmp_path / "w"
+    try:
+        t0 = time.monotonic()
+        out = subprocess.run([sys.executable, "-m", "cdhpc.launch", "configs/tiny.yaml", f"workdir={workdir}",
+                              "executor=slurm", f"executor.profile={tmp_path / 'prof.yaml'}", "--until", "generate"],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        took = time.monotonic() - t0
+        assert filler.is_file(), out.stderr[-3000:]
+        assert out.returncode == 1, out.stderr[-3000:]
+        last = out.stderr.strip().splitlines()[-1]
+        assert "refused" in last and "MaxSubmitJobs" in last and "QOSMaxSubmitJobPerUserLimit" in last, last
+        assert took < 60, f"no retries against a limit: {took:.0f} s"
+        print(f"refused after {took:.1f} s: {last}")
+        ours = subprocess.run(["squeue", "-h", "-r", "-u", USER, "-q", QOS, "-o", "%j"], capture_output=True, text=True,
+                              timeout=30).stdout.split()
+        assert len([n for n in ours if n != "cdhpc-test-filler"]) == 1 and any("prepare" in n for n in ours), ours
+    finally:
+        if filler.is_file():
+            subprocess.run(["scancel", filler.read_text().strip()], timeout=30)
+        subprocess.run([sys.executable, "-m", "cdhpc", "cancel", str(workdir)], cwd=ROOT,
+                       capture_output=True, timeout=120)

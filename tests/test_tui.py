@@ -54,6 +54,11 @@ def test_navigation_filter_sort_and_results(tmp_path):
                 if "160/200" in str(app.query_one("#summary").render()):
                     break
             assert "160/200 steps done" in str(app.query_one("#summary").render())
+            assert "wave" not in str(app.query_one("#summary").render())  # not submitted in waves
+            (workdir / "waves.json").write_text(json.dumps({"wave": 2, "left": 40, "continuation": "812",
+                                                            "after": ["760", "771"]}))
+            app.refresh_data()
+            assert "wave 2: 40 step(s) wait for the next wave, job 812" in str(app.query_one("#summary").render())
             stages = app.query_one("#stages")
             assert [str(c) for c in stages.get_row("evaluate")[2:7]] == expect
             await pilot.press("2")

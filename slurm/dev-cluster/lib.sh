@@ -5,7 +5,10 @@
 readonly LOG_DIR=/var/log/slurm
 readonly CONF_DIR=/etc/slurm
 readonly NODE=localhost
+readonly NODE2=localhost2 # --nodes 2: a second slurmd on this host (slurmd -N localhost2, port 6820)
+readonly NODE2_ADDR=127.0.0.2
 readonly PARTITION=debug
+readonly PARTITION2=pair # --nodes 2: both nodes, for multi-node jobs; debug keeps only $NODE
 readonly CLUSTER=cdhpc
 readonly LOCK_FILE=/run/cdhpc-dev-cluster.lock
 readonly MARKER="# Written by cdhpc slurm/dev-cluster/start.sh; edit that script, not this file."
@@ -14,7 +17,11 @@ readonly MYSQL_PID=/run/mysqld/mysqld.pid
 readonly MYSQL_SOCK=/run/mysqld/mysqld.sock
 readonly DBD_PID=/run/slurmdbd.pid
 readonly CTLD_PID=/run/slurmctld.pid
-readonly SLURMD_PID=/run/slurmd.pid
+readonly SLURMD_PID_PATTERN=/run/slurmd-%n.pid # one per node: slurmd puts its node name for %n
+readonly OLD_SLURMD_PID=/run/slurmd.pid       # before --nodes existed
+
+# slurmd_pid NODE: the pid file of that node's slurmd.
+slurmd_pid() { echo "${SLURMD_PID_PATTERN//%n/$1}"; }
 
 log() { printf 'dev-cluster: %s\n' "$*"; }
 
@@ -59,6 +66,15 @@ stop_daemon() {
   log "$name: pid $pid still alive after 20 s, sending SIGKILL"
   kill -KILL "$pid" 2>/dev/null || true
   rm -f "$pidfile"
+}
+
+# stop_slurmds: every slurmd this script started, whatever node count it ran with.
+stop_slurmds() {
+  local pidfile
+  for pidfile in "$OLD_SLURMD_PID" /run/slurmd-*.pid; do
+    [[ -e $pidfile ]] && stop_daemon "slurmd ($(basename "$pidfile" .pid))" "$pidfile" slurmd
+  done
+  return 0
 }
 
 # active_jobs: ids and states of jobs that are pending, running, suspended or completing.

@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# Install (if missing) and start a one-node SLURM with accounting on this machine (Debian 12,
-# run as root, no systemd): munged, MariaDB, slurmdbd, slurmctld, slurmd. Idempotent: packages
-# are installed once, configs are rewritten only when their content changes (then the daemons
-# that read them restart), running daemons are left alone. Exits non-zero, with the tail of the
-# failing daemon's log, when the node is not up within CDHPC_SLURM_WAIT_S seconds.
+# Install (if missing) and start a one- or two-node SLURM with accounting on this machine (Debian
+# 12, run as root, no systemd): munged, MariaDB, slurmdbd, slurmctld, one slurmd per node.
+# Idempotent: packages are installed once, configs are rewritten only when their content changes
+# (then the daemons that read them restart), running daemons are left alone. Exits non-zero, with
+# the tail of the failing daemon's log, when a node is not up within CDHPC_SLURM_WAIT_S seconds.
+#
+#   start.sh [--nodes N]   N = 1: node localhost in partition debug (the default on a first start)
+#                          N = 2: also node localhost2 (a second slurmd on this host, its own port
+#                          and spool) and partition pair = both nodes, for multi-node jobs; debug
+#                          keeps only localhost. Without --nodes, the node count of the running
+#                          config is kept.
 #
 # Environment:
 #   CDHPC_SLURM_NO_ACCOUNTING=1  slurm.conf without accounting storage; slurmdbd is stopped
@@ -83,6 +89,8 @@ install_packages() {
 
 prepare_dirs() {
   install -d -m 755 "$LOG_DIR" /var/spool/slurmctld /var/spool/slurmd "$CONF_DIR"
+  local node
+  for node in $(node_names); do install -d -m 755 "/var/spool/slurmd/$node"; done
   install -d -m 755 -o munge -g munge /run/munge
   install -d -m 700 -o munge -g munge /etc/munge
   local key=/etc/munge/munge.key
@@ -94,21 +102,52 @@ prepare_dirs() {
   chmod 400 "$key"
 }
 
-# node_line: this machine's hardware as `slurmd -C` sees it, renamed to $NODE, with RealMemory
-# at 90% of what it reports (a node that advertises all of it gets drained on registration).
+# node_line NAME ADDR PORT: this machine's hardware as `slurmd -C` sees it, renamed to NAME, reached
+# on ADDR:PORT, with RealMemory at 90% of what it reports (a node that advertises all of it gets
+# drained on registration). Debian's slurmd is built without multiple-slurmd support, which refuses
+# two nodes with one host name or address: each node gets its own loopback address (127.0.0.N) and
+# port. Two nodes both advertise the whole machine: a dev cluster oversubscribes.
 node_line() {
-  slurmd -C | awk -v node="$NODE" 'NR == 1 {
+  slurmd -C | awk -v node="$1" -v addr="$2" -v port="$3" 'NR == 1 {
     for (i = 1; i <= NF; i++) {
-      if ($i ~ /^NodeName=/) $i = "NodeName=" node
+      if ($i ~ /^NodeName=/) $i = "NodeName=" node " NodeHostname=" node " NodeAddr=" addr " Port=" port
       else if ($i ~ /^RealMemory=/) { split($i, kv, "="); $i = "RealMemory=" int(kv[2] * 0.9) }
     }
     print $0 " State=UNKNOWN" }'
 }
 
-# render_slurm_conf NODE_LINE
+# node_names: the nodes of an N-node cluster ($NODES).
+node_names() {
+  echo "$NODE"
+  ((NODES < 2)) || echo "$NODE2"
+}
+
+# resolve_node2: localhost2 must resolve, as every node name does on a real cluster (a multi-node
+# job's rank 0 may run there, and its name is then MASTER_ADDR): one line in /etc/hosts.
+resolve_node2() {
+  getent hosts "$NODE2" | grep -q "^$NODE2_ADDR " && return 0
+  grep -v "[[:space:]]$NODE2\([[:space:]]\|$\)" /etc/hosts >/etc/hosts.cdhpc-new || true
+  printf '%s %s # cdhpc slurm/dev-cluster\n' "$NODE2_ADDR" "$NODE2" >>/etc/hosts.cdhpc-new
+  cat /etc/hosts.cdhpc-new >/etc/hosts # in place: /etc/hosts may be a bind mount
+  rm -f /etc/hosts.cdhpc-new
+  log "added $NODE2 ($NODE2_ADDR) to /etc/hosts"
+}
+
+# configured_nodes: how many nodes the slurm.conf that start.sh wrote has (1 when there is none).
+configured_nodes() {
+  local conf=$CONF_DIR/slurm.conf n
+  [[ -r $conf ]] && head -n 1 "$conf" | grep -qxF "$MARKER" || { echo 1; return; }
+  n=$(grep -c '^NodeName=' "$conf" || true)
+  echo "${n:-1}"
+}
+
+# render_slurm_conf NODE_LINES PARTITION_LINES
+# Accounting enforces associations, limits and QOS, as a real cluster does: a QOS's
+# MaxSubmitJobsPerUser refuses the sbatch that goes over it (tests set such limits with sacctmgr).
 render_slurm_conf() {
   local storage="AccountingStorageType=accounting_storage/slurmdbd
-AccountingStorageHost=localhost"
+AccountingStorageHost=localhost
+AccountingStorageEnforce=associations,limits,qos"
   [[ $NO_ACCOUNTING == 1 ]] && storage="AccountingStorageType=accounting_storage/none"
   cat <<EOF
 $MARKER
@@ -119,9 +158,9 @@ SlurmdUser=root
 AuthType=auth/munge
 AuthInfo=cred_expire=10
 StateSaveLocation=/var/spool/slurmctld
-SlurmdSpoolDir=/var/spool/slurmd
+SlurmdSpoolDir=/var/spool/slurmd/%n
 SlurmctldPidFile=$CTLD_PID
-SlurmdPidFile=$SLURMD_PID
+SlurmdPidFile=$SLURMD_PID_PATTERN
 SlurmctldLogFile=$LOG_DIR/slurmctld.log
 SlurmdLogFile=$LOG_DIR/slurmd.log
 ProctrackType=proctrack/linuxproc
@@ -142,7 +181,7 @@ JobAcctGatherType=jobacct_gather/linux
 MailProg=/bin/true
 $storage
 $1
-PartitionName=$PARTITION Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
+$2
 EOF
 }
 
@@ -227,8 +266,9 @@ slurmdbd_ready() { timeout 5 sacctmgr -n -P list cluster; }
 
 start_slurmctld() { slurmctld; }
 slurmctld_ready() { timeout 5 scontrol ping | grep -q ' is UP'; }
-start_slurmd() { slurmd -N "$NODE"; }
-slurmd_ready() { pid_of "$SLURMD_PID" slurmd; }
+SLURMD_NODE=$NODE # the node ensure_daemon starts next (its start and ready functions take no arguments)
+start_slurmd() { slurmd -N "$SLURMD_NODE"; }
+slurmd_ready() { pid_of "$(slurmd_pid "$SLURMD_NODE")" slurmd; }
 
 start_accounting() {
   if [[ $NO_ACCOUNTING == 1 ]]; then
@@ -243,26 +283,26 @@ start_accounting() {
   ensure_daemon slurmdbd "$DBD_PID" slurmdbd "$LOG_DIR/slurmdbd.log" start_slurmdbd slurmdbd_ready
 }
 
-# wait_node_up: bounded wait until the node accepts work (idle; mixed/allocated when jobs from an
-# earlier session still run). A drained or down node fails at once with its reason.
+# wait_node_up NODE: bounded wait until the node accepts work (idle; mixed/allocated when jobs
+# from an earlier session still run). A drained or down node fails at once with its reason.
 wait_node_up() {
-  local deadline=$((${EPOCHREALTIME%.*} + WAIT_S)) state=""
+  local node=$1 deadline=$((${EPOCHREALTIME%.*} + WAIT_S)) state=""
   while ((${EPOCHREALTIME%.*} < deadline)); do
-    state=$(timeout 5 sinfo -h -N -n "$NODE" -o %T 2>/dev/null | head -n 1) || state=""
+    state=$(timeout 5 sinfo -h -N -n "$node" -o %T 2>/dev/null | head -n 1) || state=""
     case $state in
       idle | mixed | allocated | completing) return 0 ;;
       drain* | draining | drained | fail*) break ;;
     esac
     sleep 0.25
   done
-  timeout 5 scontrol show node "$NODE" >&2 || true
-  die_with_log "node $NODE is '${state:-unknown}', not idle, after $WAIT_S s" \
+  timeout 5 scontrol show node "$node" >&2 || true
+  die_with_log "node $node is '${state:-unknown}', not idle, after $WAIT_S s" \
     "$LOG_DIR/slurmctld.log" "$LOG_DIR/slurmd.log"
 }
 
 print_usage() {
   cat <<EOF
-dev-cluster: node $NODE is $(sinfo -h -N -n "$NODE" -o %T) in partition $PARTITION \
+dev-cluster: $(sinfo -h -o '%P: %D node(s) %N %T' | paste -sd ';' | sed 's/;/; /g') \
 (cluster $CLUSTER); ready in $(since "$T_START") s.
   try:    sinfo; sbatch --wrap 'hostname'; squeue; sacct -X
   tests:  python -m pytest -m slurm tests/test_slurm_cluster.py tests/test_slurm_sweep.py -q
@@ -271,28 +311,55 @@ dev-cluster: node $NODE is $(sinfo -h -N -n "$NODE" -o %T) in partition $PARTITI
 EOF
 }
 
+usage() { sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+
 main() {
+  NODES=""
+  while (($#)); do
+    case $1 in
+      --nodes) NODES=${2:-}; shift 2 || { usage >&2; die "--nodes needs a value (1 or 2)"; } ;;
+      --nodes=*) NODES=${1#--nodes=}; shift ;;
+      -h | --help) usage; return 0 ;;
+      *) usage >&2; die "unknown argument '$1' (allowed: --nodes 1|2, --help)" ;;
+    esac
+  done
   [[ $EUID -eq 0 ]] || die "run as root: start.sh installs packages and starts daemons as root"
   install -d -m 755 "$LOG_DIR"
   take_lock
+  [[ -n $NODES ]] || NODES=$(configured_nodes)
+  [[ $NODES == 1 || $NODES == 2 ]] || die "--nodes $NODES: the dev cluster has 1 or 2 nodes"
+  readonly NODES
   install_packages
   prepare_dirs
-  local slurm_conf_changed=0 node
-  node=$(node_line) && [[ $node == NodeName=$NODE\ * ]] ||
-    die "slurmd -C printed no node line (got '$node'); is slurmd installed?"
-  if write_if_changed "$CONF_DIR/slurm.conf" 644 "$(render_slurm_conf "$node")"; then
+  local slurm_conf_changed=0 node nodes="" parts
+  # localhost2's line first: slurmctld answers any lookup with the only node while that node is
+  # called "localhost", so a second node read after it would be taken for a duplicate
+  for node in $(node_names | sort -r); do
+    local line addr=127.0.0.1 port=6818
+    [[ $node == "$NODE2" ]] && addr=$NODE2_ADDR port=6820 # 6819 is slurmdbd's
+    line=$(node_line "$node" "$addr" "$port") && [[ $line == NodeName=$node\ * ]] ||
+      die "slurmd -C printed no node line (got '$line'); is slurmd installed?"
+    nodes+="$line"$'\n'
+  done
+  ((NODES < 2)) || resolve_node2
+  parts="PartitionName=$PARTITION Nodes=$NODE Default=YES MaxTime=INFINITE State=UP"
+  ((NODES < 2)) || parts+=$'\n'"PartitionName=$PARTITION2 Nodes=$NODE,$NODE2 MaxTime=INFINITE State=UP"
+  if write_if_changed "$CONF_DIR/slurm.conf" 644 "$(render_slurm_conf "${nodes%$'\n'}" "$parts")"; then
     slurm_conf_changed=1
   fi
   ensure_daemon munged "$MUNGE_PID" munged /var/log/munge/munged.log start_munged munged_ready
   start_accounting
   if ((slurm_conf_changed)); then # node and accounting lines are read only at start
-    stop_daemon slurmd "$SLURMD_PID" slurmd
+    stop_slurmds
     stop_daemon slurmctld "$CTLD_PID" slurmctld
   fi
   ensure_daemon slurmctld "$CTLD_PID" slurmctld "$LOG_DIR/slurmctld.log" \
     start_slurmctld slurmctld_ready
-  ensure_daemon slurmd "$SLURMD_PID" slurmd "$LOG_DIR/slurmd.log" start_slurmd slurmd_ready
-  wait_node_up
+  for node in $(node_names); do
+    SLURMD_NODE=$node
+    ensure_daemon "slurmd-$node" "$(slurmd_pid "$node")" slurmd "$LOG_DIR/slurmd.log" start_slurmd slurmd_ready
+  done
+  for node in $(node_names); do wait_node_up "$node"; done
   print_usage
 }
 

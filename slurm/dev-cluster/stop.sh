@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Stop the daemons that start.sh started (slurmd, slurmctld, slurmdbd, MariaDB, munged), each
+# Stop the daemons that start.sh started (every slurmd, slurmctld, slurmdbd, MariaDB, munged), each
 # through its pid file. Idempotent: a daemon that is not running is skipped. Job state, the
 # accounting database and the configs stay, so start.sh brings the same cluster back.
 #
@@ -50,7 +50,7 @@ main() {
   local left
   left=$(active_jobs)
   [[ -z $left ]] || log "active jobs keep running without slurmd (use --cancel-jobs): $(echo $left)"
-  stop_daemon slurmd "$SLURMD_PID" slurmd
+  stop_slurmds
   stop_daemon slurmctld "$CTLD_PID" slurmctld
   stop_daemon slurmdbd "$DBD_PID" slurmdbd
   stop_daemon mariadb "$MYSQL_PID" mariadbd
