@@ -83,7 +83,7 @@ def test_hostile_profile_values_are_refused_when_the_profile_loads(tmp_path, cas
     with pytest.raises(ConfigError) as e:
         load(path)
     head, *issues = str(e.value).split("\n")
-    assert head.startswith(f"invalid sweep {path}") and len(issues) == 1, str(e.value)
+    assert head.startswith(f"invalid cluster profile {path}") and len(issues) == 1, str(e.value)
     assert issues[0].startswith(f"  {path}:"), "names the file and line"
     assert where in issues[0] and what in issues[0], issues[0]
 
