@@ -80,13 +80,15 @@ def train_tokenizer(train_dir: Path, out_dir: Path, *, vocab_size: int, min_freq
     from tokenizers import SentencePieceBPETokenizer, processors
     from transformers import PreTrainedTokenizerFast
 
+    from cdhpc.thirdparty import bpe_tokenizer
+
     if vocab_size <= len(SPECIALS):
         raise ValueError(f"vocab_size={vocab_size}: must exceed the {len(SPECIALS)} special tokens")
     bpe = SentencePieceBPETokenizer(unk_token="<unk>")
     bpe.train_from_iterator(read_documents(train_dir, doc_sep), vocab_size=vocab_size,
                             min_frequency=min_frequency, special_tokens=list(SPECIALS),
                             show_progress=False)
-    core = bpe._tokenizer  # the tokenizers.Tokenizer inside the implementation wrapper
+    core = bpe_tokenizer(bpe)  # the tokenizers.Tokenizer inside the implementation wrapper
     assert [core.token_to_id(t) for t in SPECIALS] == [UNK_ID, BOS_ID, EOS_ID, PAD_ID]
     core.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", BOS_ID)])

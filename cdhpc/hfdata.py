@@ -62,11 +62,13 @@ def load(value: str | Path, key: str, cache_dir: Path) -> tuple[Any, str]:
     os.environ.update(OFFLINE)  # read when datasets is imported: this process never downloads
     import datasets
 
+    from cdhpc.thirdparty import dataset_fingerprint
+
     if source_kind(value) == "saved":
         ds = datasets.load_from_disk(str(value))
         if not isinstance(ds, datasets.DatasetDict):
             raise DataSourceError(f"{key}={value}: a single Dataset; save a DatasetDict with its splits")
-        return ds, ",".join(f"{s}:{ds[s]._fingerprint}" for s in sorted(ds))
+        return ds, ",".join(f"{s}:{dataset_fingerprint(ds[s])}" for s in sorted(ds))
     snapshot = hub_snapshot(str(value), key)
     ds = datasets.load_dataset(str(snapshot), cache_dir=str(cache_dir))
     return ds, f"hub:{value}@{snapshot.name}"

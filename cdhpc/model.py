@@ -54,6 +54,8 @@ def llama_config(preset: ModelPreset | str, vocab_size: int, *, attn_implementat
     ``<s>``=1 ``</s>``=2 ``<pad>``=3, context = ``max_position_embeddings``."""
     from transformers import LlamaConfig
 
+    from cdhpc.thirdparty import set_attn_implementation
+
     shape = get_preset(preset)
     config = LlamaConfig(
         vocab_size=vocab_size, hidden_size=shape.hidden, intermediate_size=shape.mlp,
@@ -61,7 +63,7 @@ def llama_config(preset: ModelPreset | str, vocab_size: int, *, attn_implementat
         num_key_value_heads=shape.heads, max_position_embeddings=shape.context,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
         tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=3)
-    config._attn_implementation = attn_implementation
+    set_attn_implementation(config, attn_implementation)
     return config
 
 

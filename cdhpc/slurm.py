@@ -25,7 +25,6 @@ import math
 import re
 import shlex
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -203,10 +202,10 @@ NOT_FLAGS = {"array_parallelism", "additional_parameters", "setup", "teardown", 
 def sbatch_script(params: dict[str, Any], folder: str | Path, n_jobs: int, command: str | None = None) -> str:
     """Pure: the script submitit's SlurmExecutor writes for these parameters (its own renderer),
     for an array of `n_jobs` (a single job when 1) logging to `folder`."""
-    from submitit.slurm.slurm import _make_sbatch_string
+    from cdhpc.thirdparty import make_sbatch_string, submitit_command
 
-    command = command or f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(str(folder))}"
-    return _make_sbatch_string(command=command, folder=folder, **({"map_count": n_jobs} if n_jobs > 1 else {}), **params)
+    command = command or submitit_command(folder)
+    return make_sbatch_string(command, folder, **({"map_count": n_jobs} if n_jobs > 1 else {}), **params)
 
 
 def check_sbatch_script(text: str, params: dict[str, Any], name: str) -> None:
@@ -528,12 +527,13 @@ class SlurmScheduler:
     def _sbatch(self, a: ArraySpec, params: dict, attempt: int) -> list[Any]:
         import submitit
 
+        from cdhpc.thirdparty import executor_command
         from jobs import StepJob
 
         executor = submitit.SlurmExecutor(folder=self.log_dir(a.stage), max_num_timeout=self.profile.max_requeues)
         executor.update_parameters(**params)
         # the script exactly as submitit is about to write it (an array's copy of the executor renders the same)
-        text = sbatch_script(executor.parameters, executor.folder, len(a.packs), executor._submitit_command_str)
+        text = sbatch_script(executor.parameters, executor.folder, len(a.packs), executor_command(executor))
         check_sbatch_script(text, params, params["job_name"])
         with executor.batch():
             jobs = [executor.submit(StepJob(str(self.workdir), [s.to_dict() for s in pack], attempt)) for pack in a.packs]

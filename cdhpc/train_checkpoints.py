@@ -21,8 +21,10 @@ def save_hf(engine, spec: TrainSpec, step: int, rank: int, tokenizer_dir: Path, 
     """``out_dir/checkpoints/step_<step>``: written by rank 0 in a temp dir, then renamed."""
     import torch.distributed as dist
 
+    from cdhpc.thirdparty import zero3_state_dict
+
     stage3 = engine.zero_optimization_stage() == 3
-    state = engine._zero3_consolidated_16bit_state_dict() if stage3 else None
+    state = zero3_state_dict(engine) if stage3 else None
     final = out_dir / "checkpoints" / f"step_{step}"
     record = {"step": step, "path": str(final), **metrics}
     if rank == 0:

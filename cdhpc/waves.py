@@ -161,13 +161,14 @@ def submit_continuation(workdir: Path, profile: Any, sweep: str, after: list[str
 
     from cdhpc.paths import inside
     from cdhpc.slurm import check_sbatch_script, job_name, sbatch_script
+    from cdhpc.thirdparty import executor_command
 
     job_name(sweep, "continue", [], "")  # raises UnsafeSbatch for a sweep name that cannot be a job name
     params = continuation_parameters(profile, sweep, after, begin_s)
     folder = inside(workdir, "logs", "continue")
     executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=0)
     executor.update_parameters(**params)
-    check_sbatch_script(sbatch_script(executor.parameters, executor.folder, 1, executor._submitit_command_str),
+    check_sbatch_script(sbatch_script(executor.parameters, executor.folder, 1, executor_command(executor)),
                         params, params["job_name"])
     return str(executor.submit(ContinueSweep(str(workdir), argv)).job_id)
 

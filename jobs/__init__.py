@@ -35,6 +35,7 @@ from cdhpc import __version__
 from cdhpc.plan import StepSpec
 from cdhpc.receipts import (Receipt, ReceiptError, atomic_write_json, describe_outputs, read_receipt, receipt_path,
                             write_receipt)
+from cdhpc.thirdparty import requeue_handler, requeues_left
 
 log = logging.getLogger("cdhpc")
 PACKAGES = ("torch", "transformers", "deepspeed", "tokenizers", "submitit", "numpy")
@@ -373,14 +374,15 @@ def run_past_last_requeue() -> None:
     """Once a job has no requeue left (the profile's max_requeues), submitit's USR2 handler
     would end it with an error as its time limit nears. Keep computing instead: the step may
     still finish, and otherwise SLURM ends it at the limit and says TIMEOUT, which is what the
-    manifest should show. Preemption (not near the limit) is always requeued."""
+    manifest should show. Preemption (not near the limit) is always requeued. Raises
+    ThirdPartyChanged, at the job's start, if submitit's requeue countdown is gone."""
     handler = signal.getsignal(signal.SIGUSR2)
-    owner = getattr(handler, "__self__", None)  # submitit's SignalHandler (job_environment.py)
-    if owner is None or not hasattr(owner, "has_timed_out") or not hasattr(owner, "_delayed"):
+    owner = requeue_handler(handler)  # submitit's SignalHandler, None outside a submitit job
+    if owner is None:
         return
 
     def on_usr2(signum: int, frame: Any) -> None:
-        if owner.has_timed_out() and getattr(owner._delayed, "_timeout_countdown", 1) <= 0:
+        if owner.has_timed_out() and requeues_left(owner) <= 0:
             log.warning("time limit near and no requeue left: running on until SLURM's limit")
             return
         handler(signum, frame)
