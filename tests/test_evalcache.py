@@ -14,13 +14,17 @@ import pytest
 
 GOLDEN = Path(__file__).parent / "golden" / "babylm2025"
 TASK_DIRS = ("blimp_filtered", "ewok_filtered", "entity_tracking")
+READING = GOLDEN / "evaluation_data" / "full_eval" / "reading" / "reading_data.csv"
 LINES = 8  # of each golden file: enough for several batches, fast to score
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    """The first lines of the golden BLiMP, EWoK and entity-tracking files, in the official layout."""
+    """The first lines of the golden BLiMP, EWoK and entity-tracking files and the whole reading
+    file (its regressions need the rows), in the official layout."""
     root = tmp_path_factory.mktemp("data") / "evaluation_data"
+    (root / "full_eval" / "reading").mkdir(parents=True)
+    shutil.copy(READING, root / "full_eval" / "reading" / READING.name)
     for name in TASK_DIRS:
         for src in sorted((GOLDEN / "evaluation_data" / "full_eval" / name).glob("*.jsonl")):
             dst = root / "full_eval" / name / src.name
@@ -63,8 +67,12 @@ def _outputs(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
 
 
-@pytest.mark.parametrize("task", ["blimp", "ewok", pytest.param("entity_tracking", marks=pytest.mark.slow)])
-def test_scores_are_identical_with_and_without_the_cache(checkpoints, data, tmp_path, task):
+@pytest.mark.parametrize("task,scoring", [
+    ("blimp", "official"), ("ewok", "official"), pytest.param("entity_tracking", "official", marks=pytest.mark.slow),
+    pytest.param("reading", "official", marks=pytest.mark.slow),  # ~1.5 s: 208 rows, 3 checkpoint runs x 3
+    pytest.param("eye_tracking", "official", marks=pytest.mark.slow),
+    pytest.param("reading", "joint", marks=pytest.mark.slow)])
+def test_scores_are_identical_with_and_without_the_cache(checkpoints, data, tmp_path, task, scoring):
     """Every output file is byte-identical: no cache, a cold cache (built and written), the pack
     read back from disk by a fresh process (memo cleared), and from this process's memory."""
     from cdhpc.evals import packcache
@@ -72,7 +80,7 @@ def test_scores_are_identical_with_and_without_the_cache(checkpoints, data, tmp_
     cache = tmp_path / "cache"
 
     def outputs(ckpt: Path, name: str, cache_dir: Path | None) -> dict[str, bytes]:
-        _eval(data, ckpt, tmp_path / name, task, cache_dir)
+        _eval(data, ckpt, tmp_path / name, task, cache_dir, scoring=scoring)
         return _outputs(tmp_path / name)
 
     for i, ckpt in enumerate(checkpoints[:2]):
@@ -197,3 +205,45 @@ def test_cli_takes_a_cache_dir(checkpoints, data, tmp_path, capsys):
     assert main_eval(args + ["--out", str(tmp_path / "b")]) == 0
     assert len(list((tmp_path / "c").glob("*.npz"))) == 1
     assert _outputs(tmp_path / "a" / "blimp") == _outputs(tmp_path / "b" / "blimp")
+
+
+def test_a_cached_pack_needs_no_tokenizer(checkpoints, data, tmp_path, monkeypatch):
+    """With the pack in the cache, a checkpoint is scored without loading its tokenizer (the
+    host work is the pack's), and scores as it does without the cache."""
+    from cdhpc.evals import loading
+
+    cache = tmp_path / "cache"
+    _eval(data, checkpoints[0], tmp_path / "first", cache_dir=cache)
+    _eval(data, checkpoints[1], tmp_path / "plain")
+
+    def refuse(model_dir: Path) -> None:
+        raise AssertionError(f"tokenizer of {model_dir} loaded")
+
+    monkeypatch.setattr(loading, "load_tokenizer", refuse)
+    _eval(data, checkpoints[1], tmp_path / "cached", cache_dir=cache)
+    assert _outputs(tmp_path / "cached") == _outputs(tmp_path / "plain")
+    with pytest.raises(AssertionError, match="tokenizer of"):
+        _eval(data, checkpoints[1], tmp_path / "uncached")  # without the cache it is needed
+
+
+def test_a_job_parses_the_data_once_and_again_when_it_changes(checkpoints, data, tmp_path, monkeypatch):
+    """With a cache, checkpoints after the first reuse the parsed data of this process; an edited
+    file (another checksum) is parsed again; without a cache every evaluation parses."""
+    from cdhpc.evals import packcache, run
+
+    calls = []
+    parse = run._prepare
+    monkeypatch.setattr(run, "_prepare", lambda *a: calls.append(1) or parse(*a))
+    packcache.clear_memo()
+    own = tmp_path / "data"
+    shutil.copytree(data, own)
+    for ckpt in checkpoints[:2]:
+        _eval(own, ckpt, tmp_path / ckpt.name, cache_dir=tmp_path / "cache")
+    assert len(calls) == 1
+    first = sorted((own / "full_eval" / "blimp_filtered").glob("*.jsonl"))[0]
+    first.write_text("".join(first.read_text().splitlines(keepends=True)[:-1]))
+    _eval(own, checkpoints[0], tmp_path / "edited", cache_dir=tmp_path / "cache")
+    assert len(calls) == 2
+    _eval(own, checkpoints[0], tmp_path / "plain")
+    _eval(own, checkpoints[0], tmp_path / "plain")
+    assert len(calls) == 4

@@ -81,7 +81,7 @@ def context_limit(model: Any) -> int | None:
     return int(limit) if limit else None
 
 
-def _check_context(full: Any, limit: int | None) -> None:
+def check_context(full: Any, limit: int | None) -> None:
     """ContextLengthError when a row of `full` ((n x width) ids, -1 past each end) is longer
     than `limit` tokens."""
     import numpy as np
@@ -264,7 +264,7 @@ def score_sequences(model: Any, full: Any, scored: Any, *, batch_size: int = 64,
     the first can be done once for many checkpoints (cdhpc.evals.packcache)."""
     from cdhpc.evals.batches import prepare_pack, score_pack
 
-    _check_context(full, context_limit(model))
+    check_context(full, context_limit(model))
     return score_pack(model, prepare_pack(full, scored, batch_size, row_tokens), device)
 
 

@@ -1,7 +1,7 @@
 """Loading a model directory for scoring: its files checked first (a broken config.json, a
 truncated or corrupt safetensors file, a tokenizer that does not load), so each problem is one
 line naming the file (EvalDataError) instead of a library traceback; then the HF causal LM and its
-tokenizer. torch and transformers are imported inside `load_model` only."""
+tokenizer. torch and transformers are imported inside the loading functions only."""
 
 from __future__ import annotations
 
@@ -72,6 +72,23 @@ def load_model(model_dir: Path, device: str, dtype: str = "float32") -> tuple[An
     pipeline computes in (transformers loads float32 unless told otherwise); bfloat16 is our
     faster option for GPUs. Raises EvalDataError, one line naming the directory or file, for a
     missing directory or files that do not load (corrupt weights, config or tokenizer)."""
+    model = load_causal_lm(model_dir, device, dtype)
+    return model, load_tokenizer(model_dir)
+
+
+def load_tokenizer(model_dir: Path) -> Any:
+    """The tokenizer of an HF model directory (EvalDataError, one line, when it does not load).
+    Separate from the weights: a checkpoint whose task pack is cached needs no tokenizer."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_dir)
+    except Exception as err:  # the tokenizers library raises a bare Exception for a broken tokenizer.json
+        raise EvalDataError(f"{model_dir}: cannot load the tokenizer ({_one_line(err)})") from None
+
+
+def load_causal_lm(model_dir: Path, device: str, dtype: str = "float32") -> Any:
+    """The HF causal LM in `model_dir` on `device`, in eval mode (see `load_model`)."""
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise ValueError(f"device {device!r}: allowed are cpu, cuda, cuda:N")
     if dtype not in DTYPES:
@@ -85,15 +102,11 @@ def load_model(model_dir: Path, device: str, dtype: str = "float32") -> tuple[An
 
     import torch
     from safetensors import SafetensorError
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    except Exception as err:  # the tokenizers library raises a bare Exception for a broken tokenizer.json
-        raise EvalDataError(f"{model_dir}: cannot load the tokenizer ({_one_line(err)})") from None
     try:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
     except (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError,
             pickle.UnpicklingError) as err:
         raise EvalDataError(f"{model_dir}: cannot load the model ({_one_line(err)})") from None
-    return model.to(device).eval(), tokenizer
+    return model.to(device).eval()

@@ -11,7 +11,9 @@ On disk a pack is `<dir>/<key>.npz` (in a sweep: `<workdir>/cache/evalpack/`), w
 (cdhpc.receipts), so a reader sees a whole file or none; the file holds its own key fields, and a
 file that does not read, whose key differs or whose arrays do not check is logged, rebuilt and
 replaced, never used. In memory, packs of this process are kept up to MEMO_BYTES, so an evaluate
-job that scores several checkpoints (or aoa, a run's checkpoints in one step) loads each once.
+job that scores several checkpoints (or aoa, a run's checkpoints in one step) loads each once; the
+task's parsed data files are kept too (`memo_data`, keyed by their checksum), so such a job reads
+and hashes them per checkpoint but parses them once.
 """
 
 from __future__ import annotations
@@ -38,7 +40,11 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 MEMO_BYTES = 1 << 30
 """Bytes of packs one process keeps in memory (full BLiMP's pack is about 60 MB)."""
 
+DATA_MEMO_ENTRIES = 8
+"""Parsed data sets one process keeps (full BLiMP's items are about 100 MB of Python objects)."""
+
 _memo: OrderedDict[str, PreparedPack] = OrderedDict()
+_data_memo: OrderedDict[tuple, Any] = OrderedDict()
 
 
 def tokenizer_hash(folder: Path) -> str | None:
@@ -122,8 +128,22 @@ def _remember(key: str, pack: PreparedPack) -> None:
 
 
 def clear_memo() -> None:
-    """Forget the packs kept in memory (benchmarks measuring a cold process)."""
+    """Forget the packs and parsed data kept in memory (benchmarks measuring a cold process)."""
     _memo.clear()
+    _data_memo.clear()
+
+
+def memo_data(key: tuple, parse: Callable[[], Any]) -> Any:
+    """`parse()`'s result for `key` (task, task version, sha256 of the data files' bytes, their
+    paths), from this process's memory when the same files were parsed before: the parse depends
+    on those only, so the result is the same. Callers treat it as read-only."""
+    if key in _data_memo:
+        _data_memo.move_to_end(key)
+        return _data_memo[key]
+    value = _data_memo[key] = parse()
+    while len(_data_memo) > DATA_MEMO_ENTRIES:
+        _data_memo.popitem(last=False)
+    return value
 
 
 class PackCache:

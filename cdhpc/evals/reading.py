@@ -116,18 +116,43 @@ def official_sequences(tokenizer: Any, pairs: list[tuple[str, str]]) -> tuple[An
     return full, scored, np.asarray(owner, dtype=np.int64)
 
 
-def pair_surprisals(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], scoring: str, *,
-                    batch_size: int, device: str) -> np.ndarray:
-    """Surprisal (nats) of each (context, word) pair under the scoring rule."""
-    from cdhpc.evals.engine import score_candidates, score_sequences
+def reading_pack(tokenizer: Any, pairs: list[tuple[str, str]], scoring: str, *, batch_size: int,
+                 max_tokens: int | None) -> Any:
+    """The prepared batches (cdhpc.evals.batches.PreparedPack) of every (context, word) pair under
+    the scoring rule: the host work, which the pack cache keeps. Official: one sequence per word
+    piece, the pair of each in meta["owner"]. A sequence longer than `max_tokens` raises
+    ContextLengthError (rows: the sequence's index)."""
+    from cdhpc.evals.batches import prepare_pack
+    from cdhpc.evals.engine import check_context, encode_requests
 
     if scoring == "official":
         full, scored, owner = official_sequences(tokenizer, pairs)
-        logp = np.asarray(score_sequences(model, full, scored, batch_size=batch_size, device=device))
-        return -np.bincount(owner, weights=logp, minlength=len(pairs))
-    requests = [joint_request(c, w) for c, w in pairs]
-    logp = score_candidates(model, tokenizer, requests, scoring="joint", batch_size=batch_size, device=device)
-    return -np.asarray(logp)
+        check_context(full, max_tokens)
+        return prepare_pack(full, scored, batch_size, meta={"owner": owner.tolist()})
+    full, scored = encode_requests(tokenizer, [joint_request(c, w) for c, w in pairs], "joint",
+                                   max_tokens=max_tokens)
+    return prepare_pack(full, scored, batch_size)
+
+
+def pack_surprisals(model: Any, pack: Any, n_pairs: int, device: str) -> np.ndarray:
+    """Surprisal (nats) of each pair from its `reading_pack`: minus the log-prob of its word, the
+    sum over the word's pieces under the official rule."""
+    from cdhpc.evals.batches import score_pack
+
+    logp = np.asarray(score_pack(model, pack, device))
+    owner = pack.meta.get("owner")
+    if owner is None:
+        return -logp
+    return -np.bincount(np.asarray(owner, dtype=np.int64), weights=logp, minlength=n_pairs)
+
+
+def pair_surprisals(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], scoring: str, *,
+                    batch_size: int, device: str) -> np.ndarray:
+    """Surprisal (nats) of each (context, word) pair under the scoring rule (no pack cache)."""
+    from cdhpc.evals.engine import context_limit
+
+    pack = reading_pack(tokenizer, pairs, scoring, batch_size=batch_size, max_tokens=context_limit(model))
+    return pack_surprisals(model, pack, len(pairs), device)
 
 
 def summarize_reading(kind: str, rows: list[dict[str, str]], columns: dict[str, np.ndarray],

@@ -78,10 +78,9 @@ class EvalOptions:
 
 def _score(task: Task, prepared: Any, model: Any, tokenizer: Any, opt: EvalOptions, files: list[Path],
            packs: Any) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
-    """Prediction rows, summary fields and official files of one task on one model. `packs`:
-    (max_tokens, build) -> the task's PreparedPack from the pack cache, or built."""
-    from cdhpc.evals.engine import ContextLengthError, block_losses
-
+    """Prediction rows, summary fields and official files of one task on one model. `tokenizer`:
+    () -> the model's tokenizer (loaded on first use: a pack read from the cache needs none);
+    `packs`: (max_tokens, build) -> the task's PreparedPack from the pack cache, or built."""
     if task.kind == "choice":
         from cdhpc.evals.choice import summarize_choice
 
@@ -90,25 +89,35 @@ def _score(task: Task, prepared: Any, model: Any, tokenizer: Any, opt: EvalOptio
         rows, fields, official = summarize_choice(task, items, scores, task_metric(task.name, opt.wug_metric))
         return rows, {**fields, "n_truncated": n_truncated}, official
     if task.kind == "reading":
-        from cdhpc.evals.reading import pair_surprisals, summarize_reading, word_pairs
-
-        rows, columns = prepared
-        pairs, word_idx, prev_idx = word_pairs(rows, opt.scoring)
-        try:
-            surprisal = pair_surprisals(model, tokenizer, pairs, opt.scoring, batch_size=opt.batch_size,
-                                        device=opt.device)
-        except ContextLengthError as err:
-            raise EvalDataError(_reading_too_long(err, files[0], task.name, rows, pairs, word_idx,
-                                                  prev_idx, tokenizer, opt.scoring)) from None
-        return summarize_reading(task.name, rows, columns, pairs, surprisal, word_idx, prev_idx)
+        return _reading(task, prepared, model, tokenizer, opt, files, packs)
     import torch
 
+    from cdhpc.evals.engine import block_losses
     from cdhpc.evals.perplexity import MAX_BLOCK, cut_blocks, heldout_ids, summarize_perplexity
 
     block = min(MAX_BLOCK, int(model.config.max_position_embeddings))
-    blocks = torch.tensor(cut_blocks(heldout_ids(tokenizer, prepared), block))
+    blocks = torch.tensor(cut_blocks(heldout_ids(tokenizer(), prepared), block))
     losses = block_losses(model, blocks, batch_size=max(1, opt.batch_size // 8), device=opt.device)
     return summarize_perplexity(losses, blocks.shape[1])
+
+
+def _reading(task: Task, prepared: Any, model: Any, tokenizer: Any, opt: EvalOptions, files: list[Path],
+             packs: Any) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """Reading / eye tracking on one model, its word pieces packed once per tokenizer (`packs`)."""
+    from cdhpc.evals.engine import ContextLengthError, context_limit
+    from cdhpc.evals.reading import pack_surprisals, reading_pack, summarize_reading, word_pairs
+
+    rows, columns = prepared
+    pairs, word_idx, prev_idx = word_pairs(rows, opt.scoring)
+    limit = context_limit(model)
+    try:
+        pack = packs(limit, lambda: reading_pack(tokenizer(), pairs, opt.scoring, batch_size=opt.batch_size,
+                                                 max_tokens=limit))
+    except ContextLengthError as err:
+        raise EvalDataError(_reading_too_long(err, files[0], task.name, rows, pairs, word_idx,
+                                              prev_idx, tokenizer(), opt.scoring)) from None
+    surprisal = pack_surprisals(model, pack, len(pairs), opt.device)
+    return summarize_reading(task.name, rows, columns, pairs, surprisal, word_idx, prev_idx)
 
 
 def _choice_scores(task: Task, items: list, sources: list[tuple[Path, int]], model: Any, tokenizer: Any,
@@ -119,7 +128,7 @@ def _choice_scores(task: Task, items: list, sources: list[tuple[Path, int]], mod
     from cdhpc.evals.engine import context_limit
 
     limit = context_limit(model)
-    pack = packs(limit, lambda: _choice_pack(task, items, sources, tokenizer, opt, limit))
+    pack = packs(limit, lambda: _choice_pack(task, items, sources, tokenizer(), opt, limit))
     cut = pack.meta.get("truncated")
     if cut:
         log.warning("%s: %d of %d candidates are longer than the model's context of %d positions "
@@ -217,8 +226,18 @@ def evaluate_task(model_dir: Path, task: str, data_dir: Path | None, out_dir: Pa
     spec = get_task(task)
     options.check()
     files, root = _task_files(spec, data_dir, fast, heldout_dir)
-    prepared = _prepare(spec, files)
-    checksum = data_sha256(files, root)
+    if cache_dir is None:
+        prepared = _prepare(spec, files)
+        checksum = data_sha256(files, root)
+    else:  # one job, several checkpoints: the data is parsed once (the bytes are hashed every time)
+        from cdhpc.evals.data import check_size
+        from cdhpc.evals.packcache import memo_data
+
+        for f in files:
+            check_size(f)  # before hashing: a huge file fails at once, as the parse would fail it
+        checksum = data_sha256(files, root)
+        key = (spec.name, spec.version, checksum, tuple(map(str, files)))  # paths: errors name them
+        prepared = memo_data(key, partial(_prepare, spec, files))
     cache = PackCache(cache_dir, {"task": spec.name, "version": spec.version, "data_sha256": checksum,
                                   "scoring": options.scoring, "truncate": options.truncate,
                                   "batch_size": options.batch_size})
@@ -232,9 +251,12 @@ def evaluate_task(model_dir: Path, task: str, data_dir: Path | None, out_dir: Pa
         except ContextLengthError as err:
             raise EvalDataError(_aoa_too_long(err, files, prepared)) from None
     else:
-        from cdhpc.evals.loading import load_model
+        from functools import cache as once
 
-        model, tokenizer = load_model(Path(model_dir), options.device, options.dtype)
+        from cdhpc.evals.loading import load_causal_lm, load_tokenizer
+
+        model = load_causal_lm(Path(model_dir), options.device, options.dtype)
+        tokenizer = once(partial(load_tokenizer, Path(model_dir)))  # only when a pack is built
         packs = partial(cache.get, Path(model_dir))
         rows, fields, official = _score(spec, prepared, model, tokenizer, options, files, packs)
     if cache.directory is not None:
