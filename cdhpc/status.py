@@ -39,12 +39,12 @@ class SnapshotReader:
     """Reads a workdir again and again, cheaply. Each read ingests what changed into the manifest
     (which lists only the directories whose mtime changed: receipts and job records are written
     by rename) and queries again only the rows of steps whose files changed, here or in another
-    process's ingest (PRAGMA data_version tells). `specs=False` (``cdhpc status --once``,
-    ``cdhpc cancel``): the steps are the manifest's heads (key, stage, name, gpus) while plan.json
-    is what it registered, so plan.json is not parsed, and the snapshot holds only what the plain
-    table needs (receipt times and the errors of failed steps, job records, tokens; no scores or
-    checkpoints); `specs=True` (the terminal UI): plan.json's spec dicts, parsed once per change
-    of the file, and every row. Outputs of done steps are re-checked (size + mtime) on
+    process's ingest (PRAGMA data_version tells). `specs=False` (``cdhpc status --once``): the
+    steps are the manifest's heads (key, stage, name, gpus) while plan.json is what it registered,
+    so plan.json is not parsed, and the snapshot holds only what the plain table needs (receipt
+    times, job records, tokens; `receipts_of` reads the errors of the failed steps shown);
+    `specs=True` (the terminal UI, ``cdhpc cancel``): plan.json's spec dicts, parsed once per
+    change of the file, and every row. Outputs of done steps are re-checked (size + mtime) on
     `read(verify=True)` and for receipts that changed; live jobs' pids are probed on every read."""
 
     def __init__(self, workdir: Path, specs: bool = True):
@@ -98,6 +98,12 @@ class SnapshotReader:
         """A step's indexed outputs (for the TUI's detail screen)."""
         return self.manifest().outputs_of(key)
 
+    def receipts_of(self, keys: list[str]) -> dict[str, Any]:
+        """Every column of the given steps' receipt rows (a light snapshot's lack errors and logs)."""
+        if not keys:
+            return {}
+        return _by_key(self.manifest().db.execute(f"SELECT * FROM receipts{_where(keys)}", keys).fetchall())
+
     def specs_of(self, keys: list[str]) -> list[dict[str, Any]]:
         """The full spec dicts of the given steps (from the manifest when `specs=False`)."""
         if self.specs:
@@ -143,7 +149,12 @@ class SnapshotReader:
         m = self.manifest()  # first: it may reset the caches below
         self._load_steps(m, ingest)
         version = _data_version(m)  # before the rows are compared: a later commit is seen next time
-        changed = self._changed_elsewhere(m) if self._rows and version != self._version else set()
+        changed = set()
+        if self._rows and version != self._version:  # another process ingested since the last read
+            if self.specs:
+                changed = self._changed_elsewhere(m)
+            else:  # light rows hold no file stamps to compare: read them all again
+                self._rows = {}
         if ingest:
             changed |= m.ingest(full=verify).keys
         self._version = version
@@ -192,7 +203,8 @@ class SnapshotReader:
         return keys
 
     def _check_outputs(self, m: Any) -> None:
-        """Check the outputs of done steps not checked yet, in one pass over their manifest rows."""
+        """Check the outputs of done steps not checked yet: each stat-ed against its recorded size
+        and mtime in one pass (no key or hash read), then the rule on those that moved."""
         from cdhpc.stepstate import outputs_intact_by_key
 
         todo = [k for k, r in self._rows["receipts"].items() if r["status"] == "ok" and k not in self._intact]
@@ -200,10 +212,17 @@ class SnapshotReader:
             return
         cur = m.db.cursor()
         cur.row_factory = None  # plain tuples: ~40k rows at the paper's size
-        sql = "SELECT key, path, sha256, bytes, mtime_ns FROM outputs"
-        rows = cur.execute(sql) if len(todo) > BULK_KEYS else cur.execute(f"{sql}{_where(todo)}", todo)
-        checked = outputs_intact_by_key(str(self.workdir), rows)
-        self._intact.update((k, checked.get(k, True)) for k in todo)  # a step without outputs is intact
+        sql = "SELECT rowid, path, bytes, mtime_ns FROM outputs"
+        cur.execute("BEGIN")  # one read: the rowids below name the rows read here
+        try:
+            stamps = cur.execute(sql) if len(todo) > BULK_KEYS else cur.execute(f"{sql}{_where(todo)}", todo)
+            moved = _moved_rows(cur, str(self.workdir), stamps.fetchall())
+        finally:
+            cur.execute("COMMIT")
+        self._intact.update(dict.fromkeys(todo, True))  # a step without moved outputs is intact
+        if moved:
+            wanted, checked = set(todo), outputs_intact_by_key(str(self.workdir), moved)
+            self._intact.update((k, ok) for k, ok in checked.items() if k in wanted)
 
     def _requery(self, m: Any, keys: set[str]) -> None:
         """Replace the cached rows of the given steps with the manifest's."""
@@ -251,18 +270,27 @@ def _file_id(path: Path) -> tuple[int, int] | None:
 
 RECEIPT_COLUMNS = "key, stage, name, status, started, finished, runtime_s, host, attempt, error, stdout, stderr, mtime_ns, size"
 JOB_COLUMNS = "*"
-# `cdhpc status --once` and `cdhpc cancel` (SnapshotReader(specs=False)) read fewer columns: at 46k
-# steps each column costs ~10 ms; error and log of failed steps only
-LIGHT_RECEIPT_COLUMNS = ("key, status, started, finished, runtime_s, CASE WHEN status = 'ok' THEN NULL ELSE error END AS "
-                         "error, CASE WHEN status = 'ok' THEN NULL ELSE stdout END AS stdout, mtime_ns, size")
-LIGHT_JOB_COLUMNS = "key, state, executor, submitted, job_id, array_index, attempt, path, mtime_ns, size"  # hot first
-
-
+# `cdhpc status --once` (SnapshotReader(specs=False)) reads fewer columns (at 46k steps each costs
+# ~5-15 ms): receipt times, what a SLURM poll needs of job records, no file stamps
+LIGHT_RECEIPT_COLUMNS = "key, status, started, finished, runtime_s"  # errors: SnapshotReader.receipts_of
+LIGHT_JOB_COLUMNS = "key, state, executor, submitted, job_id, array_index, path"  # hot first
 BULK_KEYS = 2000  # more changed steps than this: read every row again
+FAILED_SHOWN = 50  # failed steps listed by `cdhpc status --once` (all are counted)
 
 
-def _where(keys: list[str]) -> str:
-    return f" WHERE key IN ({','.join('?' * len(keys))})"
+def _moved_rows(cur: Any, root: str, stamps: list[tuple]) -> list[tuple]:
+    """The outputs rows (key, path, sha256, bytes, mtime_ns) of those (rowid, path, bytes,
+    mtime_ns) `stamps` whose file is missing or changed size or mtime (`moved_outputs`)."""
+    from cdhpc.stepstate import moved_outputs
+
+    ids = [stamps[i][0] for i in moved_outputs(root, [s[1] for s in stamps], map(itemgetter(2, 3), stamps))]
+    chunks = [ids[i:i + BULK_KEYS] for i in range(0, len(ids), BULK_KEYS)]  # within SQLite's variable limit
+    sql = "SELECT key, path, sha256, bytes, mtime_ns FROM outputs"
+    return [row for chunk in chunks for row in cur.execute(f"{sql}{_where(chunk, 'rowid')}", chunk)]
+
+
+def _where(keys: list[Any], column: str = "key") -> str:
+    return f" WHERE {column} IN ({','.join('?' * len(keys))})"
 
 
 def _by_key(rows: list[Any]) -> dict[str, Any]:
@@ -297,13 +325,46 @@ def sweep_states(workdir: Path) -> tuple[list[dict], dict[str, str], dict[str, d
 # ----------------------------------------------------------------------------- plain mode
 def print_status(workdir: Path) -> int:
     """``cdhpc status --once``: the per-stage table and the failed steps. Exit 1 if any failed."""
+    import gc
+
+    # ~200k manifest rows, none in a reference cycle: without the collector's passes over them (a
+    # tenth of the time at 46k steps) and freed by their reference counts before it runs again
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _print_status(workdir)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _print_status(workdir: Path) -> int:
     from rich.console import Console
-    from rich.table import Table
 
     with SnapshotReader(workdir, specs=False) as reader:  # the manifest's step heads: no plan.json parse
         snap = reader.read()
         training = reader.specs_of([s["key"] for s in snap.steps
                                     if s["stage"] == "pretrain" and snap.states[s["key"]] == "running"])
+        failed = [s for s in snap.steps if snap.states[s["key"]] == "failed"]
+        shown = reader.receipts_of([s["key"] for s in failed[:FAILED_SHOWN]])  # with their errors
+    console = Console(width=140)
+    console.print(_overview_table(workdir, snap))
+    if training:  # running pretrain steps: latest step, loss, tokens/s
+        from cdhpc.metrics import print_training
+
+        print_training(console, replace(snap, steps=training))
+    from cdhpc.waves import read_waves, wave_line
+
+    if (waves := wave_line(read_waves(workdir))) is not None:  # a sweep submitted in waves (cdhpc.waves)
+        console.print(waves, highlight=False)
+    if failed:
+        console.print(_failed_table(failed, shown))
+    return 1 if failed else 0
+
+
+def _overview_table(workdir: Path, snap: Snapshot) -> Any:
+    from rich.table import Table
+
     table = Table(title=f"{workdir.name}: {len(snap.steps)} steps")
     for col in ("stage", "done", "running", "queued", "failed", "to run", "total", "elapsed", "remaining", "GPU-h"):
         table.add_column(col, justify="left" if col == "stage" else "right")
@@ -312,25 +373,19 @@ def print_status(workdir: Path) -> int:
         table.add_row(row.stage, str(c["done"]), str(c["running"]), str(c["queued"]), str(c["failed"]),
                       str(c["missing"] + c["blocked"]), str(row.total), format_duration(row.elapsed_s),
                       format_duration(row.remaining_s), f"{row.gpu_hours:.2f}")
-    console = Console(width=140)
-    console.print(table)
-    from cdhpc.metrics import print_training
+    return table
 
-    print_training(console, replace(snap, steps=training))  # running pretrain steps: latest step, loss, tokens/s
-    from cdhpc.waves import read_waves, wave_line
 
-    if (waves := wave_line(read_waves(workdir))) is not None:  # a sweep submitted in waves (cdhpc.waves)
-        console.print(waves, highlight=False)
-    failed = [s for s in snap.steps if snap.states[s["key"]] == "failed"]
-    if failed:
-        ft = Table(title=f"{len(failed)} failed step(s)")
-        for col in ("stage", "name", "error", "log"):
-            ft.add_column(col)
-        for s in failed[:50]:
-            r = snap.receipts.get(s["key"])
-            ft.add_row(s["stage"], s["name"], failure_line(r)[:80], r["stdout"] or "" if r else "")
-        console.print(ft)
-    return 1 if failed else 0
+def _failed_table(failed: list[Any], receipts: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"{len(failed)} failed step(s)")
+    for col in ("stage", "name", "error", "log"):
+        table.add_column(col)
+    for s in failed[:FAILED_SHOWN]:
+        r = receipts.get(s["key"])
+        table.add_row(s["stage"], s["name"], failure_line(r)[:80], r["stdout"] or "" if r else "")
+    return table
 
 
 def failure_line(receipt: Any) -> str:

@@ -92,6 +92,32 @@ def test_status_once_heals_a_corrupt_manifest(sweep, how, capsys):
     assert rows(sweep) == want
 
 
+def test_status_once_heals_a_manifest_only_quick_check_finds_corrupt(sweep, capsys, caplog):
+    """Header and schema intact, the receipts table's root page garbage: only PRAGMA quick_check
+    at the open finds it, and the file is healed before anything is read or written: the same
+    table, the corrupt bytes moved aside as they were."""
+    good = table_once(sweep, capsys)
+    path = sweep / "manifest.sqlite"
+    db = sqlite3.connect(path)
+    page_size, root = db.execute("PRAGMA page_size").fetchone()[0], db.execute(
+        "SELECT rootpage FROM sqlite_master WHERE name = 'receipts'").fetchone()[0]
+    db.close()
+    data = bytearray(path.read_bytes())
+    data[(root - 1) * page_size:root * page_size] = bytes(range(256)) * (page_size // 256)
+    path.write_bytes(data)
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA schema_version").fetchone()
+    with pytest.raises(sqlite3.DatabaseError, match="malformed"):
+        db.execute("PRAGMA quick_check").fetchall()
+    db.close()
+    assert table_once(sweep, capsys) == good
+    (moved,) = aside(sweep)
+    assert moved.read_bytes() == bytes(data)
+    (line,) = _warned(caplog)
+    assert line.startswith(f"cdhpc: {path} was corrupt (") and line.endswith(f"moved it to {moved} and rebuilt it "
+                                                                              "from the receipts and job records")
+
+
 def _warned(caplog) -> list[str]:
     """The cdhpc warnings logged (in a `cdhpc` process they are stderr lines)."""
     return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -152,3 +153,38 @@ def test_failure_line_says_why_a_step_with_a_good_receipt_failed():
     assert "outputs changed" in failure_line({"status": "ok", "error": None})
     assert failure_line(None).startswith("no receipt")
     assert failure_line({"status": "failed", "error": "Traceback\nValueError: bad"}) == "ValueError: bad"
+
+
+@pytest.mark.parametrize("bulk", [2000, 2])  # 2: the changed outputs' rows read in several chunks
+def test_status_once_sees_outputs_changed_in_place_after_the_ingest(tmp_path, capsys, monkeypatch, bulk):
+    """A done step whose output was edited (same size, new mtime and bytes), grown or removed after
+    the launcher ingested its receipt is failed in `cdhpc status --once`; one only touched (new
+    mtime, same bytes) is still done (re-hashed)."""
+    from cdhpc.cli import main
+    from cdhpc.manifest import Manifest
+
+    monkeypatch.setattr("cdhpc.status.BULK_KEYS", bulk)
+
+    workdir = tmp_path / "sweep"
+    steps = build_workdir(workdir, 60)
+    with Manifest(workdir) as m:  # as the launcher leaves it
+        m.register_plan(steps)
+        m.ingest()
+
+    def out(i: int) -> Path:
+        return workdir / steps[i]["stage"] / f"{steps[i]['name']}-{steps[i]['key'][:8]}" / "out.txt"
+
+    text = out(3).read_text()
+    out(3).write_text(text[:-2] + "X\n")  # edited in place: same size
+    out(4).write_text(text + "more\n")  # grown
+    out(5).unlink()  # removed
+    os.utime(out(6), ns=(1, 1))  # touched only
+    with SnapshotReader(workdir, specs=False) as reader:
+        states = reader.read().states
+    assert [states[steps[i]["key"]] for i in (2, 3, 4, 5, 6)] == ["done", "failed", "failed", "failed", "done"]
+    assert states == naive_refresh(workdir)
+    capsys.readouterr()
+    assert main(["status", str(workdir), "--once"]) == 1
+    failed = [line for line in capsys.readouterr().out.splitlines() if "outputs changed" in line]
+    assert [[cell.strip() for cell in line.split("│")[1:3]] for line in failed] == [
+        [steps[i]["stage"], steps[i]["name"]] for i in (3, 4, 5)]

@@ -130,9 +130,10 @@ def test_a_bad_file_is_reported_at_every_ingest(tmp_path):
         assert len(m.ingest().bad) == 1 and len(m.ingest().bad) == 1
 
 
-def test_a_reader_sees_what_another_process_ingested(tmp_path):
+@pytest.mark.parametrize("specs", [True, False])  # False: light rows, read again in full
+def test_a_reader_sees_what_another_process_ingested(tmp_path, specs):
     workdir, steps = launched(tmp_path)
-    with SnapshotReader(workdir) as reader:
+    with SnapshotReader(workdir, specs=specs) as reader:
         assert reader.read().states == naive_refresh(workdir)
         write_step(workdir, steps[17], 17, "ok", time.time())  # was failed
         with Manifest(workdir) as launcher:  # the launcher ingests it first: the reader's ingest finds nothing new

@@ -53,3 +53,20 @@ def test_step_states_with_a_cache_checks_once_and_logs_nothing(tmp_path, caplog)
     with caplog.at_level(logging.WARNING, logger="cdhpc"):  # the launcher's call: no cache, the changed step logged
         assert step_states(tmp_path, keys, receipts, jobs, outputs_of) == states
     assert [r.getMessage() for r in caplog.records] == ["step s/changed: outputs changed since its receipt; it will run again"]
+
+
+def test_outputs_stat_ed_in_bulk_give_the_per_file_answer(tmp_path):
+    """The bulk stat pass: a missing or edited file found among intact ones, a file recorded by
+    its absolute path looked up as it is, a touched file re-hashed."""
+    outs = [_out(tmp_path, f"s{i}/out.txt", f"text {i}") for i in range(8)]
+    outs[7]["path"] = str(tmp_path / outs[7]["path"])  # recorded absolute
+    rows = [(f"k{i}", o["path"], o["sha256"], o["bytes"], o["mtime_ns"]) for i, o in enumerate(outs)]
+    (tmp_path / "s1/out.txt").unlink()
+    (tmp_path / "s6/out.txt").write_text("text X")  # same size
+    want = {f"k{i}": i not in (1, 6) for i in range(8)}
+    assert outputs_intact_by_key(str(tmp_path), rows) == want
+    (tmp_path / "s1/out.txt").write_text("text 1")  # back, with a new mtime: re-hashed, intact
+    os.utime(tmp_path / "s7/out.txt", ns=(1, 1))  # touched
+    assert outputs_intact_by_key(str(tmp_path), rows) == dict(want, k1=True)
+    (tmp_path / "s7/out.txt").write_text("text 8")  # edited, absolute
+    assert outputs_intact_by_key(str(tmp_path), rows) == dict(want, k1=True, k7=False)
