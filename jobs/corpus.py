@@ -16,7 +16,7 @@ def documents(shard_paths: list) -> Iterator[np.ndarray]:
     """Every document of every sample, in shard order, as <s> ids </s>."""
     import pyarrow.parquet as pq
 
-    from cdhpc.shards import split_documents
+    from cdhpc.lm.shards import split_documents
 
     for path in shard_paths:
         for ids in pq.read_table(path, columns=["input_ids"]).column("input_ids").to_pylist():
@@ -25,7 +25,7 @@ def documents(shard_paths: list) -> Iterator[np.ndarray]:
 
 
 def run(ctx: StepContext) -> StepResult:
-    from cdhpc.data import write_token_array
+    from cdhpc.lm.data import write_token_array
 
     roles = sorted(r for r in ctx.spec.inputs if r.startswith("shard-"))
     receipts = [ctx.input_receipt(r) for r in roles]

@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-from cdhpc import report
+from cdhpc.results import report
 
 NAMES = ("$\\x{$", "a|b", "line\nbreak", "50%_&#")
 TASKS = ("perplexity", "blimp")

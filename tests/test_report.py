@@ -1,4 +1,4 @@
-"""Known-answer and golden-file tests for cdhpc.report.
+"""Known-answer and golden-file tests for cdhpc.results.report.
 
 Golden files live in tests/golden/; regenerate them on purpose with UPDATE_GOLDEN=1.
 """
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cdhpc import report
+from cdhpc.results import report
 
 GOLDEN = Path(__file__).parent / "golden"
 TASKS = ("perplexity", "blimp", "wug")

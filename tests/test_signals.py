@@ -18,10 +18,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cdhpc.launch import execute
-from cdhpc.plan import Plan, StepSpec, content_key
-from cdhpc.receipts import atomic_write_text, read_receipt, receipt_path
-from cdhpc.scheduler import job_record_path
+from cdhpc.ui.launch import execute
+from cdhpc.sweep.plan import Plan, StepSpec, content_key
+from cdhpc.sweep.receipts import atomic_write_text, read_receipt, receipt_path
+from cdhpc.executors.scheduler import job_record_path
 from jobs import StepCancelled, StepContext, StepResult, run_step, stop_on_signals
 
 TESTS = Path(__file__).resolve().parent

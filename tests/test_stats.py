@@ -1,4 +1,4 @@
-"""Known-answer tests for cdhpc.stats (docs/method.md §8)."""
+"""Known-answer tests for cdhpc.results.stats (docs/method.md §8)."""
 
 import subprocess
 import sys
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.stats import false_discovery_control
 
-from cdhpc import stats
+from cdhpc.results import stats
 
 # ----------------------------------------------------------------------------- index sets
 
@@ -39,7 +39,7 @@ def test_draw_rejects_bad_arguments(bad):
 
 
 def test_import_is_cheap():
-    code = "import sys, cdhpc.stats; print(any(m in sys.modules for m in ('torch', 'transformers', 'scipy')))"
+    code = "import sys, cdhpc.results.stats; print(any(m in sys.modules for m in ('torch', 'transformers', 'scipy')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

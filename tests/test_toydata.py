@@ -1,4 +1,4 @@
-"""cdhpc.toydata (+ cdhpc.toytasks): determinism, layout, real BabyLM 2025 schemas, intended
+"""cdhpc.toydata (+ cdhpc.corpora.toy.tasks): determinism, layout, real BabyLM 2025 schemas, intended
 (un)grammaticality, entity-tracking answers re-derived by an independent simulator, a reading signal,
 past-tense/COMPS answers re-derived from the lexicon, and an AoA signal."""
 
@@ -20,7 +20,7 @@ import pytest
 from scipy.optimize import curve_fit
 from scipy.stats import spearmanr
 
-from cdhpc import toydata, toytasks
+from cdhpc.corpora.toy import lexicon as toydata, tasks as toytasks
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"train_docs": 60, "seed_docs": 20, "test_docs": 20}

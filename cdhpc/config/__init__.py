@@ -17,10 +17,10 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, JsonValue, V
                       model_validator)
 
 from cdhpc import STAGES
-from cdhpc.configio import ConfigError, Issue, Loc, format_pydantic_errors, load_yaml, locate
+from cdhpc.config.yamlio import ConfigError, Issue, Loc, format_pydantic_errors, load_yaml, locate
 from cdhpc.evals import TASK_NAMES
-from cdhpc.model import PRESETS, ModelPreset
-from cdhpc.paths import check_name, path_error
+from cdhpc.lm.model import PRESETS, ModelPreset
+from cdhpc.base.paths import check_name, path_error
 
 # Limits of what a sweep may ask for: generous for the study (paper.yaml: 8,000 steps, 16 checkpoints
 # per run, 100M synthetic tokens in 64 shards), small enough that nothing downstream runs out of
@@ -128,7 +128,7 @@ class TokenizerConfig(Strict):
 
 class PretrainConfig(Strict):
     model: str = "llama-12x768"
-    """Model preset of the baseline and retrained runs (see models / cdhpc.model.PRESETS)."""
+    """Model preset of the baseline and retrained runs (see models / cdhpc.lm.model.PRESETS)."""
     steps: upto(MAX_STEPS) = 8000
     """Optimizer steps per run."""
     checkpoint_every: upto(MAX_STEPS) = 500
@@ -400,7 +400,7 @@ class SweepConfig(Strict):
     tokenizer: TokenizerConfig = TokenizerConfig()
     """Tokenizer training."""
     models: dict[Name, ModelPreset] = Field(default_factory=dict)
-    """Extra model presets by name (added to cdhpc.model.PRESETS)."""
+    """Extra model presets by name (added to cdhpc.lm.model.PRESETS)."""
     pretrain: PretrainConfig = PretrainConfig()
     """Training hyper-parameters of every run."""
     select: SelectConfig = SelectConfig()
@@ -456,8 +456,8 @@ def load_config(path: str | Path, overrides: list[str] = (), *, allow_missing_pa
     """Read, override, validate and cross-check a sweep.yaml. Raises ConfigError. Top-level keys
     starting with ``x-`` hold shared YAML anchors and are ignored. With `allow_missing_paths`
     (the dry-run), data paths that do not exist yet are logged as warnings instead."""
-    from cdhpc.configcheck import check_references
-    from cdhpc.configio import apply_overrides
+    from cdhpc.config.check import check_references
+    from cdhpc.config.yamlio import apply_overrides
 
     path = Path(path)
     raw, lines = load_yaml(path)
@@ -475,7 +475,7 @@ def load_config(path: str | Path, overrides: list[str] = (), *, allow_missing_pa
         issues = [i for i in issues if not i.missing_path]
     if issues:
         raise ConfigError(path, issues)
-    from cdhpc.hfdata import resolve_eval_data
+    from cdhpc.config.hfdata import resolve_eval_data
 
     return resolve_eval_data(cfg)  # a cached hub id -> its snapshot folder
 

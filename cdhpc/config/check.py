@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cdhpc import STAGES
-from cdhpc.configio import Issue, Loc
-from cdhpc.trackers import missing_packages
+from cdhpc.config.yamlio import Issue, Loc
+from cdhpc.lm.trackers import missing_packages
 
 if TYPE_CHECKING:
     from cdhpc.config import SweepConfig
@@ -83,7 +83,7 @@ def _check_data(cfg: SweepConfig) -> list[Issue]:
             issues.append(Issue(("data", key), f"required when data.kind is {d.kind!r}", has_value=False))
         elif error:
             issues.append(Issue(("data", key), f"cannot be read: {error}", str(path)))
-        elif kind is None and key in ("babylm_dir", "tinystories"):  # or a hub id in the HF cache (cdhpc.hfdata)
+        elif kind is None and key in ("babylm_dir", "tinystories"):  # or a hub id in the HF cache (cdhpc.config.hfdata)
             issues += _hub_issue(("data", key), path)
         elif kind is None:
             issues.append(Issue(("data", key), "path does not exist (give a local file or directory)", str(path),
@@ -97,20 +97,20 @@ def _check_data(cfg: SweepConfig) -> list[Issue]:
 
 
 def _hub_id(path: Path) -> bool:
-    from cdhpc.hfdata import source_kind
+    from cdhpc.config.hfdata import source_kind
 
     return source_kind(path) == "hub"
 
 
 def _saved_dataset(path: Path) -> bool:
-    from cdhpc.hfdata import saved_dataset
+    from cdhpc.config.hfdata import saved_dataset
 
     return saved_dataset(Path(path))
 
 
 def _hub_issue(loc: tuple, path: Path) -> list[Issue]:
     """None when `path`, not a local path, names a hub dataset in the local HF cache."""
-    from cdhpc.hfdata import DataSourceError, hub_snapshot, source_kind
+    from cdhpc.config.hfdata import DataSourceError, hub_snapshot, source_kind
 
     if source_kind(path) != "hub":
         return [Issue(loc, "path does not exist (give a local folder, a save_to_disk dataset, or a hub dataset id "
@@ -243,7 +243,7 @@ def _check_eval_and_stats(cfg: SweepConfig) -> list[Issue]:
     kind, error = _kind(e.data_dir) if e.data_dir != "toy" else ("dir", None)
     if error:
         issues.append(Issue(("eval", "data_dir"), f"cannot be read: {error}", str(e.data_dir)))
-    elif kind is None and _hub_id(e.data_dir):  # a hub dataset repo in the HF cache (cdhpc.hfdata)
+    elif kind is None and _hub_id(e.data_dir):  # a hub dataset repo in the HF cache (cdhpc.config.hfdata)
         issues += _hub_issue(("eval", "data_dir"), e.data_dir)
     elif kind == "dir" and e.data_dir != "toy" and _saved_dataset(e.data_dir):
         issues.append(Issue(("eval", "data_dir"), "is a save_to_disk dataset; the evaluation data is a folder of "
@@ -279,7 +279,7 @@ def _check_eval_and_stats(cfg: SweepConfig) -> list[Issue]:
 def _check_run_names(cfg: SweepConfig) -> list[Issue]:
     """Run names (directories, table rows) come from method names, shares and seeds: two runs of
     different origins must not get the same name."""
-    from cdhpc.plan import amateur_run, baseline_run, retrain_run
+    from cdhpc.sweep.plan import amateur_run, baseline_run, retrain_run
 
     named: dict[str, tuple[Loc, tuple]] = {}  # run name -> (where it comes from, identity)
     issues = []
@@ -306,7 +306,7 @@ def _check_run_names(cfg: SweepConfig) -> list[Issue]:
 
 def planned_steps(cfg: SweepConfig) -> dict[str, int]:
     """Steps per stage that plan_sweep makes of this sweep, counted without making them."""
-    from cdhpc.plan import eval_steps_for
+    from cdhpc.sweep.plan import eval_steps_for
 
     synthetic = cfg.synthetic_methods().values()
     amateurs = {(a.model, a.seed if a.seed is not None else cfg.pretrain.seeds[0])

@@ -91,7 +91,7 @@ def _document(text: str) -> str:
 def materialize_tinystories(value: str | Path, out: Path, cache_dir: Path) -> tuple[Path, str]:
     """Write splits train/validation as TinyStories-{train,valid}.txt (stories ended by
     <|endoftext|> lines) into `out`; returns (out, provenance)."""
-    from cdhpc.tinybabylm import END_OF_TEXT
+    from cdhpc.corpora.tinybabylm import END_OF_TEXT
 
     ds, provenance = load(value, "data.tinystories", cache_dir)
     _columns(ds, "data.tinystories", value, ("train", "validation"), ("text",))
@@ -106,7 +106,7 @@ def materialize_tinystories(value: str | Path, out: Path, cache_dir: Path) -> tu
 def materialize_babylm(value: str | Path, out: Path, cache_dir: Path) -> tuple[Path, str]:
     """Write splits train/test, by their `source` column, as train_100M/<source>.train and
     test/<source>.test (documents separated by an empty line) into `out`; returns (out, provenance)."""
-    from cdhpc.tinybabylm import BABYLM_SOURCES
+    from cdhpc.corpora.tinybabylm import BABYLM_SOURCES
 
     ds, provenance = load(value, "data.babylm_dir", cache_dir)
     _columns(ds, "data.babylm_dir", value, ("train", "test"), ("text", "source"))

@@ -8,8 +8,8 @@ and re-running the launch is always safe:
   still queued on a failed job (they can never start) are cancelled and submitted again;
 - a step that ran out of memory is submitted with ``oom_mem_factor`` times its memory.
 
-A sweep larger than the cluster's submit limits (read at launch: cdhpc.slurm_limits) is submitted
-in waves, each with a continuation job that launches the next (cdhpc.waves); ``--follow`` stays
+A sweep larger than the cluster's submit limits (read at launch: cdhpc.executors.slurm_limits) is submitted
+in waves, each with a continuation job that launches the next (cdhpc.executors.waves); ``--follow`` stays
 attached instead and tops the queue up itself, for clusters where jobs may not submit jobs.
 
 Timeouts and preemptions need no launcher: submitit's ``checkpoint()`` requeues the job, up to
@@ -23,8 +23,8 @@ import logging
 from pathlib import Path
 
 from cdhpc.config import SweepConfig
-from cdhpc.plan import Plan
-from cdhpc.profile import ClusterProfile
+from cdhpc.sweep.plan import Plan
+from cdhpc.config.profile import ClusterProfile
 
 log = logging.getLogger("cdhpc")
 
@@ -33,8 +33,8 @@ def submit_sweep(cfg: SweepConfig, plan: Plan, workdir: Path, profile: ClusterPr
                  follow: bool = False, missing_only: bool = False) -> int:
     """Submit what the sweep needs; print the table when everything is already done. `follow`:
     stay, and submit the next wave as the queue empties (no continuation job)."""
-    from cdhpc.launch import print_results
-    from cdhpc.slurm import UnsafeSbatch
+    from cdhpc.ui.launch import print_results
+    from cdhpc.executors.slurm import UnsafeSbatch
 
     try:
         states, sub, live = submit_plan(workdir, plan, profile, cfg.name, verify, missing_only, waves=not follow)
@@ -63,7 +63,7 @@ def follow_sweep(workdir: Path, plan: Plan, profile: ClusterProfile, sweep: str,
     them). Ctrl-C stops following and cancels nothing. Returns the last states."""
     import time
 
-    from cdhpc.waves import cancel_old, read_waves
+    from cdhpc.executors.waves import cancel_old, read_waves
 
     cancel_old(read_waves(workdir))  # an earlier launch's continuation: this launcher does its work
     while sub.left or live or sub.steps:
@@ -82,11 +82,11 @@ def submit_plan(workdir: Path, plan: Plan, profile: ClusterProfile, sweep: str, 
     (default: the workdir's sweep.resolved.yaml through cdhpc.launch)."""
     import json
 
-    from cdhpc.launch import _outputs, report_bad
-    from cdhpc.manifest import Manifest
-    from cdhpc.scheduler import DONE, FAILED, MISSING, job_alive, step_states
-    from cdhpc.slurm import JobRef, SlurmScheduler, refresh_job_records
-    from cdhpc.slurm_limits import read_limits
+    from cdhpc.ui.launch import _outputs, report_bad
+    from cdhpc.sweep.manifest import Manifest
+    from cdhpc.executors.scheduler import DONE, FAILED, MISSING, job_alive, step_states
+    from cdhpc.executors.slurm import JobRef, SlurmScheduler, refresh_job_records
+    from cdhpc.executors.slurm_limits import read_limits
 
     limits = limits if limits is not None else read_limits(profile)
     if limits.array_cap(profile.max_array_size) < profile.max_array_size:
@@ -118,7 +118,7 @@ def submit_plan(workdir: Path, plan: Plan, profile: ClusterProfile, sweep: str, 
         sub = sched.submit(plan, todo, live, attempts, resources, budget)
         m.ingest()
     if waves:
-        from cdhpc.waves import next_wave
+        from cdhpc.executors.waves import next_wave
 
         next_wave(workdir, profile, sweep, sub, sorted({r.job_id for r in live.values()}), relaunch)
     n_done = sum(s == DONE for s in states.values())

@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from cdhpc.paths import inside
-from cdhpc.plan import Plan, StepSpec
-from cdhpc.receipts import ReceiptError, atomic_write_json, read_receipt, receipt_path
-# the step-state rule (re-exported): cdhpc.stepstate imports no plan or config, so `cdhpc status` starts fast
-from cdhpc.stepstate import (BLOCKED, DONE, FAILED, LIVE_JOB_STATES, MISSING, QUEUED,  # noqa: F401
+from cdhpc.base.paths import inside
+from cdhpc.sweep.plan import Plan, StepSpec
+from cdhpc.sweep.receipts import ReceiptError, atomic_write_json, read_receipt, receipt_path
+# the step-state rule (re-exported): cdhpc.sweep.stepstate imports no plan or config, so `cdhpc status` starts fast
+from cdhpc.sweep.stepstate import (BLOCKED, DONE, FAILED, LIVE_JOB_STATES, MISSING, QUEUED,  # noqa: F401
                              QUEUED_JOB_STATES, RUNNING, classify, job_alive, outputs_intact, pid_alive, step_states)
 
 log = logging.getLogger("cdhpc")

@@ -31,12 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from cdhpc.paths import inside
-from cdhpc.plan import Plan, StepSpec
-from cdhpc.profile import ClusterProfile
-from cdhpc.receipts import atomic_write_json, receipt_path
-from cdhpc.verbosity import env_level
-from cdhpc.scheduler import LIVE_JOB_STATES, job_record_path, update_job_record  # live: sacct/squeue states of a job that may still run
+from cdhpc.base.paths import inside
+from cdhpc.sweep.plan import Plan, StepSpec
+from cdhpc.config.profile import ClusterProfile
+from cdhpc.sweep.receipts import atomic_write_json, receipt_path
+from cdhpc.base.verbosity import env_level
+from cdhpc.executors.scheduler import LIVE_JOB_STATES, job_record_path, update_job_record  # live: sacct/squeue states of a job that may still run
 
 log = logging.getLogger("cdhpc")
 
@@ -154,7 +154,7 @@ def job_name(sweep: str, stage: str, keys: list[str], salt: str) -> str:
 def sbatch_parameters(array: ArraySpec, profile: ClusterProfile, name: str, dependency: str | None,
                       log_level: str | None = None) -> dict[str, Any]:
     """Pure: submitit SlurmExecutor parameters of one array (the sbatch lines it renders).
-    `log_level` (a cdhpc.verbosity level) is exported to the job even where a profile exports
+    `log_level` (a cdhpc.base.verbosity level) is exported to the job even where a profile exports
     no environment (``--export=NONE``)."""
     res = array.resources
     stage = profile.stages.get(array.stage)
@@ -170,7 +170,7 @@ def sbatch_parameters(array: ArraySpec, profile: ClusterProfile, name: str, depe
         "setup": [f"export OMP_NUM_THREADS={res['cpus_per_task']}"],
         "additional_parameters": {"requeue": True},
     }
-    if log_level is not None:  # one of cdhpc.verbosity.LEVELS: a plain word, safe in the script
+    if log_level is not None:  # one of cdhpc.base.verbosity.LEVELS: a plain word, safe in the script
         params["setup"].append(f"export CDHPC_LOG_LEVEL={log_level}")
     if res["gpus_per_node"]:
         params["gpus_per_node"] = res["gpus_per_node"]
@@ -389,7 +389,7 @@ class Submission:
     jobs: int = 0
     steps: int = 0
     job_ids: list[str] = field(default_factory=list)
-    left: int = 0  # steps of `todo` left for a later wave (cdhpc.waves)
+    left: int = 0  # steps of `todo` left for a later wave (cdhpc.executors.waves)
 
 
 class SlurmScheduler:
@@ -457,8 +457,8 @@ class SlurmScheduler:
     def submit(self, plan: Plan, todo: set[str], live: dict[str, JobRef], attempts: dict[str, int],
                resources: dict[str, dict] | None = None, budget: int | None = None) -> Submission:
         """Submit every step in `todo` (upstream first), waiting on `live` jobs where they are
-        inputs; with a `budget` of jobs they do not fit, only the wave that fits (cdhpc.waves)."""
-        from cdhpc.waves import cut_wave, wave_room
+        inputs; with a `budget` of jobs they do not fit, only the wave that fits (cdhpc.executors.waves)."""
+        from cdhpc.executors.waves import cut_wave, wave_room
 
         arrays = plan_arrays(plan, todo, live, self.profile.max_array_size, resources)
         arrays, left = cut_wave(arrays, wave_room(arrays, budget))

@@ -1,6 +1,6 @@
 """Sweeps larger than the cluster's submit limits run in waves (docs: README, "Waves").
 
-A launch whose arrays do not fit the budget (`cdhpc.slurm_limits`) submits the longest prefix of
+A launch whose arrays do not fit the budget (`cdhpc.executors.slurm_limits`) submits the longest prefix of
 them in dependency order that fits in the budget minus one, plus one continuation job
 ``cdhpc.<sweep>.continue`` (1 CPU, 2 GB, 10 minutes) that waits (``afterany``) for the wave and
 then runs the same launch again with ``--missing-only``: that relaunch submits the next wave and
@@ -146,8 +146,8 @@ def submit_continuation(workdir: Path, profile: Any, sweep: str, after: list[str
     """sbatch the continuation (script checked first); returns its job id."""
     import submitit
 
-    from cdhpc.paths import inside
-    from cdhpc.slurm import check_sbatch_script, job_name, sbatch_script
+    from cdhpc.base.paths import inside
+    from cdhpc.executors.slurm import check_sbatch_script, job_name, sbatch_script
 
     job_name(sweep, "continue", [], "")  # raises UnsafeSbatch for a sweep name that cannot be a job name
     params = continuation_parameters(profile, sweep, after, begin_s)
@@ -190,7 +190,7 @@ def next_wave(workdir: Path, profile: Any, sweep: str, sub: Any, live_ids: list[
     doc["history"] = [*doc["history"], {"wave": doc["wave"], "jobs": sub.jobs, "steps": sub.steps, "left": sub.left,
                                         "continuation": doc["continuation"], "by": os.environ.get(OWN_JOB_ENV) or None,
                                         "at": doc["updated"]}]
-    from cdhpc.receipts import atomic_write_json  # not at import: status --once reads waves without pydantic
+    from cdhpc.sweep.receipts import atomic_write_json  # not at import: status --once reads waves without pydantic
 
     atomic_write_json(workdir / WAVES_FILE, doc)
     return doc

@@ -53,7 +53,7 @@ def _csv_step(line: str) -> int | None:
 def keep_through(path: Path, step: int, csv: bool = False) -> int:
     """Rewrite ``path`` (atomically) with only its complete lines of steps <= ``step`` (a CSV keeps
     its header); returns the lines kept. Nothing is written when nothing is dropped."""
-    from cdhpc.receipts import atomic_write_text
+    from cdhpc.sweep.receipts import atomic_write_text
 
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
@@ -79,7 +79,7 @@ def _append(path: Path, text: str) -> None:
 class MetricsLog:
     """Rank 0's writer: ``metrics.jsonl`` (and ``metrics.csv`` when asked), truncated to
     ``resume_step`` on open, then appended; every record is also handed to the ``trackers``
-    (objects with ``log(records)`` and ``close()``, see ``cdhpc.trackers``)."""
+    (objects with ``log(records)`` and ``close()``, see ``cdhpc.lm.trackers``)."""
 
     def __init__(self, out_dir: Path, resume_step: int, csv: bool = False, trackers: Sequence[Any] = ()):
         self.path = Path(out_dir) / METRICS_FILE
@@ -147,7 +147,7 @@ def latest_metrics(path: Path, tail_bytes: int = TAIL_BYTES) -> dict[str, Any] |
 
 def pretrain_metrics_path(workdir: Path, name: str, key: str) -> Path:
     """metrics.jsonl of the pretrain step ``name`` with key ``key`` (its output directory)."""
-    from cdhpc.paths import component, inside
+    from cdhpc.base.paths import component, inside
 
     return inside(workdir, "pretrain", component(f"{name}-{key[:8]}"), METRICS_FILE)
 
@@ -166,7 +166,7 @@ class TrainingProgress:
 
     def text(self) -> str:
         """``step 40/120  loss 4.2310  tokens/s 7,426  (12s ago)``."""
-        from cdhpc.status import format_duration
+        from cdhpc.ui.status import format_duration
 
         loss = "-" if self.loss is None else f"{self.loss:.4f}"
         rate = "-" if self.tokens_per_s is None else f"{self.tokens_per_s:,.0f}"
@@ -194,7 +194,7 @@ def running_progress(workdir: Path, steps: Iterable[Mapping[str, Any]], states: 
 
 
 def print_training(console: Any, snap: Any) -> None:
-    """``cdhpc status --once``'s table of the running pretrain steps (a ``cdhpc.status.Snapshot``)
+    """``cdhpc status --once``'s table of the running pretrain steps (a ``cdhpc.ui.status.Snapshot``)
     with their latest step, loss and tokens/s, when there are any."""
     import time
 
@@ -222,7 +222,7 @@ class TrainingCurve:
 def training_curves(workdir: Path, eval_specs: Iterable[Mapping[str, Any]]) -> list[TrainingCurve]:
     """The curves of the runs that evaluate steps read (each run once, in first-seen order),
     labelled as the table's rows are. Runs without a metrics.jsonl (yet) have no records."""
-    from cdhpc.partial import method_labels
+    from cdhpc.ui.partial import method_labels
 
     specs = list(eval_specs)
     labels = method_labels([s["params"] for s in specs])
@@ -247,7 +247,7 @@ def plot_training(curves: Sequence[TrainingCurve], path: Path, partial: str | No
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    from cdhpc.report import _plain_text, partial_line
+    from cdhpc.results.report import _plain_text, partial_line
 
     methods = list(dict.fromkeys(c.method for c in curves))
     colours = {m: plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")(i % 20) for i, m in enumerate(methods)}

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cdhpc.decoding import DecodingParams, next_tokens
-from cdhpc.plan import derive_seed  # one seed derivation for the whole sweep
+from cdhpc.lm.decoding import DecodingParams, next_tokens
+from cdhpc.sweep.plan import derive_seed  # one seed derivation for the whole sweep
 
 
 @dataclass(frozen=True)

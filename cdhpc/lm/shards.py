@@ -31,10 +31,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from cdhpc.receipts import atomic_write_bytes, atomic_write_json, sha256_file
+from cdhpc.sweep.receipts import atomic_write_bytes, atomic_write_json, sha256_file
 
 if TYPE_CHECKING:  # torch is imported only when generating
-    from cdhpc.decoding import DecodingParams
+    from cdhpc.lm.decoding import DecodingParams
 
 SCHEMA = pa.schema([
     ("prompt_index", pa.int64()),
@@ -129,8 +129,8 @@ def read_progress(out: Path, layout: str) -> dict[str, Any]:
 def _chunk_table(expert: Any, amateur: Any, prompts: list[list[int]], lo: int, hi: int,
                  opts: dict[str, Any]) -> pa.Table:
     """Generate the samples of prompts ``lo:hi`` (seed from ``(seed, chunk)``) as a table."""
-    from cdhpc.plan import derive_seed
-    from cdhpc.sampler import generate
+    from cdhpc.sweep.plan import derive_seed
+    from cdhpc.lm.sampler import generate
 
     n = opts["continuations"]
     pairs = [(pi, si) for pi in range(lo, hi) for si in range(n)]

@@ -1,6 +1,6 @@
 """``pretrain.report_to``: the numbers of ``metrics.jsonl`` fed to TensorBoard and/or Weights &
 Biases through the libraries' own writers, one run per sweep run, tagged with the sweep, method
-and seed. (``csv`` is written by ``cdhpc.metrics.MetricsLog`` itself.)
+and seed. (``csv`` is written by ``cdhpc.lm.metrics.MetricsLog`` itself.)
 
 Both are optional extras (``pip install 'cdhpc[tracking]'``); the config check refuses a sweep
 that asks for one that is not installed (``missing_packages``). Their files live in the step's

@@ -2,8 +2,8 @@
 
 Pure helpers (``lr_at``, ``deepspeed_config``, ``distributed_env``) render what the shell hands to
 DeepSpeed; ``train`` is the shell. It writes HF checkpoints ``out_dir/checkpoints/step_<N>`` and the
-latest DeepSpeed checkpoint ``out_dir/ds/`` (``cdhpc.train_checkpoints``), and one line per optimizer
-step to ``out_dir/metrics.jsonl`` (``cdhpc.metrics``), plus the trackers ``report_to`` names.
+latest DeepSpeed checkpoint ``out_dir/ds/`` (``cdhpc.lm.train_checkpoints``), and one line per optimizer
+step to ``out_dir/metrics.jsonl`` (``cdhpc.lm.metrics``), plus the trackers ``report_to`` names.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from cdhpc.data import MixedBatches, TokenArray
-from cdhpc.model import ModelPreset, build_model, flops_per_token, get_preset, peak_flops
-from cdhpc.train_checkpoints import existing_checkpoints, resume, save_ds, save_hf
+from cdhpc.lm.data import MixedBatches, TokenArray
+from cdhpc.lm.model import ModelPreset, build_model, flops_per_token, get_preset, peak_flops
+from cdhpc.lm.train_checkpoints import existing_checkpoints, resume, save_ds, save_hf
 
 PRECISIONS = ("bf16", "fp32")
 _CLIENT_OWNED_KEYS = ("optimizer", "scheduler")
@@ -28,7 +28,7 @@ _CLIENT_OWNED_KEYS = ("optimizer", "scheduler")
 class TrainSpec:
     """Everything a pretrain step needs, plain data (docs/method.md §3 defaults)."""
 
-    preset: ModelPreset | str  # a preset or its name in cdhpc.model.PRESETS
+    preset: ModelPreset | str  # a preset or its name in cdhpc.lm.model.PRESETS
     vocab_size: int
     seed: int
     steps: int  # optimizer steps
@@ -255,7 +255,7 @@ class _Run:
     out_dir: Path
     say: Callable[[str], None]
     peak: float | None = None  # FLOP/s of all ranks; None for a GPU of unknown peak
-    metrics: Any = None  # rank 0's cdhpc.metrics.MetricsLog
+    metrics: Any = None  # rank 0's cdhpc.lm.metrics.MetricsLog
 
 
 def utilisation_key(device: str) -> str:
@@ -286,7 +286,7 @@ def _flush(run: _Run, pending: list[dict]) -> list[float]:
 
 
 def _record(spec: TrainSpec, run: _Run, step: int, loss: float, norm: float | None, elapsed: float) -> dict:
-    """One metrics.jsonl line (see cdhpc.metrics) before its loss is averaged over ranks."""
+    """One metrics.jsonl line (see cdhpc.lm.metrics) before its loss is averaged over ranks."""
     tokens = spec.global_batch * spec.seq_len
     rate = tokens / elapsed
     util = {utilisation_key(run.device): rate * flops_per_token(spec.preset, spec.vocab_size, spec.seq_len) / run.peak
@@ -331,8 +331,8 @@ def _run_steps(spec: TrainSpec, run: _Run, start: int, stop: int) -> float:
 
 def _open_metrics(run: _Run, start: int, report_to: Sequence[str], run_info: Mapping[str, Any] | None) -> None:
     """Rank 0 writes metrics.jsonl (and what ``report_to`` asks for), continuing after ``start``."""
-    from cdhpc.metrics import MetricsLog
-    from cdhpc.trackers import open_trackers
+    from cdhpc.lm.metrics import MetricsLog
+    from cdhpc.lm.trackers import open_trackers
 
     if run.rank == 0:
         trackers = open_trackers(report_to, run.out_dir, start, run_info or {})
@@ -346,7 +346,7 @@ def train(spec: TrainSpec, *, tokenizer_dir: Path, train_array: Path, val_array:
     """Pretrain (or resume, from ``out_dir/ds``) one run; see the module docstring for what is
     written. ``stop_after`` ends this process's work after that optimizer step, as a preemption
     would (tests, drills); the next call resumes from the last checkpoint. ``report_to``: trackers
-    of ``cdhpc.trackers`` fed the metrics, tagged from ``run_info`` (sweep, run, method, seed, key)."""
+    of ``cdhpc.lm.trackers`` fed the metrics, tagged from ``run_info`` (sweep, run, method, seed, key)."""
     import deepspeed.utils
     import transformers
 

@@ -1,7 +1,7 @@
 """A pretrain run's checkpoints: HF directories ``out_dir/checkpoints/step_<N>`` (weights,
 config, tokenizer, ``val.json``; written in a temp dir and renamed) and the latest DeepSpeed
 checkpoint in ``out_dir/ds/`` (with ``progress.json``) that ``resume`` continues from bit-exactly.
-Called by every rank of ``cdhpc.train.train``; only rank 0 writes the HF directories."""
+Called by every rank of ``cdhpc.lm.train.train``; only rank 0 writes the HF directories."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from cdhpc.train import TrainSpec
+    from cdhpc.lm.train import TrainSpec
 
 
 def save_hf(engine, spec: TrainSpec, step: int, rank: int, tokenizer_dir: Path, out_dir: Path,

@@ -1,5 +1,5 @@
 """From per-item predictions to bootstrap vectors: the bridge between the evaluate stage's files
-and ``cdhpc.stats``. Pure given the loaded rows; every model shares one index set per task."""
+and ``cdhpc.results.stats``. Pure given the loaded rows; every model shares one index set per task."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from cdhpc import stats
+from cdhpc.results import stats
 
 CHOICE_TASKS = ("blimp", "blimp_supplement", "ewok", "entity_tracking", "wug", "wug_past", "comps")
 REGRESSION_TASKS = ("reading", "eye_tracking")

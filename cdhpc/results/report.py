@@ -16,7 +16,7 @@ from typing import Hashable, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 
-from cdhpc import stats
+from cdhpc.results import stats
 
 TABLE_TASKS = ("perplexity", "blimp", "blimp_supplement", "entity_tracking", "ewok", "wug", "reading",
                "eye_tracking", "wug_past", "comps", "aoa")

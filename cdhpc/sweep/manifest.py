@@ -11,7 +11,7 @@ Read-only commands open it with ``fallback=True``: where it cannot be written (r
 filesystem, no permission, another process's write lock) or healed (another process holds the
 workdir), they index into an in-memory copy and write nothing. An ingest lists only the
 receipts/ and jobs/ directories whose mtime changed, and ``cdhpc status`` reads the steps from here
-while plan.json is what was registered: the ``stamps`` table tells both (``cdhpc.manifest_db``).
+while plan.json is what was registered: the ``stamps`` table tells both (``cdhpc.sweep.manifest_db``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cdhpc.manifest_db import (
+from cdhpc.sweep.manifest_db import (
     PLAN, RACY_NS, SCHEMA, UNWRITABLE_CODES, Corrupt, ManifestError, Stamp, Transaction, check, connect,
     move_aside, mtime_ns, prepare, read_stamped, sqlite_code, stamp_if_same, step_gpus, unusable, writable, writes)
 
@@ -121,7 +121,7 @@ class Manifest:
         """Move the corrupt file aside and rebuild it from the files, holding the workdir's lock
         (taken here unless this process holds it); without the lock, fallback readers index in
         memory and writers stop with one line."""
-        from cdhpc.lock import WorkdirBusy, WorkdirLock, error_line
+        from cdhpc.sweep.lock import WorkdirBusy, WorkdirLock, error_line
 
         lock = WorkdirLock(self.workdir, command="cdhpc, rebuilding manifest.sqlite")
         try:
@@ -317,7 +317,7 @@ class Manifest:
             result.keys.update(self._forget(sub, gone))
         todo = [rel for rel in sorted(files) if seen.get(rel) != (files[rel].st_mtime_ns, files[rel].st_size)]
         if todo:
-            from cdhpc.receipts import ReceiptError  # here: it imports pydantic, which `cdhpc status` may not need
+            from cdhpc.sweep.receipts import ReceiptError  # here: it imports pydantic, which `cdhpc status` may not need
         for rel in todo:
             st = files[rel]
             old = self.db.execute(f"SELECT key FROM {sub} WHERE path = ?", (rel,)).fetchall() if rel in seen else []
@@ -329,7 +329,7 @@ class Manifest:
         return len(seen.keys() - files.keys()) + len(todo) - (len(result.bad) - bad)
 
     def _put_receipt(self, f: Path, rel: str, st: Any) -> str:
-        from cdhpc.receipts import ReceiptError, read_receipt
+        from cdhpc.sweep.receipts import ReceiptError, read_receipt
 
         r = read_receipt(f)
         for table, rows in r.rows.items():

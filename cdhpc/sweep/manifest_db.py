@@ -1,6 +1,6 @@
 """The manifest's SQLite file and the stamps of the files it indexes: schema, integrity check,
 error codes, moving a corrupt file aside, transactions; and the (mtime, size, sha256) stamps by
-which an ingest skips what has not changed since it last looked (``cdhpc.manifest`` uses them)."""
+which an ingest skips what has not changed since it last looked (``cdhpc.sweep.manifest`` uses them)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 from cdhpc import STAGES
 from cdhpc.config import MethodConfig, SweepConfig
-from cdhpc.paths import component, inside
+from cdhpc.base.paths import component, inside
 
 # Bump a stage's version when its code changes what it writes: its steps (and descendants) re-run.
 # generate 2: sampler seeds from derive_seed; evaluate 2: the official BabyLM scoring rules by default

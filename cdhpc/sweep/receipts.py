@@ -16,7 +16,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from cdhpc.paths import inside
+from cdhpc.base.paths import inside
 from typing import Any, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError

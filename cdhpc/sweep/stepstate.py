@@ -1,7 +1,7 @@
 """The one rule for "what state is this step in?": a receipt is the proof of success, its outputs
 must still be intact, and a job that left the queue without one failed. ``step_states`` applies it
 to a plan (the launcher, ``--dry-run``) or to step keys with an intactness cache (``cdhpc status``,
-the terminal UI); ``cdhpc.scheduler`` re-exports it. No plan, config or pydantic import here, so
+the terminal UI); ``cdhpc.executors.scheduler`` re-exports it. No plan, config or pydantic import here, so
 ``cdhpc status --once`` starts fast."""
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def _output_ok(root: str, path: str, sha256: str, size: int, mtime_ns: int, reha
         return False
     if not rehash and st.st_mtime_ns == mtime_ns:
         return True
-    from cdhpc.receipts import sha256_file  # only to re-hash (it imports pydantic)
+    from cdhpc.sweep.receipts import sha256_file  # only to re-hash (it imports pydantic)
 
     return sha256_file(Path(full)) == sha256
 

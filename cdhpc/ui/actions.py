@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cdhpc.status import Snapshot
+from cdhpc.ui.status import Snapshot
 
 LIVE = ("running", "queued")
 
@@ -42,7 +42,7 @@ def cancel_steps(snap: Snapshot, keys: list[str]) -> list[str]:
     at once; `scancel` for SLURM jobs, batched, whole arrays by their own id, and their records
     left to the next poll, which reads CANCELLED from sacct/squeue. Linear in the number of job
     records. Returns one message per local job and one line for all SLURM jobs."""
-    from cdhpc.scheduler import pid_alive, stop_local_job, update_job_record
+    from cdhpc.executors.scheduler import pid_alive, stop_local_job, update_job_record
 
     members: dict[tuple[str, str], list[dict]] = {}  # every live job -> its live records
     for k, j in snap.jobs.items():
@@ -75,10 +75,10 @@ def cancel_steps(snap: Snapshot, keys: list[str]) -> list[str]:
 
 
 def cancel_continuation(workdir: Path) -> list[str]:
-    """scancel the sweep's wave continuation (cdhpc.waves), so no later wave is submitted after a
+    """scancel the sweep's wave continuation (cdhpc.executors.waves), so no later wave is submitted after a
     cancel; the record keeps the wave and names the cancel. A launch starts the waves again."""
-    from cdhpc.receipts import atomic_write_json
-    from cdhpc.waves import WAVES_FILE, read_waves
+    from cdhpc.sweep.receipts import atomic_write_json
+    from cdhpc.executors.waves import WAVES_FILE, read_waves
 
     doc = read_waves(workdir)
     if not doc or not doc.get("continuation"):

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from cdhpc import STAGES
 from cdhpc.config import SweepConfig
-from cdhpc.estimate import Rates, default_rates, step_hours
-from cdhpc.plan import Plan, StepSpec
+from cdhpc.ui.estimate import Rates, default_rates, step_hours
+from cdhpc.sweep.plan import Plan, StepSpec
 
 MAX_ARRAY_SIZE = 1000  # arrays are chunked to the cluster's MaxArraySize (slurm profiles set it)
 
@@ -35,7 +35,7 @@ def stage_rows(plan: Plan, states: dict[str, str] | None, max_array_size: int = 
     (steps with the same upstream jobs share an array, steps_per_job to an element, split at
     max_array_size); GPU-hours max are the upper bound the time limits allow: steps to run x nodes
     x GPUs/node x timeout; GPU-hours est. (with ``cfg`` and ``rates``) come from throughput."""
-    from cdhpc.slurm import plan_arrays
+    from cdhpc.executors.slurm import plan_arrays
 
     arrays = plan_arrays(plan, {s.key for s in plan.steps}, {}, max_array_size)
     rows = []
@@ -113,11 +113,11 @@ def model_lines(cfg: SweepConfig, plan: Plan) -> list[str]:
 
 def limits_line(plan: Plan, states: dict[str, str] | None, profile, limits=None) -> str:
     """The cluster's limits (read-only queries; unknown without SLURM) and the waves the steps to
-    run need under them (cdhpc.waves)."""
+    run need under them (cdhpc.executors.waves)."""
     import shutil
 
-    from cdhpc.slurm import plan_arrays
-    from cdhpc.slurm_limits import Limits, read_limits, waves_needed
+    from cdhpc.executors.slurm import plan_arrays
+    from cdhpc.executors.slurm_limits import Limits, read_limits, waves_needed
 
     if limits is None:
         limits = read_limits(profile) if shutil.which("scontrol") else Limits(

@@ -15,10 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from cdhpc.model import ModelPreset, flops_per_token, get_preset
+from cdhpc.lm.model import ModelPreset, flops_per_token, get_preset
 
 CAL_PRESET, CAL_VOCAB, CAL_SEQ = "llama-12x768", 32_000, 1024  # what .ci/gpu's benchmarks run
-PEAK_FLOPS = 989e12  # H100/H200 SXM, bf16 dense (cdhpc.model.GPU_PEAK_FLOPS)
+PEAK_FLOPS = 989e12  # H100/H200 SXM, bf16 dense (cdhpc.lm.model.GPU_PEAK_FLOPS)
 DEFAULTS = {
     "train_flops_per_s": 0.40 * PEAK_FLOPS,  # the training target: MFU 40%
     "cd_tokens_per_s": 75_000.0,  # the CD target: batch 256, 400 new tokens, two 12x768 models
@@ -48,7 +48,7 @@ def default_rates() -> Rates:
 def rates_from_calibration(path: Path) -> Rates:
     """Rates from a ``gpu.jsonl``; figures it lacks (a part that did not finish) keep their
     defaults and the source line says which. Raises gpufigures.CalibrationError."""
-    from cdhpc.gpufigures import read_calibration
+    from cdhpc.ui.gpufigures import read_calibration
 
     figs = read_calibration(path)
     measured: dict[str, float] = {}
@@ -71,7 +71,7 @@ def rates_from_calibration(path: Path) -> Rates:
 
 
 def raise_missing(path: Path) -> None:
-    from cdhpc.gpufigures import CalibrationError
+    from cdhpc.ui.gpufigures import CalibrationError
 
     raise CalibrationError(f"{path}: none of train_tokens_per_s, cd_tokens_per_s, sample_tokens_per_s, "
                            "eval_blimp_s has a value; run `bash .ci/gpu` on a GPU node to measure them")

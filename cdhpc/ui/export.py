@@ -12,9 +12,9 @@ from pathlib import Path
 
 def done_evaluations(workdir: Path) -> tuple[dict, list, int]:
     """(aggregate step spec, ok receipts of its evaluate inputs, number of inputs planned)."""
-    from cdhpc.manifest import Manifest
-    from cdhpc.receipts import read_receipt
-    from cdhpc.status import read_plan_steps
+    from cdhpc.sweep.manifest import Manifest
+    from cdhpc.sweep.receipts import read_receipt
+    from cdhpc.ui.status import read_plan_steps
 
     agg = next((s for s in read_plan_steps(workdir) if s["stage"] == "aggregate"), None)
     if agg is None:
@@ -28,8 +28,8 @@ def done_evaluations(workdir: Path) -> tuple[dict, list, int]:
 
 def export(workdir: Path, write: bool) -> int:
     """Print the (possibly partial) table; with `write`, publish results/ as aggregate does."""
-    from cdhpc.report import render_markdown
-    from cdhpc.status import read_plan_steps
+    from cdhpc.results.report import render_markdown
+    from cdhpc.ui.status import read_plan_steps
     from jobs.aggregate import build_table, publish
 
     agg, receipts, planned = done_evaluations(workdir)

@@ -3,7 +3,7 @@
 Re-running the same command is always safe: done steps are skipped, running ones are waited for,
 failed and missing ones run (again). Nothing is written before the config has loaded cleanly, and
 nothing by a second launcher on the same workdir: one launcher holds ``workdir/.lock`` for its whole
-run (cdhpc.lock); another exits 2 naming it. --dry-run and --print-config take no lock and write
+run (cdhpc.sweep.lock); another exits 2 naming it. --dry-run and --print-config take no lock and write
 nothing.
 """
 
@@ -21,9 +21,9 @@ from pathlib import Path
 
 from cdhpc import STAGES
 from cdhpc.config import ConfigError, SweepConfig, dump_config, load_config
-from cdhpc.lock import LOCK_FILE, WorkdirBusy, WorkdirLock, error_line
-from cdhpc.paths import MARKER
-from cdhpc.plan import Plan, plan_sweep
+from cdhpc.sweep.lock import LOCK_FILE, WorkdirBusy, WorkdirLock, error_line
+from cdhpc.base.paths import MARKER
+from cdhpc.sweep.plan import Plan, plan_sweep
 
 log = logging.getLogger("cdhpc")
 
@@ -47,7 +47,7 @@ def build_parser(prog: str = "python -m cdhpc.launch") -> argparse.ArgumentParse
                    "finish, instead of a continuation job; Ctrl-C stops following and cancels nothing")
     p.add_argument("--missing-only", action="store_true", help="SLURM: submit only steps that never ran, not "
                    "failed ones (what a wave's continuation job runs)")
-    from cdhpc.verbosity import add_flags
+    from cdhpc.base.verbosity import add_flags
 
     add_flags(p)
     return p
@@ -55,7 +55,7 @@ def build_parser(prog: str = "python -m cdhpc.launch") -> argparse.ArgumentParse
 
 def main(argv: list[str] | None = None, prog: str = "python -m cdhpc.launch") -> int:
     args = build_parser(prog).parse_intermixed_args(argv)  # flags may come after key=value overrides
-    from cdhpc.verbosity import setup_command
+    from cdhpc.base.verbosity import setup_command
 
     # jobs inherit the level through CDHPC_LOG_LEVEL; CDHPC_LOG_LEVEL=debug is -v
     args.verbose = setup_command(args.verbose, args.quiet) == "debug"
@@ -87,7 +87,7 @@ def _main(args: argparse.Namespace, prog: str) -> int:
     cfg = load_config(args.sweep, args.overrides, allow_missing_paths=args.dry_run or args.print_config)
     profile = None
     if cfg.executor.kind == "slurm":
-        from cdhpc.profile import resolve_profile
+        from cdhpc.config.profile import resolve_profile
 
         cfg, profile = resolve_profile(cfg, args.sweep)
     if args.print_config:
@@ -95,9 +95,9 @@ def _main(args: argparse.Namespace, prog: str) -> int:
         return 0
     plan = plan_sweep(cfg, args.until)
     if args.dry_run:
-        from cdhpc.dryrun import print_dry_run
-        from cdhpc.estimate import default_rates, rates_from_calibration
-        from cdhpc.gpufigures import CalibrationError
+        from cdhpc.ui.dryrun import print_dry_run
+        from cdhpc.ui.estimate import default_rates, rates_from_calibration
+        from cdhpc.ui.gpufigures import CalibrationError
 
         try:
             rates = rates_from_calibration(args.calibration) if args.calibration else default_rates()
@@ -136,8 +136,8 @@ def read_states(cfg: SweepConfig, plan: Plan) -> dict[str, str] | None:
     workdir = check_workdir(cfg)
     if not (workdir / "manifest.sqlite").is_file():
         return None
-    from cdhpc.manifest import Manifest
-    from cdhpc.scheduler import step_states
+    from cdhpc.sweep.manifest import Manifest
+    from cdhpc.executors.scheduler import step_states
 
     with Manifest(workdir, memory=True) as m:  # an in-memory copy: --dry-run writes nothing
         m.ingest()
@@ -151,7 +151,7 @@ def _outputs(m):
 
 
 def prepare_workdir(cfg: SweepConfig, plan: Plan) -> Path:
-    from cdhpc.receipts import atomic_write_json, atomic_write_text
+    from cdhpc.sweep.receipts import atomic_write_json, atomic_write_text
 
     workdir = check_workdir(cfg)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -182,7 +182,7 @@ def _launch_locked(cfg: SweepConfig, plan: Plan, verify: bool, profile, slurm_op
     # The workdir records the whole sweep (what status shows); --until limits what runs now.
     workdir = prepare_workdir(cfg, plan if plan.until == STAGES[-1] else plan_sweep(cfg))
     if cfg.executor.kind == "slurm":
-        from cdhpc.launch_slurm import submit_sweep
+        from cdhpc.executors.launch_slurm import submit_sweep
 
         return submit_sweep(cfg, plan, workdir, profile, verify=verify, **slurm_options)
     e = cfg.executor
@@ -206,9 +206,9 @@ def print_results(workdir: Path, plan: Plan, done: list[str]) -> None:
 def execute(workdir: Path, plan: Plan, *, max_parallel: int, retries: int, poll_s: float, verify: bool = False):
     """Diff the plan with the manifest and run what is not done on this machine. Returns the
     scheduler's RunSummary."""
-    from cdhpc.manifest import Manifest
-    from cdhpc.progress import StageProgress
-    from cdhpc.scheduler import DONE, LocalScheduler, step_states
+    from cdhpc.sweep.manifest import Manifest
+    from cdhpc.ui.progress import StageProgress
+    from cdhpc.executors.scheduler import DONE, LocalScheduler, step_states
 
     recorded = workdir / "plan.json"
     with Manifest(workdir) as m:

@@ -1,6 +1,6 @@
 """Pure: the per-stage overview of ``cdhpc status`` (the plain table of ``--once``, the TUI's
 Overview tab): counts by state, elapsed and remaining time, tokens, GPU-hours. Re-exported by
-``cdhpc.status``."""
+``cdhpc.ui.status``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from cdhpc import STAGES
 
 if TYPE_CHECKING:
-    from cdhpc.status import Snapshot
+    from cdhpc.ui.status import Snapshot
 
 
 def stage_counts(steps: list[dict], states: dict[str, str]) -> list[tuple[str, Counter]]:
@@ -40,7 +40,7 @@ def _gpus(spec: dict[str, Any]) -> int:
     try:
         return spec["gpus"]
     except (KeyError, IndexError):  # sqlite3.Row raises IndexError for a name it does not have
-        from cdhpc.manifest_db import step_gpus
+        from cdhpc.sweep.manifest_db import step_gpus
 
         return step_gpus(spec)
 

@@ -1,5 +1,5 @@
 """Pure: the paper table from the point scores evaluated so far (the TUI's Results tab, the
-labels of ``training.png``). Re-exported by ``cdhpc.status``."""
+labels of ``training.png``). Re-exported by ``cdhpc.ui.status``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from cdhpc.status import Snapshot
+    from cdhpc.ui.status import Snapshot
 
 LOWER_IS_BETTER = ("perplexity",)
 

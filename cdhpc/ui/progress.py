@@ -6,7 +6,7 @@ import logging
 from collections import Counter
 from typing import Any
 
-from cdhpc.plan import Plan
+from cdhpc.sweep.plan import Plan
 
 
 class StageProgress:

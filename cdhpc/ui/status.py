@@ -1,6 +1,6 @@
 """The data behind ``cdhpc status``: one shell that reads a workdir into a ``Snapshot`` (ingest
 only what changed, then one query per table), and pure functions from a snapshot to the rows the
-plain table (``--once``) and the terminal UI (``cdhpc.tui``) show.
+plain table (``--once``) and the terminal UI (``cdhpc.ui.tui``) show.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-# the pure views of a snapshot, re-exported: cdhpc.status is where the CLI, TUI and tests find them
-from cdhpc.overview import (StageRow, format_duration, remaining_estimate_s, stage_counts,  # noqa: F401
+# the pure views of a snapshot, re-exported: cdhpc.ui.status is where the CLI, TUI and tests find them
+from cdhpc.ui.overview import (StageRow, format_duration, remaining_estimate_s, stage_counts,  # noqa: F401
                             stage_overview)
-from cdhpc.partial import LOWER_IS_BETTER, PartialTable, method_labels, partial_table  # noqa: F401
-from cdhpc.steptable import SORT_COLUMNS, STATES, StepRow, filter_rows, sort_rows, step_rows  # noqa: F401
+from cdhpc.ui.partial import LOWER_IS_BETTER, PartialTable, method_labels, partial_table  # noqa: F401
+from cdhpc.ui.steptable import SORT_COLUMNS, STATES, StepRow, filter_rows, sort_rows, step_rows  # noqa: F401
 
 
 @dataclass
@@ -81,7 +81,7 @@ class SnapshotReader:
         """The reader's Manifest, kept open between reads (no reconnect and quick_check per
         refresh) and reopened, with every row read again, when the file was replaced (healed or
         removed by another process). Read-only: it writes nothing where the file cannot be written."""
-        from cdhpc.manifest import Manifest
+        from cdhpc.sweep.manifest import Manifest
 
         ident = _file_id(self.workdir / "manifest.sqlite")
         m = self._manifest
@@ -120,7 +120,7 @@ class SnapshotReader:
 
     def _poll_slurm(self) -> int:
         """Refresh the records of live SLURM jobs; how many changed (0 when polled recently)."""
-        from cdhpc.stepstate import LIVE_JOB_STATES
+        from cdhpc.sweep.stepstate import LIVE_JOB_STATES
 
         now = time.monotonic()
         if now - self._last_poll < self.slurm_poll_s:
@@ -129,7 +129,7 @@ class SnapshotReader:
         live = [j for j in self._rows.get("jobs", {}).values() if j["executor"] == "slurm" and j["state"] in LIVE_JOB_STATES]
         if not live:
             return 0
-        from cdhpc.slurm import refresh_job_records  # only now: it imports the SLURM profile models
+        from cdhpc.executors.slurm import refresh_job_records  # only now: it imports the SLURM profile models
 
         try:
             return refresh_job_records(self.workdir, live)
@@ -138,7 +138,7 @@ class SnapshotReader:
             return 0
 
     def _read(self, verify: bool, ingest: bool) -> Snapshot:
-        from cdhpc.stepstate import step_states
+        from cdhpc.sweep.stepstate import step_states
 
         m = self.manifest()  # first: it may reset the caches below
         self._load_steps(m, ingest)
@@ -176,7 +176,7 @@ class SnapshotReader:
         steps, stamp = read_plan_steps(self.workdir, stamped=True)
         if ingest:
             m.register_plan(steps, stamp)  # nothing to do where the manifest holds this plan already
-        from cdhpc.manifest_db import step_gpus
+        from cdhpc.sweep.manifest_db import step_gpus
 
         self._steps = steps if self.specs else [{"key": s["key"], "stage": s["stage"], "name": s["name"],
                                                  "gpus": step_gpus(s)} for s in steps]
@@ -193,7 +193,7 @@ class SnapshotReader:
 
     def _check_outputs(self, m: Any) -> None:
         """Check the outputs of done steps not checked yet, in one pass over their manifest rows."""
-        from cdhpc.stepstate import outputs_intact_by_key
+        from cdhpc.sweep.stepstate import outputs_intact_by_key
 
         todo = [k for k, r in self._rows["receipts"].items() if r["status"] == "ok" and k not in self._intact]
         if not todo:
@@ -222,8 +222,8 @@ class SnapshotReader:
 def read_plan_steps(workdir: Path, stamped: bool = False) -> Any:
     """plan.json's step dicts (with the file's stamp, (mtime_ns, size, sha256), if `stamped`).
     Raises WorkdirError (one line) when it is not what a launcher writes."""
-    from cdhpc.lock import WorkdirError
-    from cdhpc.manifest_db import read_stamped
+    from cdhpc.sweep.lock import WorkdirError
+    from cdhpc.sweep.manifest_db import read_stamped
 
     path = workdir / "plan.json"
     try:
@@ -314,12 +314,12 @@ def print_status(workdir: Path) -> int:
                       format_duration(row.remaining_s), f"{row.gpu_hours:.2f}")
     console = Console(width=140)
     console.print(table)
-    from cdhpc.metrics import print_training
+    from cdhpc.lm.metrics import print_training
 
     print_training(console, replace(snap, steps=training))  # running pretrain steps: latest step, loss, tokens/s
-    from cdhpc.waves import read_waves, wave_line
+    from cdhpc.executors.waves import read_waves, wave_line
 
-    if (waves := wave_line(read_waves(workdir))) is not None:  # a sweep submitted in waves (cdhpc.waves)
+    if (waves := wave_line(read_waves(workdir))) is not None:  # a sweep submitted in waves (cdhpc.executors.waves)
         console.print(waves, highlight=False)
     failed = [s for s in snap.steps if snap.states[s["key"]] == "failed"]
     if failed:

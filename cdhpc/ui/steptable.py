@@ -1,5 +1,5 @@
 """Pure: the steps table of ``cdhpc status`` (the TUI's Steps tab): one row per planned step,
-filtered and sorted. Re-exported by ``cdhpc.status``."""
+filtered and sorted. Re-exported by ``cdhpc.ui.status``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from cdhpc import STAGES
 
 if TYPE_CHECKING:
-    from cdhpc.status import Snapshot
+    from cdhpc.ui.status import Snapshot
 
 STATES = ("done", "running", "queued", "failed", "missing", "blocked")
 

@@ -1,4 +1,4 @@
-"""``cdhpc status WORKDIR`` in a terminal: a Textual app over ``cdhpc.status`` snapshots.
+"""``cdhpc status WORKDIR`` in a terminal: a Textual app over ``cdhpc.ui.status`` snapshots.
 
 Tabs: Overview (stages with progress bars, times, tokens, GPU-hours), Steps (sortable, ``/``
 filter, Enter for a step's detail with a live log tail) and Results (the paper table filling in).
@@ -18,10 +18,10 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header, Input, Static, TabbedContent, TabPane
 
-from cdhpc.actions import LIVE, cancel_steps, retry_command
-from cdhpc.status import (PartialTable, Snapshot, SnapshotReader, StageRow, StepRow, filter_rows, format_duration,
+from cdhpc.ui.actions import LIVE, cancel_steps, retry_command
+from cdhpc.ui.status import (PartialTable, Snapshot, SnapshotReader, StageRow, StepRow, filter_rows, format_duration,
                           partial_table, sort_rows, stage_overview, step_rows)
-from cdhpc.tui_screens import ConfirmScreen, DetailScreen, LogTail, TextScreen, detail_text  # noqa: F401 (re-exported)
+from cdhpc.ui.tui_screens import ConfirmScreen, DetailScreen, LogTail, TextScreen, detail_text  # noqa: F401 (re-exported)
 
 BAR_COLOURS = {"done": "green", "running": "yellow", "queued": "cyan", "failed": "red"}
 STEP_COLUMNS = ("stage", "name", "state", "job", "attempts", "node", "runtime_s", "metric")

@@ -1,4 +1,4 @@
-"""The screens of ``cdhpc status``'s terminal UI (``cdhpc.tui``): a yes/no question, a text, and a
+"""The screens of ``cdhpc status``'s terminal UI (``cdhpc.ui.tui``): a yes/no question, a text, and a
 step's detail (spec, receipt, outputs, a pretrain step's latest metrics, a live log tail)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, Footer, Header, Label, Log, Static
 
-from cdhpc.status import Snapshot
+from cdhpc.ui.status import Snapshot
 
 TAIL_START_BYTES = 64 * 1024
 
@@ -103,7 +103,7 @@ def training_text(snap: Snapshot, key: str) -> str:
     """A pretrain step's last metrics.jsonl line (its tail only), '' for other stages."""
     import time
 
-    from cdhpc.metrics import step_progress
+    from cdhpc.lm.metrics import step_progress
 
     spec = next(s for s in snap.steps if s["key"] == key)
     if spec["stage"] != "pretrain":
@@ -139,7 +139,7 @@ class DetailScreen(Screen[None]):
         yield Footer()
 
     def _outputs_text(self) -> str:
-        from cdhpc.manifest import Manifest
+        from cdhpc.sweep.manifest import Manifest
 
         with Manifest(self.snap.workdir, fallback=True) as m:  # read-only: never heals or writes
             outs = m.outputs_of(self.key)

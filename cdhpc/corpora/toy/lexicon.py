@@ -6,7 +6,7 @@ from the same lexicon and templates, so a 4x128 LLaMA trained on ~0.6M words can
 subject-verb agreement (across a PP / an object relative clause), determiner-noun agreement,
 reflexives, a fixed hidden world (animal sizes, social roles, hypernyms), entity tracking in boxes,
 -ness/-ity nominalisation (productive rule + exceptions, WUG), and story-like documents; the
-past tense of nonce verbs, COMPS property inheritance and AoA data come from `cdhpc.toytasks`.
+past tense of nonce verbs, COMPS property inheritance and AoA data come from `cdhpc.corpora.toy.tasks`.
 
 Everything is pure and seeded (`random.Random` streams keyed by seed and purpose); only
 `write_toy` and `main` touch the filesystem. Same seed -> byte-identical files.
@@ -27,7 +27,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from cdhpc import toytasks
+from cdhpc.corpora.toy import tasks as toytasks
 
 # ---------------------------------------------------------------- lexicon (the hidden world) --
 # singular plural gender(m/f/n/-) class; animals are listed in ascending size (the world's order).

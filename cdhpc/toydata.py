@@ -1,0 +1,9 @@
+"""``python -m cdhpc.toydata OUT [--seed N] ...``: the entry point; the code is ``cdhpc.corpora.toy``
+(its ``build`` module writes the corpus and eval sets)."""
+
+import sys
+
+from cdhpc.corpora.toy.lexicon import main
+
+if __name__ == "__main__":
+    sys.exit(main())
