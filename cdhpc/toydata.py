@@ -3,7 +3,7 @@
 
 import sys
 
-from cdhpc.corpora.toy.lexicon import main
+from cdhpc.corpora.toy.build import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -33,8 +33,9 @@ import submitit
 
 from cdhpc import __version__
 from cdhpc.sweep.plan import StepSpec
-from cdhpc.sweep.receipts import (Receipt, ReceiptError, atomic_write_json, describe_outputs, read_receipt, receipt_path,
-                            write_receipt)
+from cdhpc.sweep.receipts import (Receipt, ReceiptError, describe_outputs, read_receipt, receipt_path,
+    write_receipt)
+from cdhpc.base.atomicio import atomic_write_json
 
 log = logging.getLogger("cdhpc")
 PACKAGES = ("torch", "transformers", "deepspeed", "tokenizers", "submitit", "numpy")
@@ -218,7 +219,7 @@ def run_step(workdir: Path, spec: StepSpec, attempt: int = 1) -> Receipt | None:
 def share_outputs(paths: list[Path]) -> None:
     """Give a step's outputs the umask's modes, whatever wrote them (safetensors writes 0600,
     toy data fixes 0755), so the group reads them; chmod keeps the mtimes the receipt records."""
-    from cdhpc.sweep.receipts import follow_umask
+    from cdhpc.base.atomicio import follow_umask
 
     for p in paths:
         try:
@@ -246,7 +247,7 @@ def mark_job_record(workdir: Path, spec: StepSpec, state: str) -> None:
     """Best effort: the RUNNING record of this local job says how its step ended, even with no
     launcher left to write it (a killed launcher leaves its local jobs running). SLURM records
     are the launcher's (from sacct), and a record of another job is left alone."""
-    from cdhpc.executors.scheduler import job_record_path
+    from cdhpc.sweep.jobrecords import job_record_path
 
     job_id = os.environ.get("SUBMITIT_LOCAL_JOB_ID")
     path = job_record_path(workdir, spec)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cdhpc.config import DecodingConfig
+from cdhpc.config.sections import DecodingConfig
 from jobs import StepContext, StepResult
 
 log = logging.getLogger("cdhpc")

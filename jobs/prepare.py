@@ -9,7 +9,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from cdhpc.config import DataConfig
+from cdhpc.config.sections import DataConfig
 from jobs import StepContext, StepResult
 
 log = logging.getLogger("cdhpc")
@@ -19,7 +19,7 @@ def run(ctx: StepContext) -> StepResult:
     data = DataConfig.model_validate(ctx.params["data"])
     shutil.rmtree(ctx.out_dir, ignore_errors=True)  # a fresh run owns its output directory
     if data.kind == "toy":
-        from cdhpc.corpora.toy.lexicon import write_toy
+        from cdhpc.corpora.toy.build import write_toy
 
         counts = write_toy(ctx.out_dir, seed=ctx.params["seed"], train_docs=data.toy.train_docs,
                            seed_docs=data.toy.seed_docs, test_docs=data.toy.test_docs)

@@ -100,7 +100,7 @@ def test_shards_load_with_load_dataset_and_their_documented_columns(tmp_path):
 @pytest.mark.slow
 def test_save_to_disk_sources_give_the_same_corpus_as_their_text(tmp_path):
     """materialize + build from a DatasetDict == build from the same documents as release files."""
-    from cdhpc.config import DataConfig
+    from cdhpc.config.sections import DataConfig
     from cdhpc.corpora.tinybabylm import build_tinybabylm
     from jobs.prepare import text_sources
 

@@ -94,7 +94,7 @@ def test_the_level_reaches_child_processes_through_the_environment():
 
 def test_slurm_jobs_get_the_level_in_their_script():
     from cdhpc.sweep.plan import plan_sweep
-    from cdhpc.executors.slurm import check_sbatch_script, plan_arrays, sbatch_parameters, sbatch_script
+    from cdhpc.executors.sbatch import check_sbatch_script, plan_arrays, sbatch_parameters, sbatch_script
     from tests.test_slurm import tiny_on_dev
 
     cfg, profile = tiny_on_dev()

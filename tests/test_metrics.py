@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from cdhpc.lm.metrics import (CSV_COLUMNS, TAIL_BYTES, MetricsLog, TrainingCurve, keep_through, latest_metrics,
-                           plot_training, read_metrics, running_progress, training_curves)
+from cdhpc.lm.metrics import (CSV_COLUMNS, TAIL_BYTES, MetricsLog, TrainingCurve, keep_through,
+    latest_metrics, read_metrics, training_curves)
+from cdhpc.results.figures import plot_training
+from cdhpc.ui.training import running_progress
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -111,7 +113,7 @@ def _pretrain_step(name: str, key: str, steps: int = 120) -> dict:
 def test_status_shows_the_latest_line_of_each_running_pretrain_step(tmp_path):
     from rich.console import Console
 
-    from cdhpc.lm.metrics import print_training
+    from cdhpc.ui.training import print_training
     from cdhpc.ui.status import Snapshot
 
     steps = [_pretrain_step("baseline-s1", "a" * 16), _pretrain_step("baseline-s2", "b" * 16),

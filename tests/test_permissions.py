@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cdhpc.sweep.receipts import atomic_dir, atomic_write_bytes, atomic_write_json, current_umask, follow_umask
+from cdhpc.base.atomicio import atomic_dir, atomic_write_bytes, atomic_write_json, current_umask, follow_umask
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from cdhpc.config import load_config
-from cdhpc.sweep.plan import canonical_json, content_key, derive_seed, plan_sweep
+from cdhpc.base.keys import canonical_json, derive_seed
+from cdhpc.sweep.plan import content_key, plan_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden" / "tiny_plan_keys.json"

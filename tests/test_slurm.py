@@ -17,8 +17,9 @@ from cdhpc.config import ConfigError, load_config
 from cdhpc.executors.launch_slurm import more_memory
 from cdhpc.sweep.plan import Plan, StepSpec, plan_sweep
 from cdhpc.config.profile import ClusterProfile, apply_profile, load_profile
-from cdhpc.executors.slurm import (LEFT_QUEUE, ArraySpec, JobRef, SlurmScheduler, check_sbatch_script, dependency_string,
-                         expand_job_id, parse_states, plan_arrays, record_state, sbatch_parameters, sbatch_script)
+from cdhpc.executors.slurm import LEFT_QUEUE, SlurmScheduler, expand_job_id, parse_states, record_state
+from cdhpc.executors.sbatch import (ArraySpec, JobRef, check_sbatch_script, dependency_string, plan_arrays,
+    sbatch_parameters, sbatch_script)
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden" / "sbatch_tiny_dev.txt"

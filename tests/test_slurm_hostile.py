@@ -18,8 +18,9 @@ import pytest
 from cdhpc.config import ConfigError, load_config
 from cdhpc.sweep.plan import Plan, StepSpec, plan_sweep
 from cdhpc.config.profile import ClusterProfile, StageProfile, resolve_profile
-from cdhpc.executors.slurm import (SlurmScheduler, UnsafeSbatch, check_sbatch_script, dependency_string, job_name, plan_arrays,
-                         sbatch_parameters, sbatch_script)
+from cdhpc.executors.slurm import SlurmScheduler
+from cdhpc.executors.sbatch import (UnsafeSbatch, check_sbatch_script, dependency_string, job_name,
+    plan_arrays, sbatch_parameters, sbatch_script)
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEP = ROOT / "configs" / "tiny.yaml"

@@ -15,7 +15,7 @@ import pytest
 from cdhpc.executors.launch_slurm import submit_plan
 from cdhpc.sweep.plan import Plan, StepSpec
 from cdhpc.config.profile import ClusterProfile
-from cdhpc.executors.slurm import UnsafeSbatch, check_sbatch_script, plan_arrays, sbatch_script
+from cdhpc.executors.sbatch import UnsafeSbatch, check_sbatch_script, plan_arrays, sbatch_script
 from cdhpc.executors.slurm_limits import Limits, combine, parse_assoc, parse_config, parse_qos, parse_queue, waves_needed
 from cdhpc.executors.waves import WAVES_FILE, after_ids, continuation_parameters, cut_wave, wave_line, wave_room
 

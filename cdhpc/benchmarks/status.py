@@ -60,7 +60,8 @@ def _rows(step: dict[str, Any], i: int) -> dict[str, list[dict]]:
 
 def write_step(workdir: Path, step: dict[str, Any], i: int, status: str, now: float) -> None:
     """One step's output file, receipt and job record (plain writes: a fixture, not a job)."""
-    from cdhpc.sweep.receipts import OutputFile, Receipt, receipt_path, sha256_file
+    from cdhpc.sweep.receipts import OutputFile, Receipt, receipt_path
+    from cdhpc.base.atomicio import sha256_file
 
     out = workdir / step["stage"] / f"{step['name']}-{step['key'][:8]}" / "out.txt"
     out.parent.mkdir(parents=True, exist_ok=True)

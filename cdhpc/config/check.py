@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cdhpc import STAGES
+from cdhpc.base.names import amateur_run, baseline_run, retrain_run
 from cdhpc.config.yamlio import Issue, Loc
 from cdhpc.lm.trackers import missing_packages
 
@@ -279,8 +280,6 @@ def _check_eval_and_stats(cfg: SweepConfig) -> list[Issue]:
 def _check_run_names(cfg: SweepConfig) -> list[Issue]:
     """Run names (directories, table rows) come from method names, shares and seeds: two runs of
     different origins must not get the same name."""
-    from cdhpc.sweep.plan import amateur_run, baseline_run, retrain_run
-
     named: dict[str, tuple[Loc, tuple]] = {}  # run name -> (where it comes from, identity)
     issues = []
 
@@ -304,10 +303,15 @@ def _check_run_names(cfg: SweepConfig) -> list[Issue]:
     return issues
 
 
+def eval_steps_for(cfg: SweepConfig) -> list[int]:
+    """Checkpoint steps evaluated for every run."""
+    saved = cfg.pretrain.saved_steps()
+    c = cfg.eval.checkpoints
+    return saved if c == "all" else [saved[-1]] if c == "final" else sorted(c)
+
+
 def planned_steps(cfg: SweepConfig) -> dict[str, int]:
     """Steps per stage that plan_sweep makes of this sweep, counted without making them."""
-    from cdhpc.sweep.plan import eval_steps_for
-
     synthetic = cfg.synthetic_methods().values()
     amateurs = {(a.model, a.seed if a.seed is not None else cfg.pretrain.seeds[0])
                 for m in synthetic if (a := m.amateur) is not None and a.kind == "small"}

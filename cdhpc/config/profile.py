@@ -10,7 +10,7 @@ Every value that reaches the sbatch script is checked when the profile loads (`c
 submitit shell-quotes a value, but a quoted newline still ends the ``#SBATCH`` line: what follows
 becomes another directive or a shell line the job runs. Profiles are often shared files, so a
 value must look like what SLURM accepts in its field (`VALUE_RULES`) and text never has a line
-break or another control character. `cdhpc.executors.slurm.check_sbatch_script` checks the rendered script
+break or another control character. `cdhpc.executors.sbatch.check_sbatch_script` checks the rendered script
 again before sbatch sees it.
 """
 
@@ -27,7 +27,8 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError, field_validator
 
 from cdhpc import STAGES
-from cdhpc.config import ResourcesConfig, Strict, SweepConfig, known_stages
+from cdhpc.config.sections import ResourcesConfig, Strict, known_stages
+from cdhpc.config import SweepConfig
 from cdhpc.config.yamlio import ConfigError, Issue, format_pydantic_errors, load_yaml
 
 # Parameters the scheduler sets itself from the step's resources and the DAG.

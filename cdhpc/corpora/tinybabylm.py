@@ -305,7 +305,7 @@ def build_tinybabylm(babylm_dir: Path, tinystories: Path, out: Path, *, tinystor
     ``{"corpus": {split: {source: {"docs": n, "words": n}}}, "tinystories": {"stories": n,
     "stories_kept": n, "words_kept": n, "words_cap": n}}`` (words: whitespace-separated, except the
     TinyStories selection, counted with split(' ') as the cap). All inputs are checked first."""
-    from cdhpc.sweep.receipts import atomic_dir
+    from cdhpc.base.atomicio import atomic_dir
 
     log = log or (lambda message: None)
     if tinystories_words < 1:

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cdhpc.sweep.receipts import atomic_write_text
+from cdhpc.base.atomicio import atomic_write_text
 
 
 def jsonl_text(rows: list[dict[str, Any]]) -> str:

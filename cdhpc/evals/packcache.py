@@ -166,7 +166,7 @@ class PackCache:
     def _store(self, key: str, key_fields: dict[str, Any], pack: PreparedPack) -> None:
         """Write the pack atomically; a failed write (disk full, read-only) only costs a rebuild."""
         from cdhpc.base.paths import inside
-        from cdhpc.sweep.receipts import atomic_write_bytes
+        from cdhpc.base.atomicio import atomic_write_bytes
 
         path = inside(self.directory, f"{key}.npz")
         try:

@@ -33,8 +33,8 @@ def submit_sweep(cfg: SweepConfig, plan: Plan, workdir: Path, profile: ClusterPr
                  follow: bool = False, missing_only: bool = False) -> int:
     """Submit what the sweep needs; print the table when everything is already done. `follow`:
     stay, and submit the next wave as the queue empties (no continuation job)."""
-    from cdhpc.ui.launch import print_results
-    from cdhpc.executors.slurm import UnsafeSbatch
+    from cdhpc.executors.outcome import print_results
+    from cdhpc.executors.sbatch import UnsafeSbatch
 
     try:
         states, sub, live = submit_plan(workdir, plan, profile, cfg.name, verify, missing_only, waves=not follow)
@@ -82,10 +82,11 @@ def submit_plan(workdir: Path, plan: Plan, profile: ClusterProfile, sweep: str, 
     (default: the workdir's sweep.resolved.yaml through cdhpc.launch)."""
     import json
 
-    from cdhpc.ui.launch import _outputs, report_bad
+    from cdhpc.executors.outcome import outputs_lookup, report_bad
     from cdhpc.sweep.manifest import Manifest
     from cdhpc.executors.scheduler import DONE, FAILED, MISSING, job_alive, step_states
-    from cdhpc.executors.slurm import JobRef, SlurmScheduler, refresh_job_records
+    from cdhpc.executors.sbatch import JobRef
+    from cdhpc.executors.slurm import SlurmScheduler, refresh_job_records
     from cdhpc.executors.slurm_limits import read_limits
 
     limits = limits if limits is not None else read_limits(profile)
@@ -102,7 +103,7 @@ def submit_plan(workdir: Path, plan: Plan, profile: ClusterProfile, sweep: str, 
         refresh_job_records(workdir, m.jobs_by_key().values())
         report_bad(m.ingest().bad)
         jobs = m.jobs_by_key()
-        states = step_states(workdir, plan, m.receipts_by_key(), jobs, _outputs(m), rehash=verify)
+        states = step_states(workdir, plan, m.receipts_by_key(), jobs, outputs_lookup(m), rehash=verify)
         failed = {k for k, s in states.items() if s == FAILED}
         broken = {k for k, s in states.items() if s == MISSING} | (set() if missing_only else failed)
         todo = {k for k in plan.descendants(broken) if states[k] != DONE}

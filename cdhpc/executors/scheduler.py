@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from cdhpc.base.paths import inside
+from cdhpc.sweep.jobrecords import job_record_path
 from cdhpc.sweep.plan import Plan, StepSpec
-from cdhpc.sweep.receipts import ReceiptError, atomic_write_json, read_receipt, receipt_path
+from cdhpc.sweep.receipts import ReceiptError, read_receipt, receipt_path
+from cdhpc.base.atomicio import atomic_write_json
 # the step-state rule (re-exported): cdhpc.sweep.stepstate imports no plan or config, so `cdhpc status` starts fast
 from cdhpc.sweep.stepstate import (BLOCKED, DONE, FAILED, LIVE_JOB_STATES, MISSING, QUEUED,  # noqa: F401
                              QUEUED_JOB_STATES, RUNNING, classify, job_alive, outputs_intact, pid_alive, step_states)
@@ -33,20 +35,6 @@ from cdhpc.sweep.stepstate import (BLOCKED, DONE, FAILED, LIVE_JOB_STATES, MISSI
 log = logging.getLogger("cdhpc")
 
 
-def job_record_path(workdir: Path, spec: StepSpec) -> Path:
-    return inside(workdir, "jobs", spec.stage, f"{spec.name}-{spec.key[:8]}.json")
-
-
-def update_job_record(path: Path, **changes: Any) -> None:
-    """Rewrite one job record with `changes` (e.g. a state sacct reported), by rename so a reader
-    sees the old record or the new one. No fsync: a record is a cache of what the executor
-    knows, and an update lost to a crash is made again on the next poll; a mass cancel or poll
-    of 46k records would otherwise spend a minute in fsync."""
-    rec = json.loads(path.read_text())
-    rec.update(changes)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(rec, indent=1, sort_keys=True) + "\n")  # open() gives the umask's mode
-    os.replace(tmp, path)
 
 
 @dataclass

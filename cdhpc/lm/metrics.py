@@ -1,5 +1,6 @@
 """Training metrics: ``metrics.jsonl`` beside a pretrain step's ``checkpoints/``, one JSON line per
-optimizer step, and the readers of it (the status views' tail, the export's ``training.png``).
+optimizer step, and the readers of it (the status views' tail: ``cdhpc.ui.training``; the export's ``training.png``:
+``cdhpc.results.figures``).
 
 A line: ``step``, ``tokens`` (seen so far), ``loss`` (mean over the step's micro-batches and
 ranks), ``lr`` (the step's learning rate), ``grad_norm`` (global 2-norm before clipping),
@@ -53,7 +54,7 @@ def _csv_step(line: str) -> int | None:
 def keep_through(path: Path, step: int, csv: bool = False) -> int:
     """Rewrite ``path`` (atomically) with only its complete lines of steps <= ``step`` (a CSV keeps
     its header); returns the lines kept. Nothing is written when nothing is dropped."""
-    from cdhpc.sweep.receipts import atomic_write_text
+    from cdhpc.base.atomicio import atomic_write_text
 
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
@@ -152,62 +153,6 @@ def pretrain_metrics_path(workdir: Path, name: str, key: str) -> Path:
     return inside(workdir, "pretrain", component(f"{name}-{key[:8]}"), METRICS_FILE)
 
 
-@dataclass(frozen=True)
-class TrainingProgress:
-    """The last metrics line of a pretrain step, as the status views show it."""
-
-    key: str
-    name: str
-    step: int
-    steps: int | None  # the run's optimizer steps (plan), None if unknown
-    loss: float | None
-    tokens_per_s: float | None
-    age_s: float | None  # seconds since that line was written
-
-    def text(self) -> str:
-        """``step 40/120  loss 4.2310  tokens/s 7,426  (12s ago)``."""
-        from cdhpc.ui.status import format_duration
-
-        loss = "-" if self.loss is None else f"{self.loss:.4f}"
-        rate = "-" if self.tokens_per_s is None else f"{self.tokens_per_s:,.0f}"
-        age = "" if self.age_s is None else f"  ({format_duration(self.age_s)} ago)"
-        return f"step {self.step}/{self.steps or '?'}  loss {loss}  tokens/s {rate}{age}"
-
-
-def step_progress(workdir: Path, step: Mapping[str, Any], now: float) -> TrainingProgress | None:
-    """The latest metrics line of one pretrain step (a plan.json step dict), or None."""
-    record = latest_metrics(pretrain_metrics_path(workdir, step["name"], step["key"]))
-    if record is None:
-        return None
-    steps = (step.get("params") or {}).get("train", {}).get("steps")
-    age = max(0.0, now - record["time"]) if isinstance(record.get("time"), (int, float)) else None
-    return TrainingProgress(step["key"], step["name"], record["step"], steps, record.get("loss"),
-                            record.get("tokens_per_s"), age)
-
-
-def running_progress(workdir: Path, steps: Iterable[Mapping[str, Any]], states: Mapping[str, str],
-                     now: float) -> list[TrainingProgress]:
-    """``step_progress`` of every running pretrain step that has written a line."""
-    out = (step_progress(workdir, s, now) for s in steps
-           if s["stage"] == "pretrain" and states.get(s["key"]) == "running")
-    return [p for p in out if p is not None]
-
-
-def print_training(console: Any, snap: Any) -> None:
-    """``cdhpc status --once``'s table of the running pretrain steps (a ``cdhpc.ui.status.Snapshot``)
-    with their latest step, loss and tokens/s, when there are any."""
-    import time
-
-    from rich.table import Table
-
-    rows = running_progress(snap.workdir, snap.steps, snap.states, snap.now or time.time())
-    if rows:
-        table = Table(title=f"{len(rows)} pretrain step(s) training")
-        for col in ("name", "training"):
-            table.add_column(col)
-        for p in rows:
-            table.add_row(p.name, p.text())
-        console.print(table)
 
 
 @dataclass(frozen=True)
@@ -222,7 +167,7 @@ class TrainingCurve:
 def training_curves(workdir: Path, eval_specs: Iterable[Mapping[str, Any]]) -> list[TrainingCurve]:
     """The curves of the runs that evaluate steps read (each run once, in first-seen order),
     labelled as the table's rows are. Runs without a metrics.jsonl (yet) have no records."""
-    from cdhpc.ui.partial import method_labels
+    from cdhpc.base.names import method_labels
 
     specs = list(eval_specs)
     labels = method_labels([s["params"] for s in specs])
@@ -233,46 +178,3 @@ def training_curves(workdir: Path, eval_specs: Iterable[Mapping[str, Any]]) -> l
             path = pretrain_metrics_path(workdir, p["run"], key)
             seen[key] = TrainingCurve(p["run"], labels[(p["method"], p["synthetic_share"])], read_metrics(path))
     return list(seen.values())
-
-
-def plot_training(curves: Sequence[TrainingCurve], path: Path, partial: str | None = None) -> Path | None:
-    """``training.png``: training loss and validation perplexity vs tokens seen, one line per run,
-    one colour per method (seeds share it). None (nothing written) when no run has metrics."""
-    curves = [c for c in curves if c.records]
-    if not curves:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    from cdhpc.results.report import _plain_text, partial_line
-
-    methods = list(dict.fromkeys(c.method for c in curves))
-    colours = {m: plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")(i % 20) for i, m in enumerate(methods)}
-    with matplotlib.rc_context(_plain_text()):
-        fig, (loss_ax, ppl_ax) = plt.subplots(1, 2, figsize=(11, 4))
-        labelled: set[str] = set()
-        for c in curves:
-            label = None if c.method in labelled else c.method
-            labelled.add(c.method)
-            train = [r for r in c.records if r.get("loss") is not None]
-            val = [r for r in c.records if r.get("val_ppl") is not None]
-            loss_ax.plot([r["tokens"] for r in train], [r["loss"] for r in train], color=colours[c.method],
-                         linewidth=0.8, alpha=0.8, label=label)
-            ppl_ax.plot([r["tokens"] for r in val], [r["val_ppl"] for r in val], color=colours[c.method],
-                        marker="o", markersize=3, linewidth=1, label=label)
-        loss_ax.set(xlabel="tokens seen", ylabel="training loss", title="training loss")
-        ppl_ax.set(xlabel="tokens seen", ylabel="validation perplexity", title="validation perplexity (held-out split)",
-                   yscale="log")
-        plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")  # log ticks without mathtext
-        ppl_ax.yaxis.set_major_formatter(plain)
-        ppl_ax.yaxis.set_minor_formatter(plain)
-        loss_ax.legend(fontsize="small")
-        if partial is not None:
-            fig.suptitle(partial_line(partial), fontsize="small", color="tab:red")
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-    return Path(path)

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from cdhpc.sweep.receipts import atomic_write_bytes, atomic_write_json, sha256_file
+from cdhpc.base.atomicio import atomic_write_bytes, atomic_write_json, sha256_file
 
 if TYPE_CHECKING:  # torch is imported only when generating
     from cdhpc.lm.decoding import DecodingParams
@@ -129,7 +129,7 @@ def read_progress(out: Path, layout: str) -> dict[str, Any]:
 def _chunk_table(expert: Any, amateur: Any, prompts: list[list[int]], lo: int, hi: int,
                  opts: dict[str, Any]) -> pa.Table:
     """Generate the samples of prompts ``lo:hi`` (seed from ``(seed, chunk)``) as a table."""
-    from cdhpc.sweep.plan import derive_seed
+    from cdhpc.base.keys import derive_seed
     from cdhpc.lm.sampler import generate
 
     n = opts["continuations"]

@@ -1,5 +1,6 @@
 """The paper's tables and plots from scores: one pure aggregation (``build_paper_table``), pure
-renderers returning strings (CSV, Markdown, LaTeX), and thin writers (files, matplotlib plots).
+renderers returning strings (CSV, Markdown, LaTeX), and thin writers (files;
+the matplotlib plots are in ``cdhpc.results.figures``).
 
 Layout of the paper (docs/method.md §8.5): one row per method, muDeltaREL first, then per task
 "value ± pm", ``*`` when significantly better than the baseline, the best value per column in
@@ -11,12 +12,12 @@ from __future__ import annotations
 import numbers
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Hashable, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 
-from cdhpc.results import stats
+from cdhpc.results import meanmax, stats
+
 
 TABLE_TASKS = ("perplexity", "blimp", "blimp_supplement", "entity_tracking", "ewok", "wug", "reading",
                "eye_tracking", "wug_past", "comps", "aoa")
@@ -66,7 +67,7 @@ class PaperTable:
 
 # ----------------------------------------------------------------------------- aggregation
 def _task_cells(
-    results: Mapping[str, stats.MeanMaxResult], task: str, baseline: str, lower: bool,
+    results: Mapping[str, meanmax.MeanMaxResult], task: str, baseline: str, lower: bool,
     ties: stats.Ties, ci: float, rng: np.random.Generator | None,
 ) -> dict[str, Cell]:
     if baseline not in results:
@@ -81,13 +82,13 @@ def _task_cells(
     for method, res in results.items():
         if method == baseline:
             continue
-        cmp = stats.compare(base.per_seed_vectors, res.per_seed_vectors, not lower, ties, ci, rng)
+        cmp = meanmax.compare(base.per_seed_vectors, res.per_seed_vectors, not lower, ties, ci, rng)
         rel = low = high = None
         if relative:
             sign = -1.0 if lower else 1.0
             rel_vec = 100.0 * sign * (res.per_seed_vectors.mean(axis=0) - base_mean) / base_mean
             low, high = (float(v) for v in np.percentile(rel_vec, tails))
-            rel = stats.relative_change(res.value, base.value, lower)
+            rel = meanmax.relative_change(res.value, base.value, lower)
         cells[method] = Cell(res.value, res.pm, cmp.better, cmp.p, cmp.ci_low, cmp.ci_high, rel, low, high)
     return cells
 
@@ -96,7 +97,7 @@ def _correct(cells: dict[tuple[str, str], Cell], correction: Correction, ci: flo
     """Adjust every p-value of the table as one family; significance becomes adjusted p < (1-ci)/2."""
     if correction == "none":
         return cells
-    adjust = {"holm": stats.holm, "bh": stats.benjamini_hochberg}.get(correction)
+    adjust = {"holm": meanmax.holm, "bh": meanmax.benjamini_hochberg}.get(correction)
     if adjust is None:
         raise ValueError(f"stats correction must be one of none|holm|bh, got {correction!r}")
     keys = [k for k, c in cells.items() if c.p is not None]
@@ -135,7 +136,7 @@ def build_paper_table(
     for task in tasks:
         keys = [k for k in points if k[3] == task]
         task_vectors = {k[:3]: vectors[k] for k in keys}
-        results = stats.mean_max(task_vectors, {k[:3]: points[k] for k in keys}, task not in lower_is_better)
+        results = meanmax.mean_max(task_vectors, {k[:3]: points[k] for k in keys}, task not in lower_is_better)
         if not results:
             continue
         task_cells = _task_cells(results, task, baseline, task in lower_is_better, ties, ci, rng)
@@ -148,7 +149,7 @@ def build_paper_table(
     complete = {m: v for m, v in values.items() if all(t in v for t in paper)}
     if baseline in complete and any(complete[baseline][t] <= 0 for t in paper):
         complete = {}  # a relative change against a baseline <= 0 is undefined: no muDeltaREL
-    mu = stats.mu_delta_rel(complete, baseline, paper, lower_is_better) if paper and baseline in complete else {}
+    mu = meanmax.mu_delta_rel(complete, baseline, paper, lower_is_better) if paper and baseline in complete else {}
     return PaperTable(order, tuple(tasks), cells, mu, baseline, tuple(lower_is_better), dict(metrics or {}))
 
 
@@ -336,105 +337,3 @@ def render_latex(table: PaperTable, names: Mapping[str, str] | None = None,
     return "\n".join(lines + [r"\bottomrule", r"\end{tabular}"]) + "\n"
 
 
-# ----------------------------------------------------------------------------- plots and writers
-def _plain_text() -> dict[str, object]:
-    """matplotlib settings under which every label is plain text: no mathtext (a ``$`` in a
-    method name would be parsed as math and fail), no LaTeX."""
-    return {"text.parse_math": False, "text.usetex": False}
-
-
-def plot_delta_rel(table: PaperTable, path: Path, partial: str | None = None) -> Path:
-    """``delta_rel.png``: per task, each method's relative improvement over the baseline (%) with
-    its bootstrap CI. Method names are plain text; `partial` titles the plot with `partial_line`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with matplotlib.rc_context(_plain_text()):
-        methods = [m for m in table.methods if m != table.baseline]
-        fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(table.tasks)), 4.0))
-        width = 0.8 / max(1, len(methods))
-        for i, m in enumerate(methods):
-            cells = [table.cells.get((m, t)) for t in table.tasks]
-            xs = [j + (i - (len(methods) - 1) / 2) * width for j, c in enumerate(cells) if c is not None and c.rel is not None]
-            got = [c for c in cells if c is not None and c.rel is not None]
-            rel = np.array([c.rel for c in got])
-            err = np.array([[c.rel - c.rel_ci_low, c.rel_ci_high - c.rel] for c in got]).T.reshape(2, -1)
-            ax.bar(xs, rel, width, yerr=np.clip(err, 0, None), capsize=2, label=m)
-        ax.axhline(0, color="black", linewidth=0.8)
-        ax.set_xticks(range(len(table.tasks)), [_title(t, table.metrics) for t in table.tasks], rotation=30, ha="right")
-        ax.set_ylabel(f"relative improvement vs {table.baseline} (%)")
-        ax.legend(fontsize="small")
-        if partial is not None:
-            ax.set_title(partial_line(partial), fontsize="small", color="tab:red")
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-    return path
-
-
-def plot_curves(points: Mapping[Key, float], path: Path, tasks: Sequence[str] | None = None,
-                partial: str | None = None) -> Path:
-    """``curves.png``: per task, each method's score vs checkpoint step (mean over seeds, band =
-    min..max over seeds). Method names are plain text; `partial` titles the figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks = list(tasks or [t for t in TABLE_TASKS if t != "aoa" and any(k[3] == t for k in points)]
-                 or sorted({k[3] for k in points if k[3] != "aoa"}))  # aoa: one value per run, no curve
-    cols = min(4, max(1, len(tasks)))
-    rows = -(-len(tasks) // cols)
-    with matplotlib.rc_context(_plain_text()):
-        fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
-        for ax, task in zip(axes.ravel(), tasks):
-            for method in sorted({k[0] for k in points if k[3] == task}):
-                by_step: dict[int, list[float]] = {}
-                for (m, _, step, t), v in points.items():
-                    if m == method and t == task:
-                        by_step.setdefault(step, []).append(v)
-                steps = sorted(by_step)
-                ax.plot(steps, [np.mean(by_step[s]) for s in steps], marker="o", markersize=3, label=method)
-                ax.fill_between(steps, [min(by_step[s]) for s in steps], [max(by_step[s]) for s in steps], alpha=0.15)
-            ax.set_title(_title(task))
-            ax.set_xlabel("step")
-        for ax in axes.ravel()[len(tasks):]:
-            ax.set_visible(False)
-        axes.ravel()[0].legend(fontsize="small")
-        if partial is not None:
-            fig.suptitle(partial_line(partial), fontsize="small", color="tab:red")
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-    return path
-
-
-def write_report(
-    out_dir: Path, table: PaperTable, records: Iterable[Mapping[str, object]] | None = None,
-    names: Mapping[str, str] | None = None, partial: str | None = None,
-) -> list[Path]:
-    """Write ``paper_table.{csv,md,tex}``, ``delta_rel.png`` and, given score records,
-    ``scores_long.csv`` and ``curves.png`` into ``out_dir``; returns the paths written.
-    `partial` (e.g. "3 of 8 evaluate steps done", None for a complete report) marks every file:
-    a first line in the Markdown, a comment and a first row in the LaTeX, a ``partial`` column in
-    the CSVs, a title on the plots."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    texts = {
-        "paper_table.csv": render_paper_csv(table, partial),
-        "paper_table.md": render_markdown(table, names, partial),
-        "paper_table.tex": render_latex(table, names, partial),
-    }
-    records = list(records) if records is not None else None
-    if records is not None:
-        texts["scores_long.csv"] = render_scores_long(records, partial)
-    written = []
-    for name, text in texts.items():
-        (out_dir / name).write_text(text, encoding="utf-8")
-        written.append(out_dir / name)
-    written.append(plot_delta_rel(table, out_dir / "delta_rel.png", partial))
-    if records:
-        written.append(plot_curves(points_from_scores(records), out_dir / "curves.png", partial=partial))
-    return written

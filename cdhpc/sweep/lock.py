@@ -175,7 +175,7 @@ ADVICE = {
 def error_line(e: BaseException) -> str | None:
     """Pure: the one line for an expected failure (lock held, a workdir that cannot be written,
     a full disk, a manifest that cannot be used), or None for anything else (a bug: traceback)."""
-    from cdhpc.sweep.manifest import ManifestError
+    from cdhpc.sweep.manifest_db import ManifestError
 
     if isinstance(e, (WorkdirBusy, WorkdirError, ManifestError)):
         return str(e)

@@ -15,28 +15,22 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from cdhpc import STAGES
-from cdhpc.config import MethodConfig, SweepConfig
+from cdhpc.config.sections import MethodConfig
+from cdhpc.config import SweepConfig
+from cdhpc.base.keys import canonical_json, derive_seed
+from cdhpc.base.names import amateur_run, baseline_run, retrain_run
 from cdhpc.base.paths import component, inside
+from cdhpc.config.check import eval_steps_for
 
 # Bump a stage's version when its code changes what it writes: its steps (and descendants) re-run.
 # generate 2: sampler seeds from derive_seed; evaluate 2: the official BabyLM scoring rules by default
 STAGE_VERSIONS = {stage: 1 for stage in STAGES} | {"generate": 2, "evaluate": 2}
 
 
-def canonical_json(obj: Any) -> str:
-    """The one serialisation keys are hashed from: sorted keys, no whitespace, ASCII, no NaN."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-
-
 def content_key(stage: str, name: str, params: dict, inputs: dict[str, str]) -> str:
     blob = canonical_json({"stage": stage, "name": name, "version": STAGE_VERSIONS[stage],
                            "params": params, "inputs": inputs})
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def derive_seed(*parts: Any) -> int:
-    """A 63-bit seed from any JSON-able parts (e.g. sweep seed, method, shard index)."""
-    return int(hashlib.sha256(canonical_json(list(parts)).encode()).hexdigest()[:16], 16) >> 1
 
 
 @dataclass(frozen=True)
@@ -68,19 +62,6 @@ class StepSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StepSpec:
         return cls(**{k: d[k] for k in ("stage", "name", "key", "params", "inputs", "options", "resources")})
-
-
-def baseline_run(method: str, seed: int) -> str:
-    """Run names (they name directories): a baseline run, a small amateur, a retrained run."""
-    return f"{method}-s{seed}"
-
-
-def amateur_run(preset: str, seed: int) -> str:
-    return f"amateur-{preset}-s{seed}"
-
-
-def retrain_run(method: str, share: float, seed: int) -> str:
-    return f"{method}-q{share:g}-s{seed}"
 
 
 @dataclass
@@ -231,13 +212,6 @@ def _plan_method_corpus(b: _Builder, mname: str, method: MethodConfig, baselines
     inputs = {f"shard-{i:04d}": s for i, s in enumerate(shards)}
     return b.add("corpus", mname, {"method": mname, "target_tokens": gen.total_tokens,
                                    "vocab_size": cfg.tokenizer.vocab_size}, {**inputs, "tokenizer": tok})
-
-
-def eval_steps_for(cfg: SweepConfig) -> list[int]:
-    """Checkpoint steps evaluated for every run."""
-    saved = cfg.pretrain.saved_steps()
-    c = cfg.eval.checkpoints
-    return saved if c == "all" else [saved[-1]] if c == "final" else sorted(c)
 
 
 def _plan_evaluate(b: _Builder, prepare: StepSpec, runs: dict[str, StepSpec]) -> list[StepSpec]:

@@ -42,7 +42,8 @@ def cancel_steps(snap: Snapshot, keys: list[str]) -> list[str]:
     at once; `scancel` for SLURM jobs, batched, whole arrays by their own id, and their records
     left to the next poll, which reads CANCELLED from sacct/squeue. Linear in the number of job
     records. Returns one message per local job and one line for all SLURM jobs."""
-    from cdhpc.executors.scheduler import pid_alive, stop_local_job, update_job_record
+    from cdhpc.executors.scheduler import pid_alive, stop_local_job
+    from cdhpc.sweep.jobrecords import update_job_record
 
     members: dict[tuple[str, str], list[dict]] = {}  # every live job -> its live records
     for k, j in snap.jobs.items():
@@ -77,7 +78,7 @@ def cancel_steps(snap: Snapshot, keys: list[str]) -> list[str]:
 def cancel_continuation(workdir: Path) -> list[str]:
     """scancel the sweep's wave continuation (cdhpc.executors.waves), so no later wave is submitted after a
     cancel; the record keeps the wave and names the cancel. A launch starts the waves again."""
-    from cdhpc.sweep.receipts import atomic_write_json
+    from cdhpc.base.atomicio import atomic_write_json
     from cdhpc.executors.waves import WAVES_FILE, read_waves
 
     doc = read_waves(workdir)

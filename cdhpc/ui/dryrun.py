@@ -35,7 +35,7 @@ def stage_rows(plan: Plan, states: dict[str, str] | None, max_array_size: int = 
     (steps with the same upstream jobs share an array, steps_per_job to an element, split at
     max_array_size); GPU-hours max are the upper bound the time limits allow: steps to run x nodes
     x GPUs/node x timeout; GPU-hours est. (with ``cfg`` and ``rates``) come from throughput."""
-    from cdhpc.executors.slurm import plan_arrays
+    from cdhpc.executors.sbatch import plan_arrays
 
     arrays = plan_arrays(plan, {s.key for s in plan.steps}, {}, max_array_size)
     rows = []
@@ -116,7 +116,7 @@ def limits_line(plan: Plan, states: dict[str, str] | None, profile, limits=None)
     run need under them (cdhpc.executors.waves)."""
     import shutil
 
-    from cdhpc.executors.slurm import plan_arrays
+    from cdhpc.executors.sbatch import plan_arrays
     from cdhpc.executors.slurm_limits import Limits, read_limits, waves_needed
 
     if limits is None:

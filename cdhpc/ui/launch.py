@@ -23,6 +23,7 @@ from cdhpc import STAGES
 from cdhpc.config import ConfigError, SweepConfig, dump_config, load_config
 from cdhpc.sweep.lock import LOCK_FILE, WorkdirBusy, WorkdirLock, error_line
 from cdhpc.base.paths import MARKER
+from cdhpc.executors.outcome import outputs_lookup, print_results, report_bad
 from cdhpc.sweep.plan import Plan, plan_sweep
 
 log = logging.getLogger("cdhpc")
@@ -141,17 +142,13 @@ def read_states(cfg: SweepConfig, plan: Plan) -> dict[str, str] | None:
 
     with Manifest(workdir, memory=True) as m:  # an in-memory copy: --dry-run writes nothing
         m.ingest()
-        return step_states(workdir, plan, m.receipts_by_key(), m.jobs_by_key(), _outputs(m))
+        return step_states(workdir, plan, m.receipts_by_key(), m.jobs_by_key(), outputs_lookup(m))
 
 
-def _outputs(m):
-    """outputs_of over one query of the whole outputs table."""
-    by_key = m.outputs_by_key()
-    return lambda key: by_key.get(key, [])
 
 
 def prepare_workdir(cfg: SweepConfig, plan: Plan) -> Path:
-    from cdhpc.sweep.receipts import atomic_write_json, atomic_write_text
+    from cdhpc.base.atomicio import atomic_write_json, atomic_write_text
 
     workdir = check_workdir(cfg)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -192,15 +189,6 @@ def _launch_locked(cfg: SweepConfig, plan: Plan, verify: bool, profile, slurm_op
     return 1 if summary.failed or summary.blocked else 0
 
 
-def print_results(workdir: Path, plan: Plan, done: list[str]) -> None:
-    """The paper table and the files of the results, once the aggregate step is done."""
-    agg = plan.stage("aggregate")
-    if not agg or agg[0].key not in done:
-        return
-    results = workdir / "results"
-    print((results / "paper_table.md").read_text())
-    for f in sorted(results.iterdir()):
-        print(f"  {f}")
 
 
 def execute(workdir: Path, plan: Plan, *, max_parallel: int, retries: int, poll_s: float, verify: bool = False):
@@ -214,7 +202,7 @@ def execute(workdir: Path, plan: Plan, *, max_parallel: int, retries: int, poll_
     with Manifest(workdir) as m:
         m.register_plan(json.loads(recorded.read_text())["steps"] if recorded.is_file() else [s.to_dict() for s in plan.steps])
         report_bad(m.ingest().bad)
-        states = step_states(workdir, plan, m.receipts_by_key(), m.jobs_by_key(), _outputs(m), rehash=verify)
+        states = step_states(workdir, plan, m.receipts_by_key(), m.jobs_by_key(), outputs_lookup(m), rehash=verify)
         todo = sum(s != DONE for s in states.values())
         log.info("%d steps, %d done, %d to run or wait for (workdir %s)", len(states), len(states) - todo, todo, workdir)
         bars = StageProgress(plan) if sys.stderr.isatty() else contextlib.nullcontext()
@@ -238,16 +226,6 @@ def execute(workdir: Path, plan: Plan, *, max_parallel: int, retries: int, poll_
             log.error("%d step(s) %s: %s", len(keys), label, names)
     return summary
 
-
-_REPORTED: set[str] = set()
-
-
-def report_bad(bad: list[str]) -> None:
-    """Log receipts or job records that could not be ingested (once each)."""
-    for msg in bad:
-        if msg not in _REPORTED:
-            _REPORTED.add(msg)
-            log.error("not ingested: %s", msg)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from cdhpc.base.names import method_labels
+
 if TYPE_CHECKING:
     from cdhpc.ui.status import Snapshot
 
@@ -29,13 +31,6 @@ class PartialTable:
         return all(n == planned for _, n, planned in self.cells.values()) and len(self.cells) == len(self.methods) * len(self.tasks)
 
 
-def method_labels(evals: list[dict[str, Any]]) -> dict[tuple[str, float], str]:
-    """Pure: a table row per (method, synthetic share): the method's name, plus `@q<share>` when
-    the method is trained at several shares (as the aggregate stage labels them)."""
-    shares: dict[str, set] = {}
-    for p in evals:
-        shares.setdefault(p["method"], set()).add(p["synthetic_share"])
-    return {(m, q): m if len(qs) == 1 else f"{m}@q{q:g}" for m, qs in shares.items() for q in qs}
 
 
 def partial_table(snap: Snapshot) -> PartialTable:

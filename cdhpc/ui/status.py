@@ -16,7 +16,8 @@ from typing import Any
 # the pure views of a snapshot, re-exported: cdhpc.ui.status is where the CLI, TUI and tests find them
 from cdhpc.ui.overview import (StageRow, format_duration, remaining_estimate_s, stage_counts,  # noqa: F401
                             stage_overview)
-from cdhpc.ui.partial import LOWER_IS_BETTER, PartialTable, method_labels, partial_table  # noqa: F401
+from cdhpc.ui.partial import LOWER_IS_BETTER, PartialTable, partial_table# noqa: F401
+from cdhpc.base.names import method_labels# noqa: F401
 from cdhpc.ui.steptable import SORT_COLUMNS, STATES, StepRow, filter_rows, sort_rows, step_rows  # noqa: F401
 
 
@@ -314,7 +315,7 @@ def print_status(workdir: Path) -> int:
                       format_duration(row.remaining_s), f"{row.gpu_hours:.2f}")
     console = Console(width=140)
     console.print(table)
-    from cdhpc.lm.metrics import print_training
+    from cdhpc.ui.training import print_training
 
     print_training(console, replace(snap, steps=training))  # running pretrain steps: latest step, loss, tokens/s
     from cdhpc.executors.waves import read_waves, wave_line

@@ -103,7 +103,7 @@ def training_text(snap: Snapshot, key: str) -> str:
     """A pretrain step's last metrics.jsonl line (its tail only), '' for other stages."""
     import time
 
-    from cdhpc.lm.metrics import step_progress
+    from cdhpc.ui.training import step_progress
 
     spec = next(s for s in snap.steps if s["key"] == key)
     if spec["stage"] != "pretrain":
