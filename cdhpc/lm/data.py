@@ -21,7 +21,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from cdhpc.base.atomicio import atomic_dir, sha256_file# noqa: F401 (sha256_file is part of this API)
+from cdhpc.base.atomicio import atomic_dir, sha256_file  # noqa: F401 (sha256_file is part of this API)
 
 SPECIALS = ("<unk>", "<s>", "</s>", "<pad>")
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3

@@ -16,8 +16,8 @@ from typing import Any
 # the pure views of a snapshot, re-exported: cdhpc.ui.status is where the CLI, TUI and tests find them
 from cdhpc.ui.overview import (StageRow, format_duration, remaining_estimate_s, stage_counts,  # noqa: F401
                             stage_overview)
-from cdhpc.ui.partial import LOWER_IS_BETTER, PartialTable, partial_table# noqa: F401
-from cdhpc.base.names import method_labels# noqa: F401
+from cdhpc.ui.partial import LOWER_IS_BETTER, PartialTable, partial_table  # noqa: F401
+from cdhpc.base.names import method_labels  # noqa: F401
 from cdhpc.ui.steptable import SORT_COLUMNS, STATES, StepRow, filter_rows, sort_rows, step_rows  # noqa: F401
 
 
