@@ -7,9 +7,8 @@ from typing import Iterator
 
 import numpy as np
 
+from cdhpc.lm.data import BOS_ID, EOS_ID, SPECIAL_IDS
 from jobs import StepContext, StepResult
-
-BOS, EOS, SPECIALS = 1, 2, {0, 1, 2, 3}
 
 
 def documents(shard_paths: list) -> Iterator[np.ndarray]:
@@ -20,8 +19,8 @@ def documents(shard_paths: list) -> Iterator[np.ndarray]:
 
     for path in shard_paths:
         for ids in pq.read_table(path, columns=["input_ids"]).column("input_ids").to_pylist():
-            for doc in split_documents(ids, SPECIALS):
-                yield np.array([BOS, *doc, EOS], dtype=np.int64)
+            for doc in split_documents(ids, SPECIAL_IDS):
+                yield np.array([BOS_ID, *doc, EOS_ID], dtype=np.int64)
 
 
 def run(ctx: StepContext) -> StepResult:

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from cdhpc.config.sections import DecodingConfig
+from cdhpc.lm.data import SPECIAL_IDS
 from jobs import StepContext, StepResult
 
 log = logging.getLogger("cdhpc")
-SPECIALS = {0, 1, 2, 3}  # <unk> <s> </s> <pad>: in-stream document separators, never in text
 
 
 def prompts_for(seed_docs: list[np.ndarray], lo: int, hi: int, prompt_tokens: int) -> list[list[int]]:
@@ -70,7 +70,7 @@ def run(ctx: StepContext) -> StepResult:
     stats = write_shard(expert, amateur, prompts, ctx.out_dir / "shard.parquet", params=decoding_params(p["decoding"]),
                         seed=p["seed"], continuations=p["continuations"], new_tokens=p["new_tokens"],
                         batch_size=ctx.spec.options.get("batch_size", 64),
-                        chunk_prompts=ctx.spec.options.get("chunk_prompts", 64), special_ids=SPECIALS,
+                        chunk_prompts=ctx.spec.options.get("chunk_prompts", 64), special_ids=SPECIAL_IDS,
                         keep_prompt=p["keep_prompt"], decode=lambda ids: tokenizer.decode(ids),
                         amateur_dropout=bad.get("dropout") if bad else None, device=device, log=log.info)
     rows = [{"method": p["method"], "shard": p["shard"], "path": str((ctx.out_dir / "shard.parquet").relative_to(ctx.workdir)),

@@ -25,6 +25,7 @@ from pathlib import Path
 from cdhpc.config import SweepConfig
 from cdhpc.sweep.plan import Plan
 from cdhpc.config.profile import ClusterProfile
+from cdhpc.sweep.stepstate import DONE
 
 log = logging.getLogger("cdhpc")
 
@@ -52,7 +53,7 @@ def submit_sweep(cfg: SweepConfig, plan: Plan, workdir: Path, profile: ClusterPr
         return 130
     if not follow and (sub.steps or live):
         log.info("the sweep runs on SLURM without this launcher; follow it with: cdhpc status %s", workdir)
-    elif all(s == "done" for s in states.values()):
+    elif all(s == DONE for s in states.values()):
         print_results(workdir, plan, [s.key for s in plan.steps])
     return 0
 
@@ -80,11 +81,9 @@ def submit_plan(workdir: Path, plan: Plan, profile: ClusterProfile, sweep: str, 
     when steps are left (else the caller follows). Returns (states before submission, the
     Submission, the live steps left alone). `relaunch`: the continuation's launch as arguments
     (default: the workdir's sweep.resolved.yaml through cdhpc.launch)."""
-    import json
-
-    from cdhpc.executors.outcome import outputs_lookup, report_bad
+    from cdhpc.executors.outcome import outputs_lookup, report_bad, sync_manifest
     from cdhpc.sweep.manifest import Manifest
-    from cdhpc.executors.scheduler import DONE, FAILED, MISSING, job_alive, step_states
+    from cdhpc.executors.scheduler import FAILED, MISSING, job_alive, step_states
     from cdhpc.executors.sbatch import JobRef
     from cdhpc.executors.slurm import SlurmScheduler, refresh_job_records
     from cdhpc.executors.slurm_limits import read_limits
@@ -94,10 +93,8 @@ def submit_plan(workdir: Path, plan: Plan, profile: ClusterProfile, sweep: str, 
         log.info("arrays of at most %d jobs (the cluster's MaxArraySize is %d)", limits.array_cap(10**9), limits.max_array_size)
         profile = profile.model_copy(update={"max_array_size": limits.array_cap(profile.max_array_size)})
     sched = SlurmScheduler(workdir, profile, sweep)
-    recorded = workdir / "plan.json"
     with Manifest(workdir) as m:
-        m.register_plan(json.loads(recorded.read_text())["steps"] if recorded.is_file() else [s.to_dict() for s in plan.steps])
-        report_bad(m.ingest().bad)
+        sync_manifest(m, workdir, plan)
         adopted = sched.adopt_intents(plan)
         m.ingest()
         refresh_job_records(workdir, m.jobs_by_key().values())

@@ -33,8 +33,8 @@ from cdhpc.base.verbosity import env_level
 from cdhpc.config.profile import ClusterProfile
 from cdhpc.executors.sbatch import (ArraySpec, JobRef, UnsafeSbatch, check_sbatch_script, dependency_string,
     job_name, plan_arrays, sbatch_parameters, sbatch_script)
-from cdhpc.executors.scheduler import LIVE_JOB_STATES# live: sacct/squeue states of a job that may still run
-from cdhpc.sweep.jobrecords import (job_record_path, update_job_record)# live: sacct/squeue states of a job that may still run
+from cdhpc.executors.scheduler import LIVE_JOB_STATES  # live: sacct/squeue states of a job that may still run
+from cdhpc.sweep.jobrecords import job_record_path, update_job_record
 from cdhpc.sweep.plan import Plan, StepSpec
 from cdhpc.base.atomicio import atomic_write_json
 from cdhpc.sweep.receipts import receipt_path

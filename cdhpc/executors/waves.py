@@ -190,7 +190,7 @@ def next_wave(workdir: Path, profile: Any, sweep: str, sub: Any, live_ids: list[
     doc["history"] = [*doc["history"], {"wave": doc["wave"], "jobs": sub.jobs, "steps": sub.steps, "left": sub.left,
                                         "continuation": doc["continuation"], "by": os.environ.get(OWN_JOB_ENV) or None,
                                         "at": doc["updated"]}]
-    from cdhpc.base.atomicio import (atomic_write_json)# not at import: status --once reads waves without pydantic
+    from cdhpc.base.atomicio import atomic_write_json  # not at import: status --once reads waves without pydantic
 
     atomic_write_json(workdir / WAVES_FILE, doc)
     return doc

@@ -25,6 +25,7 @@ from cdhpc.base.atomicio import atomic_dir, sha256_file  # noqa: F401 (sha256_fi
 
 SPECIALS = ("<unk>", "<s>", "</s>", "<pad>")
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
+SPECIAL_IDS = frozenset((UNK_ID, BOS_ID, EOS_ID, PAD_ID))  # in-stream document separators, never in text
 DOC_SEPS = ("blank_line", "line")
 ROUNDINGS = ("exact", "per_device")
 _ENCODE_CHUNK_DOCS = 4096

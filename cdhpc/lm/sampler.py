@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cdhpc.lm.decoding import DecodingParams, next_tokens
-from cdhpc.base.keys import derive_seed# one seed derivation for the whole sweep
+from cdhpc.base.keys import derive_seed  # one seed derivation for the whole sweep
 
 
 @dataclass(frozen=True)

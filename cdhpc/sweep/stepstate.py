@@ -65,7 +65,7 @@ def _output_ok(root: str, path: str, sha256: str, size: int, mtime_ns: int, reha
         return False
     if not rehash and st.st_mtime_ns == mtime_ns:
         return True
-    from cdhpc.base.atomicio import sha256_file# only to re-hash (it imports pydantic)
+    from cdhpc.base.atomicio import sha256_file  # only to re-hash
 
     return sha256_file(Path(full)) == sha256
 

@@ -9,9 +9,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cdhpc.sweep.stepstate import QUEUED, RUNNING
 from cdhpc.ui.status import Snapshot
 
-LIVE = ("running", "queued")
+LIVE = (RUNNING, QUEUED)
 
 
 SCANCEL_BATCH = 1000  # job ids per scancel call: one process per batch, not per job

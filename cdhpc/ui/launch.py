@@ -23,7 +23,7 @@ from cdhpc import STAGES
 from cdhpc.config import ConfigError, SweepConfig, dump_config, load_config
 from cdhpc.sweep.lock import LOCK_FILE, WorkdirBusy, WorkdirLock, error_line
 from cdhpc.base.paths import MARKER
-from cdhpc.executors.outcome import outputs_lookup, print_results, report_bad
+from cdhpc.executors.outcome import outputs_lookup, print_results, report_bad, sync_manifest
 from cdhpc.sweep.plan import Plan, plan_sweep
 
 log = logging.getLogger("cdhpc")
@@ -198,10 +198,8 @@ def execute(workdir: Path, plan: Plan, *, max_parallel: int, retries: int, poll_
     from cdhpc.ui.progress import StageProgress
     from cdhpc.executors.scheduler import DONE, LocalScheduler, step_states
 
-    recorded = workdir / "plan.json"
     with Manifest(workdir) as m:
-        m.register_plan(json.loads(recorded.read_text())["steps"] if recorded.is_file() else [s.to_dict() for s in plan.steps])
-        report_bad(m.ingest().bad)
+        sync_manifest(m, workdir, plan)
         states = step_states(workdir, plan, m.receipts_by_key(), m.jobs_by_key(), outputs_lookup(m), rehash=verify)
         todo = sum(s != DONE for s in states.values())
         log.info("%d steps, %d done, %d to run or wait for (workdir %s)", len(states), len(states) - todo, todo, workdir)

@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cdhpc import STAGES
+from cdhpc.sweep.stepstate import BLOCKED, DONE, FAILED, MISSING, QUEUED, RUNNING
 
 if TYPE_CHECKING:
     from cdhpc.ui.status import Snapshot
 
-STATES = ("done", "running", "queued", "failed", "missing", "blocked")
+STATES = (DONE, RUNNING, QUEUED, FAILED, MISSING, BLOCKED)
 
 
 @dataclass(frozen=True)
