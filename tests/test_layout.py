@@ -21,6 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 ENTRY = {"cdhpc.__main__", "cdhpc.cli", "cdhpc.launch", "cdhpc.bench", "cdhpc.gpufigures", "cdhpc.toydata"}
+THIN = {"cdhpc.__main__", "cdhpc.launch", "cdhpc.gpufigures", "cdhpc.toydata"}  # entry points that only call
 ENTRY_PACKAGES = {"benchmarks"}  # `python -m cdhpc.bench NAME` runs cdhpc.benchmarks.NAME
 LIBRARY = {"lm", "corpora", "evals", "results"}
 ALLOWED: dict[str, set[str]] = {  # package -> the packages it may import besides itself and the root
@@ -204,6 +205,14 @@ def test_no_module_is_over_400_lines():
     long = [f"{p.relative_to(ROOT)}: {n} lines" for p in modules(ROOT).values()
             if (n := len(p.read_text().splitlines())) > 400]
     assert not long, "split these (docs/design.md §2):\n" + "\n".join(long)
+
+
+def test_thin_entry_points_only_call_their_package():
+    """`python -m cdhpc.launch|gpufigures|toydata` keep their dotted paths; the code is in a package."""
+    fat = [f"{m}: {len(defs)} definitions ({', '.join(defs)})" for m in sorted(THIN)
+           if (defs := [n.name for n in ast.parse(modules(ROOT)[m].read_text()).body
+                        if isinstance(n, (ast.FunctionDef, ast.ClassDef))])]
+    assert not fat, "move these into their package (docs/design.md §2):\n" + "\n".join(fat)
 
 
 # ----------------------------------------------------------------------------- the checker itself
