@@ -19,7 +19,7 @@ from cdhpc import STAGES
 
 def _workdir(arg: str) -> Path:
     """A sweep's workdir from a workdir path or a sweep .yaml. Raises SystemExit(2) otherwise."""
-    from cdhpc.paths import MARKER  # not cdhpc.launch: that loads the config models (0.2 s)
+    from cdhpc.base.paths import MARKER  # not cdhpc.launch: that loads the config models (0.2 s)
 
     p = Path(arg)
     if p.suffix in (".yaml", ".yml") and p.is_file():
@@ -40,17 +40,17 @@ def _workdir(arg: str) -> Path:
 def cmd_status(args: argparse.Namespace) -> int:
     workdir = _workdir(args.sweep)
     if args.once or not sys.stdout.isatty():
-        from cdhpc.status import print_status
+        from cdhpc.ui.status import print_status
 
         return print_status(workdir)
-    from cdhpc.tui import run_app
+    from cdhpc.ui.tui import run_app
 
     return run_app(workdir)
 
 
 def cmd_manifest(args: argparse.Namespace) -> int:
-    from cdhpc.lock import WorkdirLock
-    from cdhpc.manifest import Manifest
+    from cdhpc.sweep.lock import WorkdirLock
+    from cdhpc.sweep.manifest import Manifest
 
     workdir = _workdir(args.sweep)
     with WorkdirLock(workdir, command=f"cdhpc manifest {args.action}"), Manifest(workdir) as m:
@@ -65,14 +65,14 @@ def cmd_manifest(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from cdhpc.export import export
+    from cdhpc.ui.export import export
 
     return export(_workdir(args.sweep), write=args.command == "export")
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from cdhpc.actions import LIVE, cancel_continuation, cancel_steps
-    from cdhpc.status import SnapshotReader
+    from cdhpc.ui.actions import LIVE, cancel_continuation, cancel_steps
+    from cdhpc.ui.status import SnapshotReader
 
     with SnapshotReader(_workdir(args.sweep), specs=False) as reader:  # step heads: no plan.json parse
         snap = reader.read()
@@ -96,13 +96,13 @@ def cmd_retry(args: argparse.Namespace) -> int:
     child launcher takes the workdir's lock (this process holds none), or says who holds it."""
     import subprocess
 
-    from cdhpc.actions import retry_command
+    from cdhpc.ui.actions import retry_command
 
     return subprocess.run(retry_command(_workdir(args.sweep), verbose=args.verbose)).returncode
 
 
 def cmd_launch(argv: list[str]) -> int:
-    from cdhpc.launch import main
+    from cdhpc.ui.launch import main
 
     return main(argv, prog="cdhpc launch")
 
@@ -124,7 +124,7 @@ QUIET_FLAGS = ("-q", "--quiet")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cdhpc.verbosity import add_flags
+    from cdhpc.base.verbosity import add_flags
 
     p = argparse.ArgumentParser(prog="cdhpc", description="Contrastive-decoding studies as one sweep.")
     add_flags(p)
@@ -179,7 +179,7 @@ def split_delegated(argv: list[str]) -> tuple[str, list[str], bool, bool] | None
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; its exit status (2 on a usage error, which argparse prints in one line,
     or a workdir in use; 1 on another expected failure, printed in one line)."""
-    from cdhpc.verbosity import setup_command
+    from cdhpc.base.verbosity import setup_command
 
     argv = sys.argv[1:] if argv is None else list(argv)
     delegated = split_delegated(argv)
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except Exception as e:
-        from cdhpc.lock import WorkdirBusy, error_line
+        from cdhpc.sweep.lock import WorkdirBusy, error_line
 
         if isinstance(e, OSError) and e.filename is None and hasattr(args, "sweep"):
             e.filename = args.sweep  # a write to an open file (a full disk): name the workdir in the one line

@@ -32,10 +32,11 @@ from typing import Any, Callable
 import submitit
 
 from cdhpc import __version__
-from cdhpc.plan import StepSpec
-from cdhpc.receipts import (Receipt, ReceiptError, atomic_write_json, describe_outputs, read_receipt, receipt_path,
-                            write_receipt)
-from cdhpc.thirdparty import requeue_handler, requeues_left
+from cdhpc.sweep.plan import StepSpec
+from cdhpc.sweep.receipts import (Receipt, ReceiptError, describe_outputs, read_receipt, receipt_path,
+    write_receipt)
+from cdhpc.base.atomicio import atomic_write_json
+from cdhpc.base.thirdparty import requeue_handler, requeues_left
 
 log = logging.getLogger("cdhpc")
 PACKAGES = ("torch", "transformers", "deepspeed", "tokenizers", "submitit", "numpy")
@@ -219,7 +220,7 @@ def run_step(workdir: Path, spec: StepSpec, attempt: int = 1) -> Receipt | None:
 def share_outputs(paths: list[Path]) -> None:
     """Give a step's outputs the umask's modes, whatever wrote them (safetensors writes 0600,
     toy data fixes 0755), so the group reads them; chmod keeps the mtimes the receipt records."""
-    from cdhpc.receipts import follow_umask
+    from cdhpc.base.atomicio import follow_umask
 
     for p in paths:
         try:
@@ -247,7 +248,7 @@ def mark_job_record(workdir: Path, spec: StepSpec, state: str) -> None:
     """Best effort: the RUNNING record of this local job says how its step ended, even with no
     launcher left to write it (a killed launcher leaves its local jobs running). SLURM records
     are the launcher's (from sacct), and a record of another job is left alone."""
-    from cdhpc.scheduler import job_record_path
+    from cdhpc.sweep.jobrecords import job_record_path
 
     job_id = os.environ.get("SUBMITIT_LOCAL_JOB_ID")
     path = job_record_path(workdir, spec)
@@ -392,7 +393,7 @@ def run_past_last_requeue() -> None:
 
 def configure_job_logging() -> None:
     """Jobs log to stdout (the step's log file) with the step's array index in every line, at
-    the launcher's level (CDHPC_LOG_LEVEL; cdhpc.verbosity.configure_job). Only rank 0 logs progress."""
-    from cdhpc.verbosity import configure_job
+    the launcher's level (CDHPC_LOG_LEVEL; cdhpc.base.verbosity.configure_job). Only rank 0 logs progress."""
+    from cdhpc.base.verbosity import configure_job
 
     configure_job(os.environ.get("SLURM_ARRAY_TASK_ID", "-"), job_rank()[0])

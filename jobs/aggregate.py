@@ -7,25 +7,20 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections import defaultdict
 from pathlib import Path
 
-from cdhpc import stats
-from cdhpc.aggregate import REGRESSION_TASKS, items_per_uid, task_vector
+from cdhpc.base.names import method_labels
+from cdhpc.results import stats
+from cdhpc.results.aggregate import REGRESSION_TASKS, items_per_uid, task_vector
 from cdhpc.evals import task_metric
-from cdhpc.plan import StepSpec
-from cdhpc.receipts import Receipt, atomic_dir
+from cdhpc.sweep.plan import StepSpec
+from cdhpc.sweep.receipts import Receipt
+from cdhpc.base.atomicio import atomic_dir
 from jobs import StepContext, StepResult
 
 log = logging.getLogger("cdhpc")
 
 
-def row_labels(evals: list[dict]) -> dict[tuple[str, float], str]:
-    """Table row per (method, synthetic share): the method's name, plus `@q` when it has several."""
-    shares = defaultdict(set)
-    for p in evals:
-        shares[p["method"]].add(p["synthetic_share"])
-    return {(m, q): m if len(qs) == 1 else f"{m}@q{q:g}" for m, qs in shares.items() for q in qs}
 
 
 def reading_columns(workdir: Path, receipt: Receipt):
@@ -45,10 +40,10 @@ def reading_columns(workdir: Path, receipt: Receipt):
 
 def build_table(workdir: Path, receipts: list[Receipt], params: dict):
     """(PaperTable, score records) from the evaluate receipts given; one index set per task."""
-    from cdhpc.report import build_paper_table
+    from cdhpc.results.report import build_paper_table
 
     cfg = params["stats"]
-    labels = row_labels([r.spec["params"] for r in receipts])
+    labels = method_labels([r.spec["params"] for r in receipts])
     idx, columns, vectors, points, records, metrics = {}, {}, {}, {}, [], {}
     for r in receipts:
         p = r.spec["params"]
@@ -80,10 +75,11 @@ def publish(workdir: Path, table, records, out_dir: Path, partial: str | None = 
             eval_specs: list[dict] | None = None) -> list[Path]:
     """Write the report into out_dir and publish a copy as workdir/results/ (atomically).
     `partial` (e.g. "3 of 8 evaluate steps done"; None: every score is in) marks every file as
-    partial (cdhpc.report.write_report). `eval_specs`: the evaluate steps whose runs' training
-    curves go into training.png (cdhpc.metrics.plot_training)."""
-    from cdhpc.metrics import plot_training, training_curves
-    from cdhpc.report import write_report
+    partial (cdhpc.results.figures.write_report). `eval_specs`: the evaluate steps whose runs' training
+    curves go into training.png (cdhpc.results.figures.plot_training)."""
+    from cdhpc.results.figures import plot_training
+    from cdhpc.lm.metrics import training_curves
+    from cdhpc.results.figures import write_report
 
     write_report(out_dir, table, records, partial=partial)
     if eval_specs:
@@ -95,7 +91,7 @@ def publish(workdir: Path, table, records, out_dir: Path, partial: str | None = 
 
 
 def run(ctx: StepContext) -> StepResult:
-    from cdhpc.report import render_markdown
+    from cdhpc.results.report import render_markdown
 
     receipts = [ctx.input_receipt(role) for role in ctx.spec.inputs]
     table, records = build_table(ctx.workdir, receipts, ctx.params)

@@ -7,25 +7,24 @@ from typing import Iterator
 
 import numpy as np
 
+from cdhpc.lm.data import BOS_ID, EOS_ID, SPECIAL_IDS
 from jobs import StepContext, StepResult
-
-BOS, EOS, SPECIALS = 1, 2, {0, 1, 2, 3}
 
 
 def documents(shard_paths: list) -> Iterator[np.ndarray]:
     """Every document of every sample, in shard order, as <s> ids </s>."""
     import pyarrow.parquet as pq
 
-    from cdhpc.shards import split_documents
+    from cdhpc.lm.shards import split_documents
 
     for path in shard_paths:
         for ids in pq.read_table(path, columns=["input_ids"]).column("input_ids").to_pylist():
-            for doc in split_documents(ids, SPECIALS):
-                yield np.array([BOS, *doc, EOS], dtype=np.int64)
+            for doc in split_documents(ids, SPECIAL_IDS):
+                yield np.array([BOS_ID, *doc, EOS_ID], dtype=np.int64)
 
 
 def run(ctx: StepContext) -> StepResult:
-    from cdhpc.data import write_token_array
+    from cdhpc.lm.data import write_token_array
 
     roles = sorted(r for r in ctx.spec.inputs if r.startswith("shard-"))
     receipts = [ctx.input_receipt(r) for r in roles]

@@ -17,7 +17,7 @@ def run(ctx: StepContext) -> StepResult:
     import torch
 
     from cdhpc.evals.run import EvalOptions, evaluate_task
-    from cdhpc.paths import inside
+    from cdhpc.base.paths import inside
 
     p = ctx.params
     checkpoints = ctx.input_dir("model") / "checkpoints"

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cdhpc.config import DecodingConfig
+from cdhpc.config.sections import DecodingConfig
+from cdhpc.lm.data import SPECIAL_IDS
 from jobs import StepContext, StepResult
 
 log = logging.getLogger("cdhpc")
-SPECIALS = {0, 1, 2, 3}  # <unk> <s> </s> <pad>: in-stream document separators, never in text
 
 
 def prompts_for(seed_docs: list[np.ndarray], lo: int, hi: int, prompt_tokens: int) -> list[list[int]]:
@@ -25,7 +25,7 @@ def prompts_for(seed_docs: list[np.ndarray], lo: int, hi: int, prompt_tokens: in
 
 
 def decoding_params(decoding: dict):
-    from cdhpc.decoding import DecodingParams
+    from cdhpc.lm.decoding import DecodingParams
 
     d = DecodingConfig.model_validate(decoding)
     return DecodingParams(mode=d.mode, alpha=d.alpha, strict_head=d.strict_head, lam=d.lam, temperature=d.temperature,
@@ -44,7 +44,7 @@ def resumable(ctx: StepContext) -> list[Path]:
     """What a re-run keeps: the flushed parts, their progress record and the shard file. write_shard
     trusts each only while it matches its recorded sha256 under the same layout (a truncated
     shard.parquet, a part of another chunk size) and generates the rest again."""
-    from cdhpc.shards import parts_dir, progress_path
+    from cdhpc.lm.shards import parts_dir, progress_path
 
     out = ctx.out_dir / "shard.parquet"
     return [parts_dir(out), progress_path(out), out]
@@ -54,8 +54,8 @@ def run(ctx: StepContext) -> StepResult:
     import torch
     from transformers import AutoTokenizer
 
-    from cdhpc.data import TokenArray
-    from cdhpc.shards import write_shard
+    from cdhpc.lm.data import TokenArray
+    from cdhpc.lm.shards import write_shard
 
     p = ctx.params
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -70,7 +70,7 @@ def run(ctx: StepContext) -> StepResult:
     stats = write_shard(expert, amateur, prompts, ctx.out_dir / "shard.parquet", params=decoding_params(p["decoding"]),
                         seed=p["seed"], continuations=p["continuations"], new_tokens=p["new_tokens"],
                         batch_size=ctx.spec.options.get("batch_size", 64),
-                        chunk_prompts=ctx.spec.options.get("chunk_prompts", 64), special_ids=SPECIALS,
+                        chunk_prompts=ctx.spec.options.get("chunk_prompts", 64), special_ids=SPECIAL_IDS,
                         keep_prompt=p["keep_prompt"], decode=lambda ids: tokenizer.decode(ids),
                         amateur_dropout=bad.get("dropout") if bad else None, device=device, log=log.info)
     rows = [{"method": p["method"], "shard": p["shard"], "path": str((ctx.out_dir / "shard.parquet").relative_to(ctx.workdir)),

@@ -1,6 +1,6 @@
 """prepare: the training corpus (train/seed/test splits of <source>.txt): generated (toy, with the
 evaluation data in the BabyLM 2025 layout), built from BabyLM 2024 + TinyStories (tinybabylm; each
-a text release, a `save_to_disk` dataset or a cached hub id, cdhpc.hfdata), or an existing
+a text release, a `save_to_disk` dataset or a cached hub id, cdhpc.config.hfdata), or an existing
 prepared directory."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from cdhpc.config import DataConfig
+from cdhpc.config.sections import DataConfig
 from jobs import StepContext, StepResult
 
 log = logging.getLogger("cdhpc")
@@ -19,20 +19,20 @@ def run(ctx: StepContext) -> StepResult:
     data = DataConfig.model_validate(ctx.params["data"])
     shutil.rmtree(ctx.out_dir, ignore_errors=True)  # a fresh run owns its output directory
     if data.kind == "toy":
-        from cdhpc.toydata import write_toy
+        from cdhpc.corpora.toy.build import write_toy
 
         counts = write_toy(ctx.out_dir, seed=ctx.params["seed"], train_docs=data.toy.train_docs,
                            seed_docs=data.toy.seed_docs, test_docs=data.toy.test_docs)
         return StepResult(metrics={"corpus_dir": None, "counts": counts})
     if data.kind == "prepared":
-        from cdhpc.receipts import describe_outputs
+        from cdhpc.sweep.receipts import describe_outputs
 
         # The corpus stays where it is; its files' hashes go into the receipt's metrics.
         files = describe_outputs(data.corpus_dir.parent, [data.corpus_dir])
         ctx.out_dir.mkdir(parents=True)
         return StepResult(outputs=[], metrics={"corpus_dir": str(data.corpus_dir.resolve()),
                                                "files": {f.path: f.sha256 for f in files}})
-    from cdhpc.tinybabylm import build_tinybabylm
+    from cdhpc.corpora.tinybabylm import build_tinybabylm
 
     sources = ctx.out_dir / "sources"  # `datasets` inputs as text, and their Arrow cache: inside the workdir
     babylm, tinystories, provenance = text_sources(data, sources)
@@ -45,9 +45,9 @@ def run(ctx: StepContext) -> StepResult:
 
 def text_sources(data: DataConfig, out: Path) -> tuple[Path, Path, dict[str, str]]:
     """(babylm_dir, tinystories) as text folders: local paths as they are; a `save_to_disk`
-    dataset or a cached hub id (cdhpc.hfdata) written out under `out`. Third: where each
+    dataset or a cached hub id (cdhpc.config.hfdata) written out under `out`. Third: where each
     `datasets` input came from (its fingerprints or hub commit)."""
-    from cdhpc.hfdata import materialize_babylm, materialize_tinystories, source_kind
+    from cdhpc.config.hfdata import materialize_babylm, materialize_tinystories, source_kind
 
     babylm, tinystories, provenance = data.babylm_dir, data.tinystories, {}
     if source_kind(babylm) in ("saved", "hub"):

@@ -9,7 +9,7 @@ import shutil
 import zipfile
 from pathlib import Path
 
-from cdhpc.model import ModelPreset
+from cdhpc.lm.model import ModelPreset
 from jobs import StepContext, StepResult
 
 log = logging.getLogger("cdhpc")
@@ -19,7 +19,7 @@ TRAINING_LOGS = ("metrics.jsonl", "metrics.csv", "tensorboard", "wandb")
 
 
 def train_spec(ctx: StepContext):
-    from cdhpc.train import TrainSpec
+    from cdhpc.lm.train import TrainSpec
 
     p, t = ctx.params, ctx.params["train"]
     return TrainSpec(preset=ModelPreset(**p["preset"]), vocab_size=p["vocab_size"], seed=p["seed"],
@@ -96,7 +96,7 @@ def safetensors_complete(path: Path) -> bool:
 
 
 def run(ctx: StepContext) -> StepResult:
-    from cdhpc.train import train
+    from cdhpc.lm.train import train
 
     tok = ctx.input_dir("tokenizer")
     synthetic = ctx.input_dir("synthetic") / "tokens" if "synthetic" in ctx.spec.inputs else None

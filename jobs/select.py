@@ -3,7 +3,7 @@ validation perplexities in their receipts. Writes selection.json."""
 
 from __future__ import annotations
 
-from cdhpc.receipts import atomic_write_json
+from cdhpc.base.atomicio import atomic_write_json
 from jobs import StepContext, StepResult
 
 

@@ -3,7 +3,7 @@ memory-mapped token arrays (tokens/<split>/) that all runs share."""
 
 from __future__ import annotations
 
-from cdhpc.data import encode_split, train_tokenizer
+from cdhpc.lm.data import encode_split, train_tokenizer
 from jobs import StepContext, StepResult
 from jobs.prepare import corpus_dir
 

@@ -101,7 +101,7 @@ LOG_ENV = ("CDHPC_LOG_LEVEL", "TRANSFORMERS_VERBOSITY", "DATASETS_VERBOSITY", "S
 
 @pytest.fixture(autouse=True)
 def _restore_log_env():
-    """A command run in-process passes its log level on through os.environ (cdhpc.verbosity);
+    """A command run in-process passes its log level on through os.environ (cdhpc.base.verbosity);
     keep one test's -v or -q from reaching the next."""
     saved = {k: os.environ.get(k) for k in LOG_ENV}
     yield

@@ -11,7 +11,7 @@ import signal
 import time
 
 from jobs import StepContext, StepResult
-from cdhpc.receipts import atomic_write_text
+from cdhpc.base.atomicio import atomic_write_text
 
 
 def _count(ctx: StepContext) -> None:

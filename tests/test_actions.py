@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from cdhpc import actions
-from cdhpc.actions import cancel_steps, scancel_ids
-from cdhpc.status import Snapshot
+from cdhpc.ui import actions
+from cdhpc.ui.actions import cancel_steps, scancel_ids
+from cdhpc.ui.status import Snapshot
 
 
 def test_a_whole_live_array_is_cancelled_by_its_own_id_a_part_by_its_elements():
@@ -49,8 +49,8 @@ def test_cancelling_a_big_slurm_sweep_is_a_few_batched_scancel_calls(tmp_path, m
 
 def test_a_local_cancel_marks_the_records_of_every_step_in_the_job(tmp_path, monkeypatch):
     killed = []
-    monkeypatch.setattr("cdhpc.scheduler.stop_local_job", lambda pid: killed.append(pid))
-    monkeypatch.setattr("cdhpc.scheduler.pid_alive", lambda job_id: True)
+    monkeypatch.setattr("cdhpc.executors.scheduler.stop_local_job", lambda pid: killed.append(pid))
+    monkeypatch.setattr("cdhpc.executors.scheduler.pid_alive", lambda job_id: True)
     snap = snapshot(tmp_path, 20, executor="local")
     msgs = cancel_steps(snap, [snap.steps[0]["key"]])
     assert msgs == ["cancelled local job 100 (10 step(s))"] and killed == [100], "the 10 steps packed in job 100"

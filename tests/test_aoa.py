@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from scipy.stats import pearsonr
 
-from cdhpc import stats
+from cdhpc.results import stats
 from cdhpc.evals import aoa
 from cdhpc.evals.data import EvalDataError
 from cdhpc.evals.engine import ScoreRequest

@@ -12,8 +12,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from cdhpc.decoding import DecodingParams, cd_weights, method_scores, next_tokens
-from cdhpc.sampler import LlamaRunner, ModelWeights, generate_batch, left_pad
+from cdhpc.lm.decoding import DecodingParams, cd_weights, method_scores, next_tokens
+from cdhpc.lm.sampler import LlamaRunner, ModelWeights, generate_batch, left_pad
 
 V = 64
 GOLDEN = Path(__file__).parent / "golden" / "babylm2025"

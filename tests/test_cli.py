@@ -137,7 +137,7 @@ def _readme_commands() -> list[str]:
 def _parse(argv: list[str]) -> argparse.Namespace:
     """argv parsed as `cdhpc` would parse it, without running the handler."""
     if argv[0] == "launch":
-        from cdhpc.launch import build_parser as launch_parser
+        from cdhpc.ui.launch import build_parser as launch_parser
 
         return launch_parser("cdhpc launch").parse_intermixed_args(argv[1:])
     if argv[0] == "eval":

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from cdhpc.config import ConfigError, dump_config, load_config
-from cdhpc.launch import main
+from cdhpc.ui.launch import main
 
 ROOT = Path(__file__).resolve().parent.parent
 

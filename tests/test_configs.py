@@ -74,7 +74,7 @@ def test_ablations_cover_their_topic():
 @pytest.mark.slow
 @pytest.mark.parametrize("path", ABLATIONS, ids=lambda p: p.name)
 def test_ablation_dry_run_exits_0(path, tmp_path, monkeypatch, capsys):
-    from cdhpc.launch import main
+    from cdhpc.ui.launch import main
 
     monkeypatch.chdir(tmp_path)  # relative workdir and data paths resolve here: nothing is written
     assert main([str(path), "--dry-run"]) == 0

@@ -1,4 +1,4 @@
-"""Documents, tokenizer, token arrays and real/synthetic mixing (cdhpc.data). Fast, CPU only."""
+"""Documents, tokenizer, token arrays and real/synthetic mixing (cdhpc.lm.data). Fast, CPU only."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cdhpc import data
-from cdhpc.data import MixedBatches, TokenArray
+from cdhpc.lm import data
+from cdhpc.lm.data import MixedBatches, TokenArray
 
 WORDS = "the cat dog sat on mat a big small red ran over under happy tree house".split()
 

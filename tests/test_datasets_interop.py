@@ -13,11 +13,11 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from cdhpc.hfdata import DataSourceError, hub_snapshot, source_kind
-from cdhpc.shards import SCHEMA, write_table_atomic
+from cdhpc.config.hfdata import DataSourceError, hub_snapshot, source_kind
+from cdhpc.lm.shards import SCHEMA, write_table_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
-# the documented columns (cdhpc/shards.py) and their element types
+# the documented columns (cdhpc/lm/shards.py) and their element types
 COLUMNS = {"prompt_index": "int64", "sample_index": "int32", "text": "string", "input_ids": "int32",
            "prompt_ids": "int32"}
 
@@ -100,8 +100,8 @@ def test_shards_load_with_load_dataset_and_their_documented_columns(tmp_path):
 @pytest.mark.slow
 def test_save_to_disk_sources_give_the_same_corpus_as_their_text(tmp_path):
     """materialize + build from a DatasetDict == build from the same documents as release files."""
-    from cdhpc.config import DataConfig
-    from cdhpc.tinybabylm import build_tinybabylm
+    from cdhpc.config.sections import DataConfig
+    from cdhpc.corpora.tinybabylm import build_tinybabylm
     from jobs.prepare import text_sources
 
     bl, ts = save_datasets(tmp_path)

@@ -1,11 +1,11 @@
-"""Known-answer tests for the CD / V-head / truncation / sampling math (cdhpc.decoding)."""
+"""Known-answer tests for the CD / V-head / truncation / sampling math (cdhpc.lm.decoding)."""
 
 import math
 
 import pytest
 import torch
 
-from cdhpc.decoding import DecodingParams, method_scores, sample, truncate
+from cdhpc.lm.decoding import DecodingParams, method_scores, sample, truncate
 
 INF = float("inf")
 # Expert and amateur next-token distributions over a 6-token vocabulary.
@@ -167,7 +167,7 @@ def test_cd_weights_are_the_softmax_of_the_cd_scores(tail, strict):
     """The sampler's fast path draws from cd_weights: it must be exactly softmax(method_scores)."""
     import torch
 
-    from cdhpc.decoding import DecodingParams, cd_weights, method_scores
+    from cdhpc.lm.decoding import DecodingParams, cd_weights, method_scores
 
     gen = torch.Generator().manual_seed(0)
     zg, zb = torch.randn(8, 50, generator=gen) * 3, torch.randn(8, 50, generator=gen) * 3

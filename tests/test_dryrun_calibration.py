@@ -8,18 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from cdhpc import gpufigures as gf
+from cdhpc.ui import gpufigures as gf
 from cdhpc.config import load_config
-from cdhpc.estimate import (
+from cdhpc.ui.estimate import (
     CAL_PRESET,
     DEFAULTS,
     default_rates,
     rates_from_calibration,
     step_hours,
 )
-from cdhpc.launch import main
-from cdhpc.model import flops_per_token
-from cdhpc.plan import plan_sweep
+from cdhpc.ui.launch import main
+from cdhpc.lm.model import flops_per_token
+from cdhpc.sweep.plan import plan_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU = ["executor.resources.pretrain.gpus_per_node=1", "executor.resources.generate.gpus_per_node=1",

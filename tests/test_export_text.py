@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-from cdhpc import report
+from cdhpc.results import figures, report
 
 NAMES = ("$\\x{$", "a|b", "line\nbreak", "50%_&#")
 TASKS = ("perplexity", "blimp")
@@ -92,7 +92,7 @@ def test_csv_quotes_line_breaks_and_keeps_cells(table_and_records):
 @pytest.mark.slow
 def test_plots_take_any_name(table_and_records, tmp_path):
     table, records = table_and_records
-    written = report.write_report(tmp_path, table, records)
+    written = figures.write_report(tmp_path, table, records)
     for png in ("curves.png", "delta_rel.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(written) == 6
@@ -114,7 +114,7 @@ def test_a_partial_report_says_so_in_every_file(table_and_records, tmp_path):
     for name in ("paper_table.csv", "scores_long.csv"):
         rows = list(csv.DictReader(io.StringIO((results / name).read_text(), newline="")))
         assert rows and all(r["partial"] == PARTIAL for r in rows)
-    complete = report.write_report(tmp_path / "complete", table, records)
+    complete = figures.write_report(tmp_path / "complete", table, records)
     for path in complete:
         if path.suffix != ".png":
             assert "PARTIAL" not in path.read_text() and "partial" not in path.read_text()

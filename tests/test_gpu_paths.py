@@ -38,7 +38,7 @@ def corpus(tmp_path_factory):
 
 
 def _spec(**changes):
-    from cdhpc.train import TrainSpec
+    from cdhpc.lm.train import TrainSpec
 
     base = TrainSpec(preset="tiny-small", vocab_size=64, seed=7, steps=6, checkpoint_every=3, global_batch=8,
                      micro_batch=4, seq_len=32, precision="bf16", warmup_steps=2, lr=3e-3, log_every=1,
@@ -47,7 +47,7 @@ def _spec(**changes):
 
 
 def _train(spec, root: Path, out: str, logs: list | None = None, **kw) -> dict:
-    from cdhpc.train import train
+    from cdhpc.lm.train import train
 
     paths = {"tokenizer_dir": root / "tok", "train_array": root / "train_arr", "val_array": root / "val_arr",
              "synthetic_array": None, "out_dir": root / out}
@@ -121,8 +121,8 @@ def _cd_distributions(models, dtype, prompts, forced):
     """Softmax of the CD scores ``[B, steps, V]`` along a forced token history, runners in ``dtype``."""
     import torch
 
-    from cdhpc.decoding import DecodingParams, method_scores
-    from cdhpc.sampler import LlamaRunner, ModelWeights, left_pad
+    from cdhpc.lm.decoding import DecodingParams, method_scores
+    from cdhpc.lm.sampler import LlamaRunner, ModelWeights, left_pad
 
     params = DecodingParams(mode="cd", alpha=0.1, eps=1e-10, tail=float("-inf"))
     runners = [LlamaRunner(ModelWeights.from_hf(m, dtype, DEVICE)) for m in models]

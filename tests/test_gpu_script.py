@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cdhpc import gpufigures as gf
+from cdhpc.ui import gpufigures as gf
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / ".ci" / "gpu"

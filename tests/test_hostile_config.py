@@ -20,11 +20,11 @@ import pytest
 import yaml
 
 from cdhpc.config import ConfigError, load_config
-from cdhpc.configcheck import planned_steps
-from cdhpc.configio import MAX_FILE_BYTES, MAX_NODES
-from cdhpc.launch import main
-from cdhpc.paths import inside
-from cdhpc.plan import StepSpec, plan_sweep
+from cdhpc.config.check import planned_steps
+from cdhpc.config.yamlio import MAX_FILE_BYTES, MAX_NODES
+from cdhpc.ui.launch import main
+from cdhpc.base.paths import inside
+from cdhpc.sweep.plan import StepSpec, plan_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -169,7 +169,7 @@ def test_yaml_that_would_exhaust_the_loader_is_an_error_with_its_line(tmp_path, 
 
 
 def test_too_many_values_is_an_error_while_composing(tmp_path, monkeypatch):
-    from cdhpc import configio
+    from cdhpc.config import yamlio as configio
 
     monkeypatch.setattr(configio, "MAX_NODES", 1000)
     err = error_of(sweep(tmp_path, tiny_text(tmp_path / "work") + "x-many: [" + "1, " * 1000 + "]\n"))
@@ -254,7 +254,7 @@ def test_more_shards_than_prompts_is_an_error(tmp_path):
 
 
 def test_the_whole_sweep_is_bounded(tmp_path, monkeypatch):
-    from cdhpc import configcheck
+    from cdhpc.config import check as configcheck
 
     assert configcheck.MAX_PLANNED_STEPS == 500_000  # 10x paper.yaml
     monkeypatch.setattr(configcheck, "MAX_PLANNED_STEPS", 300)

@@ -2,7 +2,7 @@
 nothing; a lock left by a killed launcher is taken over; --dry-run, --print-config and status need
 no lock; expected failures (lock held, read-only workdir) are one line, with a traceback only on -v.
 
-The lock holder here is a fake launcher (a process that takes the lock through cdhpc.lock and
+The lock holder here is a fake launcher (a process that takes the lock through cdhpc.sweep.lock and
 waits), except in the slow test, which starts two real launchers 0.3 s apart."""
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from cdhpc.lock import LOCK_FILE, LockHolder, WorkdirBusy, WorkdirLock, busy_message, error_line, holds, parse_holder
+from cdhpc.sweep.lock import LOCK_FILE, LockHolder, WorkdirBusy, WorkdirLock, busy_message, error_line, holds, parse_holder
 
 ROOT = Path(__file__).resolve().parents[1]
 HOLDER = """
 import sys
-from cdhpc.lock import WorkdirLock
+from cdhpc.sweep.lock import WorkdirLock
 with WorkdirLock(sys.argv[1], "python -m cdhpc.launch"):
     print("locked", flush=True)
     sys.stdin.read()  # hold it until the test closes stdin (or kills this process)
@@ -115,8 +115,9 @@ def test_second_launcher_exits_2_names_the_first_and_writes_nothing(tmp_path, ho
 def test_lock_takers_refuse_and_read_only_commands_run_while_it_is_held(tmp_path, hold, capsys, monkeypatch):
     """manifest rebuild and retry (its child launcher) exit 2 with the line; --dry-run and
     --print-config work and write nothing (in this process, to keep the test fast)."""
-    from cdhpc import cli, launch
-    from cdhpc.manifest import Manifest
+    from cdhpc import cli
+    from cdhpc.ui import launch
+    from cdhpc.sweep.manifest import Manifest
 
     monkeypatch.chdir(ROOT)
     workdir = tmp_path / "work"
@@ -168,7 +169,7 @@ def test_lock_of_a_killed_launcher_is_taken_over(tmp_path, hold, caplog):
     assert not holds(tmp_path) and (tmp_path / LOCK_FILE).read_text() == ""  # a clean release empties it
     assert caplog.text.count("taking over") == 1
     assert f"taking over {tmp_path.resolve() / LOCK_FILE}, left by pid {first.pid}" in caplog.text
-    other = subprocess.run([sys.executable, "-c", "import sys; from cdhpc.lock import WorkdirLock; "
+    other = subprocess.run([sys.executable, "-c", "import sys; from cdhpc.sweep.lock import WorkdirLock; "
                             "WorkdirLock(sys.argv[1]).acquire(); print('ok')", str(tmp_path)],
                            cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert other.stdout.strip() == "ok", other.stderr  # released: another process takes it

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from cdhpc import cli, verbosity
-from cdhpc.verbosity import ENV, LogLevelError, configure, resolve_level
+from cdhpc import cli
+from cdhpc.base import verbosity
+from cdhpc.base.verbosity import ENV, LogLevelError, configure, resolve_level
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,7 +71,7 @@ def test_launch_gets_the_flags_and_eval_has_them_taken_out(argv, want):
 
 
 def test_launch_parser_takes_q_after_overrides():
-    from cdhpc.launch import build_parser
+    from cdhpc.ui.launch import build_parser
 
     args = build_parser().parse_intermixed_args(["s.yaml", "a=1", "-q", "b=2"])
     assert args.quiet and not args.verbose and args.overrides == ["a=1", "b=2"]
@@ -92,8 +93,8 @@ def test_the_level_reaches_child_processes_through_the_environment():
 
 
 def test_slurm_jobs_get_the_level_in_their_script():
-    from cdhpc.plan import plan_sweep
-    from cdhpc.slurm import check_sbatch_script, plan_arrays, sbatch_parameters, sbatch_script
+    from cdhpc.sweep.plan import plan_sweep
+    from cdhpc.executors.sbatch import check_sbatch_script, plan_arrays, sbatch_parameters, sbatch_script
     from tests.test_slurm import tiny_on_dev
 
     cfg, profile = tiny_on_dev()

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from cdhpc.manifest import Manifest
-from cdhpc.receipts import (Receipt, ReceiptError, atomic_dir, atomic_write_text, describe_outputs, output_intact,
-                            read_receipt, receipt_path, write_receipt)
+from cdhpc.sweep.manifest import Manifest
+from cdhpc.sweep.receipts import (Receipt, ReceiptError, describe_outputs, output_intact, read_receipt,
+    receipt_path, write_receipt)
+from cdhpc.base.atomicio import atomic_dir, atomic_write_text
 
 TABLES = ("receipts", "outputs", "checkpoints", "shards", "scores", "jobs")
 
@@ -118,8 +119,8 @@ def test_corrupt_manifest_is_not_healed_under_another_holder_of_the_workdir(tmp_
     import json
     import os
 
-    from cdhpc.lock import LOCK_FILE
-    from cdhpc.manifest import ManifestError
+    from cdhpc.sweep.lock import LOCK_FILE
+    from cdhpc.sweep.manifest_db import ManifestError
 
     for i in range(3):
         write_receipt(tmp_path, make_receipt(tmp_path, i))

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from cdhpc.benchmarks.status import build_workdir, naive_refresh, write_step
-from cdhpc.manifest import Manifest
+from cdhpc.sweep.manifest import Manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = ("receipts", "outputs", "scores", "shards", "jobs", "steps")
@@ -144,8 +144,8 @@ def test_manifest_rebuild_always_works(sweep, capsys, caplog):
 def test_relaunch_heals_a_corrupt_manifest_and_reruns_nothing(sweep, caplog):
     """The launcher's diff-and-run (launch.execute, which `python -m cdhpc.launch` runs under the
     workdir's lock) on a finished plan; the slow test below relaunches the real tiny sweep."""
-    from cdhpc.launch import execute
-    from cdhpc.plan import Plan, StepSpec
+    from cdhpc.ui.launch import execute
+    from cdhpc.sweep.plan import Plan, StepSpec
 
     steps = json.loads((sweep / "plan.json").read_text())["steps"]
     done = Plan([StepSpec.from_dict(s) for i, s in enumerate(steps) if i % 20 < 16])
@@ -198,8 +198,8 @@ def test_status_once_on_a_read_only_workdir_writes_nothing(sweep, manifest, caps
 
 
 def test_reader_uses_a_copy_while_another_process_writes_the_manifest(sweep, monkeypatch):
-    from cdhpc import manifest
-    from cdhpc.status import SnapshotReader
+    from cdhpc.sweep import manifest
+    from cdhpc.ui.status import SnapshotReader
 
     monkeypatch.setattr(manifest, "READER_TIMEOUT_S", 0.1)
     steps = json.loads((sweep / "plan.json").read_text())["steps"]
@@ -224,7 +224,7 @@ def test_export_writes_only_results_and_report_nothing(sweep, capsys, caplog, mo
     import numpy as np
 
     import jobs.aggregate
-    from cdhpc import report
+    from cdhpc.results import report
     from cdhpc.cli import main
 
     steps = json.loads((sweep / "plan.json").read_text())["steps"]

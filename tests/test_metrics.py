@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from cdhpc.metrics import (CSV_COLUMNS, TAIL_BYTES, MetricsLog, TrainingCurve, keep_through, latest_metrics,
-                           plot_training, read_metrics, running_progress, training_curves)
+from cdhpc.lm.metrics import (CSV_COLUMNS, TAIL_BYTES, MetricsLog, TrainingCurve, keep_through,
+    latest_metrics, read_metrics, training_curves)
+from cdhpc.results.figures import plot_training
+from cdhpc.ui.training import running_progress
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,7 +31,7 @@ def steps_of(path: Path) -> list[int]:
 
 
 class Recorder:
-    """A tracker that keeps what it was given (a fake of cdhpc.trackers' interface)."""
+    """A tracker that keeps what it was given (a fake of cdhpc.lm.trackers' interface)."""
 
     def __init__(self):
         self.records, self.closed = [], False
@@ -111,8 +113,8 @@ def _pretrain_step(name: str, key: str, steps: int = 120) -> dict:
 def test_status_shows_the_latest_line_of_each_running_pretrain_step(tmp_path):
     from rich.console import Console
 
-    from cdhpc.metrics import print_training
-    from cdhpc.status import Snapshot
+    from cdhpc.ui.training import print_training
+    from cdhpc.ui.status import Snapshot
 
     steps = [_pretrain_step("baseline-s1", "a" * 16), _pretrain_step("baseline-s2", "b" * 16),
              _pretrain_step("baseline-s3", "c" * 16)]
@@ -173,7 +175,7 @@ def test_report_to_is_checked_and_stays_out_of_the_keys(monkeypatch):
     import importlib.util
 
     from cdhpc.config import ConfigError, load_config
-    from cdhpc.plan import plan_sweep
+    from cdhpc.sweep.plan import plan_sweep
 
     plain = plan_sweep(load_config(ROOT / "configs/tiny.yaml", []))
     tracked = plan_sweep(load_config(ROOT / "configs/tiny.yaml", ["pretrain.report_to=[csv,csv]"]))
@@ -218,7 +220,7 @@ def prepared(tmp_path_factory):
 def _train(prepared: Path, out: str, **kw) -> dict:
     from test_train import _paths, _spec
 
-    from cdhpc.train import train
+    from cdhpc.lm.train import train
 
     spec = _spec(log_every=2)  # 6 steps, checkpoints at 3 and 6
     return train(spec, log=lambda _m: None, **_paths(prepared, out), **kw)
@@ -315,8 +317,8 @@ def test_tiny_sweep_writes_metrics_for_every_run_and_training_png(tiny_local):
 
 
 def test_the_tui_detail_shows_a_pretrain_steps_latest_line(tmp_path):
-    from cdhpc.status import Snapshot
-    from cdhpc.tui_screens import training_text
+    from cdhpc.ui.status import Snapshot
+    from cdhpc.ui.tui_screens import training_text
 
     steps = [_pretrain_step("baseline-s1", "a" * 16), {"stage": "evaluate", "name": "e", "key": "e" * 16}]
     snap = Snapshot(tmp_path, steps, {"a" * 16: "running", "e" * 16: "queued"})

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cdhpc.receipts import atomic_dir, atomic_write_bytes, atomic_write_json, current_umask, follow_umask
+from cdhpc.base.atomicio import atomic_dir, atomic_write_bytes, atomic_write_json, current_umask, follow_umask
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,8 +66,8 @@ def test_follow_umask_keeps_mtimes_and_leaves_symlinks(tmp_path, umask):
 
 
 def test_lock_manifest_and_step_outputs_follow_the_umask(tmp_path, umask):
-    from cdhpc.lock import WorkdirLock
-    from cdhpc.manifest import Manifest
+    from cdhpc.sweep.lock import WorkdirLock
+    from cdhpc.sweep.manifest import Manifest
     from jobs import share_outputs
 
     with WorkdirLock(tmp_path):

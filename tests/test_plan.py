@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from cdhpc.config import load_config
-from cdhpc.plan import canonical_json, content_key, derive_seed, plan_sweep
+from cdhpc.base.keys import canonical_json, derive_seed
+from cdhpc.sweep.plan import content_key, plan_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden" / "tiny_plan_keys.json"
@@ -44,7 +45,7 @@ def test_keys_match_the_golden_file():
 
 
 def test_keys_are_stable_across_processes():
-    code = ("from cdhpc.config import load_config; from cdhpc.plan import plan_sweep; import json;"
+    code = ("from cdhpc.config import load_config; from cdhpc.sweep.plan import plan_sweep; import json;"
             "print(json.dumps([s.key for s in plan_sweep(load_config('configs/tiny.yaml')).steps]))")
     env = {**os.environ, "PYTHONHASHSEED": "123"}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)

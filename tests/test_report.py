@@ -1,4 +1,4 @@
-"""Known-answer and golden-file tests for cdhpc.report.
+"""Known-answer and golden-file tests for cdhpc.results.report.
 
 Golden files live in tests/golden/; regenerate them on purpose with UPDATE_GOLDEN=1.
 """
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cdhpc import report
+from cdhpc.results import figures, report
 
 GOLDEN = Path(__file__).parent / "golden"
 TASKS = ("perplexity", "blimp", "wug")
@@ -179,7 +179,7 @@ def test_write_report_files(tmp_path):
          "task_version": "1"}
         for (m, s, st, t), v in points.items()
     ]
-    written = report.write_report(tmp_path, table, records)
+    written = figures.write_report(tmp_path, table, records)
     names = sorted(p.name for p in written)
     assert names == ["curves.png", "delta_rel.png", "paper_table.csv", "paper_table.md", "paper_table.tex", "scores_long.csv"]
     for png in ("curves.png", "delta_rel.png"):

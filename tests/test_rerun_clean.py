@@ -18,13 +18,16 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-import cdhpc.receipts
-import cdhpc.shards
-from cdhpc.launch import execute
-from cdhpc.plan import Plan, StepSpec, content_key
-from cdhpc.receipts import atomic_write_text, read_receipt, receipt_path
-from cdhpc.scheduler import FAILED, LocalScheduler, job_record_path, step_states
-from cdhpc.shards import SCHEMA, parts_dir, part_path, progress_path, write_shard
+import cdhpc.base.atomicio
+import cdhpc.sweep.receipts
+import cdhpc.lm.shards
+from cdhpc.ui.launch import execute
+from cdhpc.sweep.plan import Plan, StepSpec, content_key
+from cdhpc.base.atomicio import atomic_write_text
+from cdhpc.sweep.receipts import read_receipt, receipt_path
+from cdhpc.executors.scheduler import FAILED, LocalScheduler, step_states
+from cdhpc.sweep.jobrecords import job_record_path
+from cdhpc.lm.shards import SCHEMA, parts_dir, part_path, progress_path, write_shard
 from jobs import StepContext, StepResult, run_step
 
 VERIFIED = "verified\n"
@@ -145,9 +148,9 @@ def test_enospc_writing_outputs_leaves_a_failed_receipt_and_record(tmp_path, mon
     spec = fake_step()
     record = running_record(tmp_path, spec, "4242")
     monkeypatch.setenv("SUBMITIT_LOCAL_JOB_ID", "4242")
-    real = cdhpc.receipts.atomic_write_bytes
+    real = cdhpc.base.atomicio.atomic_write_bytes
     out = tmp_path / spec.dirname
-    monkeypatch.setattr(cdhpc.receipts, "atomic_write_bytes",
+    monkeypatch.setattr(cdhpc.base.atomicio, "atomic_write_bytes",
                         lambda path, data: disk_full() if out in Path(path).parents else real(path, data))
     with pytest.raises(OSError) as raised:
         run_step(tmp_path, spec)
@@ -162,7 +165,7 @@ def test_enospc_everywhere_raises_the_steps_error_and_the_dead_job_counts_as_fai
     pid = dead_pid()
     record = running_record(tmp_path, spec, pid)
     monkeypatch.setenv("SUBMITIT_LOCAL_JOB_ID", pid)
-    monkeypatch.setattr(cdhpc.receipts, "atomic_write_bytes", disk_full)
+    monkeypatch.setattr(cdhpc.base.atomicio, "atomic_write_bytes", disk_full)
     with pytest.raises(OSError) as raised:  # not masked by the failed receipt or record writes
         run_step(tmp_path, spec)
     assert raised.value.errno == errno.ENOSPC and any(entry.name == "write_value" for entry in raised.traceback)
@@ -205,7 +208,7 @@ class Killed(Exception):
 
 @pytest.fixture
 def fake_shard(monkeypatch):
-    monkeypatch.setattr(cdhpc.shards, "_chunk_table", fake_chunk_table)
+    monkeypatch.setattr(cdhpc.lm.shards, "_chunk_table", fake_chunk_table)
     prompts = [[1, 10 + i, 11 + i] for i in range(7)]
 
     def shard(out: Path, **kw) -> dict:
@@ -306,7 +309,7 @@ def test_a_truncated_checkpoint_is_never_resumed_from(finished, tmp_path, monkey
     from test_resume import digests, run_to_end
 
     from cdhpc.config import load_config
-    from cdhpc.plan import plan_sweep
+    from cdhpc.sweep.plan import plan_sweep
 
     sweep, work = copy_of(finished, tmp_path)
     run_dir = one(work.glob("pretrain/baseline-s1-*"))

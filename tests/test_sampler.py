@@ -1,4 +1,4 @@
-"""Lockstep sampler (cdhpc.sampler) and shard writing (cdhpc.shards) on tiny random Llamas."""
+"""Lockstep sampler (cdhpc.lm.sampler) and shard writing (cdhpc.lm.shards) on tiny random Llamas."""
 
 import math
 
@@ -7,9 +7,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from cdhpc.decoding import DecodingParams, method_scores, truncate
-from cdhpc.sampler import LlamaRunner, ModelWeights, generate, left_pad
-from cdhpc.shards import parts_dir, split_documents, write_shard
+from cdhpc.lm.decoding import DecodingParams, method_scores, truncate
+from cdhpc.lm.sampler import LlamaRunner, ModelWeights, generate, left_pad
+from cdhpc.lm.shards import parts_dir, split_documents, write_shard
 
 V = 64
 SPECIALS = {0, 1, 2, 3}

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from cdhpc.launch import execute
-from cdhpc.plan import Plan, StepSpec, content_key
-from cdhpc.scheduler import DONE, FAILED, MISSING, RUNNING, classify
+from cdhpc.ui.launch import execute
+from cdhpc.sweep.plan import Plan, StepSpec, content_key
+from cdhpc.executors.scheduler import DONE, FAILED, MISSING, RUNNING, classify
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent

@@ -18,10 +18,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cdhpc.launch import execute
-from cdhpc.plan import Plan, StepSpec, content_key
-from cdhpc.receipts import atomic_write_text, read_receipt, receipt_path
-from cdhpc.scheduler import job_record_path
+from cdhpc.ui.launch import execute
+from cdhpc.sweep.plan import Plan, StepSpec, content_key
+from cdhpc.base.atomicio import atomic_write_text
+from cdhpc.sweep.receipts import read_receipt, receipt_path
+from cdhpc.sweep.jobrecords import job_record_path
 from jobs import StepCancelled, StepContext, StepResult, run_step, stop_on_signals
 
 TESTS = Path(__file__).resolve().parent

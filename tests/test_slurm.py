@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 
 from cdhpc.config import ConfigError, load_config
-from cdhpc.launch_slurm import more_memory
-from cdhpc.plan import Plan, StepSpec, plan_sweep
-from cdhpc.profile import ClusterProfile, apply_profile, load_profile
-from cdhpc.slurm import (LEFT_QUEUE, ArraySpec, JobRef, SlurmScheduler, check_sbatch_script, dependency_string,
-                         expand_job_id, parse_states, plan_arrays, record_state, sbatch_parameters, sbatch_script)
+from cdhpc.executors.launch_slurm import more_memory
+from cdhpc.sweep.plan import Plan, StepSpec, plan_sweep
+from cdhpc.config.profile import ClusterProfile, apply_profile, load_profile
+from cdhpc.executors.slurm import LEFT_QUEUE, SlurmScheduler, expand_job_id, parse_states, record_state
+from cdhpc.executors.sbatch import (ArraySpec, JobRef, check_sbatch_script, dependency_string, plan_arrays,
+    sbatch_parameters, sbatch_script)
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden" / "sbatch_tiny_dev.txt"
@@ -145,8 +146,8 @@ def test_record_state_after_a_job_left_the_queue():
 
 
 def test_transient_sbatch_errors_are_retried_others_are_not(tmp_path, monkeypatch):
-    monkeypatch.setattr("cdhpc.slurm.find_jobs_by_name", lambda names: {})
-    monkeypatch.setattr("cdhpc.slurm.time.sleep", lambda s: None)
+    monkeypatch.setattr("cdhpc.executors.slurm.find_jobs_by_name", lambda names: {})
+    monkeypatch.setattr("cdhpc.executors.slurm.time.sleep", lambda s: None)
     calls = []
 
     class FakeJob:  # a fake: sbatch's answer, without a cluster
@@ -182,7 +183,7 @@ def test_transient_sbatch_errors_are_retried_others_are_not(tmp_path, monkeypatc
     ("sbatch: error: Batch job submission failed: Invalid job array specification", "MaxArraySize"),
 ])
 def test_a_limit_error_stops_the_submission_at_once_naming_the_limit(tmp_path, monkeypatch, said, named):
-    monkeypatch.setattr("cdhpc.slurm.time.sleep", lambda s: pytest.fail("a limit is not retried"))
+    monkeypatch.setattr("cdhpc.executors.slurm.time.sleep", lambda s: pytest.fail("a limit is not retried"))
     calls = []
 
     def refused(array, params, attempt):
@@ -201,8 +202,8 @@ def test_an_intents_job_is_adopted_with_its_pickles_and_cancelled_without(tmp_pa
     a, b = step("a", "evaluate"), step("b", "evaluate")
     sched = SlurmScheduler(tmp_path, ClusterProfile(), "t")
     cancelled = []
-    monkeypatch.setattr("cdhpc.slurm._run", lambda cmd, timeout_s=60: cancelled.append(cmd))
-    monkeypatch.setattr("cdhpc.slurm.find_jobs_by_name", lambda names: {n: ["77_0", "77_1"] for n in names})
+    monkeypatch.setattr("cdhpc.executors.slurm._run", lambda cmd, timeout_s=60: cancelled.append(cmd))
+    monkeypatch.setattr("cdhpc.executors.slurm.find_jobs_by_name", lambda names: {n: ["77_0", "77_1"] for n in names})
     for pickled in (True, False):
         sched.intent_dir().mkdir(exist_ok=True)
         (sched.intent_dir() / "n.json").write_text(json.dumps(

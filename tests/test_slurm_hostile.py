@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 
 from cdhpc.config import ConfigError, load_config
-from cdhpc.plan import Plan, StepSpec, plan_sweep
-from cdhpc.profile import ClusterProfile, StageProfile, resolve_profile
-from cdhpc.slurm import (SlurmScheduler, UnsafeSbatch, check_sbatch_script, dependency_string, job_name, plan_arrays,
-                         sbatch_parameters, sbatch_script)
+from cdhpc.sweep.plan import Plan, StepSpec, plan_sweep
+from cdhpc.config.profile import ClusterProfile, StageProfile, resolve_profile
+from cdhpc.executors.slurm import SlurmScheduler
+from cdhpc.executors.sbatch import (UnsafeSbatch, check_sbatch_script, dependency_string, job_name,
+    plan_arrays, sbatch_parameters, sbatch_script)
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEP = ROOT / "configs" / "tiny.yaml"
@@ -117,7 +118,7 @@ stages:
 
 def test_a_parameter_without_a_rule_of_its_own_is_still_checked(tmp_path, monkeypatch):
     """A submitit parameter added after these rules were written: one line of text or a scalar."""
-    from cdhpc import profile
+    from cdhpc.config import profile
 
     names = profile.sbatch_parameter_names()
     monkeypatch.setattr(profile, "sbatch_parameter_names", lambda: sorted(names + ["future_flag"]))
@@ -164,7 +165,7 @@ def rendered(profile: ClusterProfile) -> list[tuple[dict, str]]:
     """(parameters, script) of the first array of every stage of the tiny sweep on `profile`:
     sbatch_parameters and submitit's renderer, as the scheduler calls them before sbatch."""
     cfg = load_config(SWEEP, ["executor=slurm"])
-    from cdhpc.profile import apply_profile
+    from cdhpc.config.profile import apply_profile
 
     plan = plan_sweep(apply_profile(cfg, profile))
     arrays = plan_arrays(plan, {s.key for s in plan.steps}, {}, profile.max_array_size)
@@ -282,7 +283,7 @@ def test_the_scheduler_submits_nothing_for_a_hostile_profile(tmp_path, monkeypat
 
 def test_submit_sweep_refuses_with_one_error_and_exit_2(tmp_path, monkeypatch, caplog):
     """The launch's SLURM path, to a fake sbatch, with a profile that skipped the load checks."""
-    from cdhpc.launch_slurm import submit_sweep
+    from cdhpc.executors.launch_slurm import submit_sweep
 
     scripts = fake_slurm(tmp_path, monkeypatch)
     cfg = load_config(SWEEP, ["executor=slurm", f"workdir={tmp_path / 'w'}"])

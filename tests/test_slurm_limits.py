@@ -12,12 +12,12 @@ import sys
 
 import pytest
 
-from cdhpc.launch_slurm import submit_plan
-from cdhpc.plan import Plan, StepSpec
-from cdhpc.profile import ClusterProfile
-from cdhpc.slurm import UnsafeSbatch, check_sbatch_script, plan_arrays, sbatch_script
-from cdhpc.slurm_limits import Limits, combine, parse_assoc, parse_config, parse_qos, parse_queue, waves_needed
-from cdhpc.waves import WAVES_FILE, after_ids, continuation_parameters, cut_wave, wave_line, wave_room
+from cdhpc.executors.launch_slurm import submit_plan
+from cdhpc.sweep.plan import Plan, StepSpec
+from cdhpc.config.profile import ClusterProfile
+from cdhpc.executors.sbatch import UnsafeSbatch, check_sbatch_script, plan_arrays, sbatch_script
+from cdhpc.executors.slurm_limits import Limits, combine, parse_assoc, parse_config, parse_qos, parse_queue, waves_needed
+from cdhpc.executors.waves import WAVES_FILE, after_ids, continuation_parameters, cut_wave, wave_line, wave_room
 
 # recorded on the dev cluster of slurm/dev-cluster/ (Slurm 22.05), 2026-12-02
 SCONTROL = """Configuration data as of 2026-12-02T13:20:01
@@ -113,10 +113,10 @@ class FakeSlurm:
         self.jobs: dict[str, str] = {}  # job or element -> state
         self.sbatch: list[dict] = []  # params of each array
         self.continuations: list[list[str]] = []
-        monkeypatch.setattr("cdhpc.slurm.SlurmScheduler._sbatch", self.submit)
-        monkeypatch.setattr("cdhpc.slurm.query_states", lambda ids, wanted=(): (dict(self.jobs), True))
-        monkeypatch.setattr("cdhpc.waves.submit_continuation", self.cont)
-        monkeypatch.setattr("cdhpc.waves.cancel_old", lambda doc: None)
+        monkeypatch.setattr("cdhpc.executors.slurm.SlurmScheduler._sbatch", self.submit)
+        monkeypatch.setattr("cdhpc.executors.slurm.query_states", lambda ids, wanted=(): (dict(self.jobs), True))
+        monkeypatch.setattr("cdhpc.executors.waves.submit_continuation", self.cont)
+        monkeypatch.setattr("cdhpc.executors.waves.cancel_old", lambda doc: None)
 
     def submit(self, array, params, attempt):
         base = str(next(self.ids))
@@ -201,10 +201,10 @@ def test_the_continuations_script_is_checked_like_the_steps():
 
 
 def test_cancel_also_cancels_the_continuation(tmp_path, monkeypatch):
-    from cdhpc.actions import cancel_continuation
+    from cdhpc.ui.actions import cancel_continuation
 
     calls = []
-    monkeypatch.setattr("cdhpc.actions.subprocess.run", lambda cmd, **kw: calls.append(cmd))
+    monkeypatch.setattr("cdhpc.ui.actions.subprocess.run", lambda cmd, **kw: calls.append(cmd))
     assert cancel_continuation(tmp_path) == [] and calls == []  # no waves: nothing to cancel
     (tmp_path / WAVES_FILE).write_text(json.dumps({"wave": 2, "left": 9, "continuation": "77", "after": ["70"]}))
     assert "77" in cancel_continuation(tmp_path)[0] and calls == [["scancel", "77"]]
@@ -215,7 +215,7 @@ def test_cancel_also_cancels_the_continuation(tmp_path, monkeypatch):
 def test_the_continuation_runs_the_launch_without_its_own_slurm_settings(tmp_path, monkeypatch, capsys):
     """The launch it runs gets no SLURM_* variables of the continuation's job (sbatch would pass
     them on to the next wave) but the job's id, so it never cancels the job running it."""
-    from cdhpc.waves import OWN_JOB_ENV, ContinueSweep
+    from cdhpc.executors.waves import OWN_JOB_ENV, ContinueSweep
 
     monkeypatch.setenv("SLURM_JOB_ID", "42")
     monkeypatch.setenv("SLURM_MEM_PER_NODE", "2048")
@@ -230,7 +230,7 @@ def test_the_continuation_runs_the_launch_without_its_own_slurm_settings(tmp_pat
 def test_a_failed_continuation_says_so_instead_of_a_next_wave(tmp_path, monkeypatch):
     """Its launch failed: waves.json no longer promises a next wave, and says to launch again;
     a continuation that a later launch replaced leaves the new one alone."""
-    from cdhpc.waves import ContinueSweep
+    from cdhpc.executors.waves import ContinueSweep
 
     monkeypatch.setenv("SLURM_JOB_ID", "77")
     failing = [sys.executable, "-c", "import sys; sys.exit('cdhpc: MaxJobCount reached')"]

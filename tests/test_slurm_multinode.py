@@ -19,7 +19,7 @@ import pytest
 import yaml
 from waits import wait_until
 
-from cdhpc.status import SnapshotReader
+from cdhpc.ui.status import SnapshotReader
 
 pytestmark = [
     pytest.mark.slurm,

@@ -20,12 +20,12 @@ from typing import Callable
 import pytest
 from waits import wait_until
 
-from cdhpc.launch_slurm import submit_plan
-from cdhpc.manifest import Manifest
-from cdhpc.plan import Plan, StepSpec, content_key
-from cdhpc.profile import ClusterProfile
-from cdhpc.scheduler import LIVE_JOB_STATES
-from cdhpc.status import SnapshotReader
+from cdhpc.executors.launch_slurm import submit_plan
+from cdhpc.sweep.manifest import Manifest
+from cdhpc.sweep.plan import Plan, StepSpec, content_key
+from cdhpc.config.profile import ClusterProfile
+from cdhpc.executors.scheduler import LIVE_JOB_STATES
+from cdhpc.ui.status import SnapshotReader
 
 pytestmark = [
     pytest.mark.slurm,
@@ -265,9 +265,9 @@ def test_a_signal_during_a_finished_jobs_exit_does_not_undo_its_completion(clust
 
 SUBMIT = """import json, sys
 from pathlib import Path
-from cdhpc.launch_slurm import submit_plan
-from cdhpc.plan import Plan, StepSpec
-from cdhpc.profile import ClusterProfile
+from cdhpc.executors.launch_slurm import submit_plan
+from cdhpc.sweep.plan import Plan, StepSpec
+from cdhpc.config.profile import ClusterProfile
 w = Path(sys.argv[1])
 plan = Plan([StepSpec.from_dict(d) for d in json.loads((w / "plan.json").read_text())["steps"]])
 submit_plan(w, plan, ClusterProfile.model_validate(json.loads(sys.argv[2])), "drill")
@@ -354,7 +354,7 @@ def test_status_ui_follows_slurm_jobs_and_tails_their_logs(cluster_up, tmp_path)
     running then done through its own sacct polls, and the detail screen's tail of the job log."""
     import asyncio
 
-    from cdhpc.tui import DetailScreen, StatusApp
+    from cdhpc.ui.tui import DetailScreen, StatusApp
 
     steps = [step(f"u{i}", {"add": i, "sleep_s": 8}, stage="select") for i in range(2)]  # no evaluate params to show
     workdir = tmp_path / "w"

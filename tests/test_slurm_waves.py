@@ -26,8 +26,8 @@ from pathlib import Path
 import pytest
 from waits import wait_until
 
-from cdhpc.plan import StepSpec, content_key
-from cdhpc.status import SnapshotReader
+from cdhpc.sweep.plan import StepSpec, content_key
+from cdhpc.ui.status import SnapshotReader
 
 pytestmark = [
     pytest.mark.slurm,

@@ -1,4 +1,4 @@
-"""Known-answer tests for cdhpc.stats (docs/method.md §8)."""
+"""Known-answer tests for cdhpc.results.stats (docs/method.md §8)."""
 
 import subprocess
 import sys
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.stats import false_discovery_control
 
-from cdhpc import stats
+from cdhpc.results import meanmax, stats
 
 # ----------------------------------------------------------------------------- index sets
 
@@ -39,7 +39,7 @@ def test_draw_rejects_bad_arguments(bad):
 
 
 def test_import_is_cheap():
-    code = "import sys, cdhpc.stats; print(any(m in sys.modules for m in ('torch', 'transformers', 'scipy')))"
+    code = "import sys, cdhpc.results.stats; print(any(m in sys.modules for m in ('torch', 'transformers', 'scipy')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -146,53 +146,53 @@ def test_paired_bootstrap_by_hand():
     base = stats.accuracy_bootstrap(BASE4, IDX4)[None]
     meth = stats.accuracy_bootstrap(METH4, IDX4)[None]
     # diff = baseline - method = [0, -50, -100, -25]; sorted [-100, -50, -25, 0]
-    res = stats.compare(base, meth, higher_is_better=True)
+    res = meanmax.compare(base, meth, higher_is_better=True)
     assert res.diff_mean == pytest.approx(-43.75)
     assert res.ci_low == pytest.approx(-100 + 0.075 * 50)  # numpy's linear percentile
     assert res.ci_high == pytest.approx(-25 + 0.925 * 25)
     assert res.p == pytest.approx(2 / 5)  # the tie at resample 0 counts against the method
     assert res.better
-    assert stats.compare(base, meth, True, ties="strict").p == pytest.approx(1 / 5)
+    assert meanmax.compare(base, meth, True, ties="strict").p == pytest.approx(1 / 5)
 
 
 def test_identical_systems_never_significant():
     vec = np.random.default_rng(0).normal(70, 1, size=(3, 1000))
-    res = stats.compare(vec, vec.copy(), higher_is_better=True)
+    res = meanmax.compare(vec, vec.copy(), higher_is_better=True)
     assert (res.ci_low, res.ci_high, res.p, res.better) == (0.0, 0.0, 1.0, False)
-    assert stats.compare(vec, vec, True, ties="strict").p == pytest.approx(1 / 1001)
-    assert stats.compare(vec, vec, False).p == 1.0
+    assert meanmax.compare(vec, vec, True, ties="strict").p == pytest.approx(1 / 1001)
+    assert meanmax.compare(vec, vec, False).p == 1.0
 
 
 def test_uniformly_better_gets_minimum_p_in_both_directions():
     idx = stats.draw_indices({"u": 30}, resamples=200, seed=0)
     worse = stats.accuracy_bootstrap({"u": np.zeros(30, bool)}, idx)[None]
     better = stats.accuracy_bootstrap({"u": np.ones(30, bool)}, idx)[None]
-    res = stats.compare(worse, better, higher_is_better=True)
+    res = meanmax.compare(worse, better, higher_is_better=True)
     assert res.p == pytest.approx(1 / 201) and res.better
-    assert stats.compare(better, worse, higher_is_better=True).p == 1.0
+    assert meanmax.compare(better, worse, higher_is_better=True).p == 1.0
     # perplexity: lower is better, the method with lower perplexity wins
     ppl_base, ppl_meth = np.full((2, 200), 25.0), np.full((2, 200), 24.0)
-    res = stats.compare(ppl_base, ppl_meth, higher_is_better=False)
+    res = meanmax.compare(ppl_base, ppl_meth, higher_is_better=False)
     assert res.p == pytest.approx(1 / 201) and res.better and res.ci_low == pytest.approx(1.0)
-    assert not stats.compare(ppl_meth, ppl_base, higher_is_better=False).better
+    assert not meanmax.compare(ppl_meth, ppl_base, higher_is_better=False).better
 
 
 def test_two_level_bootstrap():
     rng = np.random.default_rng(0)
     same_seeds = np.tile(rng.normal(size=500), (4, 1))  # all seeds identical: seeds do not matter
     method = same_seeds + 0.1
-    one = stats.compare(same_seeds, method, True)
-    two = stats.compare(same_seeds, method, True, rng=np.random.default_rng(1))
+    one = meanmax.compare(same_seeds, method, True)
+    two = meanmax.compare(same_seeds, method, True, rng=np.random.default_rng(1))
     assert (one.ci_low, one.ci_high, one.p) == pytest.approx((two.ci_low, two.ci_high, two.p))
     spread = rng.normal(size=(4, 1)) * 5 + rng.normal(size=(4, 500)) * 0.1  # seed variance dominates
-    wide = stats.compare(spread, spread[::-1] + 0.5, True, rng=np.random.default_rng(2))
-    narrow = stats.compare(spread, spread[::-1] + 0.5, True)
+    wide = meanmax.compare(spread, spread[::-1] + 0.5, True, rng=np.random.default_rng(2))
+    narrow = meanmax.compare(spread, spread[::-1] + 0.5, True)
     assert wide.ci_high - wide.ci_low > 5 * (narrow.ci_high - narrow.ci_low)
 
 
 def test_compare_rejects_bad_ties():
     with pytest.raises(ValueError, match="ties"):
-        stats.compare(np.zeros((1, 3)), np.zeros((1, 3)), True, ties="authors")
+        meanmax.compare(np.zeros((1, 3)), np.zeros((1, 3)), True, ties="authors")
 
 
 # ----------------------------------------------------------------------------- mean-max, muDeltaREL
@@ -202,18 +202,18 @@ def test_mean_max_picks_best_checkpoint_per_seed_and_direction():
     point = {("m", 1, 500): 30.0, ("m", 1, 1000): 25.0, ("m", 1, 1500): 27.0,
              ("m", 2, 500): 26.0, ("m", 2, 1000): 28.0, ("m", 2, 1500): 26.0}
     vectors = {k: np.array([v, v + 2.0]) for k, v in point.items()}
-    low = stats.mean_max(vectors, point, higher_is_better=False)["m"]  # perplexity
+    low = meanmax.mean_max(vectors, point, higher_is_better=False)["m"]  # perplexity
     assert low.best_steps == {1: 1000, 2: 500}  # seed 2 ties at 500 and 1500: earliest wins
     assert low.value == pytest.approx(25.5)
     np.testing.assert_allclose(low.per_seed_vectors, [[25, 27], [26, 28]])
     assert low.pm == pytest.approx(np.std([25, 27, 26, 28]) / np.sqrt(2))
-    high = stats.mean_max(vectors, point, higher_is_better=True)["m"]
+    high = meanmax.mean_max(vectors, point, higher_is_better=True)["m"]
     assert high.best_steps == {1: 500, 2: 1000} and high.value == pytest.approx(29.0)
 
 
 def test_mean_max_requires_matching_keys():
     with pytest.raises(ValueError, match="same keys"):
-        stats.mean_max({("m", 1, 1): np.zeros(2)}, {("m", 1, 2): 0.0}, True)
+        meanmax.mean_max({("m", 1, 1): np.zeros(2)}, {("m", 1, 2): 0.0}, True)
 
 
 def test_mu_delta_rel_by_hand():
@@ -221,12 +221,12 @@ def test_mu_delta_rel_by_hand():
         "baseline": {"blimp": 50.0, "wug": 40.0, "perplexity": 20.0},
         "cd": {"blimp": 55.0, "wug": 38.0, "perplexity": 19.0},
     }
-    got = stats.mu_delta_rel(values, tasks=("blimp", "wug"))
+    got = meanmax.mu_delta_rel(values, tasks=("blimp", "wug"))
     assert got == {"cd": pytest.approx((10.0 - 5.0) / 2)}
-    with_ppl = stats.mu_delta_rel(values, tasks=("blimp", "wug", "perplexity"))
+    with_ppl = meanmax.mu_delta_rel(values, tasks=("blimp", "wug", "perplexity"))
     assert with_ppl["cd"] == pytest.approx((10.0 - 5.0 + 5.0) / 3)  # lower perplexity = +5%
     with pytest.raises(KeyError, match="ewok"):
-        stats.mu_delta_rel(values, tasks=("blimp", "ewok"))
+        meanmax.mu_delta_rel(values, tasks=("blimp", "ewok"))
 
 
 # ----------------------------------------------------------------------------- corrections
@@ -234,18 +234,18 @@ def test_mu_delta_rel_by_hand():
 
 def test_holm_and_bh_by_hand():
     p = np.array([0.01, 0.04, 0.03, 0.005])
-    np.testing.assert_allclose(stats.holm(p), [0.03, 0.06, 0.06, 0.02])
-    np.testing.assert_allclose(stats.benjamini_hochberg(p), [0.02, 0.04, 0.04, 0.02])
-    np.testing.assert_allclose(stats.holm(np.array([0.5, 0.9])), [1.0, 1.0])
+    np.testing.assert_allclose(meanmax.holm(p), [0.03, 0.06, 0.06, 0.02])
+    np.testing.assert_allclose(meanmax.benjamini_hochberg(p), [0.02, 0.04, 0.04, 0.02])
+    np.testing.assert_allclose(meanmax.holm(np.array([0.5, 0.9])), [1.0, 1.0])
 
 
 def test_bh_matches_scipy_any_shape():
     p = np.random.default_rng(0).random((4, 7)) ** 3
-    adjusted = stats.benjamini_hochberg(p)
+    adjusted = meanmax.benjamini_hochberg(p)
     assert adjusted.shape == (4, 7)
     np.testing.assert_allclose(adjusted.ravel(), false_discovery_control(p.ravel(), method="bh"))
     with pytest.raises(ValueError, match="p-values"):
-        stats.holm(np.array([0.1, np.nan]))
+        meanmax.holm(np.array([0.1, np.nan]))
 
 
 def test_bootstrap_benchmark_small_run_agrees_with_naive_peer():

@@ -1,4 +1,4 @@
-"""cdhpc.status: known answers for the pure views, and the incremental reader against a fresh one."""
+"""cdhpc.ui.status: known answers for the pure views, and the incremental reader against a fresh one."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cdhpc.benchmarks.status import build_workdir, naive_refresh, write_step
-from cdhpc.status import (Snapshot, SnapshotReader, StepRow, filter_rows, format_duration, partial_table,
+from cdhpc.ui.status import (Snapshot, SnapshotReader, StepRow, filter_rows, format_duration, partial_table,
                           remaining_estimate_s, sort_rows, stage_overview, step_rows)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,7 +148,7 @@ def test_bench_status_prints_one_json_line_comparing_ours_with_the_peer():
     assert result["cancel_plan_s"] > 0
 
 def test_failure_line_says_why_a_step_with_a_good_receipt_failed():
-    from cdhpc.status import failure_line
+    from cdhpc.ui.status import failure_line
 
     assert "outputs changed" in failure_line({"status": "ok", "error": None})
     assert failure_line(None).startswith("no receipt")
@@ -161,9 +161,9 @@ def test_status_once_sees_outputs_changed_in_place_after_the_ingest(tmp_path, ca
     the launcher ingested its receipt is failed in `cdhpc status --once`; one only touched (new
     mtime, same bytes) is still done (re-hashed)."""
     from cdhpc.cli import main
-    from cdhpc.manifest import Manifest
+    from cdhpc.sweep.manifest import Manifest
 
-    monkeypatch.setattr("cdhpc.status.BULK_KEYS", bulk)
+    monkeypatch.setattr("cdhpc.ui.status.BULK_KEYS", bulk)
 
     workdir = tmp_path / "sweep"
     steps = build_workdir(workdir, 60)

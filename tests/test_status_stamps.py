@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from cdhpc.benchmarks.status import build_workdir, naive_refresh, write_step
-from cdhpc.manifest import Manifest
-from cdhpc.status import SnapshotReader
+from cdhpc.sweep.manifest import Manifest
+from cdhpc.ui.status import SnapshotReader
 
 PAST_NS = 1_600_000_000 * 10**9  # 2020: a directory's mtime long settled
 
@@ -46,7 +46,7 @@ def light(workdir: Path) -> dict[str, str]:
 def test_status_reads_the_steps_from_the_manifest_while_plan_json_is_unchanged(tmp_path, monkeypatch):
     workdir, steps = launched(tmp_path)
     parsed = []
-    monkeypatch.setattr("cdhpc.status.read_plan_steps", lambda *a, **k: parsed.append(1) or pytest.fail("parsed"))
+    monkeypatch.setattr("cdhpc.ui.status.read_plan_steps", lambda *a, **k: parsed.append(1) or pytest.fail("parsed"))
     assert light(workdir) == naive_refresh(workdir) and not parsed
     with SnapshotReader(workdir, specs=False) as reader:
         snap = reader.read()
@@ -85,7 +85,7 @@ def test_ingest_lists_only_changed_directories_and_sees_every_change(tmp_path, m
     workdir, steps = launched(tmp_path)
     listed = []
     real = os.scandir
-    monkeypatch.setattr("cdhpc.manifest.os.scandir", lambda p: listed.append(Path(p).name) or real(p))
+    monkeypatch.setattr("cdhpc.sweep.manifest.os.scandir", lambda p: listed.append(Path(p).name) or real(p))
     with Manifest(workdir) as m:
         assert m.ingest().keys == set() and listed == []  # nothing changed: no directory listed
         write_step(workdir, steps[18], 18, "ok", time.time())  # evaluate: a new receipt and job record

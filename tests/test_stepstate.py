@@ -1,4 +1,4 @@
-"""cdhpc.stepstate: the one step-state rule, for the launcher (a plan, warnings) and the status UI
+"""cdhpc.sweep.stepstate: the one step-state rule, for the launcher (a plan, warnings) and the status UI
 (step keys, an intactness cache filled in bulk), with known answers."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import hashlib
 import logging
 import os
 
-from cdhpc.stepstate import outputs_intact_by_key, step_states
+from cdhpc.sweep.stepstate import outputs_intact_by_key, step_states
 
 
 def _out(root, rel: str, text: str) -> dict:

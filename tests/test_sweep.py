@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cdhpc.manifest import Manifest
+from cdhpc.sweep.manifest import Manifest
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,7 +69,7 @@ def test_checkpoints_load_with_hf_and_give_the_recorded_validation_loss(sweep):
     import torch.nn.functional as F
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cdhpc.data import TokenArray
+    from cdhpc.lm.data import TokenArray
 
     workdir, _ = sweep
     with Manifest(workdir) as m:
@@ -91,7 +91,7 @@ def test_checkpoints_load_with_hf_and_give_the_recorded_validation_loss(sweep):
 
 
 def test_training_beats_unigram_perplexity_and_loss_goes_down(sweep):
-    from cdhpc.data import TokenArray
+    from cdhpc.lm.data import TokenArray
 
     workdir, _ = sweep
     train = np.asarray(TokenArray.open(next(workdir.glob("tokenizer/*/tokens/train"))).tokens)
@@ -182,7 +182,7 @@ def test_truncated_and_vhead_shards_obey_their_rule(sweep, method):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from cdhpc.decoding import method_scores
+    from cdhpc.lm.decoding import method_scores
     from jobs.generate import decoding_params
 
     workdir, _ = sweep

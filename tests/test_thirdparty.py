@@ -1,4 +1,4 @@
-"""The private third-party APIs cdhpc uses (cdhpc/thirdparty.py), checked against the installed
+"""The private third-party APIs cdhpc uses (cdhpc/base/thirdparty.py), checked against the installed
 libraries: each test fails, naming the library's version and the private name, when an upgrade
 removes or changes one. submitit and tokenizers are exercised for real here; DeepSpeed,
 transformers and datasets take seconds to import, so the fast tests read their installed source
@@ -17,8 +17,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from cdhpc import thirdparty
-from cdhpc.thirdparty import ThirdPartyChanged, installed_version
+from cdhpc.base import thirdparty
+from cdhpc.base.thirdparty import ThirdPartyChanged, installed_version
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 def gone(dist: str, name: str, where: str = "") -> str:
     """The failure message: which library, which version, which private name."""
     return (
-        f"{dist} {installed_version(dist)} no longer has the private {name} that cdhpc/thirdparty.py "
+        f"{dist} {installed_version(dist)} no longer has the private {name} that cdhpc/base/thirdparty.py "
         f"relies on{where}: adapt the wrapper, or keep the version in constraints.txt"
     )
 
@@ -56,7 +56,7 @@ def restore_signals():
 
 # ----------------------------------------------------------------------------- submitit
 def test_sbatch_parameter_defaults_lists_what_the_scheduler_sets():
-    from cdhpc.profile import OWN_PARAMETERS
+    from cdhpc.config.profile import OWN_PARAMETERS
 
     params = thirdparty.sbatch_parameter_defaults()
     missing = set(OWN_PARAMETERS) - set(params)
@@ -249,7 +249,7 @@ def test_a_missing_private_name_raises_naming_library_version_and_name(call, dis
 
 def test_importing_the_wrappers_imports_no_third_party_library():
     code = (
-        "import sys, cdhpc.thirdparty; "
+        "import sys, cdhpc.base.thirdparty; "
         "heavy = ('torch', 'transformers', 'deepspeed', 'datasets', 'tokenizers', 'submitit'); "
         "print([m for m in heavy if m in sys.modules])"
     )
@@ -260,7 +260,7 @@ def test_importing_the_wrappers_imports_no_third_party_library():
 # ------------------------------------------------------------------------- slow: the heavy libraries for real
 @pytest.mark.slow
 def test_attn_implementation_reaches_the_model():
-    from cdhpc.model import build_model, llama_config
+    from cdhpc.lm.model import build_model, llama_config
 
     config = llama_config("tiny-small", 64, attn_implementation="eager")
     assert config._attn_implementation == "eager", gone(
@@ -284,8 +284,8 @@ def test_dataset_fingerprint_follows_the_content():
 
 ZERO3 = textwrap.dedent("""
     import torch, deepspeed
-    from cdhpc.train import _init_distributed
-    from cdhpc.thirdparty import zero3_state_dict
+    from cdhpc.lm.train import _init_distributed
+    from cdhpc.base.thirdparty import zero3_state_dict
 
     _init_distributed()
     torch.manual_seed(0)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cdhpc.data import read_documents
-from cdhpc.tinybabylm import (BABYLM_SOURCES, SOURCES, SPLITS, build_tinybabylm, cap_by_words, cap_words,
+from cdhpc.lm.data import read_documents
+from cdhpc.corpora.tinybabylm import (BABYLM_SOURCES, SOURCES, SPLITS, build_tinybabylm, cap_by_words, cap_words,
                               chunk_document, count_words, iter_blank_line_documents, iter_stories, seed_indices,
                               split_sentences, tinystories_paths)
 

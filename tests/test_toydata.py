@@ -1,4 +1,4 @@
-"""cdhpc.toydata (+ cdhpc.toytasks): determinism, layout, real BabyLM 2025 schemas, intended
+"""cdhpc.toydata (+ cdhpc.corpora.toy.tasks): determinism, layout, real BabyLM 2025 schemas, intended
 (un)grammaticality, entity-tracking answers re-derived by an independent simulator, a reading signal,
 past-tense/COMPS answers re-derived from the lexicon, and an AoA signal."""
 
@@ -20,7 +20,7 @@ import pytest
 from scipy.optimize import curve_fit
 from scipy.stats import spearmanr
 
-from cdhpc import toydata, toytasks
+from cdhpc.corpora.toy import build, evalsets, grammar, lexicon, tasks as toytasks
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"train_docs": 60, "seed_docs": 20, "test_docs": 20}
@@ -32,7 +32,7 @@ def toy(tmp_path_factory) -> tuple[Path, dict]:
     """One write with the default sizes (timed, not asserted)."""
     out = tmp_path_factory.mktemp("toy") / "out"
     t0 = time.perf_counter()
-    counts = toydata.write_toy(out, seed=0)
+    counts = build.write_toy(out, seed=0)
     print(f"\nwrite_toy(defaults) took {time.perf_counter() - t0:.2f} s")
     return out, counts
 
@@ -53,7 +53,7 @@ def _full(root: Path, folder: str) -> list[Path]:
 @pytest.mark.slow
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):
-        toydata.write_toy(tmp_path / name, seed, **SMALL)
+        build.write_toy(tmp_path / name, seed, **SMALL)
     a, b, c = (_hashes(tmp_path / name) for name in "abc")
     assert a == b and len(a) == 9 + 34 + 8
     assert a.keys() == c.keys()
@@ -107,7 +107,7 @@ def test_corpus_documents_are_well_formed(toy):
 
 
 def test_checker_known_answers():
-    v = toydata.agreement_violations
+    v = grammar.agreement_violations
     assert v("The dogs near the cat run.") == []
     assert v("The dog that the cats see runs.") == []
     assert len(v("The dogs near the cat runs.")) == 1
@@ -124,7 +124,7 @@ def test_nominalize_rule_and_exceptions():
     cases = {"kind": "kindness", "happy": "happiness", "stable": "stability", "visible": "visibility",
              "formal": "formality", "active": "activity", "brave": "bravery", "warm": "warmth",
              "zorpable": "zorpability", "glimish": "glimishness"}
-    assert {a: toydata.nominalize(a) for a in cases} == cases
+    assert {a: lexicon.nominalize(a) for a in cases} == cases
 
 
 def test_blimp_pairs_are_good_and_bad_as_intended(toy):
@@ -136,8 +136,8 @@ def test_blimp_pairs_are_good_and_bad_as_intended(toy):
         for r in recs:
             assert required <= r.keys() and r["UID"] == path.stem and isinstance(r["pairID"], str)
             assert r["sentence_good"] != r["sentence_bad"]
-            assert toydata.agreement_violations(r["sentence_good"]) == [], r
-            bad = toydata.agreement_violations(r["sentence_bad"])
+            assert grammar.agreement_violations(r["sentence_good"]) == [], r
+            bad = grammar.agreement_violations(r["sentence_bad"])
             assert bad is not None and len(bad) >= 1, r
 
 
@@ -147,7 +147,7 @@ def test_corpus_sentences_obey_the_checker(toy):
     for src in ("stories", "wiki"):
         text = (root / "corpus/train" / f"{src}.txt").read_text(encoding="utf-8")
         for sent in re.split(r"(?<=[.?])\s+", text[:200_000]):
-            errs = toydata.agreement_violations(sent.strip())
+            errs = grammar.agreement_violations(sent.strip())
             if errs is not None:
                 assert errs == [], (sent, errs)
                 checked += 1
@@ -160,7 +160,7 @@ def test_supplement_and_ewok_schemas(toy):
         for r in _jsonl(path):
             assert {"sentence_good", "sentence_bad", "pair_ID"} <= r.keys() and "field" not in r
             assert r["sentence_good"] != r["sentence_bad"]
-    size = {a: i for i, a in enumerate(toydata.ANIMALS)}
+    size = {a: i for i, a in enumerate(lexicon.ANIMALS)}
     fields = {"Domain", "ConceptA", "ConceptB", "ContextType", "ContextDiff", "TargetDiff",
               "Context1", "Context2", "Target1", "Target2"}
     for path in _full(root, "ewok_filtered"):
@@ -224,9 +224,9 @@ def test_wug_records(toy):
         first, second = r["sentences"].split("\t")
         adj = re.fullmatch(r"Create a noun out of the following adjective: (\w+)\. \w+", first)[1]
         assert second.startswith(f"Create a noun out of the following adjective: {adj}. ")
-        assert first.endswith(" " + toydata.nominalize(adj)) and first != second
+        assert first.endswith(" " + lexicon.nominalize(adj)) and first != second
         assert isinstance(r["ratio"], float) and 0.0 <= r["ratio"] <= 1.0
-        assert adj[:-4 if adj.endswith("able") else -3] in toydata.WUG_EVAL_STEMS  # novel stems
+        assert adj[:-4 if adj.endswith("able") else -3] in lexicon.WUG_EVAL_STEMS  # novel stems
 
 
 def _corpus_words(root: Path) -> Counter:
@@ -249,7 +249,7 @@ def _expected_past(verb: str) -> tuple[str, str]:
 
 def test_wug_past_records(toy):
     root, counts = toy
-    assert all(toytasks.PAST_VERBS[v][0] == past for v, (_, past, _) in toydata.VERBS.items())
+    assert all(toytasks.PAST_VERBS[v][0] == past for v, (_, past, _) in lexicon.VERBS.items())
     recs = _jsonl(root / "evaluation_data/full_eval/wug_past_tense/wug_past_tense.jsonl")
     assert len(recs) == 100 and counts["eval"]["evaluation_data/fast_eval/wug_past_tense/wug_past_tense.jsonl"] == 50
     ed_share = {True: [], False: []}  # rhymes with an irregular gang -> shares of -ed
@@ -294,7 +294,7 @@ def test_comps_records(toy):
     uid = {"comps_base": "base", "comps_wugs": "wugs", "comps_wugs_dist-before": "wugs_dist_before",
            "comps_wugs_dist-in-between": "wugs_dist_in_between"}  # the official reader's mapping
     for concept, (plural, cls) in toytasks.CONCEPTS.items():  # the table speaks of toy-world words
-        assert toydata.NOUNS[concept][0] == plural if cls in ("animal", "person") else concept in toydata.THINGS
+        assert lexicon.NOUNS[concept][0] == plural if cls in ("animal", "person") else concept in lexicon.THINGS
     fields = {"id", "property", "acceptable_concept", "unacceptable_concept", "negative_sample_type",
               "similarity", "prefix_acceptable", "prefix_unacceptable", "property_phrase", "distraction_type"}
     paths = _full(root, "comps")
@@ -332,7 +332,7 @@ def test_aoa_files(toy):
     aoa = root / "evaluation_data/full_eval/aoa"
     words = json.loads((aoa / "cdi_childes.json").read_text(encoding="utf-8"))
     assert 50 <= len(words) <= 70 and all(len(w) > 1 for w in words)
-    docs = "\n".join(line for doc in toydata.aoa_docs(0) for line in doc)
+    docs = "\n".join(line for doc in build.aoa_docs(0) for line in doc)
     for word, entries in words.items():
         assert 1 <= len(entries) <= 8
         for e in entries:
@@ -369,7 +369,7 @@ def test_reading_csv_schema_and_surprisal_signal(toy):
     path = root / "evaluation_data/full_eval/reading/reading_data.csv"
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == toydata.READING_COLUMNS and len(rows) >= 100
+    assert list(rows[0]) == evalsets.READING_COLUMNS and len(rows) >= 100
     for r in rows:
         assert r["sentence"].startswith(r["item"] + " " + r["word"])
         assert int(r["context_length"]) == len(r["item"].split()) and int(r["length"]) == len(r["word"])
@@ -401,11 +401,11 @@ def test_cli_refuses_non_empty_out_and_writes_fresh(tmp_path, capsys):
     assert proc.returncode == 2 and str(out) in proc.stderr and "not an empty directory" in proc.stderr
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
     with pytest.raises(FileExistsError):
-        toydata.write_toy(out, **SMALL)
+        build.write_toy(out, **SMALL)
     empty = tmp_path / "empty"
     empty.mkdir()
     argv = [str(empty), "--seed", "1", "--train-docs", "30", "--seed-docs", "10", "--test-docs", "10"]
-    assert toydata.main(argv) == 0
+    assert build.main(argv) == 0
     assert "corpus/train: 30 docs" in capsys.readouterr().out
     assert (empty / "corpus/train/stories.txt").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "taken"]
@@ -413,7 +413,7 @@ def test_cli_refuses_non_empty_out_and_writes_fresh(tmp_path, capsys):
 
 def test_bad_sizes_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="train_docs=0"):
-        toydata.write_toy(tmp_path / "x", train_docs=0)
+        build.write_toy(tmp_path / "x", train_docs=0)
     assert not (tmp_path / "x").exists()
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cdhpc import data
-from cdhpc.model import PRESETS, ModelPreset, build_model, flops_per_token, llama_config, mfu
-from cdhpc.train import TrainSpec, deepspeed_config, distributed_env, grad_accumulation, lr_at
+from cdhpc.lm import data
+from cdhpc.lm.model import PRESETS, ModelPreset, build_model, flops_per_token, llama_config, mfu
+from cdhpc.lm.train import TrainSpec, deepspeed_config, distributed_env, grad_accumulation, lr_at
 
 REPO = Path(__file__).resolve().parents[1]
 NOUNS, ADJS, VERBS = ["cat", "dog", "bird", "fish"], ["big", "small", "red"], ["sees", "likes", "chases"]
@@ -157,7 +157,7 @@ def test_loss_goes_down_and_beats_unigram(prepared):
 
 
 def train_run(spec: TrainSpec, root: Path, out: str, logs: list | None = None, **kw) -> dict:
-    from cdhpc.train import train
+    from cdhpc.lm.train import train
 
     return train(spec, log=(logs.append if logs is not None else lambda _m: None), **_paths(root, out), **kw)
 
@@ -190,7 +190,7 @@ def _free_port() -> int:
 _RANK_SCRIPT = """
 import json, sys
 from pathlib import Path
-from cdhpc.train import TrainSpec, train
+from cdhpc.lm.train import TrainSpec, train
 spec = TrainSpec(**json.loads(sys.argv[1]))
 paths = {k: (Path(v) if v else None) for k, v in json.loads(sys.argv[2]).items()}
 result = train(spec, **paths)
@@ -239,6 +239,6 @@ def test_bf16_mixed_synthetic_run(prepared, tmp_path):
 
 
 def _train_with_synthetic(spec: TrainSpec, root: Path, synthetic: Path) -> dict:
-    from cdhpc.train import train
+    from cdhpc.lm.train import train
 
     return train(spec, log=lambda _m: None, **{**_paths(root, "bf16"), "synthetic_array": synthetic})

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cdhpc.benchmarks.status import build_workdir, write_step
-from cdhpc.tui import ConfirmScreen, DetailScreen, LogTail, StatusApp, TextScreen, retry_command
+from cdhpc.ui.tui import ConfirmScreen, DetailScreen, LogTail, StatusApp, TextScreen, retry_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,7 +131,7 @@ def _submitit_sleeper(folder: Path):
 
 @pytest.mark.slow
 def test_cancel_step_asks_then_interrupts_controller(tmp_path):
-    from cdhpc.scheduler import pid_alive
+    from cdhpc.executors.scheduler import pid_alive
 
     workdir = tmp_path / "sweep"
     steps = build_workdir(workdir, 40)
@@ -231,7 +231,7 @@ def test_tui_in_tmux_follows_a_running_sweep(tmp_path):
             if (workdir / "plan.json").is_file():
                 break
             time.sleep(0.1)
-        cmd = f"cd {ROOT} && PYTHONPATH={ROOT} {sys.executable} -c 'from cdhpc.tui import StatusApp; StatusApp(__import__(\"pathlib\").Path(\"{workdir}\"), refresh_s=1).run()'"
+        cmd = f"cd {ROOT} && PYTHONPATH={ROOT} {sys.executable} -c 'from cdhpc.ui.tui import StatusApp; StatusApp(__import__(\"pathlib\").Path(\"{workdir}\"), refresh_s=1).run()'"
         subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "160", "-y", "45", cmd], check=True)
         seen: list[int] = []
         deadline = time.time() + 400

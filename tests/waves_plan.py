@@ -11,10 +11,10 @@ import logging
 import sys
 from pathlib import Path
 
-from cdhpc.launch_slurm import follow_sweep, submit_plan
-from cdhpc.lock import WorkdirBusy, WorkdirLock
-from cdhpc.plan import Plan, StepSpec
-from cdhpc.profile import ClusterProfile
+from cdhpc.executors.launch_slurm import follow_sweep, submit_plan
+from cdhpc.sweep.lock import WorkdirBusy, WorkdirLock
+from cdhpc.sweep.plan import Plan, StepSpec
+from cdhpc.config.profile import ClusterProfile
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

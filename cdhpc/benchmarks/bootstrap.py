@@ -1,4 +1,4 @@
-"""Accuracy bootstrap: ``cdhpc.stats.accuracy_bootstrap`` vs a naive loop over resamples.
+"""Accuracy bootstrap: ``cdhpc.results.stats.accuracy_bootstrap`` vs a naive loop over resamples.
 
 Both use the same shared index sets (10,000 resamples x 67 UIDs x 1,000 items by default, the
 size of BLiMP). The naive peer loops over resamples in Python and computes each UID's accuracy
@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from cdhpc import stats
+from cdhpc.results import stats
 
 
 def _naive(correct: dict[str, np.ndarray], idx: dict[str, np.ndarray], resamples: int) -> np.ndarray:
@@ -35,7 +35,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.device != "cpu":
-        parser.error("--device cuda: cdhpc.stats is numpy-only (CPU); run this benchmark with --device cpu")
+        parser.error("--device cuda: cdhpc.results.stats is numpy-only (CPU); run this benchmark with --device cpu")
     return args
 
 

@@ -3,7 +3,7 @@
 Measured side by side in one process, at the same batch, prompt length and new tokens, with the
 same decoding distribution (the authors' settings: alpha 0.1 strict, eps 1e-10, tail -20):
 
-- ours_cd / ours_vanilla: ``cdhpc.sampler.generate`` in ``cd`` and ``sample`` mode;
+- ours_cd / ours_vanilla: ``cdhpc.lm.sampler.generate`` in ``cd`` and ``sample`` mode;
 - reference_cd / reference_vanilla: two HF models stepped with ``DynamicCache`` through
   ``model(ids, past_key_values=..., use_cache=True)``, float32 logits, a logits processor that
   computes CD from two softmaxes, then softmax + ``torch.multinomial`` (the authors' loop).
@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from cdhpc.model import PRESETS
+from cdhpc.lm.model import PRESETS
 
 AUTHORS = {"mode": "cd", "alpha": 0.1, "strict_head": True, "eps": 1e-10, "tail": -20.0}
 
@@ -80,8 +80,8 @@ def _timed(fn: Any, device: str) -> float:
 
 def _ours(expert: Any, amateur: Any, prompts: list[list[int]], mode: str, new_tokens: int,
           batch: int, device: str) -> None:
-    from cdhpc.decoding import DecodingParams
-    from cdhpc.sampler import generate
+    from cdhpc.lm.decoding import DecodingParams
+    from cdhpc.lm.sampler import generate
 
     params = DecodingParams(**AUTHORS) if mode == "cd" else DecodingParams("sample")
     for _ in generate(expert, amateur if mode == "cd" else None, prompts, params,
@@ -154,7 +154,7 @@ def run(argv: list[str]) -> dict:
                       reference=False, repeat=a.repeat)
         rows.append(big)
     first = rows[0]
-    from cdhpc.decoding import DecodingParams
+    from cdhpc.lm.decoding import DecodingParams
 
     return {"bench": "sampler",
             "device": torch.cuda.get_device_name() if cuda else f"cpu ({os.cpu_count()} cores)",

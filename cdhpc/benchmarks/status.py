@@ -60,7 +60,8 @@ def _rows(step: dict[str, Any], i: int) -> dict[str, list[dict]]:
 
 def write_step(workdir: Path, step: dict[str, Any], i: int, status: str, now: float) -> None:
     """One step's output file, receipt and job record (plain writes: a fixture, not a job)."""
-    from cdhpc.receipts import OutputFile, Receipt, receipt_path, sha256_file
+    from cdhpc.sweep.receipts import OutputFile, Receipt, receipt_path
+    from cdhpc.base.atomicio import sha256_file
 
     out = workdir / step["stage"] / f"{step['name']}-{step['key'][:8]}" / "out.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -98,8 +99,8 @@ def build_workdir(workdir: Path, n_steps: int) -> list[dict[str, Any]]:
 
 def naive_refresh(workdir: Path) -> dict[str, str]:
     """The peer: every receipt and job record parsed again, outputs checked, states classified."""
-    from cdhpc.receipts import output_intact, read_receipt
-    from cdhpc.stepstate import classify
+    from cdhpc.sweep.receipts import output_intact, read_receipt
+    from cdhpc.sweep.stepstate import classify
 
     steps = json.loads((workdir / "plan.json").read_text())["steps"]
     receipts = {r.key: r for r in map(read_receipt, sorted((workdir / "receipts").glob("*/*.json")))}
@@ -118,7 +119,7 @@ STARTUP = """
 import asyncio, sys, time
 t0 = time.perf_counter()
 from pathlib import Path
-from cdhpc.tui import StatusApp
+from cdhpc.ui.tui import StatusApp
 async def main():
     app = StatusApp(Path(sys.argv[1]), refresh_s=3600)
     async with app.run_test(size=(160, 50)) as pilot:
@@ -131,7 +132,7 @@ asyncio.run(main())
 async def _refresh_times(workdir: Path, steps: list[dict], repeats: int) -> dict[str, list[float]]:
     """Per new receipt: the snapshot read (ingest + query + states), the same with nothing new,
     and the app's whole refresh with the Steps tab shown (read + every view rebuilt) (s)."""
-    from cdhpc.tui import StatusApp
+    from cdhpc.ui.tui import StatusApp
 
     pending = [i for i in range(len(steps)) if i % 20 > 16]
     app = StatusApp(workdir, refresh_s=3600)
@@ -158,7 +159,7 @@ def slurm_poll_parse_s(n_steps: int, live_share: float = 0.2) -> float:
     """Our own time in one SLURM poll of a sweep with `live_share` of its steps queued or running
     as array elements: parsing sacct's answer and deciding each record's state (s; sacct's own
     run time is the controller's, not ours)."""
-    from cdhpc.slurm import parse_states, record_state
+    from cdhpc.executors.slurm import parse_states, record_state
 
     n = int(n_steps * live_share)
     answer = "\n".join(f"{7000 + i // 100}_{i % 100}|{'RUNNING' if i % 3 else 'PENDING'}" for i in range(n))
@@ -195,8 +196,8 @@ def cancel_plan_s(n_steps: int, array_size: int = 100) -> float:
     """`cdhpc cancel`'s own time for a sweep of `n_steps` live SLURM array elements (arrays of
     `array_size`), every step chosen: the records scan and the scancel batches, with
     `subprocess.run` replaced by a recorder (scancel is the controller's time, not ours) (s)."""
-    from cdhpc import actions
-    from cdhpc.status import Snapshot
+    from cdhpc.ui import actions
+    from cdhpc.ui.status import Snapshot
 
     jobs, steps, states = {}, [], {}
     for i in range(n_steps):
@@ -223,7 +224,7 @@ def big_case(n_steps: int, repeats: int, env: dict[str, str]) -> dict[str, Any]:
     """`cdhpc status --once` at the paper's size, the manifest as a launcher leaves it (plan
     registered, everything ingested): best of `repeats` fresh processes, against the naive refresh
     in this process; and `cdhpc cancel`'s planning time at that size."""
-    from cdhpc.manifest import Manifest
+    from cdhpc.sweep.manifest import Manifest
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp) / "sweep"
@@ -243,7 +244,7 @@ def big_case(n_steps: int, repeats: int, env: dict[str, str]) -> dict[str, Any]:
 def run(argv: list[str]) -> dict:
     import asyncio
 
-    from cdhpc.manifest import Manifest
+    from cdhpc.sweep.manifest import Manifest
 
     p = argparse.ArgumentParser(prog="python -m cdhpc.bench status")
     p.add_argument("--steps", type=int, default=10_000)

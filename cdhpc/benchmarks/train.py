@@ -37,7 +37,7 @@ def _args(argv: list[str]) -> argparse.Namespace:
 
 
 def _spec(args: argparse.Namespace):
-    from cdhpc.train import TrainSpec
+    from cdhpc.lm.train import TrainSpec
 
     return TrainSpec(preset=args.preset, vocab_size=args.vocab_size, seed=0, steps=10**6,
                      checkpoint_every=10**6, warmup_steps=10, global_batch=args.micro_batch
@@ -52,8 +52,8 @@ class _PlainLoop:
     def __init__(self, spec, device: str, keep_grads: bool = False):
         import torch
 
-        from cdhpc.model import build_model
-        from cdhpc.train import lr_at
+        from cdhpc.lm.model import build_model
+        from cdhpc.lm.train import lr_at
 
         self.model = build_model(spec.preset, spec.vocab_size, seed=spec.seed).to(device)
         if spec.compile and device.startswith("cuda"):
@@ -101,9 +101,9 @@ def run(argv: list[str]) -> dict:
     import numpy as np
     import torch
 
-    from cdhpc.data import MixedBatches, TokenArray, write_token_array
-    from cdhpc.model import mfu, peak_flops
-    from cdhpc.train import _init_distributed, build_engine, train_step
+    from cdhpc.lm.data import MixedBatches, TokenArray, write_token_array
+    from cdhpc.lm.model import mfu, peak_flops
+    from cdhpc.lm.train import _init_distributed, build_engine, train_step
 
     args = _args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():

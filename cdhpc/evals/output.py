@@ -1,4 +1,4 @@
-"""Writing a task's outputs: each file atomically (cdhpc.receipts: tmp + fsync + rename),
+"""Writing a task's outputs: each file atomically (cdhpc.sweep.receipts: tmp + fsync + rename),
 summary.json last, so a reader never sees a partial file and a summary only exists once
 everything it describes is in place."""
 
@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cdhpc.receipts import atomic_write_text
+from cdhpc.base.atomicio import atomic_write_text
 
 
 def jsonl_text(rows: list[dict[str, Any]]) -> str:

@@ -8,7 +8,7 @@ rule, the model's context (max_tokens), truncate, the batch geometry and the pac
 checkpoint of a sweep that shares the tokenizer meets the same key.
 
 On disk a pack is `<dir>/<key>.npz` (in a sweep: `<workdir>/cache/evalpack/`), written atomically
-(cdhpc.receipts), so a reader sees a whole file or none; the file holds its own key fields, and a
+(cdhpc.sweep.receipts), so a reader sees a whole file or none; the file holds its own key fields, and a
 file that does not read, whose key differs or whose arrays do not check is logged, rebuilt and
 replaced, never used. In memory, packs of this process are kept up to MEMO_BYTES, so an evaluate
 job that scores several checkpoints (or aoa, a run's checkpoints in one step) loads each once; the
@@ -168,7 +168,7 @@ class PackCache:
         key = pack_key(key_fields)
         pack = self._own.get(key) or (_memo.get(key) if self.directory is not None else None)
         if pack is None and self.directory is not None:
-            from cdhpc.paths import inside
+            from cdhpc.base.paths import inside
 
             pack = read_pack(inside(self.directory, f"{key}.npz"), key_fields)
         if pack is None:
@@ -185,8 +185,8 @@ class PackCache:
 
     def _store(self, key: str, key_fields: dict[str, Any], pack: PreparedPack) -> None:
         """Write the pack atomically; a failed write (disk full, read-only) only costs a rebuild."""
-        from cdhpc.paths import inside
-        from cdhpc.receipts import atomic_write_bytes
+        from cdhpc.base.paths import inside
+        from cdhpc.base.atomicio import atomic_write_bytes
 
         path = inside(self.directory, f"{key}.npz")
         try:
