@@ -35,7 +35,6 @@ from cdhpc import __version__
 from cdhpc.sweep.plan import StepSpec
 from cdhpc.sweep.receipts import (Receipt, ReceiptError, describe_outputs, read_receipt, receipt_path,
     write_receipt)
-from cdhpc.base.atomicio import atomic_write_json
 from cdhpc.base.thirdparty import requeue_handler, requeues_left
 
 log = logging.getLogger("cdhpc")
@@ -248,16 +247,17 @@ def mark_job_record(workdir: Path, spec: StepSpec, state: str) -> None:
     """Best effort: the RUNNING record of this local job says how its step ended, even with no
     launcher left to write it (a killed launcher leaves its local jobs running). SLURM records
     are the launcher's (from sacct), and a record of another job is left alone."""
-    from cdhpc.sweep.jobrecords import job_record_path
+    from cdhpc.sweep.jobrecords import JobRecord, job_record_path
 
     job_id = os.environ.get("SUBMITIT_LOCAL_JOB_ID")
     path = job_record_path(workdir, spec)
     if not job_id or not path.is_file():
         return
     try:
-        rec = json.loads(path.read_text())
-        if rec.get("executor") == "local" and str(rec.get("job_id")) == job_id and rec.get("state") == "RUNNING":
-            atomic_write_json(path, rec | {"state": state, "updated": time.time()})
+        rec = JobRecord.read(path)
+        if rec.executor == "local" and str(rec.job_id) == job_id and rec.state == "RUNNING":
+            rec.state, rec.updated = state, time.time()
+            rec.write(path)
     except (OSError, ValueError) as e:
         log.error("step %s/%s: could not mark its job record %s: %s", spec.stage, spec.name, state, e)
 

@@ -139,3 +139,24 @@ def test_corrupt_manifest_is_not_healed_under_another_holder_of_the_workdir(tmp_
     assert "indexing the receipts and job records in memory this time" in caplog.text
     assert (tmp_path / "manifest.sqlite").read_bytes() == b"not a database" * 100
     assert not list(tmp_path.glob("manifest.sqlite.corrupt-*"))
+
+
+def test_a_job_record_is_one_type_whose_fields_are_the_manifests_columns(tmp_path):
+    """JobRecord writes what the manifest indexes, reads back equal, and refuses a file that
+    lacks a field; the jobs table has exactly its fields (besides key, path and the stamp)."""
+    import sqlite3
+
+    from cdhpc.sweep.jobrecords import FIELDS, JobRecord
+    from cdhpc.sweep.manifest_db import SCHEMA
+
+    rec = JobRecord("k" * 16, "slurm", "712", "PENDING", 1, 10.0, 11.0, 3, "o.log", "e.log", "cdhpc.s.x.1", 2.0)
+    path = tmp_path / "r.json"
+    rec.write(path)
+    assert JobRecord.read(path) == rec
+    path.write_text('{"key": "k", "executor": "local"}')
+    with pytest.raises(ValueError, match="not a job record"):
+        JobRecord.read(path)
+    db = sqlite3.connect(":memory:")
+    db.executescript(SCHEMA)
+    columns = [row[1] for row in db.execute("PRAGMA table_info(jobs)")]
+    assert sorted(columns) == sorted(("key", *FIELDS, "path", "mtime_ns", "size"))

@@ -22,7 +22,7 @@ from cdhpc.ui.launch import execute
 from cdhpc.sweep.plan import Plan, StepSpec, content_key
 from cdhpc.base.atomicio import atomic_write_text
 from cdhpc.sweep.receipts import read_receipt, receipt_path
-from cdhpc.sweep.jobrecords import job_record_path
+from cdhpc.sweep.jobrecords import JobRecord, job_record_path
 from jobs import StepCancelled, StepContext, StepResult, run_step, stop_on_signals
 
 TESTS = Path(__file__).resolve().parent
@@ -131,7 +131,7 @@ def test_a_cancelled_step_says_so_in_its_receipt_and_job_record(tmp_path, monkey
     spec = StepSpec("generate", "c", "c" * 16, {}, {}, {"entry": "test_signals:cancelled_by_signal"}, {})
     record = job_record_path(tmp_path, spec)
     record.parent.mkdir(parents=True)
-    record.write_text(json.dumps({"key": spec.key, "executor": "local", "job_id": "777", "state": "RUNNING"}))
+    JobRecord(spec.key, "local", "777", "RUNNING", 1, 0.0, 0.0).write(record)
     monkeypatch.setenv("SUBMITIT_LOCAL_JOB_ID", "777")
     with pytest.raises(StepCancelled):
         run_step(tmp_path, spec)

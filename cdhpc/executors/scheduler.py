@@ -13,7 +13,6 @@ full disk must not stop the loop): a RUNNING record whose process is gone counts
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -24,10 +23,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from cdhpc.base.paths import inside
-from cdhpc.sweep.jobrecords import job_record_path
+from cdhpc.sweep.jobrecords import JobRecord, job_record_path
 from cdhpc.sweep.plan import Plan, StepSpec
 from cdhpc.sweep.receipts import ReceiptError, read_receipt, receipt_path
-from cdhpc.base.atomicio import atomic_write_json
 # the step-state rule (re-exported): cdhpc.sweep.stepstate imports no plan or config, so `cdhpc status` starts fast
 from cdhpc.sweep.stepstate import (BLOCKED, DONE, FAILED, LIVE_JOB_STATES, MISSING, QUEUED,  # noqa: F401
                              QUEUED_JOB_STATES, RUNNING, classify, job_alive, outputs_intact, pid_alive, step_states)
@@ -187,7 +185,7 @@ class LocalScheduler:
         """The step's job record (cdhpc cancel, the step itself) or receipt says it was cancelled."""
         path = job_record_path(self.workdir, spec)
         try:
-            if path.is_file() and json.loads(path.read_text()).get("state") == "CANCELLED":
+            if path.is_file() and JobRecord.read(path).state == "CANCELLED":
                 return True
             return read_receipt(receipt_path(self.workdir, spec.stage, spec.name, spec.key)).status == "cancelled"
         except (OSError, ValueError, ReceiptError):
@@ -196,13 +194,11 @@ class LocalScheduler:
     def _record(self, spec: StepSpec, job_id: str, job_state: str, attempt: int, paths: Any) -> None:
         """Write the step's job record; best effort (logged): a full disk must not stop the loop."""
         path = job_record_path(self.workdir, spec)
-        rec = {"key": spec.key, "executor": "local", "job_id": str(job_id), "array_index": None,
-               "state": job_state, "attempt": attempt, "updated": time.time(),
-               "stdout": str(paths.stdout) if paths else None, "stderr": str(paths.stderr) if paths else None}
+        now = time.time()
         try:
-            keep = path.is_file() and job_state != "RUNNING"
-            rec["submitted"] = json.loads(path.read_text()).get("submitted") if keep else time.time()
-            atomic_write_json(path, rec)
+            submitted = JobRecord.read(path).submitted if path.is_file() and job_state != "RUNNING" else now
+            JobRecord(spec.key, "local", str(job_id), job_state, attempt, submitted, now,
+                      stdout=str(paths.stdout) if paths else None, stderr=str(paths.stderr) if paths else None).write(path)
         except (OSError, ValueError) as e:
             log.error("step %s/%s: could not write its job record (%s): %s", spec.stage, spec.name, job_state, e)
 

@@ -34,7 +34,7 @@ from cdhpc.config.profile import ClusterProfile
 from cdhpc.executors.sbatch import (ArraySpec, JobRef, UnsafeSbatch, check_sbatch_script, dependency_string,
     job_name, plan_arrays, sbatch_parameters, sbatch_script)
 from cdhpc.executors.scheduler import LIVE_JOB_STATES  # live: sacct/squeue states of a job that may still run
-from cdhpc.sweep.jobrecords import job_record_path, update_job_record
+from cdhpc.sweep.jobrecords import JobRecord, job_record_path, update_job_record
 from cdhpc.sweep.plan import Plan, StepSpec
 from cdhpc.base.atomicio import atomic_write_json
 from cdhpc.sweep.receipts import receipt_path
@@ -339,14 +339,10 @@ class SlurmScheduler:
         return jobs
 
     def _record(self, spec: StepSpec, ref: JobRef, attempt: int, name: str, resources: dict, paths: Any) -> None:
-        path = job_record_path(self.workdir, spec)
         now = time.time()
-        atomic_write_json(path, {
-            "key": spec.key, "executor": "slurm", "job_id": ref.job_id, "array_index": ref.array_index,
-            "state": "PENDING", "attempt": attempt, "submitted": now, "updated": now, "job_name": name,
-            "mem_gb": resources.get("mem_gb"),
-            "stdout": str(paths.stdout) if paths is not None else None,
-            "stderr": str(paths.stderr) if paths is not None else None})
+        JobRecord(spec.key, "slurm", ref.job_id, "PENDING", attempt, now, now, ref.array_index,
+                  str(paths.stdout) if paths is not None else None, str(paths.stderr) if paths is not None else None,
+                  name, resources.get("mem_gb")).write(job_record_path(self.workdir, spec))
 
     def cancel(self, refs: list[JobRef]) -> None:
         """scancel jobs that can never run (they wait on a failed input that is resubmitted)."""

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cdhpc.sweep.jobrecords import FIELDS as JOB_RECORD_FIELDS
 from cdhpc.sweep.manifest_db import (
     PLAN, RACY_NS, SCHEMA, UNWRITABLE_CODES, Corrupt, ManifestError, Stamp, Transaction, check, connect,
     move_aside, mtime_ns, prepare, read_stamped, sqlite_code, stamp_if_same, step_gpus, unusable, writable, writes)
@@ -38,8 +39,7 @@ ROW_TABLES = {
     "shards": ("method", "shard", "path", "samples", "tokens", "sha256"),
     "scores": ("run", "method", "seed", "step", "task", "score", "task_version", "data_sha256", "n_items", "path"),
 }
-JOB_FIELDS = ("executor", "job_id", "array_index", "state", "attempt", "submitted", "updated", "stdout", "stderr",
-              "job_name", "mem_gb")
+JOB_FIELDS = JOB_RECORD_FIELDS  # the jobs table's columns besides key, path and the file's stamp
 
 
 @dataclass
@@ -373,7 +373,8 @@ class Manifest:
             rec = json.loads(f.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{f}: not a valid job record ({e.msg} at line {e.lineno})") from None
-        self.db.execute(f"INSERT OR REPLACE INTO jobs VALUES ({','.join('?' * (len(JOB_FIELDS) + 4))})",
+        self.db.execute(f"INSERT OR REPLACE INTO jobs (key, {', '.join(JOB_FIELDS)}, path, mtime_ns, size) VALUES "
+                        f"({','.join('?' * (len(JOB_FIELDS) + 4))})",  # lenient: a field an older record lacks is NULL
                         (rec["key"], *(rec.get(k) for k in JOB_FIELDS), rel, st.st_mtime_ns, st.st_size))
         return rec["key"]
 
