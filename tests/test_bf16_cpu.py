@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from cdhpc.lm.decoding import DecodingParams, cd_weights, method_scores, next_tokens
 from cdhpc.lm.sampler import LlamaRunner, ModelWeights, generate_batch, left_pad
@@ -21,7 +20,9 @@ PROMPTS = [[1, 5, 6], [1, 20, 21, 22, 2, 1], [1, 9]]  # different lengths: rows 
 CONTS = [[7, 8, 9, 10, 11, 12], [25, 26, 27, 28, 29, 30], [40, 41, 42, 43, 44, 45]]
 
 
-def tiny_llama(seed: int, sharpen: float = 8.0) -> LlamaForCausalLM:
+def tiny_llama(seed: int, sharpen: float = 8.0):
+    from transformers import LlamaConfig, LlamaForCausalLM  # here: collection stays light on workers that skip this
+
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)

@@ -218,6 +218,7 @@ def test_reader_uses_a_copy_while_another_process_writes_the_manifest(sweep, mon
         assert steps[58]["key"] not in m.receipts_by_key()  # the file was not written
 
 
+@pytest.mark.slow  # the report with its plots: over a second
 def test_export_writes_only_results_and_report_nothing(sweep, capsys, caplog, monkeypatch):
     """export/report over the done evaluate steps; the table itself comes from a fake build_table
     (the real one needs real evaluation outputs; the tiny sweep's tests cover it)."""

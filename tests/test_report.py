@@ -171,6 +171,7 @@ def test_scores_long_rows_sorted_and_escaped():
         report.render_scores_long([{k: v for k, v in records[0].items() if k != "task_version"}])
 
 
+@pytest.mark.slow  # matplotlib: over a second
 def test_write_report_files(tmp_path):
     vectors, points = _hand_example()
     table = report.build_paper_table(vectors, points, tasks=TASKS)

@@ -5,7 +5,6 @@ import math
 import pyarrow.parquet as pq
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from cdhpc.lm.decoding import DecodingParams, method_scores, truncate
 from cdhpc.lm.sampler import LlamaRunner, ModelWeights, generate, left_pad
@@ -18,6 +17,8 @@ SPECIALS = {0, 1, 2, 3}
 def tiny_llama(seed, kv_heads=4, sharpen=1.0):
     """A random-init 2-layer Llama; ``sharpen`` scales the LM head so the distributions are
     peaked and the alpha-head is a small part of the vocabulary."""
+    from transformers import LlamaConfig, LlamaForCausalLM  # here: collection stays light on workers that skip this
+
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=128)
