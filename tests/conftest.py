@@ -5,6 +5,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import fcntl
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,8 @@ def tiny_local(tmp_path_factory, worker_id):
             out = subprocess.run([sys.executable, "-m", "cdhpc.launch", "configs/tiny.yaml", f"workdir={workdir}"],
                                  cwd=ROOT, capture_output=True, text=True, timeout=1500,
                                  preexec_fn=lambda: os.umask(0o022))
+            if (workdir / "receipts").is_dir():  # as the sweep left them: other tests rerun steps of it
+                shutil.copytree(workdir / "receipts", tiny_receipts(workdir))
             tmp = record.with_suffix(".tmp")
             tmp.write_text(json.dumps({"args": out.args, "returncode": out.returncode, "stdout": out.stdout,
                                        "stderr": out.stderr}))
@@ -37,6 +40,18 @@ def tiny_local(tmp_path_factory, worker_id):
     out = subprocess.CompletedProcess(**json.loads(record.read_text()))
     assert out.returncode == 0, out.stderr[-3000:]
     return workdir, out
+
+
+def tiny_receipts(workdir: Path) -> Path:
+    return workdir.parent / "receipts-at-end"
+
+
+@pytest.fixture(scope="session")
+def tiny_local_receipts(tiny_local) -> Path:
+    """A copy of the tiny sweep's receipts taken when it finished: tests of the tiny group rerun
+    some of its steps (a deleted shard, a rebuilt manifest), and a rerun step has no receipt for
+    a moment."""
+    return tiny_receipts(tiny_local[0])
 
 
 @pytest.fixture(scope="session")
