@@ -8,11 +8,26 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def tiny_paths(tmp_path_factory, worker_id) -> tuple[Path, Path, Path]:
+    """(workdir, launch record, lock file) of the session's tiny sweep. Under pytest-xdist the
+    workers share them (one directory above each worker's own)."""
+    root = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    (root / "tiny").mkdir(exist_ok=True)
+    return root / "tiny" / "work", root / "tiny" / "launch.json", root / "tiny" / "lock"
+
+
+def run_tiny(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    # umask 022 explicitly: tests/test_permissions.py checks the group and others can read every file
+    return subprocess.run([sys.executable, "-m", "cdhpc.launch", "configs/tiny.yaml", f"workdir={workdir}", *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=1500, preexec_fn=lambda: os.umask(0o022))
 
 
 @pytest.fixture(scope="session")
@@ -21,16 +36,11 @@ def tiny_local(tmp_path_factory, worker_id):
     The end-to-end tests inspect it and the SLURM tests compare their results with it.
     Under pytest-xdist a session fixture runs once per worker: the workers share one directory
     and a lock, the first runs the sweep and records its launch, the others wait and read it."""
-    root = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
-    workdir, record = root / "tiny" / "work", root / "tiny" / "launch.json"
-    workdir.parent.mkdir(exist_ok=True)
-    with open(root / "tiny" / "lock", "w") as lock:
+    workdir, record, lock_path = tiny_paths(tmp_path_factory, worker_id)
+    with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the worker dies
         if not record.is_file():
-            # umask 022 explicitly: tests/test_permissions.py checks the group and others can read every file
-            out = subprocess.run([sys.executable, "-m", "cdhpc.launch", "configs/tiny.yaml", f"workdir={workdir}"],
-                                 cwd=ROOT, capture_output=True, text=True, timeout=1500,
-                                 preexec_fn=lambda: os.umask(0o022))
+            out = run_tiny(workdir)
             if (workdir / "receipts").is_dir():  # as the sweep left them: other tests rerun steps of it
                 shutil.copytree(workdir / "receipts", tiny_receipts(workdir))
             tmp = record.with_suffix(".tmp")
@@ -40,6 +50,44 @@ def tiny_local(tmp_path_factory, worker_id):
     out = subprocess.CompletedProcess(**json.loads(record.read_text()))
     assert out.returncode == 0, out.stderr[-3000:]
     return workdir, out
+
+
+@pytest.fixture(scope="session")
+def tiny_local_pretrained(tmp_path_factory, worker_id, request) -> Path:
+    """The tiny sweep's workdir once its steps up to pretrain (`--until pretrain`: data, tokenizer
+    and the four runs before retraining) are done, without waiting for the rest: the SLURM tests
+    start from these outputs instead of training the same models again. While another worker runs
+    the sweep, its receipts are awaited; when none does, this runs the sweep `--until pretrain`
+    (the whole sweep, when a test asks for it, then resumes from there)."""
+    from cdhpc.config import load_config
+    from cdhpc.sweep.plan import plan_sweep
+    from cdhpc.sweep.receipts import ReceiptError, read_receipt, receipt_path
+
+    workdir, record, lock_path = tiny_paths(tmp_path_factory, worker_id)
+    steps = plan_sweep(load_config(ROOT / "configs" / "tiny.yaml", [f"workdir={workdir}"]), "pretrain").steps
+
+    def done() -> bool:
+        try:
+            return all(read_receipt(receipt_path(workdir, s.stage, s.name, s.key)).status == "ok" for s in steps)
+        except ReceiptError:
+            return False
+
+    deadline = time.monotonic() + 1500
+    while not done():
+        with open(lock_path, "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # another worker runs the sweep: wait for its pretrain receipts
+                assert time.monotonic() < deadline, "the tiny sweep's pretrain steps did not finish in 25 min"
+                time.sleep(2)
+                continue
+            if not record.is_file():
+                out = run_tiny(workdir, "--until", "pretrain")
+                assert out.returncode == 0, out.stderr[-3000:]
+                continue
+        request.getfixturevalue("tiny_local")  # the whole sweep ran without these steps: its error
+        pytest.fail(f"the tiny sweep in {workdir} ended without its pretrain steps")
+    return workdir
 
 
 def tiny_receipts(workdir: Path) -> Path:

@@ -84,3 +84,12 @@ def test_the_method_and_design_pages_have_the_sections_code_relies_on():
     assert {"1", "9", "10", "11"} <= design
     facts = (DOCS / "design.md").read_text(encoding="utf-8")
     assert "## 10. Facts" in facts and "OMP_NUM_THREADS" in facts and "gloo" in facts
+
+
+def test_ci_runs_the_test_command_of_the_readme():
+    """README's second set-up command (install and run the tests) is what CI runs, verbatim."""
+    blocks = re.findall(r"```bash\n(.*?)\n```", (ROOT / "README.md").read_text(), re.DOTALL)
+    tests_command = blocks[1].strip()
+    assert "pytest" in tests_command, tests_command
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert tests_command in ci, f".ci/run does not run README's test command: {tests_command}"

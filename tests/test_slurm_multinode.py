@@ -27,9 +27,9 @@ pytestmark = [
 ]
 ROOT = Path(__file__).resolve().parents[1]
 PAIR = "pair"
-# pretrain steps baseline-s1 and the cd-small amateur (no retrained runs), two checkpoints each
+# one pretrain step, baseline-s1 (no other method, so no amateur model), two checkpoints
 TRAIN = ("--until", "pretrain", "pretrain.seeds=[1]", "pretrain.steps=60", "pretrain.checkpoint_every=30",
-         "pretrain.micro_batch=8", "eval.checkpoints=all", "eval.tasks=[blimp]")
+         "pretrain.micro_batch=8", "eval.checkpoints=all", "eval.tasks=[blimp]", "methods={baseline: {}}")
 
 
 @pytest.fixture(scope="module")

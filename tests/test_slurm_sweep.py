@@ -20,6 +20,7 @@ from typing import Callable
 import pytest
 from waits import wait_until
 
+from cdhpc.base.paths import MARKER
 from cdhpc.executors.launch_slurm import submit_plan
 from cdhpc.sweep.manifest import Manifest
 from cdhpc.sweep.plan import Plan, StepSpec, content_key
@@ -35,11 +36,33 @@ TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 DEV = ["executor=slurm", "executor.profile=dev"]
 # The SLURM sweep stops after generate: 23 of the tiny sweep's 226 steps, without the retrained runs
-# and the evaluations (about 70% of its CPU time), which tests/conftest.py's tiny_local runs with the
-# local executor. The steps keep their keys (resources are not part of a key), so each one's outputs
-# are compared with the local run's; generate steps go two to a job, as evaluate's eight do locally.
+# and the evaluations, which tests/conftest.py's tiny_local runs with the local executor. It starts
+# from a copy of the local sweep's outputs up to pretrain (tiny_local_pretrained: the same steps,
+# trained once per session; pretraining on SLURM is tested below, requeued, and on two nodes in
+# test_slurm_multinode.py) and runs its 18 select and generate steps. The steps keep their keys
+# (resources are not part of a key), so each one's outputs are compared with the local run's;
+# generate steps go two to a job, as evaluate's do locally.
 SMALL = ("--until", "generate", "executor.resources.generate.steps_per_job=2")
-N_SMALL = 23
+N_SMALL, N_RUN = 23, 18
+
+
+def copy_upstream(local: Path, workdir: Path) -> int:
+    """The local sweep's steps up to pretrain, as a launch finds done steps: their outputs with
+    their mtimes (copy2) and their receipts, in a workdir marked as the tiny sweep's. Returns how
+    many."""
+    from cdhpc.config import load_config
+    from cdhpc.sweep.plan import plan_sweep
+    from cdhpc.sweep.receipts import receipt_path
+
+    steps = plan_sweep(load_config(ROOT / "configs" / "tiny.yaml", []), "pretrain").steps
+    workdir.mkdir(parents=True)
+    shutil.copy2(local / MARKER, workdir / MARKER)
+    for s in steps:
+        shutil.copytree(s.out_dir(local), s.out_dir(workdir))
+        receipt = receipt_path(workdir, s.stage, s.name, s.key)
+        receipt.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(receipt_path(local, s.stage, s.name, s.key), receipt)
+    return len(steps)
 
 
 @pytest.fixture(autouse=True)
@@ -74,10 +97,11 @@ def settled(workdir: Path) -> dict[str, str] | None:
 
 # ----------------------------------------------------------------------------- the tiny sweep
 @pytest.fixture(scope="module")
-def slurm_sweep(tmp_path_factory, cluster_up):
-    """The tiny sweep up to generate (SMALL) submitted to SLURM, relaunched once while it runs,
-    followed with `cdhpc status --once` to the end."""
+def slurm_sweep(tmp_path_factory, cluster_up, tiny_local_pretrained):
+    """The tiny sweep up to generate (SMALL) submitted to SLURM from the local sweep's pretrained
+    models, relaunched once while it runs, followed with `cdhpc status --once` to the end."""
     workdir = tmp_path_factory.mktemp("tiny-slurm") / "work"
+    assert copy_upstream(tiny_local_pretrained, workdir) == N_SMALL - N_RUN
     t0 = time.monotonic()
     first = launch(workdir, *SMALL)
     launch_s = time.monotonic() - t0
@@ -113,9 +137,11 @@ def cluster_up():
 
 def test_launcher_submits_everything_and_exits_and_a_relaunch_submits_nothing(slurm_sweep):
     s = slurm_sweep
-    assert f"{N_SMALL} submitted in 17 job(s), 11 array(s)" in s["first"].stderr  # generate: 12 steps in 6 jobs
+    # select: one array of 6 (their models are trained: no dependency); generate: 12 steps, two to a
+    # job, one array per selected model
+    assert f"{N_RUN} submitted in 12 job(s), 7 array(s)" in s["first"].stderr, s["first"].stderr[-3000:]
     assert s["launch_s"] < 60, "the launcher returns after submission"
-    assert sum(v in ("queued", "running") for v in s["right_after"].values()) > 15, "it did not wait for the jobs"
+    assert sum(v in ("queued", "running") for v in s["right_after"].values()) >= 12, "it did not wait for the jobs"
     assert "0 submitted in 0 job(s)" in s["again"].stderr and s["ids_after"] == s["ids_before"]
     recs = job_records(s["workdir"])
     assert all(r["executor"] == "slurm" and r["job_name"].startswith("cdhpc.tiny.") for r in recs.values())
@@ -157,15 +183,16 @@ def sha256_tree(d: Path) -> dict[str, str]:
     return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*")) if p.is_file()}
 
 
-def test_time_limited_pretrain_step_is_requeued_and_resumes_from_its_checkpoint(slurm_sweep, tmp_path):
+def test_time_limited_pretrain_step_is_requeued_and_resumes_from_its_checkpoint(tiny_local_pretrained, tmp_path):
     """USR2 as at a time limit (submitit's _interrupt(timeout=True)) once the first DeepSpeed
     checkpoint exists (tiny.yaml's checkpoint_every: 30): submitit checkpoints and requeues the job,
     the step resumes from a saved step (30 unless the signal landed later) and ends with the same
-    weights as the uninterrupted run of the sweep."""
+    weights as the uninterrupted run of the local executor (the same step key: the other methods
+    are left out, and with them the amateur model, which no key of baseline-s1 depends on)."""
     import submitit
 
     workdir = tmp_path / "work"
-    out = launch(workdir, "--until", "pretrain", "pretrain.seeds=[1]")
+    out = launch(workdir, "--until", "pretrain", "pretrain.seeds=[1]", "methods={baseline: {}}")
     assert out.returncode == 0, out.stderr[-3000:]
     rec_path = next((workdir / "jobs" / "pretrain").glob("baseline-s1-*.json"))
     out_dir = workdir / "pretrain" / rec_path.stem
@@ -175,11 +202,11 @@ def test_time_limited_pretrain_step_is_requeued_and_resumes_from_its_checkpoint(
     submitit.SlurmJob(folder=workdir / "logs" / "pretrain", job_id=ref)._interrupt(timeout=True)
     wait_for("the pretrain steps to finish", lambda: settled(workdir), 900)
     ran = {k: v for k, v in states(workdir).items() if v != "missing"}  # --until pretrain: no retrained runs
-    assert set(ran.values()) == {"done"} and len(ran) == 4, ran  # prepare, tokenizer, baseline-s1, amateur
+    assert set(ran.values()) == {"done"} and len(ran) == 3, ran  # prepare, tokenizer, baseline-s1
     log = Path(rec["stdout"]).read_text()
     resumed = [int(n) for n in re.findall(r"start_step=(\d+)", log)]
     assert "Requeued job" in log and resumed[-1] in (30, 60, 90), log[-3000:]
-    uninterrupted = next((slurm_sweep["workdir"] / "pretrain").glob(f"{rec_path.stem}"))
+    uninterrupted = tiny_local_pretrained / "pretrain" / rec_path.stem
     assert sha256_tree(out_dir / "checkpoints") == sha256_tree(uninterrupted / "checkpoints")
 
 
@@ -267,6 +294,7 @@ def test_a_signal_during_a_finished_jobs_exit_does_not_undo_its_completion(clust
 
 SUBMIT = """import json, sys
 from pathlib import Path
+from cdhpc.base.paths import MARKER
 from cdhpc.executors.launch_slurm import submit_plan
 from cdhpc.sweep.plan import Plan, StepSpec
 from cdhpc.config.profile import ClusterProfile

@@ -4,7 +4,7 @@ gives the user and removes after: other sweeps on the cluster, without that QOS,
 a sweep of 151 one-job steps (tests/stepfns.py:add) runs to its end in waves: the launcher exits
 after the first wave, no more than 50 jobs are ever queued, each wave's continuation job submits
 the next, the values prove every edge across waves, and a relaunch in the middle submits nothing
-twice. The same with --follow, interrupted once with SIGINT (nothing is cancelled).
+twice. The same, 91 jobs, with --follow, interrupted once with SIGINT (nothing is cancelled).
 
 The dev cluster enforces the QOS (AccountingStorageEnforce=associations,limits,qos): a wave above
 the limit would be refused by sbatch, and the squeue watcher also checks that cdhpc never went
@@ -37,6 +37,7 @@ TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 LIMIT = 50
 WIDTH = 50  # 50 prepare + 50 pretrain + 50 evaluate + 1 aggregate = 151 jobs
+FOLLOW_WIDTH = 30  # --follow: 91 jobs, still above the limit (it tops the queue up at least once)
 QOS = "waves50"
 PROFILE = {"partition": "debug", "qos": QOS, "signal_delay_s": 30, "max_requeues": 0, "submit_interval_s": 0.0}
 USER = "root" if os.geteuid() == 0 else os.environ.get("USER", "")
@@ -77,15 +78,15 @@ def step(name: str, add: int, stage: str, **inputs: StepSpec) -> StepSpec:
     return StepSpec(stage, name, content_key(stage, name, params, keys), params, keys, {"entry": "stepfns:add"}, res)
 
 
-def paper_shaped() -> tuple[list[StepSpec], dict[str, int]]:
+def paper_shaped(width: int = WIDTH) -> tuple[list[StepSpec], dict[str, int]]:
     """Three layers with crossing edges and a fan-in, and each step's expected value."""
-    prep = [step(f"p{i}", i, "prepare") for i in range(WIDTH)]
-    train = [step(f"t{i}", 1000, "pretrain", x=prep[i]) for i in range(WIDTH)]
-    ev = [step(f"e{i}", 10**6, "evaluate", x=train[i], y=train[(i + 1) % WIDTH]) for i in range(WIDTH)]
+    prep = [step(f"p{i}", i, "prepare") for i in range(width)]
+    train = [step(f"t{i}", 1000, "pretrain", x=prep[i]) for i in range(width)]
+    ev = [step(f"e{i}", 10**6, "evaluate", x=train[i], y=train[(i + 1) % width]) for i in range(width)]
     agg = step("all", 0, "aggregate", **{f"e{i}": e for i, e in enumerate(ev)})
-    value = {f"p{i}": i for i in range(WIDTH)} | {f"t{i}": 1000 + i for i in range(WIDTH)}
-    value |= {f"e{i}": 10**6 + value[f"t{i}"] + value[f"t{(i + 1) % WIDTH}"] for i in range(WIDTH)}
-    value["all"] = sum(value[f"e{i}"] for i in range(WIDTH))
+    value = {f"p{i}": i for i in range(width)} | {f"t{i}": 1000 + i for i in range(width)}
+    value |= {f"e{i}": 10**6 + value[f"t{i}"] + value[f"t{(i + 1) % width}"] for i in range(width)}
+    value["all"] = sum(value[f"e{i}"] for i in range(width))
     return [*prep, *train, *ev, agg], value
 
 
@@ -182,7 +183,7 @@ def test_a_sweep_above_the_submit_limit_runs_in_waves_unattended(submit_limit, t
 
 
 def test_follow_tops_up_the_queue_and_ctrl_c_cancels_nothing(submit_limit, tmp_path):
-    steps, value = paper_shaped()
+    steps, value = paper_shaped(FOLLOW_WIDTH)
     workdir = tmp_path / "w"
     prepare(workdir, steps)
     with QueueWatch() as watch:
