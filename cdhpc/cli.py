@@ -19,7 +19,7 @@ from cdhpc import STAGES
 
 def _workdir(arg: str) -> Path:
     """A sweep's workdir from a workdir path or a sweep .yaml. Raises SystemExit(2) otherwise."""
-    from cdhpc.base.paths import MARKER  # not cdhpc.launch: that loads the config models (0.2 s)
+    from cdhpc.sweep.workdir import MARKER, Workdir  # not cdhpc.launch: that loads the config models (0.2 s)
 
     p = Path(arg)
     if p.suffix in (".yaml", ".yml") and p.is_file():
@@ -30,7 +30,7 @@ def _workdir(arg: str) -> Path:
         except ConfigError as e:
             print(e, file=sys.stderr)
             raise SystemExit(2) from None
-    if not (p / MARKER).is_file():
+    if not Workdir(p).marker.is_file():
         why = "does not exist" if not p.exists() else f"is not a cdhpc workdir (no {MARKER})"
         print(f"cdhpc: {p} {why}; give a sweep's workdir or its .yaml", file=sys.stderr)
         raise SystemExit(2)

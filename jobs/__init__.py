@@ -33,6 +33,7 @@ import submitit
 
 from cdhpc import __version__
 from cdhpc.sweep.plan import StepSpec
+from cdhpc.sweep.workdir import Workdir
 from cdhpc.sweep.receipts import (Receipt, ReceiptError, describe_outputs, read_receipt, receipt_path,
     write_receipt)
 from cdhpc.base.thirdparty import requeue_handler, requeues_left
@@ -60,7 +61,7 @@ class StepContext:
     def input_receipt(self, role: str) -> Receipt:
         """The receipt of the input step playing `role` (its outputs, metrics and rows)."""
         key = self.spec.inputs[role]
-        matches = list((self.workdir / "receipts").glob(f"*/*-{key[:8]}.json"))
+        matches = list(Workdir(self.workdir).receipts.glob(f"*/*-{key[:8]}.json"))
         for path in matches:
             r = read_receipt(path)
             if r.key == key and r.status == "ok":
@@ -68,8 +69,7 @@ class StepContext:
         raise FileNotFoundError(f"input {role!r} (step key {key}) has no ok receipt under {self.workdir}/receipts")
 
     def input_dir(self, role: str) -> Path:
-        r = self.input_receipt(role)
-        return StepSpec.from_dict(r.spec).out_dir(self.workdir)
+        return StepSpec.from_dict(self.input_receipt(role).spec).out_dir(self.workdir)
 
 
 @dataclass

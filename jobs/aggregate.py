@@ -15,6 +15,7 @@ from cdhpc.results.aggregate import REGRESSION_TASKS, items_per_uid, task_vector
 from cdhpc.evals import task_metric
 from cdhpc.sweep.plan import StepSpec
 from cdhpc.sweep.receipts import Receipt
+from cdhpc.sweep.workdir import Workdir
 from cdhpc.base.atomicio import atomic_dir
 from jobs import StepContext, StepResult
 
@@ -84,10 +85,10 @@ def publish(workdir: Path, table, records, out_dir: Path, partial: str | None = 
     write_report(out_dir, table, records, partial=partial)
     if eval_specs:
         plot_training(training_curves(workdir, eval_specs), out_dir / "training.png", partial)
-    with atomic_dir(workdir / "results") as tmp:
+    with atomic_dir(Workdir(workdir).results) as tmp:
         for f in out_dir.iterdir():
             shutil.copy2(f, tmp / f.name)
-    return sorted((workdir / "results").iterdir())
+    return sorted(Workdir(workdir).results.iterdir())
 
 
 def run(ctx: StepContext) -> StepResult:

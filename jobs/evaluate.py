@@ -7,17 +7,11 @@ from __future__ import annotations
 from jobs import StepContext, StepResult
 from jobs.prepare import corpus_dir
 
-PACK_CACHE = ("cache", "evalpack")
-"""Where, under the workdir, the tokenized and packed requests of the sweep's tasks are kept: every
-checkpoint with the same tokenizer reuses them (cdhpc.evals.packcache; not an output of any step,
-so deleting the folder costs only the host work again)."""
-
-
 def run(ctx: StepContext) -> StepResult:
     import torch
 
     from cdhpc.evals.run import EvalOptions, evaluate_task
-    from cdhpc.base.paths import inside
+    from cdhpc.sweep.workdir import Workdir
 
     p = ctx.params
     checkpoints = ctx.input_dir("model") / "checkpoints"
@@ -28,7 +22,7 @@ def run(ctx: StepContext) -> StepResult:
                           batch_size=ctx.spec.options.get("batch_size", 64), truncate=p.get("truncate", False))
     summary = evaluate_task(model_dir, p["task"], data_dir, ctx.out_dir, fast=p["set"] == "fast",
                             heldout_dir=corpus_dir(ctx, "data") / "test", options=options,
-                            steps=p.get("steps"), cache_dir=inside(ctx.workdir, *PACK_CACHE))
+                            steps=p.get("steps"), cache_dir=Workdir(ctx.workdir).eval_cache)
     row = {"run": p["run"], "method": p["method"], "seed": p["seed"], "step": p["step"], "task": p["task"],
            "score": summary["score"], "task_version": summary["version"], "data_sha256": summary["data_sha256"],
            "n_items": summary.get("n_items"), "path": str(ctx.out_dir.relative_to(ctx.workdir))}

@@ -12,8 +12,6 @@ import os
 import re
 from pathlib import Path
 
-MARKER = "cdhpc.json"  # a workdir's marker file: the sweep that made it
-
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 NAME_RULE = "1-64 characters: letters, digits, '.', '_', '+', '-', starting with a letter or digit"
 MAX_COMPONENT_BYTES = 255  # NAME_MAX of Linux filesystems

@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cdhpc.sweep.workdir import Workdir
+
 STAGE_MIX = (("prepare", 1), ("tokenizer", 1), ("pretrain", 0.004), ("select", 0.002), ("generate", 0.2),
              ("corpus", 0.002), ("evaluate", None), ("aggregate", 1))
 
@@ -60,10 +62,10 @@ def _rows(step: dict[str, Any], i: int) -> dict[str, list[dict]]:
 
 def write_step(workdir: Path, step: dict[str, Any], i: int, status: str, now: float) -> None:
     """One step's output file, receipt and job record (plain writes: a fixture, not a job)."""
-    from cdhpc.sweep.receipts import OutputFile, Receipt, receipt_path
+    from cdhpc.sweep.receipts import OutputFile, Receipt
     from cdhpc.base.atomicio import sha256_file
 
-    out = workdir / step["stage"] / f"{step['name']}-{step['key'][:8]}" / "out.txt"
+    out = Workdir(workdir).step_dir(step["stage"], step["name"], step["key"]) / "out.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(f"output {i}\n")
     st = out.stat()
@@ -72,10 +74,10 @@ def write_step(workdir: Path, step: dict[str, Any], i: int, status: str, now: fl
                       outputs=outputs if status == "ok" else [], rows=_rows(step, i) if status == "ok" else {},
                       started=now - 60 - i % 50, finished=now - i % 50, host=f"node{i % 7}",
                       error=None if status == "ok" else "RuntimeError: synthetic failure")
-    path = receipt_path(workdir, step["stage"], step["name"], step["key"])
+    path = Workdir(workdir).receipt(step["stage"], step["name"], step["key"])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(receipt.model_dump_json(indent=1))
-    job = workdir / "jobs" / step["stage"] / path.name
+    job = Workdir(workdir).job_record(step["stage"], step["name"], step["key"])
     job.parent.mkdir(parents=True, exist_ok=True)
     job.write_text(json.dumps({"key": step["key"], "executor": "local", "job_id": str(900000 + i), "array_index": None,
                                "state": "COMPLETED" if status == "ok" else "FAILED", "attempt": 1,
@@ -86,8 +88,8 @@ def build_workdir(workdir: Path, n_steps: int) -> list[dict[str, Any]]:
     """A synthetic workdir: plan.json, marker, and receipts for 80% done and 5% failed steps."""
     steps = plan_steps(n_steps)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "cdhpc.json").write_text(json.dumps({"sweep": "bench-status"}))
-    (workdir / "plan.json").write_text(json.dumps({"sweep": "bench-status", "until": "aggregate", "steps": steps}))
+    Workdir(workdir).marker.write_text(json.dumps({"sweep": "bench-status"}))
+    Workdir(workdir).plan.write_text(json.dumps({"sweep": "bench-status", "until": "aggregate", "steps": steps}))
     now = time.time()
     for i, step in enumerate(steps):
         if i % 20 < 16:
@@ -102,9 +104,10 @@ def naive_refresh(workdir: Path) -> dict[str, str]:
     from cdhpc.sweep.receipts import output_intact, read_receipt
     from cdhpc.sweep.stepstate import classify
 
-    steps = json.loads((workdir / "plan.json").read_text())["steps"]
-    receipts = {r.key: r for r in map(read_receipt, sorted((workdir / "receipts").glob("*/*.json")))}
-    jobs = {j["key"]: j for j in (json.loads(f.read_text()) for f in sorted((workdir / "jobs").glob("*/*.json")))}
+    wd = Workdir(workdir)
+    steps = json.loads(wd.plan.read_text())["steps"]
+    receipts = {r.key: r for r in map(read_receipt, sorted(wd.receipts.glob("*/*.json")))}
+    jobs = {j["key"]: j for j in (json.loads(f.read_text()) for f in sorted(wd.job_records.glob("*/*.json")))}
     states = {}
     for s in steps:
         r, j = receipts.get(s["key"]), jobs.get(s["key"])
@@ -230,7 +233,7 @@ def big_case(n_steps: int, repeats: int, env: dict[str, str]) -> dict[str, Any]:
         workdir = Path(tmp) / "sweep"
         build_workdir(workdir, n_steps)
         with Manifest(workdir) as m:  # as launch.execute does
-            m.register_plan(json.loads((workdir / "plan.json").read_text())["steps"])
+            m.register_plan(json.loads(Workdir(workdir).plan.read_text())["steps"])
             m.ingest()
         once = [once_process(workdir, env) for _ in range(repeats + 1)]
         t0 = time.perf_counter()

@@ -10,6 +10,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cdhpc.sweep.workdir import Workdir
+
 if TYPE_CHECKING:
     from cdhpc.sweep.plan import Plan
 
@@ -26,7 +28,7 @@ def sync_manifest(m, workdir: Path, plan: Plan) -> None:
     """What both launches do first with the open Manifest `m`: register the whole sweep's plan
     (the workdir's plan.json, or `plan` before one is written) and ingest what changed, logging
     what could not be ingested."""
-    recorded = workdir / "plan.json"
+    recorded = Workdir(workdir).plan
     m.register_plan(json.loads(recorded.read_text())["steps"] if recorded.is_file() else [s.to_dict() for s in plan.steps])
     report_bad(m.ingest().bad)
 
@@ -36,7 +38,7 @@ def print_results(workdir: Path, plan: Plan, done: list[str]) -> None:
     agg = plan.stage("aggregate")
     if not agg or agg[0].key not in done:
         return
-    results = workdir / "results"
+    results = Workdir(workdir).results
     print((results / "paper_table.md").read_text())
     for f in sorted(results.iterdir()):
         print(f"  {f}")

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from cdhpc.base.paths import inside
 from cdhpc.sweep.jobrecords import JobRecord, job_record_path
 from cdhpc.sweep.plan import Plan, StepSpec
 from cdhpc.sweep.receipts import ReceiptError, read_receipt, receipt_path
+from cdhpc.sweep.workdir import Workdir
 # the step-state rule (re-exported): cdhpc.sweep.stepstate imports no plan or config, so `cdhpc status` starts fast
 from cdhpc.sweep.stepstate import (BLOCKED, DONE, FAILED, LIVE_JOB_STATES, MISSING, QUEUED,  # noqa: F401
                              QUEUED_JOB_STATES, RUNNING, classify, job_alive, outputs_intact, pid_alive, step_states)
@@ -142,7 +142,7 @@ class LocalScheduler:
         from jobs import StepJob
 
         stage = pack[0].stage
-        executor = submitit.LocalExecutor(folder=inside(self.workdir, "logs", stage))
+        executor = submitit.LocalExecutor(folder=Workdir(self.workdir).logs(stage))
         res = pack[0].resources
         executor.update_parameters(timeout_min=res.get("timeout_min", 60) * len(pack),
                                    tasks_per_node=res.get("tasks_per_node", 1), gpus_per_node=res.get("gpus_per_node", 0))

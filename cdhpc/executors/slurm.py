@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from cdhpc.base.paths import inside
 from cdhpc.base.verbosity import env_level
 from cdhpc.config.profile import ClusterProfile
 from cdhpc.executors.sbatch import (ArraySpec, JobRef, UnsafeSbatch, check_sbatch_script, dependency_string,
@@ -38,6 +37,7 @@ from cdhpc.sweep.jobrecords import JobRecord, job_record_path, update_job_record
 from cdhpc.sweep.plan import Plan, StepSpec
 from cdhpc.base.atomicio import atomic_write_json
 from cdhpc.sweep.receipts import receipt_path
+from cdhpc.sweep.workdir import Workdir
 
 log = logging.getLogger("cdhpc")
 
@@ -205,11 +205,11 @@ class SlurmScheduler:
         self.submit_fn = submit_fn or self._sbatch
 
     def log_dir(self, stage: str) -> Path:
-        return inside(self.workdir, "logs", stage)
+        return Workdir(self.workdir).logs(stage)
 
     # -- intents: no duplicate submission after a launcher died mid-submit ------------------
     def intent_dir(self) -> Path:
-        return self.workdir / "submitting"
+        return Workdir(self.workdir).submitting
 
     def adopt_intents(self, plan: Plan) -> int:
         """Jobs a killed launcher submitted but did not record: find them by name; record those
@@ -278,7 +278,7 @@ class SlurmScheduler:
             params = sbatch_parameters(a, self.profile, name, dependency_string(after, sizes), env_level())
             for s in (s for p in a.packs for s in p):  # a stale receipt must not let the job skip its step
                 receipt_path(self.workdir, s.stage, s.name, s.key).unlink(missing_ok=True)
-            intent = inside(self.intent_dir(), f"{name}.json")
+            intent = Workdir(self.workdir).intent(name)
             atomic_write_json(intent, {"name": name, "stage": a.stage, "packs": [[s.key for s in p] for p in a.packs],
                                        "attempts": {k: attempts.get(k, 0) + 1 for k in a.keys}, "resources": a.resources})
             jobs = self._submit_with_retries(a, params, name, attempts)

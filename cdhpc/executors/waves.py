@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cdhpc.sweep.workdir import WAVES_FILE, Workdir  # noqa: F401 (WAVES_FILE re-exported)
 
 log = logging.getLogger("cdhpc")
 
-WAVES_FILE = "waves.json"
 CONTINUE_MINUTES = 10
 CONTINUE_MEM = "2048M"  # the launcher loads the manifest: ~300 MB at 46k steps, measured by cdhpc.bench
 MAX_AFTER_IDS = 200  # afterany ids of one continuation; beyond, the last arrays in dependency order
@@ -89,7 +89,7 @@ def read_waves(workdir: Path) -> dict | None:
     import json
 
     try:
-        return json.loads((Path(workdir) / WAVES_FILE).read_text())
+        return json.loads(Workdir(workdir).waves.read_text())
     except (OSError, ValueError):
         return None
 
@@ -103,8 +103,8 @@ class ContinueSweep:
         self.argv = argv  # the launch to run, as arguments (no shell); None: the workdir's sweep
 
     def command(self) -> list[str]:
-        w = Path(self.workdir)
-        return self.argv or [sys.executable, "-m", "cdhpc.launch", str(w / "sweep.resolved.yaml"), f"workdir={w}",
+        w = Workdir(self.workdir)
+        return self.argv or [sys.executable, "-m", "cdhpc.launch", str(w.resolved_config), f"workdir={w.root}",
                              "--missing-only"]
 
     def __call__(self) -> int:
@@ -134,7 +134,7 @@ def note_failed(workdir: Path, job_id: str, why: str) -> None:
 
     doc = read_waves(workdir)
     if doc and str(doc.get("continuation")) == job_id:
-        atomic_write_json(workdir / WAVES_FILE, {**doc, "continuation": None,
+        atomic_write_json(Workdir(workdir).waves, {**doc, "continuation": None,
                                                  "note": f"continuation job {job_id} failed ({why}); launch again"})
 
 
@@ -159,13 +159,12 @@ def submit_continuation(workdir: Path, profile: Any, sweep: str, after: list[str
     """sbatch the continuation (script checked first); returns its job id."""
     import submitit
 
-    from cdhpc.base.paths import inside
     from cdhpc.executors.sbatch import check_sbatch_script, job_name, sbatch_script
     from cdhpc.base.thirdparty import executor_command
 
     job_name(sweep, "continue", [], "")  # raises UnsafeSbatch for a sweep name that cannot be a job name
     params = continuation_parameters(profile, sweep, after, begin_s)
-    folder = inside(workdir, "logs", "continue")
+    folder = Workdir(workdir).continuation_logs
     executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=0)
     executor.update_parameters(**params)
     check_sbatch_script(sbatch_script(executor.parameters, executor.folder, 1, executor_command(executor)),
@@ -206,5 +205,5 @@ def next_wave(workdir: Path, profile: Any, sweep: str, sub: Any, live_ids: list[
                                         "at": doc["updated"]}]
     from cdhpc.base.atomicio import atomic_write_json  # not at import: status --once reads waves without pydantic
 
-    atomic_write_json(workdir / WAVES_FILE, doc)
+    atomic_write_json(Workdir(workdir).waves, doc)
     return doc

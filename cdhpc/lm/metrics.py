@@ -147,7 +147,9 @@ def latest_metrics(path: Path, tail_bytes: int = TAIL_BYTES) -> dict[str, Any] |
 
 
 def pretrain_metrics_path(workdir: Path, name: str, key: str) -> Path:
-    """metrics.jsonl of the pretrain step ``name`` with key ``key`` (its output directory)."""
+    """metrics.jsonl of the pretrain step ``name`` with key ``key`` (its output directory). The
+    workdir layout's owner is ``cdhpc.sweep.workdir``, which this library package may not import
+    (docs/design.md §3): this repeats its ``<stage>/<name>-<key8>`` rule for the one stage it reads."""
     from cdhpc.base.paths import component, inside
 
     return inside(workdir, "pretrain", component(f"{name}-{key[:8]}"), METRICS_FILE)

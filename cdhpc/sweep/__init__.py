@@ -1,2 +1,3 @@
-"""The sweep: plan and keys (`plan`), receipts, job records, the SQLite manifest, the workdir lock,
-step states. Imports `cdhpc.base` and `cdhpc.config` only (docs/design.md §3)."""
+"""The sweep: the workdir layout (`workdir`), plan and keys (`plan`), receipts, job records, the
+SQLite manifest, the workdir lock, step states. Imports `cdhpc.base` and `cdhpc.config` only
+(docs/design.md §3)."""

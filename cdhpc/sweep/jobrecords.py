@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cdhpc.base.atomicio import atomic_write_json
-from cdhpc.base.paths import inside
+from cdhpc.sweep.workdir import Workdir
 
 if TYPE_CHECKING:
     from cdhpc.sweep.plan import StepSpec
@@ -54,7 +54,7 @@ FIELDS = FIELD_NAMES[1:]  # besides the key: the manifest's columns of the jobs 
 
 
 def job_record_path(workdir: Path, spec: StepSpec) -> Path:
-    return inside(workdir, "jobs", spec.stage, f"{spec.name}-{spec.key[:8]}.json")
+    return Workdir(workdir).job_record(spec.stage, spec.name, spec.key)
 
 
 def update_job_record(path: Path, **changes: Any) -> None:

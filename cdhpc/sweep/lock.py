@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cdhpc.sweep.workdir import LOCK_FILE, Workdir  # noqa: F401 (LOCK_FILE re-exported)
+
 log = logging.getLogger("cdhpc")
 
-LOCK_FILE = ".lock"
 _HELD: dict[str, WorkdirLock] = {}  # resolved workdir -> the lock this process holds on it
 
 
@@ -62,7 +63,7 @@ def parse_holder(text: str) -> LockHolder | None:
 def busy_message(workdir: Path, holder: LockHolder | None) -> str:
     """Pure (up to the local time zone): the one line a second launcher prints."""
     if holder is None:
-        return f"cdhpc: {workdir} is in use by another process (it holds {Path(workdir) / LOCK_FILE}); wait for it or stop it"
+        return f"cdhpc: {workdir} is in use by another process (it holds {Workdir(workdir).lock}); wait for it or stop it"
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.since))
     return (f"cdhpc: {workdir} is in use by pid {holder.pid} on {holder.host} since {since} ({holder.command}); "
             "wait for it or stop it")
@@ -87,7 +88,7 @@ class WorkdirLock:
 
     def __init__(self, workdir: str | Path, command: str = "python -m cdhpc.launch"):
         self.workdir = Path(workdir).resolve()
-        self.path = self.workdir / LOCK_FILE
+        self.path = Workdir(self.workdir).lock
         self.command = command
         self._fd: int | None = None
         self._outer: WorkdirLock | None = None

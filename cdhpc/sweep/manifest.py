@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cdhpc.sweep.jobrecords import FIELDS as JOB_RECORD_FIELDS
+from cdhpc.sweep.jobrecords import FIELDS as JOB_FIELDS  # the jobs table's columns besides key, path, stamp
 from cdhpc.sweep.manifest_db import (
-    PLAN, RACY_NS, SCHEMA, UNWRITABLE_CODES, Corrupt, ManifestError, Stamp, Transaction, check, connect,
+    RACY_NS, SCHEMA, UNWRITABLE_CODES, Corrupt, ManifestError, Stamp, Transaction, check, connect,
     move_aside, mtime_ns, prepare, read_stamped, sqlite_code, stamp_if_same, step_gpus, unusable, writable, writes)
+from cdhpc.sweep.workdir import PLAN, Workdir
 
 log = logging.getLogger("cdhpc")
 
@@ -39,7 +40,6 @@ ROW_TABLES = {
     "shards": ("method", "shard", "path", "samples", "tokens", "sha256"),
     "scores": ("run", "method", "seed", "step", "task", "score", "task_version", "data_sha256", "n_items", "path"),
 }
-JOB_FIELDS = JOB_RECORD_FIELDS  # the jobs table's columns besides key, path and the file's stamp
 
 
 @dataclass
@@ -62,7 +62,7 @@ class Manifest:
 
     def __init__(self, workdir: str | Path, *, fallback: bool = False, memory: bool = False):
         self.workdir = Path(workdir)
-        self.path = self.workdir / "manifest.sqlite"
+        self.path = Workdir(self.workdir).manifest
         self.fallback = fallback or memory
         self.in_memory = False
         self.healed: IngestResult | None = None

@@ -156,7 +156,6 @@ class Transaction:
             self.db.execute("ROLLBACK")
 
 
-PLAN = "plan.json"
 Stamp = tuple  # (mtime_ns, size, sha256) of a file, as the stamps table holds it
 RACY_NS = 2_000_000_000  # a directory changed this recently is listed again at the next ingest (ns)
 

@@ -19,7 +19,7 @@ from cdhpc.config.sections import MethodConfig
 from cdhpc.config import SweepConfig
 from cdhpc.base.keys import canonical_json, derive_seed
 from cdhpc.base.names import amateur_run, baseline_run, retrain_run
-from cdhpc.base.paths import component, inside
+from cdhpc.sweep.workdir import Workdir, step_dirname
 from cdhpc.config.check import eval_steps_for
 
 # Bump a stage's version when its code changes what it writes: its steps (and descendants) re-run.
@@ -49,11 +49,11 @@ class StepSpec:
     def dirname(self) -> str:
         """Output directory relative to the workdir: <stage>/<name>-<key8> (ValueError when the
         stage or name would make it more than two plain file names, e.g. a name with '/')."""
-        return f"{component(self.stage)}/{component(f'{self.name}-{self.key[:8]}')}"
+        return step_dirname(self.stage, self.name, self.key)
 
     def out_dir(self, workdir: str | Path) -> Path:
         """The step's output directory under `workdir`, checked to stay inside it."""
-        return inside(workdir, self.dirname)
+        return Workdir(workdir).step_dir(self.stage, self.name, self.key)
 
     def to_dict(self) -> dict[str, Any]:
         return {"stage": self.stage, "name": self.name, "key": self.key, "params": self.params,

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cdhpc.base.atomicio import atomic_write_text, sha256_file
-from cdhpc.base.paths import inside
+from cdhpc.sweep.workdir import Workdir
 
 
 class OutputFile(BaseModel):
@@ -56,7 +56,7 @@ class ReceiptError(ValueError):
 
 
 def receipt_path(workdir: str | Path, stage: str, name: str, key: str) -> Path:
-    return inside(workdir, "receipts", stage, f"{name}-{key[:8]}.json")
+    return Workdir(workdir).receipt(stage, name, key)
 
 
 def describe_outputs(workdir: str | Path, paths: list[Path]) -> list[OutputFile]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cdhpc.sweep.stepstate import QUEUED, RUNNING
+from cdhpc.sweep.workdir import Workdir
 from cdhpc.ui.status import Snapshot
 
 LIVE = (RUNNING, QUEUED)
@@ -80,14 +81,14 @@ def cancel_continuation(workdir: Path) -> list[str]:
     """scancel the sweep's wave continuation (cdhpc.executors.waves), so no later wave is submitted after a
     cancel; the record keeps the wave and names the cancel. A launch starts the waves again."""
     from cdhpc.base.atomicio import atomic_write_json
-    from cdhpc.executors.waves import WAVES_FILE, read_waves
+    from cdhpc.executors.waves import read_waves
 
     doc = read_waves(workdir)
     if not doc or not doc.get("continuation"):
         return []
     subprocess.run(["scancel", str(doc["continuation"])], check=False, capture_output=True)
-    atomic_write_json(Path(workdir) / WAVES_FILE, {**doc, "continuation": None,
-                                                   "note": f"continuation {doc['continuation']} cancelled by cdhpc cancel"})
+    atomic_write_json(Workdir(workdir).waves, {**doc, "continuation": None,
+                                               "note": f"continuation {doc['continuation']} cancelled by cdhpc cancel"})
     return [f"cancelled the continuation job {doc['continuation']}: no further wave is submitted until a launch"]
 
 
@@ -95,5 +96,5 @@ def retry_command(workdir: Path, verbose: bool = False) -> list[str]:
     """Pure: the launch that retries failed steps: the workdir's resolved config, pinned to this
     workdir (so a moved workdir is not confused with where it was created). That launcher takes
     the workdir's lock itself; the caller must not hold it."""
-    cmd = [sys.executable, "-m", "cdhpc.launch", str(workdir / "sweep.resolved.yaml"), f"workdir={workdir}"]
+    cmd = [sys.executable, "-m", "cdhpc.launch", str(Workdir(workdir).resolved_config), f"workdir={workdir}"]
     return cmd + ["--verbose"] if verbose else cmd

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cdhpc.sweep.workdir import Workdir
+
 BLIMP_PAIRS = 67_000  # BLiMP: 67 paradigms x 1,000 minimal pairs (134,000 scored sentences)
 
 
@@ -126,8 +128,8 @@ def from_junit(path: Path) -> dict[str, tuple[Any, dict]]:
 def from_sweep(workdir: Path, seconds: float) -> dict[str, tuple[Any, dict]]:
     """Wall time, and whether every planned step has an ok receipt with training and sampling on
     CUDA (pretrain receipts record the device they trained on)."""
-    steps = json.loads((workdir / "plan.json").read_text())["steps"]
-    receipts = [json.loads(p.read_text()) for p in (workdir / "receipts").glob("*/*.json")]
+    steps = json.loads(Workdir(workdir).plan.read_text())["steps"]
+    receipts = [json.loads(p.read_text()) for p in Workdir(workdir).receipts.glob("*/*.json")]
     ok = {r["key"] for r in receipts if r.get("status") == "ok"}
     devices = sorted({str(r.get("metrics", {}).get("device")) for r in receipts if r.get("stage") == "pretrain"})
     gen_rates = [r["metrics"]["tokens_per_s"] for r in receipts

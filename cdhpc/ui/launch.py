@@ -21,8 +21,8 @@ from pathlib import Path
 
 from cdhpc import STAGES
 from cdhpc.config import ConfigError, SweepConfig, dump_config, load_config
-from cdhpc.sweep.lock import LOCK_FILE, WorkdirBusy, WorkdirLock, error_line
-from cdhpc.base.paths import MARKER
+from cdhpc.sweep.lock import WorkdirBusy, WorkdirLock, error_line
+from cdhpc.sweep.workdir import LOCK_FILE, MARKER, Workdir
 from cdhpc.executors.outcome import outputs_lookup, print_results, report_bad, sync_manifest
 from cdhpc.sweep.plan import Plan, plan_sweep
 
@@ -118,7 +118,7 @@ def _main(args: argparse.Namespace, prog: str) -> int:
 def check_workdir(cfg: SweepConfig) -> Path:
     """The sweep's workdir: new, or already this sweep's. Raises UsageError otherwise."""
     workdir = cfg.workdir.resolve()
-    marker = workdir / MARKER
+    marker = Workdir(workdir).marker
     if marker.is_file():
         try:
             owner = json.loads(marker.read_text()).get("sweep")
@@ -135,7 +135,7 @@ def check_workdir(cfg: SweepConfig) -> Path:
 def read_states(cfg: SweepConfig, plan: Plan) -> dict[str, str] | None:
     """States of the planned steps from an existing manifest (None for a new sweep)."""
     workdir = check_workdir(cfg)
-    if not (workdir / "manifest.sqlite").is_file():
+    if not Workdir(workdir).manifest.is_file():
         return None
     from cdhpc.sweep.manifest import Manifest
     from cdhpc.executors.scheduler import step_states
@@ -152,11 +152,11 @@ def prepare_workdir(cfg: SweepConfig, plan: Plan) -> Path:
 
     workdir = check_workdir(cfg)
     workdir.mkdir(parents=True, exist_ok=True)
-    if not (workdir / MARKER).is_file():
-        atomic_write_json(workdir / MARKER, {"sweep": cfg.name, "created": time.time()})
-    atomic_write_text(workdir / "sweep.resolved.yaml", dump_config(cfg))
-    atomic_write_json(workdir / "plan.json", {"sweep": cfg.name, "until": plan.until,
-                                              "steps": [s.to_dict() for s in plan.steps]})
+    wd = Workdir(workdir)
+    if not wd.marker.is_file():
+        atomic_write_json(wd.marker, {"sweep": cfg.name, "created": time.time()})
+    atomic_write_text(wd.resolved_config, dump_config(cfg))
+    atomic_write_json(wd.plan, {"sweep": cfg.name, "until": plan.until, "steps": [s.to_dict() for s in plan.steps]})
     return workdir
 
 

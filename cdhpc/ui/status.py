@@ -13,9 +13,9 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
+from cdhpc.sweep.workdir import Workdir
 # the pure views of a snapshot, re-exported: cdhpc.ui.status is where the CLI, TUI and tests find them
-from cdhpc.ui.overview import (StageRow, format_duration, remaining_estimate_s, stage_counts,  # noqa: F401
-                            stage_overview)
+from cdhpc.ui.overview import StageRow, format_duration, remaining_estimate_s, stage_counts, stage_overview  # noqa: F401
 from cdhpc.ui.partial import LOWER_IS_BETTER, PartialTable, partial_table  # noqa: F401
 from cdhpc.base.names import method_labels  # noqa: F401
 from cdhpc.ui.steptable import SORT_COLUMNS, STATES, StepRow, filter_rows, sort_rows, step_rows  # noqa: F401
@@ -84,7 +84,7 @@ class SnapshotReader:
         removed by another process). Read-only: it writes nothing where the file cannot be written."""
         from cdhpc.sweep.manifest import Manifest
 
-        ident = _file_id(self.workdir / "manifest.sqlite")
+        ident = _file_id(Workdir(self.workdir).manifest)
         m = self._manifest
         if m is not None and (m.in_memory or ident == self._manifest_id):
             return m
@@ -92,7 +92,7 @@ class SnapshotReader:
             m.close()
             self._rows, self._plan_sig = {}, None
         self._manifest = Manifest(self.workdir, fallback=True)
-        self._manifest_id = _file_id(self.workdir / "manifest.sqlite")
+        self._manifest_id = _file_id(self._manifest.path)
         return self._manifest
 
     def outputs_of(self, key: str) -> list[Any]:
@@ -176,7 +176,7 @@ class SnapshotReader:
         """The plan's steps, again only when plan.json changed: the manifest's heads while it
         holds plan.json (no parse), else plan.json parsed (and registered, when ingesting)."""
         try:
-            st = (self.workdir / "plan.json").stat()
+            st = Workdir(self.workdir).plan.stat()
         except FileNotFoundError:
             read_plan_steps(self.workdir)  # raises its one-line WorkdirError
             raise
@@ -245,7 +245,7 @@ def read_plan_steps(workdir: Path, stamped: bool = False) -> Any:
     from cdhpc.sweep.lock import WorkdirError
     from cdhpc.sweep.manifest_db import read_stamped
 
-    path = workdir / "plan.json"
+    path = Workdir(workdir).plan
     try:
         data, stamp = read_stamped(path)
         steps = json.loads(data)["steps"]

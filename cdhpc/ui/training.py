@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from cdhpc.lm.metrics import latest_metrics, pretrain_metrics_path
+from cdhpc.lm.metrics import METRICS_FILE, latest_metrics
+from cdhpc.sweep.workdir import Workdir
 from cdhpc.ui.overview import format_duration
 
 
@@ -33,7 +34,7 @@ class TrainingProgress:
 
 def step_progress(workdir: Path, step: Mapping[str, Any], now: float) -> TrainingProgress | None:
     """The latest metrics line of one pretrain step (a plan.json step dict), or None."""
-    record = latest_metrics(pretrain_metrics_path(workdir, step["name"], step["key"]))
+    record = latest_metrics(Workdir(workdir).step_dir("pretrain", step["name"], step["key"]) / METRICS_FILE)
     if record is None:
         return None
     steps = (step.get("params") or {}).get("train", {}).get("steps")

@@ -23,6 +23,7 @@ from cdhpc.ui.status import (PartialTable, Snapshot, SnapshotReader, StageRow, S
                           partial_table, sort_rows, stage_overview, step_rows)
 from cdhpc.ui.tui_screens import ConfirmScreen, DetailScreen, LogTail, TextScreen, detail_text  # noqa: F401 (re-exported)
 from cdhpc.executors.waves import read_waves, wave_line
+from cdhpc.sweep.workdir import Workdir
 
 BAR_COLOURS = {"done": "green", "running": "yellow", "queued": "cyan", "failed": "red"}
 STEP_COLUMNS = ("stage", "name", "state", "job", "attempts", "node", "runtime_s", "metric")
@@ -48,7 +49,7 @@ def start_retry(workdir: Path) -> tuple[subprocess.Popen, Path]:
     its output in workdir/logs/retry-<unix time>.log. Returns the process and the log path."""
     import cdhpc
 
-    log = workdir / "logs" / f"retry-{int(time.time())}.log"
+    log = Workdir(workdir).retry_log(int(time.time()))
     log.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     root = str(Path(cdhpc.__file__).resolve().parent.parent)  # where `cdhpc` and `jobs` import from
@@ -302,7 +303,7 @@ class StatusApp(App[int]):
         self.push_screen(ConfirmScreen(f"Retry {failed} failed/blocked step(s)? Runs: {' '.join(retry_command(self.workdir))}"), done)
 
     def action_results_table(self) -> None:
-        table = self.workdir / "results" / "paper_table.md"
+        table = Workdir(self.workdir).results / "paper_table.md"
         if not self._aggregate_done() or not table.is_file():
             self.notify("the results table appears when the aggregate step is done; see the Results tab for the partial table",
                         severity="warning")
