@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+import yaml
 from waits import wait_until
 
-from cdhpc.base.paths import MARKER
 from cdhpc.executors.launch_slurm import submit_plan
 from cdhpc.sweep.manifest import Manifest
 from cdhpc.sweep.plan import Plan, StepSpec, content_key
+from cdhpc.sweep.workdir import Workdir
 from cdhpc.config.profile import ClusterProfile
 from cdhpc.executors.scheduler import LIVE_JOB_STATES
 from cdhpc.ui.status import SnapshotReader
@@ -35,15 +36,17 @@ pytestmark = [
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 DEV = ["executor=slurm", "executor.profile=dev"]
-# The SLURM sweep stops after generate: 23 of the tiny sweep's 226 steps, without the retrained runs
-# and the evaluations, which tests/conftest.py's tiny_local runs with the local executor. It starts
-# from a copy of the local sweep's outputs up to pretrain (tiny_local_pretrained: the same steps,
-# trained once per session; pretraining on SLURM is tested below, requeued, and on two nodes in
-# test_slurm_multinode.py) and runs its 18 select and generate steps. The steps keep their keys
-# (resources are not part of a key), so each one's outputs are compared with the local run's;
-# generate steps go two to a job, as evaluate's do locally.
-SMALL = ("--until", "generate", "executor.resources.generate.steps_per_job=2")
-N_SMALL, N_RUN = 23, 18
+# The SLURM sweep is the tiny sweep up to generate with two of its generating methods: cd-small
+# (expert and amateur are two trained models, in lockstep) and cd-drop-0.5 (a seeded dropout
+# amateur), as tiny.yaml writes them, so its 11 steps keep their keys (other methods and
+# resources are not part of a key) and each one's outputs are compared with the local run's. It
+# starts from a copy of the local sweep's outputs up to pretrain (tiny_local_pretrained: trained
+# once per session; pretraining on SLURM is tested below, requeued, and on two nodes in
+# test_slurm_multinode.py) and runs its 6 select and generate steps, generate two to a job.
+TINY_METHODS = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())["methods"]
+SMALL = ("--until", "generate", "executor.resources.generate.steps_per_job=2",
+         "methods=" + json.dumps({m: TINY_METHODS[m] for m in ("baseline", "cd-small", "cd-drop-0.5")}))
+N_SMALL, N_RUN = 11, 6
 
 
 def copy_upstream(local: Path, workdir: Path) -> int:
@@ -52,16 +55,15 @@ def copy_upstream(local: Path, workdir: Path) -> int:
     many."""
     from cdhpc.config import load_config
     from cdhpc.sweep.plan import plan_sweep
-    from cdhpc.sweep.receipts import receipt_path
 
     steps = plan_sweep(load_config(ROOT / "configs" / "tiny.yaml", []), "pretrain").steps
+    theirs, ours = Workdir(local), Workdir(workdir)
     workdir.mkdir(parents=True)
-    shutil.copy2(local / MARKER, workdir / MARKER)
+    shutil.copy2(theirs.marker, ours.marker)
     for s in steps:
-        shutil.copytree(s.out_dir(local), s.out_dir(workdir))
-        receipt = receipt_path(workdir, s.stage, s.name, s.key)
-        receipt.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(receipt_path(local, s.stage, s.name, s.key), receipt)
+        shutil.copytree(theirs.step_dir(s.stage, s.name, s.key), ours.step_dir(s.stage, s.name, s.key))
+        ours.receipt(s.stage, s.name, s.key).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(theirs.receipt(s.stage, s.name, s.key), ours.receipt(s.stage, s.name, s.key))
     return len(steps)
 
 
@@ -137,11 +139,11 @@ def cluster_up():
 
 def test_launcher_submits_everything_and_exits_and_a_relaunch_submits_nothing(slurm_sweep):
     s = slurm_sweep
-    # select: one array of 6 (their models are trained: no dependency); generate: 12 steps, two to a
+    # select: one array of 2 (their models are trained: no dependency); generate: 4 steps, two to a
     # job, one array per selected model
-    assert f"{N_RUN} submitted in 12 job(s), 7 array(s)" in s["first"].stderr, s["first"].stderr[-3000:]
+    assert f"{N_RUN} submitted in 4 job(s), 3 array(s)" in s["first"].stderr, s["first"].stderr[-3000:]
     assert s["launch_s"] < 60, "the launcher returns after submission"
-    assert sum(v in ("queued", "running") for v in s["right_after"].values()) >= 12, "it did not wait for the jobs"
+    assert sum(v in ("queued", "running") for v in s["right_after"].values()) >= 4, "it did not wait for the jobs"
     assert "0 submitted in 0 job(s)" in s["again"].stderr and s["ids_after"] == s["ids_before"]
     recs = job_records(s["workdir"])
     assert all(r["executor"] == "slurm" and r["job_name"].startswith("cdhpc.tiny.") for r in recs.values())
@@ -205,7 +207,7 @@ def test_time_limited_pretrain_step_is_requeued_and_resumes_from_its_checkpoint(
     assert set(ran.values()) == {"done"} and len(ran) == 3, ran  # prepare, tokenizer, baseline-s1
     log = Path(rec["stdout"]).read_text()
     resumed = [int(n) for n in re.findall(r"start_step=(\d+)", log)]
-    assert "Requeued job" in log and resumed[-1] in (30, 60, 90), log[-3000:]
+    assert "Requeued job" in log and resumed[-1] in (30, 60), log[-3000:]
     uninterrupted = tiny_local_pretrained / "pretrain" / rec_path.stem
     assert sha256_tree(out_dir / "checkpoints") == sha256_tree(uninterrupted / "checkpoints")
 
@@ -294,7 +296,6 @@ def test_a_signal_during_a_finished_jobs_exit_does_not_undo_its_completion(clust
 
 SUBMIT = """import json, sys
 from pathlib import Path
-from cdhpc.base.paths import MARKER
 from cdhpc.executors.launch_slurm import submit_plan
 from cdhpc.sweep.plan import Plan, StepSpec
 from cdhpc.config.profile import ClusterProfile
