@@ -309,8 +309,8 @@ def test_tiny_sweep_writes_metrics_for_every_run_and_training_png(tiny_local):
     assert len(runs) == 10  # 2 baselines, 1 small amateur, 7 retrained runs
     for run in runs:
         lines = read_metrics(run / "metrics.jsonl")
-        assert [r["step"] for r in lines] == list(range(1, 91)), run.name
-        assert [r["step"] for r in lines if "val_ppl" in r] == [30, 60, 90], run.name
+        assert [r["step"] for r in lines] == list(range(1, 121)), run.name
+        assert [r["step"] for r in lines if "val_ppl" in r] == [30, 60, 90, 120], run.name
         assert lines[-1]["loss"] < lines[0]["loss"], run.name
     png = workdir / "results" / "training.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and str(png) in out.stdout

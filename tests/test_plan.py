@@ -35,16 +35,10 @@ def test_canonical_json_is_order_independent_and_exact():
         canonical_json({"x": float("nan")})
 
 
-# The golden file holds the keys of tiny.yaml as it was at the package re-layout (issue #18), when
-# it trained 120 steps; it now trains 90 (CI time). These overrides restore that sweep, so the file
-# keeps proving that code changes leave keys alone.
-GOLDEN_TINY = ("pretrain.steps=120", "eval.checkpoints=[60, 120]")
-
-
 def test_keys_match_the_golden_file():
     """Keys are the identity of finished work: they must not drift between runs, machines or
     Python versions. Regenerate on purpose only: UPDATE_GOLDEN=1 pytest tests/test_plan.py"""
-    keys = keys_by_name(tiny(*GOLDEN_TINY))
+    keys = keys_by_name(tiny())
     if os.environ.get("UPDATE_GOLDEN"):
         GOLDEN.parent.mkdir(exist_ok=True)
         GOLDEN.write_text(json.dumps(keys, indent=1, sort_keys=True) + "\n")
@@ -130,7 +124,7 @@ def test_tiny_plan_shape():
     # runs in the table x checkpoints x tasks, and one aoa step per run over all its checkpoints
     assert counts["evaluate"] == 9 * 2 * 10 + 9
     aoa = [s for s in plan.stage("evaluate") if s.params["task"] == "aoa"]
-    assert all(s.params["steps"] == [30, 60, 90] and s.params["step"] == 90 for s in aoa)
+    assert all(s.params["steps"] == [30, 60, 90, 120] and s.params["step"] == 120 for s in aoa)
 
 
 def test_shard_seeds_are_derived_and_distinct():

@@ -207,7 +207,7 @@ def test_time_limited_pretrain_step_is_requeued_and_resumes_from_its_checkpoint(
     assert set(ran.values()) == {"done"} and len(ran) == 3, ran  # prepare, tokenizer, baseline-s1
     log = Path(rec["stdout"]).read_text()
     resumed = [int(n) for n in re.findall(r"start_step=(\d+)", log)]
-    assert "Requeued job" in log and resumed[-1] in (30, 60), log[-3000:]
+    assert "Requeued job" in log and resumed[-1] in (30, 60, 90), log[-3000:]
     uninterrupted = tiny_local_pretrained / "pretrain" / rec_path.stem
     assert sha256_tree(out_dir / "checkpoints") == sha256_tree(uninterrupted / "checkpoints")
 

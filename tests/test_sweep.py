@@ -73,7 +73,7 @@ def test_checkpoints_load_with_hf_and_give_the_recorded_validation_loss(sweep):
 
     workdir, _ = sweep
     with Manifest(workdir) as m:
-        ckpt = next(r for r in m.rows("checkpoints") if r["run"] == "baseline-s1" and r["step"] == 90)
+        ckpt = next(r for r in m.rows("checkpoints") if r["run"] == "baseline-s1" and r["step"] == 120)
     path = workdir / ckpt["path"]
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -100,8 +100,8 @@ def test_training_beats_unigram_perplexity_and_loss_goes_down(sweep):
     unigram_ppl = math.exp(-np.mean(np.log(counts[test] / counts.sum())))
     with Manifest(workdir) as m:
         rows = {(r["run"], r["step"]): r["val_ppl"] for r in m.rows("checkpoints")}
-    assert rows[("baseline-s1", 90)] < rows[("baseline-s1", 60)] < unigram_ppl
-    assert rows[("baseline-s1", 90)] < 0.5 * unigram_ppl
+    assert rows[("baseline-s1", 120)] < rows[("baseline-s1", 60)] < unigram_ppl
+    assert rows[("baseline-s1", 120)] < 0.5 * unigram_ppl
 
 
 def test_every_checkpoint_is_evaluated_on_every_task_and_beats_chance_on_blimp(sweep):
@@ -111,11 +111,11 @@ def test_every_checkpoint_is_evaluated_on_every_task_and_beats_chance_on_blimp(s
     runs = {r["run"] for r in scores}
     assert len(runs) == 9
     assert {(r["run"], r["step"], r["task"]) for r in scores} == \
-        {(run, s, t) for run in runs for s in (60, 90) for t in TASKS} | {(run, 90, "aoa") for run in runs}
+        {(run, s, t) for run in runs for s in (60, 120) for t in TASKS} | {(run, 120, "aoa") for run in runs}
     assert all(r["task_version"] and r["data_sha256"] for r in scores)
-    aoa = next(workdir.glob("evaluate/baseline-s1-aoa-*"))  # one step per run over all 3 checkpoints
-    assert {r["step"] for r in json.loads((aoa / "surprisal.json").read_text())["results"]} == {30, 60, 90}
-    blimp = [r["score"] for r in scores if r["task"] == "blimp" and r["run"].startswith("baseline") and r["step"] == 90]
+    aoa = next(workdir.glob("evaluate/baseline-s1-aoa-*"))  # one step per run over all 4 checkpoints
+    assert {r["step"] for r in json.loads((aoa / "surprisal.json").read_text())["results"]} == {30, 60, 90, 120}
+    blimp = [r["score"] for r in scores if r["task"] == "blimp" and r["run"].startswith("baseline") and r["step"] == 120]
     assert min(blimp) > 55.0  # two-way forced choice: chance is 50
 
 
