@@ -1,4 +1,4 @@
-"""Prepared batches: packed token tries (cdhpc.evals.engine.pack_sequences) turned, once, into
+"""Prepared batches: packed token tries (cdhpc.evals.packing.pack_sequences) turned, once, into
 everything the model needs per batch, as flat numpy arrays, and the loop that scores them.
 
 The host work of a task (tokenizer call, sort, tries, batch plan, subtree ends, head plan) depends
@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from cdhpc.evals.engine import ROW_TOKENS, PackedRow, pack_sequences
+from cdhpc.evals.packing import ROW_TOKENS, PackedRow, pack_sequences
 
 SEGMENTS = ("tokens", "head_rows", "pairs", "members")
 """The four per-batch segments of a PreparedPack's arrays, in the columns of its `cuts`."""

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from cdhpc.evals.batches import PreparedPack
-from cdhpc.evals.engine import ROW_TOKENS
+from cdhpc.evals.packing import ROW_TOKENS
 
 log = logging.getLogger("cdhpc")
 
