@@ -34,8 +34,8 @@ import submitit
 from cdhpc import __version__
 from cdhpc.sweep.plan import StepSpec
 from cdhpc.sweep.workdir import Workdir
-from cdhpc.sweep.receipts import (Receipt, ReceiptError, describe_outputs, read_receipt, receipt_path,
-    write_receipt)
+from cdhpc.sweep.receipts import Receipt, describe_outputs, read_receipt, write_receipt
+from cdhpc.sweep.stepstate import step_done
 from cdhpc.base.thirdparty import requeue_handler, requeues_left
 
 log = logging.getLogger("cdhpc")
@@ -262,15 +262,6 @@ def mark_job_record(workdir: Path, spec: StepSpec, state: str) -> None:
         log.error("step %s/%s: could not mark its job record %s: %s", spec.stage, spec.name, state, e)
 
 
-def is_done(workdir: Path, spec: StepSpec) -> bool:
-    """A receipt with status ok exists for this exact key (the job-side check before re-running)."""
-    try:
-        r = read_receipt(receipt_path(workdir, spec.stage, spec.name, spec.key))
-    except ReceiptError:
-        return False
-    return r.status == "ok" and r.key == spec.key
-
-
 class StepJob(submitit.helpers.Checkpointable):
     """The submitit callable: runs its steps in order, skipping those already done, so a requeued
     job (preemption, time limit) resumes where it stopped."""
@@ -289,7 +280,7 @@ class StepJob(submitit.helpers.Checkpointable):
         failed = []
         for i, spec in enumerate(specs):
             try:
-                if is_done(workdir, spec):
+                if step_done(workdir, spec.stage, spec.name, spec.key):
                     continue
                 run_step(workdir, spec, self.attempt)
             except (StepCancelled, KeyboardInterrupt):

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from cdhpc.sweep.manifest import Manifest
-from cdhpc.sweep.receipts import (Receipt, ReceiptError, describe_outputs, output_intact, read_receipt,
-    receipt_path, write_receipt)
+from cdhpc.sweep.receipts import (Receipt, ReceiptError, describe_outputs, read_receipt, receipt_path,
+    write_receipt)
+from cdhpc.sweep.stepstate import output_ok
 from cdhpc.base.atomicio import atomic_dir, atomic_write_text
 
 TABLES = ("receipts", "outputs", "checkpoints", "shards", "scores", "jobs")
@@ -87,12 +88,16 @@ def test_receipt_rows_for_unknown_tables_are_rejected(tmp_path):
 def test_outputs_detect_corruption(tmp_path):
     r = make_receipt(tmp_path, 4)
     out = r.outputs[0]
-    assert output_intact(tmp_path, out)
+
+    def intact() -> bool:
+        return output_ok(str(tmp_path), out.path, out.sha256, out.bytes, out.mtime_ns)
+
+    assert intact()
     f = tmp_path / out.path
     f.write_text(f.read_text().replace("4", "5"))  # same size, new content, new mtime
-    assert not output_intact(tmp_path, out)
+    assert not intact()
     f.unlink()
-    assert not output_intact(tmp_path, out)
+    assert not intact()
 
 
 def test_atomic_dir_leaves_nothing_on_error(tmp_path):

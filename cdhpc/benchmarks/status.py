@@ -101,8 +101,8 @@ def build_workdir(workdir: Path, n_steps: int) -> list[dict[str, Any]]:
 
 def naive_refresh(workdir: Path) -> dict[str, str]:
     """The peer: every receipt and job record parsed again, outputs checked, states classified."""
-    from cdhpc.sweep.receipts import output_intact, read_receipt
-    from cdhpc.sweep.stepstate import classify
+    from cdhpc.sweep.receipts import read_receipt
+    from cdhpc.sweep.stepstate import classify, output_ok
 
     wd = Workdir(workdir)
     steps = json.loads(wd.plan.read_text())["steps"]
@@ -113,7 +113,8 @@ def naive_refresh(workdir: Path) -> dict[str, str]:
         r, j = receipts.get(s["key"]), jobs.get(s["key"])
         intact = None
         if r is not None and r.status == "ok":
-            intact = r.outputs if all(output_intact(workdir, o) for o in r.outputs) else None
+            ok = all(output_ok(str(workdir), o.path, o.sha256, o.bytes, o.mtime_ns) for o in r.outputs)
+            intact = r.outputs if ok else None
         states[s["key"]] = classify(None if r is None else {"status": r.status}, intact, j, False)
     return states
 

@@ -28,7 +28,8 @@ from cdhpc.sweep.receipts import ReceiptError, read_receipt, receipt_path
 from cdhpc.sweep.workdir import Workdir
 # the step-state rule (re-exported): cdhpc.sweep.stepstate imports no plan or config, so `cdhpc status` starts fast
 from cdhpc.sweep.stepstate import (BLOCKED, DONE, FAILED, LIVE_JOB_STATES, MISSING, QUEUED,  # noqa: F401
-                             QUEUED_JOB_STATES, RUNNING, classify, job_alive, outputs_intact, pid_alive, step_states)
+                             QUEUED_JOB_STATES, RUNNING, classify, job_alive, outputs_intact, pid_alive, step_done,
+                             step_states)
 
 log = logging.getLogger("cdhpc")
 
@@ -157,15 +158,13 @@ class LocalScheduler:
         return _Running(pack, job, job.job_id, attempt)
 
     def _finish(self, running: list[_Running], state: dict[str, str], attempts: dict[str, int]) -> None:
-        from jobs import is_done
-
         for r in list(running):
             if r.alive():
                 continue
             running.remove(r)
             cancelled = any(self._cancelled(s) for s in r.specs)  # a cancelled job stops its whole pack
             for s in r.specs:
-                ok = is_done(self.workdir, s)
+                ok = step_done(self.workdir, s.stage, s.name, s.key)
                 self._record(s, r.job_id, "COMPLETED" if ok else "CANCELLED" if cancelled else "FAILED", r.attempt,
                              r.job.paths if r.job else None)
                 if ok:
@@ -205,8 +204,6 @@ class LocalScheduler:
     def _cancel(self, running: list[_Running], wait_s: float = 10.0) -> None:
         """Stop every running job (`stop_local_job`), wait for them to end, and record their steps
         CANCELLED; their outputs stay resumable."""
-        from jobs import is_done
-
         for r in running:
             if r.job is not None or pid_alive(r.job_id):
                 stop_local_job(int(r.job_id))
@@ -215,6 +212,6 @@ class LocalScheduler:
             time.sleep(0.1)
         for r in running:
             for s in r.specs:
-                ok = is_done(self.workdir, s)
+                ok = step_done(self.workdir, s.stage, s.name, s.key)
                 self._record(s, r.job_id, "COMPLETED" if ok else "CANCELLED", r.attempt, r.job.paths if r.job else None)
         log.warning("cancelled %d running job(s); launching the sweep again resumes them", len(running))

@@ -89,18 +89,3 @@ def read_receipt(path: str | Path) -> Receipt:
         raise ReceiptError(f"{path}: not a valid receipt ({first['msg']}{f' at {where}' if where else ''})") from None
     except OSError as e:
         raise ReceiptError(f"{path}: cannot read receipt ({e.strerror})") from None
-
-
-def output_intact(workdir: Path, out: OutputFile, rehash: bool = False) -> bool:
-    """True when the file still holds what the receipt says. Unchanged size and mtime are trusted
-    (as git and make do) unless `rehash`; anything else is re-hashed."""
-    path = workdir / out.path
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return False
-    if st.st_size != out.bytes:
-        return False
-    if not rehash and st.st_mtime_ns == out.mtime_ns:
-        return True
-    return sha256_file(path) == out.sha256

@@ -57,8 +57,9 @@ def job_alive(job: Any | None) -> bool:
     return job["executor"] != "local" or pid_alive(job["job_id"])
 
 
-def _output_ok(root: str, path: str, sha256: str, size: int, mtime_ns: int, rehash: bool) -> bool:
-    """One recorded output still holds what the receipt says (`receipts.output_intact`)."""
+def output_ok(root: str, path: str, sha256: str, size: int, mtime_ns: int, rehash: bool = False) -> bool:
+    """One recorded output (path relative to `root`) still holds what its receipt says. Unchanged
+    size and mtime are trusted (as git and make do) unless `rehash`; anything else is re-hashed."""
     full = path if path.startswith("/") else f"{root}/{path}"  # os.path.join's answer, without its cost
     try:
         st = os.stat(full)
@@ -73,10 +74,25 @@ def _output_ok(root: str, path: str, sha256: str, size: int, mtime_ns: int, reha
     return sha256_file(Path(full)) == sha256
 
 
+def step_done(workdir: str | os.PathLike, stage: str, name: str, key: str) -> bool:
+    """The same rule read from the step's receipt file, for the job side (a requeued job skips the
+    steps it finished; the local executor checks a job's steps when it ends): an ok receipt for
+    this exact key whose recorded outputs are intact."""
+    from cdhpc.sweep.receipts import ReceiptError, read_receipt, receipt_path  # pydantic: not for status
+
+    try:
+        r = read_receipt(receipt_path(workdir, stage, name, key))
+    except ReceiptError:
+        return False
+    root = str(workdir)
+    return r.status == "ok" and r.key == key and all(output_ok(root, o.path, o.sha256, o.bytes, o.mtime_ns)
+                                                     for o in r.outputs)
+
+
 def outputs_intact(root: str, outputs: Iterable[Any], rehash: bool = False) -> bool:
     """A step's recorded outputs (rows or dicts: path, sha256, bytes, mtime_ns) all still hold what
     its receipt says: one os.stat each, re-hashed only where the mtime changed (or all: `rehash`)."""
-    return all(_output_ok(root, o["path"], o["sha256"], o["bytes"], o["mtime_ns"], rehash) for o in outputs)
+    return all(output_ok(root, o["path"], o["sha256"], o["bytes"], o["mtime_ns"], rehash) for o in outputs)
 
 
 def outputs_intact_by_key(root: str, rows: Iterable[tuple], rehash: bool = False) -> dict[str, bool]:
@@ -91,7 +107,7 @@ def outputs_intact_by_key(root: str, rows: Iterable[tuple], rehash: bool = False
     for i in todo:
         key, path, sha256, size, mtime_ns = rows[i]
         if intact[key]:
-            intact[key] = _output_ok(root, path, sha256, size, mtime_ns, rehash)
+            intact[key] = output_ok(root, path, sha256, size, mtime_ns, rehash)
     return intact
 
 
