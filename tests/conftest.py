@@ -152,8 +152,11 @@ def pytest_collection_modifyitems(config, items):
         items[i] = item
 
 
-# The heavy groups start first, one per worker; the rest fills in around them.
+# The heavy groups start first, one per worker; then the longest modules (a minute or more each in
+# CI), so that none of them is left for the end; the rest fills in around them.
 FIRST = ("slurm", "tiny")
+LONG = ("tests/test_resume.py", "tests/test_rerun_clean.py", "tests/test_signals.py", "tests/test_metrics.py",
+        "tests/test_official_golden.py", "tests/test_train.py", "tests/test_tui.py")
 
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: without it installed, never called
@@ -171,7 +174,7 @@ def pytest_xdist_make_scheduler(config, log):
             return scope if scope != nodeid else nodeid.split("::", 1)[0]
 
         def _assign_work_unit(self, node) -> None:
-            for scope in reversed(FIRST):
+            for scope in reversed(FIRST + LONG):
                 if scope in self.workqueue:
                     self.workqueue.move_to_end(scope, last=False)
             super()._assign_work_unit(node)
