@@ -9,9 +9,9 @@ import logging
 import shutil
 from pathlib import Path
 
-from cdhpc.base.names import method_labels
-from cdhpc.results import stats
-from cdhpc.results.aggregate import REGRESSION_TASKS, items_per_uid, task_vector
+import cdhpc.results.table as results_table
+from cdhpc.results.aggregate import REGRESSION_TASKS
+from cdhpc.results.table import Evaluation
 from cdhpc.evals import task_metric
 from cdhpc.sweep.plan import StepSpec
 from cdhpc.sweep.receipts import Receipt
@@ -20,8 +20,6 @@ from cdhpc.base.atomicio import atomic_dir
 from jobs import StepContext, StepResult
 
 log = logging.getLogger("cdhpc")
-
-
 
 
 def reading_columns(workdir: Path, receipt: Receipt):
@@ -39,37 +37,25 @@ def reading_columns(workdir: Path, receipt: Receipt):
     return load_rows(task.data_dir(data, p["set"] == "fast") / task.pattern, p["task"])[1]
 
 
-def build_table(workdir: Path, receipts: list[Receipt], params: dict):
-    """(PaperTable, score records) from the evaluate receipts given; one index set per task."""
-    from cdhpc.results.report import build_paper_table
-
-    cfg = params["stats"]
-    labels = method_labels([r.spec["params"] for r in receipts])
-    idx, columns, vectors, points, records, metrics = {}, {}, {}, {}, [], {}
+def evaluations(workdir: Path, receipts: list[Receipt]) -> list[Evaluation]:
+    """The evaluate steps' predictions, metrics and (regression tasks) reading columns, as
+    cdhpc.results.table.build_table takes them; the columns are read once per task."""
+    columns: dict[str, object] = {}
+    out = []
     for r in receipts:
         p = r.spec["params"]
         out_dir = StepSpec.from_dict(r.spec).out_dir(workdir)
         rows = [json.loads(line) for line in (out_dir / "predictions.jsonl").read_text().splitlines()]
-        metric = task_metric(p["task"], p.get("wug_metric", "spearman"))
-        n_by_uid = items_per_uid(p["task"], rows, metric)
-        if p["task"] not in idx:
-            idx[p["task"]] = (n_by_uid, stats.draw_indices(n_by_uid, cfg["resamples"], cfg["seed"]))
-        elif idx[p["task"]][0] != n_by_uid:
-            raise ValueError(f"{r.name}: item counts differ from other runs of task {p['task']!r}")
         if p["task"] in REGRESSION_TASKS and p["task"] not in columns:
             columns[p["task"]] = reading_columns(workdir, r)
-        key = (labels[(p["method"], p["synthetic_share"])], p["seed"], p["step"], p["task"])
-        vectors[key] = task_vector(p["task"], rows, idx[p["task"]][1], columns.get(p["task"]), metric)
-        points[key] = float(task_vector(p["task"], rows, stats.point_indices(n_by_uid), columns.get(p["task"]), metric)[0])
-        metrics[p["task"]] = metric
-        records.append({"run": p["run"], "method": key[0], "seed": p["seed"], "step": p["step"], "task": p["task"],
-                        "score": points[key], "metric": metric, "task_version": r.rows["scores"][0]["task_version"]})
-    order = {m: i for i, m in enumerate(params["methods"])}  # the config's order, shares ascending
-    methods = [labels[k] for k in sorted(labels, key=lambda k: (order[k[0]], k[1]))]
-    table = build_paper_table(vectors, points, baseline=cfg["baseline"], tasks=params["tasks"], methods=methods,
-                              ties=cfg["ties"], correction=cfg["correction"], delta_tasks=params.get("delta_tasks"),
-                              metrics=metrics)
-    return table, records
+        out.append(Evaluation(r.name, p, rows, task_metric(p["task"], p.get("wug_metric", "spearman")),
+                              r.rows["scores"][0]["task_version"], columns.get(p["task"])))
+    return out
+
+
+def build_table(workdir: Path, receipts: list[Receipt], params: dict):
+    """(PaperTable, score records) from the evaluate receipts given (cdhpc.results.table)."""
+    return results_table.build_table(evaluations(workdir, receipts), params)
 
 
 def publish(workdir: Path, table, records, out_dir: Path, partial: str | None = None,
