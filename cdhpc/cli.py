@@ -76,8 +76,13 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
     with SnapshotReader(_workdir(args.sweep), specs=False) as reader:  # step heads: no plan.json parse
         snap = reader.read()
-    keys = [s["key"] for s in snap.steps if snap.states[s["key"]] in LIVE
-            and (args.stage is None or s["stage"] == args.stage) and (args.step is None or s["name"] == args.step)]
+    keys = [
+        s["key"]
+        for s in snap.steps
+        if snap.states[s["key"]] in LIVE
+        and (args.stage is None or s["stage"] == args.stage)
+        and (args.step is None or s["name"] == args.step)
+    ]
     if not keys:
         # between waves only the continuation job may be pending: the whole sweep's cancel stops it
         pending = cancel_continuation(snap.workdir) if args.stage is None and args.step is None else []
@@ -133,26 +138,46 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(common, suppress=True)
     sub = p.add_subparsers(dest="command", required=True)
     # launch and eval are listed here for `cdhpc --help` only; main gives their argv to DELEGATED.
-    sub.add_parser("launch", help="validate, plan and run a sweep (same as python -m cdhpc.launch)", add_help=False)
-    s = sub.add_parser("status", parents=[common], help="the sweep's job-status terminal UI; --once: a plain table (exit 1 if any step failed)")
+    sub.add_parser(
+        "launch", help="validate, plan and run a sweep (same as python -m cdhpc.launch)", add_help=False
+    )
+    s = sub.add_parser(
+        "status",
+        parents=[common],
+        help="the sweep's job-status terminal UI; --once: a plain table (exit 1 if any step failed)",
+    )
     s.add_argument("sweep", help="the sweep's workdir or .yaml")
-    s.add_argument("--once", action="store_true", help="print once and exit (the default when not a terminal)")
+    s.add_argument(
+        "--once", action="store_true", help="print once and exit (the default when not a terminal)"
+    )
     s.set_defaults(fn=cmd_status)
-    s = sub.add_parser("manifest", parents=[common], help="index receipts into manifest.sqlite, or rebuild it from them")
+    s = sub.add_parser(
+        "manifest", parents=[common], help="index receipts into manifest.sqlite, or rebuild it from them"
+    )
     s.add_argument("action", choices=("ingest", "rebuild"))
     s.add_argument("sweep", help="the sweep's workdir or .yaml")
     s.set_defaults(fn=cmd_manifest)
-    for name, text in (("export", "write results/ (CSV, Markdown, LaTeX, plots) from the scores so far"),
-                       ("report", "print the paper table from the scores so far (marked partial)")):
+    for name, text in (
+        ("export", "write results/ (CSV, Markdown, LaTeX, plots) from the scores so far"),
+        ("report", "print the paper table from the scores so far (marked partial)"),
+    ):
         s = sub.add_parser(name, parents=[common], help=text)
         s.add_argument("sweep", help="the sweep's workdir or .yaml")
         s.set_defaults(fn=cmd_export)
-    s = sub.add_parser("cancel", parents=[common], help="cancel the queued/running steps of a sweep (all, one --stage, or one --step)")
+    s = sub.add_parser(
+        "cancel",
+        parents=[common],
+        help="cancel the queued/running steps of a sweep (all, one --stage, or one --step)",
+    )
     s.add_argument("sweep", help="the sweep's workdir or .yaml")
     s.add_argument("--stage", choices=STAGES, help="only this stage")
     s.add_argument("--step", help="only the step with this name")
     s.set_defaults(fn=cmd_cancel)
-    s = sub.add_parser("retry", parents=[common], help="re-launch a sweep from its resolved config: failed and missing steps run again")
+    s = sub.add_parser(
+        "retry",
+        parents=[common],
+        help="re-launch a sweep from its resolved config: failed and missing steps run again",
+    )
     s.add_argument("sweep", help="the sweep's workdir or .yaml")
     s.set_defaults(fn=cmd_retry)
     sub.add_parser("eval", help="evaluate any HF causal LM directory on BabyLM tasks", add_help=False)
@@ -168,12 +193,16 @@ def split_delegated(argv: list[str]) -> tuple[str, list[str], bool, bool] | None
         lead += 1
     if lead >= len(argv) or argv[lead] not in DELEGATED:
         return None
-    name, before, rest = argv[lead], argv[:lead], argv[lead + 1:]
+    name, before, rest = argv[lead], argv[:lead], argv[lead + 1 :]
     if name == "launch":
         return name, rest + before, False, False
     flags = before + [a for a in rest if a in VERBOSE_FLAGS + QUIET_FLAGS]
-    return (name, [a for a in rest if a not in VERBOSE_FLAGS + QUIET_FLAGS],
-            any(a in VERBOSE_FLAGS for a in flags), any(a in QUIET_FLAGS for a in flags))
+    return (
+        name,
+        [a for a in rest if a not in VERBOSE_FLAGS + QUIET_FLAGS],
+        any(a in VERBOSE_FLAGS for a in flags),
+        any(a in QUIET_FLAGS for a in flags),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

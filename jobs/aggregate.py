@@ -10,13 +10,13 @@ import shutil
 from pathlib import Path
 
 import cdhpc.results.table as results_table
+from cdhpc.base.atomicio import atomic_dir
+from cdhpc.evals import task_metric
 from cdhpc.results.aggregate import REGRESSION_TASKS
 from cdhpc.results.table import Evaluation
-from cdhpc.evals import task_metric
 from cdhpc.sweep.plan import StepSpec
 from cdhpc.sweep.receipts import Receipt
 from cdhpc.sweep.workdir import Workdir
-from cdhpc.base.atomicio import atomic_dir
 from jobs import StepContext, StepResult
 
 log = logging.getLogger("cdhpc")
@@ -48,8 +48,16 @@ def evaluations(workdir: Path, receipts: list[Receipt]) -> list[Evaluation]:
         rows = [json.loads(line) for line in (out_dir / "predictions.jsonl").read_text().splitlines()]
         if p["task"] in REGRESSION_TASKS and p["task"] not in columns:
             columns[p["task"]] = reading_columns(workdir, r)
-        out.append(Evaluation(r.name, p, rows, task_metric(p["task"], p.get("wug_metric", "spearman")),
-                              r.rows["scores"][0]["task_version"], columns.get(p["task"])))
+        out.append(
+            Evaluation(
+                r.name,
+                p,
+                rows,
+                task_metric(p["task"], p.get("wug_metric", "spearman")),
+                r.rows["scores"][0]["task_version"],
+                columns.get(p["task"]),
+            )
+        )
     return out
 
 
@@ -58,15 +66,20 @@ def build_table(workdir: Path, receipts: list[Receipt], params: dict):
     return results_table.build_table(evaluations(workdir, receipts), params)
 
 
-def publish(workdir: Path, table, records, out_dir: Path, partial: str | None = None,
-            eval_specs: list[dict] | None = None) -> list[Path]:
+def publish(
+    workdir: Path,
+    table,
+    records,
+    out_dir: Path,
+    partial: str | None = None,
+    eval_specs: list[dict] | None = None,
+) -> list[Path]:
     """Write the report into out_dir and publish a copy as workdir/results/ (atomically).
     `partial` (e.g. "3 of 8 evaluate steps done"; None: every score is in) marks every file as
     partial (cdhpc.results.figures.write_report). `eval_specs`: the evaluate steps whose runs' training
     curves go into training.png (cdhpc.results.figures.plot_training)."""
-    from cdhpc.results.figures import plot_training
     from cdhpc.lm.metrics import training_curves
-    from cdhpc.results.figures import write_report
+    from cdhpc.results.figures import plot_training, write_report
 
     write_report(out_dir, table, records, partial=partial)
     if eval_specs:

@@ -3,7 +3,7 @@ the synthetic token array the retrained runs read (documents split at special to
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -29,12 +29,26 @@ def run(ctx: StepContext) -> StepResult:
     roles = sorted(r for r in ctx.spec.inputs if r.startswith("shard-"))
     receipts = [ctx.input_receipt(r) for r in roles]
     generated = sum(r.metrics["generated_tokens"] for r in receipts)
-    expected = sum((r.spec["params"]["prompts"][1] - r.spec["params"]["prompts"][0]) * r.spec["params"]["continuations"]
-                   * r.spec["params"]["new_tokens"] for r in receipts)
+    expected = sum(
+        (r.spec["params"]["prompts"][1] - r.spec["params"]["prompts"][0])
+        * r.spec["params"]["continuations"]
+        * r.spec["params"]["new_tokens"]
+        for r in receipts
+    )
     if generated != expected:
         raise RuntimeError(f"shards hold {generated} generated tokens, the plan asked for {expected}")
     paths = [ctx.input_dir(r) / "shard.parquet" for r in roles]
-    meta = write_token_array(ctx.out_dir / "tokens", documents(paths), ctx.params["vocab_size"],
-                             {"method": ctx.params["method"], "shards": [r.outputs[0].sha256 for r in receipts]})
-    return StepResult(metrics={"generated_tokens": generated, "target_tokens": ctx.params["target_tokens"],
-                               "n_tokens": meta["n_tokens"], "n_docs": meta["n_docs"]})
+    meta = write_token_array(
+        ctx.out_dir / "tokens",
+        documents(paths),
+        ctx.params["vocab_size"],
+        {"method": ctx.params["method"], "shards": [r.outputs[0].sha256 for r in receipts]},
+    )
+    return StepResult(
+        metrics={
+            "generated_tokens": generated,
+            "target_tokens": ctx.params["target_tokens"],
+            "n_tokens": meta["n_tokens"],
+            "n_docs": meta["n_docs"],
+        }
+    )

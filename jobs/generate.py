@@ -28,8 +28,18 @@ def decoding_params(decoding: dict):
     from cdhpc.lm.decoding import DecodingParams
 
     d = DecodingConfig.model_validate(decoding)
-    return DecodingParams(mode=d.mode, alpha=d.alpha, strict_head=d.strict_head, lam=d.lam, temperature=d.temperature,
-                          amateur_temperature=d.amateur_temperature, eps=d.eps, tail=d.tail, top_k=d.top_k, top_p=d.top_p)
+    return DecodingParams(
+        mode=d.mode,
+        alpha=d.alpha,
+        strict_head=d.strict_head,
+        lam=d.lam,
+        temperature=d.temperature,
+        amateur_temperature=d.amateur_temperature,
+        eps=d.eps,
+        tail=d.tail,
+        top_k=d.top_k,
+        top_p=d.top_p,
+    )
 
 
 def load_lm(path, device: str):
@@ -62,17 +72,39 @@ def run(ctx: StepContext) -> StepResult:
     selection = json.loads((ctx.input_dir("select") / "selection.json").read_text())
     tok_dir = ctx.input_dir("tokenizer")
     seed_split = TokenArray.open(tok_dir / "tokens" / "seed")
-    prompts = prompts_for([seed_split.document(i) for i in range(seed_split.n_docs)], *p["prompts"], p["prompt_tokens"])
+    prompts = prompts_for(
+        [seed_split.document(i) for i in range(seed_split.n_docs)], *p["prompts"], p["prompt_tokens"]
+    )
     expert = load_lm(ctx.workdir / selection["good"]["path"], device)
     bad = selection["bad"]
     amateur = load_lm(ctx.workdir / bad["path"], device) if bad and "dropout" not in bad else None
     tokenizer = AutoTokenizer.from_pretrained(tok_dir / "tokenizer")
-    stats = write_shard(expert, amateur, prompts, ctx.out_dir / "shard.parquet", params=decoding_params(p["decoding"]),
-                        seed=p["seed"], continuations=p["continuations"], new_tokens=p["new_tokens"],
-                        batch_size=ctx.spec.options.get("batch_size", 64),
-                        chunk_prompts=ctx.spec.options.get("chunk_prompts", 64), special_ids=SPECIAL_IDS,
-                        keep_prompt=p["keep_prompt"], decode=lambda ids: tokenizer.decode(ids),
-                        amateur_dropout=bad.get("dropout") if bad else None, device=device, log=log.info)
-    rows = [{"method": p["method"], "shard": p["shard"], "path": str((ctx.out_dir / "shard.parquet").relative_to(ctx.workdir)),
-             "samples": stats["samples"], "tokens": stats["generated_tokens"], "sha256": stats["sha256"]}]
+    stats = write_shard(
+        expert,
+        amateur,
+        prompts,
+        ctx.out_dir / "shard.parquet",
+        params=decoding_params(p["decoding"]),
+        seed=p["seed"],
+        continuations=p["continuations"],
+        new_tokens=p["new_tokens"],
+        batch_size=ctx.spec.options.get("batch_size", 64),
+        chunk_prompts=ctx.spec.options.get("chunk_prompts", 64),
+        special_ids=SPECIAL_IDS,
+        keep_prompt=p["keep_prompt"],
+        decode=lambda ids: tokenizer.decode(ids),
+        amateur_dropout=bad.get("dropout") if bad else None,
+        device=device,
+        log=log.info,
+    )
+    rows = [
+        {
+            "method": p["method"],
+            "shard": p["shard"],
+            "path": str((ctx.out_dir / "shard.parquet").relative_to(ctx.workdir)),
+            "samples": stats["samples"],
+            "tokens": stats["generated_tokens"],
+            "sha256": stats["sha256"],
+        }
+    ]
     return StepResult(outputs=[ctx.out_dir / "shard.parquet"], metrics=stats, rows={"shards": rows})

@@ -22,13 +22,27 @@ def train_spec(ctx: StepContext):
     from cdhpc.lm.train import TrainSpec
 
     p, t = ctx.params, ctx.params["train"]
-    return TrainSpec(preset=ModelPreset(**p["preset"]), vocab_size=p["vocab_size"], seed=p["seed"],
-                     steps=t["steps"], checkpoint_every=t["checkpoint_every"], lr=t["lr"], min_lr=t["min_lr"],
-                     weight_decay=t["weight_decay"], betas=tuple(t["betas"]), warmup_steps=t["warmup_steps"],
-                     global_batch=t["global_batch"], micro_batch=t["micro_batch"], seq_len=t["seq_len"],
-                     precision=t["precision"], deepspeed=t["deepspeed"], synthetic_share=p["synthetic_share"],
-                     mix_rounding=p["rounding"], log_every=ctx.spec.options.get("log_every", 10),
-                     val_batches=t["val_batches"])
+    return TrainSpec(
+        preset=ModelPreset(**p["preset"]),
+        vocab_size=p["vocab_size"],
+        seed=p["seed"],
+        steps=t["steps"],
+        checkpoint_every=t["checkpoint_every"],
+        lr=t["lr"],
+        min_lr=t["min_lr"],
+        weight_decay=t["weight_decay"],
+        betas=tuple(t["betas"]),
+        warmup_steps=t["warmup_steps"],
+        global_batch=t["global_batch"],
+        micro_batch=t["micro_batch"],
+        seq_len=t["seq_len"],
+        precision=t["precision"],
+        deepspeed=t["deepspeed"],
+        synthetic_share=p["synthetic_share"],
+        mix_rounding=p["rounding"],
+        log_every=ctx.spec.options.get("log_every", 10),
+        val_batches=t["val_batches"],
+    )
 
 
 def resumable(ctx: StepContext) -> list[Path]:
@@ -41,13 +55,20 @@ def resumable(ctx: StepContext) -> list[Path]:
     step = verified_ds_step(ds)
     if step is None:
         return []
-    hf = [ctx.out_dir / "checkpoints" / f"step_{s}" for s in range(1, step + 1)
-          if s % t["checkpoint_every"] == 0 or s == t["steps"]]
+    hf = [
+        ctx.out_dir / "checkpoints" / f"step_{s}"
+        for s in range(1, step + 1)
+        if s % t["checkpoint_every"] == 0 or s == t["steps"]
+    ]
     broken = [p.name for p in hf if not hf_checkpoint_complete(p)]
     if broken:
-        log.warning("%s: %s missing or incomplete; not resuming from ds/step_%d", ctx.out_dir, ", ".join(broken), step)
+        log.warning(
+            "%s: %s missing or incomplete; not resuming from ds/step_%d", ctx.out_dir, ", ".join(broken), step
+        )
         return []
-    kept = [p for p in ds.iterdir() if p.name in ("latest", "progress.json", f"step_{step}") or p.suffix == ".py"]
+    kept = [
+        p for p in ds.iterdir() if p.name in ("latest", "progress.json", f"step_{step}") or p.suffix == ".py"
+    ]
     return kept + hf + [p for name in TRAINING_LOGS if (p := ctx.out_dir / name).exists()]
 
 
@@ -100,24 +121,63 @@ def run(ctx: StepContext) -> StepResult:
 
     tok = ctx.input_dir("tokenizer")
     synthetic = ctx.input_dir("synthetic") / "tokens" if "synthetic" in ctx.spec.inputs else None
-    result = train(train_spec(ctx), tokenizer_dir=tok / "tokenizer", train_array=tok / "tokens" / "train",
-                   val_array=tok / "tokens" / "test", synthetic_array=synthetic, out_dir=ctx.out_dir, log=log.info,
-                   stop_after=ctx.spec.options.get("stop_after"), report_to=ctx.spec.options.get("report_to", []),
-                   run_info=run_info(ctx))
+    result = train(
+        train_spec(ctx),
+        tokenizer_dir=tok / "tokenizer",
+        train_array=tok / "tokens" / "train",
+        val_array=tok / "tokens" / "test",
+        synthetic_array=synthetic,
+        out_dir=ctx.out_dir,
+        log=log.info,
+        stop_after=ctx.spec.options.get("stop_after"),
+        report_to=ctx.spec.options.get("report_to", []),
+        run_info=run_info(ctx),
+    )
     if result["steps"] < ctx.params["train"]["steps"]:
-        raise RuntimeError(f"stopped after step {result['steps']} of {ctx.params['train']['steps']} (stop_after)")
+        raise RuntimeError(
+            f"stopped after step {result['steps']} of {ctx.params['train']['steps']} (stop_after)"
+        )
     shutil.rmtree(ctx.out_dir / "ds", ignore_errors=True)  # resume state is not needed once the run is done
-    rows = [{"run": ctx.spec.name, "step": c["step"], "path": str((ctx.out_dir / "checkpoints" / f"step_{c['step']}").relative_to(ctx.workdir)),
-             "val_loss": c["val_loss"], "val_ppl": c["val_ppl"]} for c in result["checkpoints"]]
-    metrics = {k: result[k] for k in ("params", "tokens", "tokens_per_s", "mfu", "matmul_utilisation",
-                                      "realised_synthetic_share", "device", "world_size") if k in result}
+    rows = [
+        {
+            "run": ctx.spec.name,
+            "step": c["step"],
+            "path": str((ctx.out_dir / "checkpoints" / f"step_{c['step']}").relative_to(ctx.workdir)),
+            "val_loss": c["val_loss"],
+            "val_ppl": c["val_ppl"],
+        }
+        for c in result["checkpoints"]
+    ]
+    metrics = {
+        k: result[k]
+        for k in (
+            "params",
+            "tokens",
+            "tokens_per_s",
+            "mfu",
+            "matmul_utilisation",
+            "realised_synthetic_share",
+            "device",
+            "world_size",
+        )
+        if k in result
+    }
     # metrics.jsonl is final now: hashed with the checkpoints (the trackers' files are not outputs)
-    return StepResult(outputs=[ctx.out_dir / "checkpoints", ctx.out_dir / "metrics.jsonl"], metrics=metrics,
-                      rows={"checkpoints": rows})
+    return StepResult(
+        outputs=[ctx.out_dir / "checkpoints", ctx.out_dir / "metrics.jsonl"],
+        metrics=metrics,
+        rows={"checkpoints": rows},
+    )
 
 
 def run_info(ctx: StepContext) -> dict:
     """What the trackers tag a run with: sweep (from the spec's options), run, method, seed, key."""
     p = ctx.params
-    return {"sweep": ctx.spec.options.get("sweep"), "run": ctx.spec.name, "method": p["method"], "seed": p["seed"],
-            "key": ctx.spec.key, "params": p}
+    return {
+        "sweep": ctx.spec.options.get("sweep"),
+        "run": ctx.spec.name,
+        "method": p["method"],
+        "seed": p["seed"],
+        "key": ctx.spec.key,
+        "params": p,
+    }

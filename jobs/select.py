@@ -13,7 +13,9 @@ def choose_good(checkpoints: list[dict], good: dict) -> dict:
     if good["rule"] == "fixed":
         match = [c for c in checkpoints if c["seed"] == good["seed"] and c["step"] == good["step"]]
         if not match:
-            raise ValueError(f"select.good: no checkpoint step {good['step']} of the run with seed {good['seed']}")
+            raise ValueError(
+                f"select.good: no checkpoint step {good['step']} of the run with seed {good['seed']}"
+            )
         return match[0]
     pool = [c for c in checkpoints if good.get("seed") is None or c["seed"] == good["seed"]]
     return min(pool, key=lambda c: c["val_ppl"])
@@ -38,6 +40,11 @@ def run(ctx: StepContext) -> StepResult:
         bad = min(_checkpoints(ctx, "amateur"), key=lambda c: c["val_ppl"])
     elif a is not None:
         bad = {**good, "dropout": a["dropout"]}
-    selection = {"mode": ctx.params["mode"], "good": good, "bad": bad, "amateur_kind": a["kind"] if a else None}
+    selection = {
+        "mode": ctx.params["mode"],
+        "good": good,
+        "bad": bad,
+        "amateur_kind": a["kind"] if a else None,
+    }
     atomic_write_json(ctx.out_dir / "selection.json", selection)
     return StepResult(metrics=selection)

@@ -46,8 +46,14 @@ def _tiny_process() -> None:
 
 
 def run_tiny(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cdhpc.launch", "configs/tiny.yaml", f"workdir={workdir}", *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=1500, preexec_fn=_tiny_process)
+    return subprocess.run(
+        [sys.executable, "-m", "cdhpc.launch", "configs/tiny.yaml", f"workdir={workdir}", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        preexec_fn=_tiny_process,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -64,8 +70,16 @@ def tiny_local(tmp_path_factory, worker_id):
             if (workdir / "receipts").is_dir():  # as the sweep left them: other tests rerun steps of it
                 shutil.copytree(workdir / "receipts", tiny_receipts(workdir))
             tmp = record.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"args": out.args, "returncode": out.returncode, "stdout": out.stdout,
-                                       "stderr": out.stderr}))
+            tmp.write_text(
+                json.dumps(
+                    {
+                        "args": out.args,
+                        "returncode": out.returncode,
+                        "stdout": out.stdout,
+                        "stderr": out.stderr,
+                    }
+                )
+            )
             tmp.rename(record)
     out = subprocess.CompletedProcess(**json.loads(record.read_text()))
     assert out.returncode == 0, out.stderr[-3000:]
@@ -88,7 +102,9 @@ def tiny_local_pretrained(tmp_path_factory, worker_id, request) -> Path:
 
     def done() -> bool:
         try:
-            return all(read_receipt(receipt_path(workdir, s.stage, s.name, s.key)).status == "ok" for s in steps)
+            return all(
+                read_receipt(receipt_path(workdir, s.stage, s.name, s.key)).status == "ok" for s in steps
+            )
         except ReceiptError:
             return False
 
@@ -146,8 +162,9 @@ def pytest_collection_modifyitems(config, items):
     modules = list(dict.fromkeys(items[i].module.__name__ for i in slots))
     waits = {items[i].module.__name__ for i in slots if "tiny_local" in items[i].fixturenames}
     rank = {m: (m in waits, n) for n, m in enumerate(modules)}
-    ordered = sorted((items[i] for i in slots),
-                     key=lambda it: (rank[it.module.__name__], "tiny_local" in it.fixturenames))
+    ordered = sorted(
+        (items[i] for i in slots), key=lambda it: (rank[it.module.__name__], "tiny_local" in it.fixturenames)
+    )
     for i, item in zip(slots, ordered):
         items[i] = item
 
@@ -155,8 +172,15 @@ def pytest_collection_modifyitems(config, items):
 # The heavy groups start first, one per worker; then the longest modules (a minute or more each in
 # CI), so that none of them is left for the end; the rest fills in around them.
 FIRST = ("slurm", "tiny")
-LONG = ("tests/test_resume.py", "tests/test_rerun_clean.py", "tests/test_signals.py", "tests/test_metrics.py",
-        "tests/test_official_golden.py", "tests/test_train.py", "tests/test_tui.py")
+LONG = (
+    "tests/test_resume.py",
+    "tests/test_rerun_clean.py",
+    "tests/test_signals.py",
+    "tests/test_metrics.py",
+    "tests/test_official_golden.py",
+    "tests/test_train.py",
+    "tests/test_tui.py",
+)
 
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: without it installed, never called

@@ -5,8 +5,8 @@ import logging
 import sys
 from pathlib import Path
 
-from cdhpc.ui.launch import execute
 from cdhpc.sweep.plan import Plan, StepSpec
+from cdhpc.ui.launch import execute
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)

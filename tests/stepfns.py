@@ -10,8 +10,8 @@ import os
 import signal
 import time
 
-from jobs import StepContext, StepResult
 from cdhpc.base.atomicio import atomic_write_text
+from jobs import StepContext, StepResult
 
 
 def _count(ctx: StepContext) -> None:
@@ -37,7 +37,10 @@ def add(ctx: StepContext) -> StepResult:
     atomic_write_text(ctx.out_dir / "value.txt", str(total))
     if ctx.params.get("usr2_at_exit"):  # a time limit's signal arriving while the finished job exits
         atexit.register(_signal_self, signal.SIGUSR2, 3.0)
-    return StepResult(metrics={"value": total}, rows={"scores": [{"run": ctx.spec.name, "task": "t", "score": float(total)}]})
+    return StepResult(
+        metrics={"value": total},
+        rows={"scores": [{"run": ctx.spec.name, "task": "t", "score": float(total)}]},
+    )
 
 
 def _signal_self(signum: int, linger_s: float) -> None:

@@ -23,8 +23,13 @@ def snapshot(workdir: Path, n: int, executor: str = "slurm") -> Snapshot:
     for i in range(n):
         key = f"{i:016x}"
         path = Path("jobs") / "evaluate" / f"s{i}-{key[:8]}.json"
-        rec = {"key": key, "executor": executor, "job_id": str(100 + i // 10),
-               "array_index": i % 10 if executor == "slurm" else None, "state": "PENDING"}
+        rec = {
+            "key": key,
+            "executor": executor,
+            "job_id": str(100 + i // 10),
+            "array_index": i % 10 if executor == "slurm" else None,
+            "state": "PENDING",
+        }
         (workdir / path).parent.mkdir(parents=True, exist_ok=True)
         (workdir / path).write_text(json.dumps(rec))
         jobs[key] = dict(rec, path=str(path))
@@ -53,6 +58,10 @@ def test_a_local_cancel_marks_the_records_of_every_step_in_the_job(tmp_path, mon
     monkeypatch.setattr("cdhpc.executors.scheduler.pid_alive", lambda job_id: True)
     snap = snapshot(tmp_path, 20, executor="local")
     msgs = cancel_steps(snap, [snap.steps[0]["key"]])
-    assert msgs == ["cancelled local job 100 (10 step(s))"] and killed == [100], "the 10 steps packed in job 100"
-    states = {p.name: json.loads(p.read_text())["state"] for p in (tmp_path / "jobs" / "evaluate").glob("*.json")}
+    assert msgs == ["cancelled local job 100 (10 step(s))"] and killed == [100], (
+        "the 10 steps packed in job 100"
+    )
+    states = {
+        p.name: json.loads(p.read_text())["state"] for p in (tmp_path / "jobs" / "evaluate").glob("*.json")
+    }
     assert sorted(states.values()) == ["CANCELLED"] * 10 + ["PENDING"] * 10

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from scipy.stats import pearsonr
 
-from cdhpc.results import stats
 from cdhpc.evals import aoa
 from cdhpc.evals.data import EvalDataError
 from cdhpc.evals.engine import ScoreRequest
+from cdhpc.results import stats
 
 STEPS = [0, 10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000]
 AGES = list(range(16, 31))
@@ -37,13 +37,20 @@ def _surprisal(step: float, c: float, a: float = 10.0, b: float = 3.0, d: float 
     return float(-_sigmoid(np.log10(step + 1.0), a, b, c, d))
 
 
-def _hand_model_aoa(c: float, min_surprisal: float, a: float = 10.0, b: float = 3.0, d: float = -18.0) -> float:
+def _hand_model_aoa(
+    c: float, min_surprisal: float, a: float = 10.0, b: float = 3.0, d: float = -18.0
+) -> float:
     threshold = CHANCE - 0.5 * (CHANCE - min_surprisal)
     return c - math.log(a / (-threshold - d) - 1) / b
 
 
-def _rows(curves: dict[str, list[float]], contexts: int = 1, noise: float = 0.0, seed: int = 0,
-          step_name=lambda s: s) -> list[dict]:
+def _rows(
+    curves: dict[str, list[float]],
+    contexts: int = 1,
+    noise: float = 0.0,
+    seed: int = 0,
+    step_name=lambda s: s,
+) -> list[dict]:
     """Rows of all checkpoints in increasing step order, built with surprisal_rows: per word one
     surprisal per step (list aligned with STEPS), the same for every context plus noise."""
     rng = np.random.default_rng(seed)
@@ -58,8 +65,9 @@ def _rows(curves: dict[str, list[float]], contexts: int = 1, noise: float = 0.0,
 
 def _cdi_csv(path: Path, table: dict[str, list[float]]) -> Path:
     lines = ["word," + ",".join(map(str, AGES))]
-    lines += [f"{w}," + ",".join("" if math.isnan(p) else f"{p:.17g}" for p in props)
-              for w, props in table.items()]
+    lines += [
+        f"{w}," + ",".join("" if math.isnan(p) else f"{p:.17g}" for p in props) for w, props in table.items()
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -74,8 +82,9 @@ def test_model_aoa_of_exact_sigmoid_is_hand_computed():
     got = aoa.model_aoa(surprisals, STEPS)
     assert got == pytest.approx(_hand_model_aoa(2.0, min(surprisals)), abs=1e-6)
     # same curve over two identical contexts per step: the same fit
-    assert aoa.model_aoa([s for s in surprisals for _ in range(2)], [s for s in STEPS for _ in range(2)]) \
-        == pytest.approx(got, abs=1e-6)
+    assert aoa.model_aoa(
+        [s for s in surprisals for _ in range(2)], [s for s in STEPS for _ in range(2)]
+    ) == pytest.approx(got, abs=1e-6)
 
 
 def test_model_aoa_failures_give_none():
@@ -133,13 +142,22 @@ def test_curve_fitness_is_pearson_of_word_aoas(tmp_path):
     r, p = pearsonr(result.model_aoas[:-1], result.child_aoas[:-1])
     assert (result.fitness, result.p_value, result.n_words) == (pytest.approx(r), pytest.approx(p), 5)
     words = list(child_mid)
-    assert result.fitness == pytest.approx(pearsonr([expected_model[w] for w in words],
-                                                    [child_mid[w] for w in words])[0], abs=1e-5)
+    assert result.fitness == pytest.approx(
+        pearsonr([expected_model[w] for w in words], [child_mid[w] for w in words])[0], abs=1e-5
+    )
     rows_out = aoa.word_rows(result)
-    assert rows_out[0] == {"uid": "aoa", "item_id": 0, "word": "dog", "model_aoa": result.model_aoas[0],
-                           "child_aoa": result.child_aoas[0]}
-    point = stats.pearson_bootstrap([r["model_aoa"] for r in rows_out], [r["child_aoa"] for r in rows_out],
-                                    np.arange(len(rows_out))[None, :])
+    assert rows_out[0] == {
+        "uid": "aoa",
+        "item_id": 0,
+        "word": "dog",
+        "model_aoa": result.model_aoas[0],
+        "child_aoa": result.child_aoas[0],
+    }
+    point = stats.pearson_bootstrap(
+        [r["model_aoa"] for r in rows_out],
+        [r["child_aoa"] for r in rows_out],
+        np.arange(len(rows_out))[None, :],
+    )
     assert point[0] == pytest.approx(result.fitness, abs=1e-12)
 
 
@@ -155,21 +173,29 @@ def test_curve_fitness_with_fewer_than_3_words_is_zero(tmp_path):
 # ----------------------------------------------------------------------------- files and rows
 def test_load_words_keeps_order_and_drops_single_letters(tmp_path):
     path = tmp_path / "cdi_childes.json"
-    data = {"zoo": [{"context": " at the"}], "a": [{"context": "x"}], "I": "never read",
-            "dog": [{"context": "the ", "other": 1}, {"context": "a big"}], "up": []}
+    data = {
+        "zoo": [{"context": " at the"}],
+        "a": [{"context": "x"}],
+        "I": "never read",
+        "dog": [{"context": "the ", "other": 1}, {"context": "a big"}],
+        "up": [],
+    }
     path.write_text(json.dumps(data))
     assert aoa.load_words(path) == (["zoo", "dog", "up"], [[" at the"], ["the ", "a big"], []])
 
 
-@pytest.mark.parametrize("text, match", [
-    ("", "empty file"),
-    ("[1, 2]", "got list"),
-    ("{}", "empty object"),
-    ('{"dog": [{"text": "x"}]}', "word 'dog', entry 0: no \"context\""),
-    ('{"dog": [{"context": 3}]}', "\"context\" must be a string"),
-    ('{"dog": {"context": "x"}}', "expected a list"),
-    ('{"dog": [', "bad JSON"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("", "empty file"),
+        ("[1, 2]", "got list"),
+        ("{}", "empty object"),
+        ('{"dog": [{"text": "x"}]}', "word 'dog', entry 0: no \"context\""),
+        ('{"dog": [{"context": 3}]}', '"context" must be a string'),
+        ('{"dog": {"context": "x"}}', "expected a list"),
+        ('{"dog": [', "bad JSON"),
+    ],
+)
 def test_load_words_rejects_malformed_files(tmp_path, text, match):
     path = tmp_path / "cdi_childes.json"
     path.write_text(text)
@@ -181,17 +207,32 @@ def test_load_words_rejects_malformed_files(tmp_path, text, match):
 def test_requests_rows_and_json_layout():
     words, contexts = ["dog ", "cat"], [["  the big ", "a"], ["my"]]
     assert aoa.word_requests(words, contexts) == [
-        ScoreRequest("the big ", "dog"), ScoreRequest("a ", "dog"), ScoreRequest("my ", "cat")]
+        ScoreRequest("the big ", "dog"),
+        ScoreRequest("a ", "dog"),
+        ScoreRequest("my ", "cat"),
+    ]
     rows = aoa.surprisal_rows(500, words, contexts, [-1.5, -2.0, -3.0])
-    assert rows[0] == {"step": 500, "word_count": None, "target_word": "dog ", "context_id": 0,
-                       "context": "  the big ", "surprisal": 1.5}
+    assert rows[0] == {
+        "step": 500,
+        "word_count": None,
+        "target_word": "dog ",
+        "context_id": 0,
+        "context": "  the big ",
+        "surprisal": 1.5,
+    }
     assert [(r["target_word"], r["context_id"], r["surprisal"]) for r in rows[1:]] == [
-        ("dog ", 1, 2.0), ("cat", 0, 3.0)]
+        ("dog ", 1, 2.0),
+        ("cat", 0, 3.0),
+    ]
     with pytest.raises(ValueError, match="2 scores for 3"):
         aoa.surprisal_rows(500, words, contexts, [-1.0, -2.0])
     doc = aoa.surprisal_json(rows + aoa.surprisal_rows(1000, words, contexts, [0.0] * 3), "run-a")
-    assert doc["metadata"] == {"model_name": "run-a", "use_bos_only": False, "total_steps": 2,
-                               "completed_steps": 2}
+    assert doc["metadata"] == {
+        "model_name": "run-a",
+        "use_bos_only": False,
+        "total_steps": 2,
+        "completed_steps": 2,
+    }
     assert len(doc["results"]) == 6
 
 
@@ -227,8 +268,11 @@ def test_pearson_bootstrap_matches_pearsonr_and_official_rules():
         rows = idx[b][keep[idx[b]]]
         assert vec[b] == pytest.approx(pearsonr(x[rows], y[rows])[0], abs=1e-12)
     # < 3 distinct usable items in a resample (None reads as NaN): 0.0, never nan
-    few = stats.pearson_bootstrap([1.0, 2.0, None, 4.0], [2.0, 1.0, 3.0, None],
-                                  np.array([[0, 1, 2, 3], [0, 1, 3, 3], [0, 0, 1, 1], [0, 0, 0, 0]]))
+    few = stats.pearson_bootstrap(
+        [1.0, 2.0, None, 4.0],
+        [2.0, 1.0, 3.0, None],
+        np.array([[0, 1, 2, 3], [0, 1, 3, 3], [0, 0, 1, 1], [0, 0, 0, 0]]),
+    )
     np.testing.assert_array_equal(few, [0.0, 0.0, 0.0, 0.0])
     xs, ys = [1.0, 2.0, 3.0, 5.0], [1.0, 2.0, 4.0, 3.0]
     repeated = stats.pearson_bootstrap(xs, ys, np.array([[0, 1, 2, 2]]))[0]  # repeats weigh as drawn
@@ -267,8 +311,10 @@ def test_curve_fitness_equals_official(tmp_path, official_utils, step_name):
     words = ["dog", "cat", "ball", "milk", "shoe", "juice", "car", "book", "flat", "zebra", "tiny"]
     curves = {w: [_surprisal(s, c) for s in STEPS] for w, c in zip(words, rng.uniform(1.2, 3.4, len(words)))}
     curves["flat"] = [11.0] * len(STEPS)
-    table = {w: _logistic(m, slope) for w, m, slope in
-             zip(words, rng.uniform(18, 28, len(words)), rng.uniform(0.3, 0.9, len(words)))}
+    table = {
+        w: _logistic(m, slope)
+        for w, m, slope in zip(words, rng.uniform(18, 28, len(words)), rng.uniform(0.3, 0.9, len(words)))
+    }
     table["cat"][3] = table["cat"][10] = math.nan
     table["tiny"] = [math.nan] * 13 + [0.4, 0.6]  # too few ages: no child AoA
     del table["zebra"]
@@ -281,8 +327,11 @@ def test_curve_fitness_equals_official(tmp_path, official_utils, step_name):
         warnings.simplefilter("ignore")
         theirs = official_utils.AoAEvaluator(path).compute_curve_fitness({"results": rows})
 
-    both = [(w, m, c) for w, m, c in zip(ours.words, ours.model_aoas, ours.child_aoas)
-            if m is not None and c is not None]
+    both = [
+        (w, m, c)
+        for w, m, c in zip(ours.words, ours.model_aoas, ours.child_aoas)
+        if m is not None and c is not None
+    ]
     assert [w for w, _, _ in both] == theirs["valid_words"] and ours.n_words == theirs["n_words"] >= 3
     np.testing.assert_allclose([m for _, m, _ in both], theirs["model_aoas"], rtol=0, atol=1e-6)
     np.testing.assert_allclose([c for _, _, c in both], theirs["child_aoas"], rtol=0, atol=1e-6)

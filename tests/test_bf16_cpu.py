@@ -21,11 +21,21 @@ CONTS = [[7, 8, 9, 10, 11, 12], [25, 26, 27, 28, 29, 30], [40, 41, 42, 43, 44, 4
 
 
 def tiny_llama(seed: int, sharpen: float = 8.0):
-    from transformers import LlamaConfig, LlamaForCausalLM  # here: collection stays light on workers that skip this
+    from transformers import (  # here: collection stays light on workers that skip this
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    cfg = LlamaConfig(
+        vocab_size=V,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():
         model.lm_head.weight.mul_(sharpen)  # peaked distributions, as a trained model's
@@ -68,28 +78,43 @@ def test_decoding_upcasts_before_the_softmax(models):
     (nothing is normalised in bf16)."""
     z_g = forced(runners(models, torch.bfloat16)[0])[:, 0].to(torch.bfloat16)
     z_b = (z_g * 0.5).to(torch.bfloat16)
-    for p in (DecodingParams(mode="cd"), DecodingParams(mode="sample"), DecodingParams(mode="vhead"),
-              DecodingParams(mode="cd", eps=0.0, lam=0.5, tail=-20.0)):
+    for p in (
+        DecodingParams(mode="cd"),
+        DecodingParams(mode="sample"),
+        DecodingParams(mode="vhead"),
+        DecodingParams(mode="cd", eps=0.0, lam=0.5, tail=-20.0),
+    ):
         got = method_scores(z_g, z_b, p)
         assert got.dtype == torch.float32
         assert torch.equal(got, method_scores(z_g.float(), z_b.float(), p))
     w = cd_weights(z_g, z_b, DecodingParams(mode="cd"))
-    assert w.dtype == torch.float32 and torch.equal(w, cd_weights(z_g.float(), z_b.float(), DecodingParams(mode="cd")))
+    assert w.dtype == torch.float32 and torch.equal(
+        w, cd_weights(z_g.float(), z_b.float(), DecodingParams(mode="cd"))
+    )
 
 
 def total_variation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 0.5 * (a - b).abs().sum(dim=-1)
 
 
-@pytest.mark.parametrize("params", [DecodingParams(mode="cd"), DecodingParams(mode="cd", alpha=0.01, tail=-20.0),
-                                    DecodingParams(mode="sample")], ids=["cd", "cd-tail", "sample"])
+@pytest.mark.parametrize(
+    "params",
+    [
+        DecodingParams(mode="cd"),
+        DecodingParams(mode="cd", alpha=0.01, tail=-20.0),
+        DecodingParams(mode="sample"),
+    ],
+    ids=["cd", "cd-tail", "sample"],
+)
 def test_cd_distribution_in_bf16_stays_close_to_fp32(models, params):
     """Per step of a forced history, the distribution sampled from (method scores, softmaxed) with
     bf16 weights is within a small total variation of fp32's."""
     dists = {}
     for dtype in (torch.float32, torch.bfloat16):
         expert, amateur = (forced(r) for r in runners(models, dtype))
-        dists[dtype] = torch.softmax(method_scores(expert.flatten(0, 1), amateur.flatten(0, 1), params), dim=-1)
+        dists[dtype] = torch.softmax(
+            method_scores(expert.flatten(0, 1), amateur.flatten(0, 1), params), dim=-1
+        )
     tv = total_variation(dists[torch.float32], dists[torch.bfloat16])
     assert tv.max() < 0.05, tv
     assert tv.mean() < 0.02, tv.mean()
@@ -98,14 +123,27 @@ def test_cd_distribution_in_bf16_stays_close_to_fp32(models, params):
 def test_bf16_generation_runs_and_repeats(models):
     """The lockstep loop end to end in bf16: valid ids, the same ids for the same seed."""
     rs = runners(models, torch.bfloat16)
-    run = lambda: generate_batch(rs, PROMPTS, DecodingParams(mode="cd"), new_tokens=8, seed=3, pad_id=3,  # noqa: E731
-                                 device="cpu")
+
+    def run():
+        return generate_batch(
+            rs,
+            PROMPTS,
+            DecodingParams(mode="cd"),
+            new_tokens=8,
+            seed=3,
+            pad_id=3,  # noqa: E731
+            device="cpu",
+        )
+
     a = run()
     assert a.shape == (3, 8) and a.dtype == torch.int64 and a.min() >= 0 and a.max() < V
     assert torch.equal(a, run())
     gen = torch.Generator().manual_seed(0)
     z = forced(rs[0])[:, 0]
-    assert next_tokens(z.to(torch.bfloat16), z.to(torch.bfloat16), DecodingParams(mode="cd"), gen).dtype == torch.int64
+    assert (
+        next_tokens(z.to(torch.bfloat16), z.to(torch.bfloat16), DecodingParams(mode="cd"), gen).dtype
+        == torch.int64
+    )
 
 
 def test_evaluator_in_bf16_tracks_fp32():
@@ -121,15 +159,21 @@ def test_evaluator_in_bf16_tracks_fp32():
     ends = torch.tensor([[3, 2, 3, 4]])
     mask = ancestor_mask(ends, torch.bfloat16)
     assert mask.dtype == torch.bfloat16 and mask.shape == (1, 1, 4, 4)
-    assert (mask[0, 0] == 0).tolist() == [[True, False, False, False], [True, True, False, False],
-                                          [True, False, True, False], [False, False, False, True]]
+    assert (mask[0, 0] == 0).tolist() == [
+        [True, False, False, False],
+        [True, True, False, False],
+        [True, False, True, False],
+        [False, False, False, True],
+    ]
     assert mask.min() == torch.finfo(torch.bfloat16).min
 
     path = GOLDEN / "evaluation_data" / "full_eval" / "blimp_filtered" / "anaphor_gender_agreement.jsonl"
     pairs = [json.loads(line) for line in path.read_text().splitlines()[:60]]
     reqs = [ScoreRequest("", p[k]) for p in pairs for k in ("sentence_good", "sentence_bad")]
-    scores = {dtype: score_candidates(*load_model(GOLDEN / "model", "cpu", dtype), reqs, batch_size=8)
-              for dtype in ("float32", "bfloat16")}
+    scores = {
+        dtype: score_candidates(*load_model(GOLDEN / "model", "cpu", dtype), reqs, batch_size=8)
+        for dtype in ("float32", "bfloat16")
+    }
     fp32, bf16 = (torch.tensor(scores[d]) for d in ("float32", "bfloat16"))
     assert bf16.dtype == torch.float32 and torch.isfinite(bf16).all()
     assert torch.allclose(bf16, fp32, rtol=0.03, atol=0.3), (bf16 - fp32).abs().max()

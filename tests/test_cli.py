@@ -62,17 +62,27 @@ def test_every_subcommand_help_answers_with_its_usage(capsys, command):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("command", "module", "prog"), [("launch", "cdhpc.launch", "python -m cdhpc.launch"),
-                                                         ("eval", "cdhpc.evals.run", "cdhpc eval")],
-                         ids=["launch", "eval"])
+@pytest.mark.parametrize(
+    ("command", "module", "prog"),
+    [("launch", "cdhpc.launch", "python -m cdhpc.launch"), ("eval", "cdhpc.evals.run", "cdhpc eval")],
+    ids=["launch", "eval"],
+)
 def test_launch_and_eval_help_are_their_modules_own(cdhpc_script, command, module, prog):
     """`cdhpc launch`/`cdhpc eval` take exactly the options of `python -m <module>` (whitespace aside:
     usage lines wrap by the length of the program's name)."""
     ours = _run(cdhpc_script, command, "--help")
-    theirs = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, env=ENV, capture_output=True,
-                            text=True, timeout=120)
+    theirs = subprocess.run(
+        [sys.executable, "-m", module, "--help"],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert ours.returncode == theirs.returncode == 0, ours.stderr + theirs.stderr
-    assert " ".join(ours.stdout.split()) == " ".join(theirs.stdout.replace(f"usage: {prog}", f"usage: cdhpc {command}").split())
+    assert " ".join(ours.stdout.split()) == " ".join(
+        theirs.stdout.replace(f"usage: {prog}", f"usage: cdhpc {command}").split()
+    )
     if command == "launch":
         assert "--dry-run" in ours.stdout
 
@@ -97,8 +107,18 @@ assert not loaded, loaded
 def test_eval_options_reach_the_eval_code(cdhpc_script, tmp_path):
     """README's eval command: --model etc. go to main_eval, which rejects the missing data directory."""
     model, data, out_dir = tmp_path / "no-model", tmp_path / "no-data", tmp_path / "out"
-    out = _run(cdhpc_script, "eval", "--model", str(model), "--tasks", "blimp", "--data", str(data),
-               "--out", str(out_dir))
+    out = _run(
+        cdhpc_script,
+        "eval",
+        "--model",
+        str(model),
+        "--tasks",
+        "blimp",
+        "--data",
+        str(data),
+        "--out",
+        str(out_dir),
+    )
     assert out.returncode == 2
     assert "unrecognized arguments" not in out.stderr
     assert out.stderr.startswith("cdhpc eval: error: ") and str(data) in out.stderr, out.stderr
@@ -114,10 +134,20 @@ def test_launch_dry_run_prints_the_plan_and_writes_nothing(cdhpc_script, tmp_pat
     assert not workdir.exists()
 
 
-@pytest.mark.parametrize("argv", [[], ["nosuch"], ["status"], ["cancel", "w", "--stage", "nosuch"],
-                                  ["launch"], ["launch", "configs/tiny.yaml", "--nosuch"],
-                                  ["eval", "--tasks", "blimp"], ["eval", "--model", "m", "--tasks", "b", "--out", "o", "x"]],
-                         ids=lambda argv: " ".join(argv) or "none")
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["nosuch"],
+        ["status"],
+        ["cancel", "w", "--stage", "nosuch"],
+        ["launch"],
+        ["launch", "configs/tiny.yaml", "--nosuch"],
+        ["eval", "--tasks", "blimp"],
+        ["eval", "--model", "m", "--tasks", "b", "--out", "o", "x"],
+    ],
+    ids=lambda argv: " ".join(argv) or "none",
+)
 def test_usage_errors_exit_2_with_one_error_line(capsys, argv):
     with pytest.raises(SystemExit) as exc:
         main(argv)

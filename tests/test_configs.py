@@ -33,8 +33,13 @@ def method_kinds(cfg: SweepConfig) -> set[str]:
 
 def test_the_expected_configs_exist():
     names = {str(p.relative_to(CONFIGS)) for p in ALL_CONFIGS}
-    assert {"tiny.yaml", "paper.yaml", "ablations/amateur.yaml", "ablations/truncation.yaml",
-            "ablations/mixing.yaml"} <= names
+    assert {
+        "tiny.yaml",
+        "paper.yaml",
+        "ablations/amateur.yaml",
+        "ablations/truncation.yaml",
+        "ablations/mixing.yaml",
+    } <= names
 
 
 @pytest.mark.parametrize("path", ALL_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))
@@ -56,7 +61,9 @@ def test_ablation_is_a_slice_of_paper(path):
     cfg = load_config(path, allow_missing_paths=True)
     assert cfg.name != paper.name and cfg.workdir != paper.workdir
     skip = {"name", "workdir", "methods"}
-    assert cfg.model_dump(exclude=skip) == paper.model_dump(exclude=skip)  # data, pretrain, eval, ... unchanged
+    assert cfg.model_dump(exclude=skip) == paper.model_dump(
+        exclude=skip
+    )  # data, pretrain, eval, ... unchanged
     assert "baseline" in cfg.methods and 2 < len(cfg.methods) < len(paper.methods)
     for name, method in cfg.methods.items():
         assert name in paper.methods, f"{path.name}: method {name} is not in paper.yaml"

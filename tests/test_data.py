@@ -19,8 +19,9 @@ def _write_corpus(path: Path, n_docs: int, seed: int) -> list[str]:
     rng = random.Random(seed)
     docs = []
     for _ in range(n_docs):
-        lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 10)))
-                 for _ in range(rng.randint(1, 3))]
+        lines = [
+            " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 10))) for _ in range(rng.randint(1, 3))
+        ]
         docs.append("\n".join(lines))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
@@ -116,9 +117,14 @@ def _arrays(tmp_path: Path) -> tuple[TokenArray, TokenArray]:
 
 @pytest.mark.parametrize("share,global_batch", [(0.3, 256), (0.1, 10), (0.37, 48), (2 / 3, 16)])
 def test_exact_share_within_one_sequence_over_any_window(share, global_batch):
-    mix = MixedBatches(TokenArray(np.zeros(10, np.uint16), np.array([0, 10]), {}),
-                       TokenArray(np.zeros(10, np.uint16), np.array([0, 10]), {}),
-                       global_batch=global_batch, seq_len=4, seed=0, share=share)
+    mix = MixedBatches(
+        TokenArray(np.zeros(10, np.uint16), np.array([0, 10]), {}),
+        TokenArray(np.zeros(10, np.uint16), np.array([0, 10]), {}),
+        global_batch=global_batch,
+        seq_len=4,
+        seed=0,
+        share=share,
+    )
     counts = np.array([mix.n_synthetic(t) for t in range(60)])
     cumulative = np.concatenate([[0], np.cumsum(counts)])
     for a in range(60):
@@ -153,8 +159,9 @@ def test_share_zero_and_one(tmp_path):
 
 def test_per_device_rounding_reproduces_the_quirk(tmp_path):
     real, syn = _arrays(tmp_path)
-    mix = MixedBatches(real, syn, global_batch=64, seq_len=7, seed=1, share=0.3, micro_batch=16,
-                       rounding="per_device")
+    mix = MixedBatches(
+        real, syn, global_batch=64, seq_len=7, seed=1, share=0.3, micro_batch=16, rounding="per_device"
+    )
     _, mask = mix.global_batch_at(0)
     assert mask.reshape(4, 16).sum(axis=1).tolist() == [4, 4, 4, 4]  # int(16 * 0.3) per device
     assert mix.realised_share(10) == 0.25

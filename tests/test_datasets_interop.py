@@ -18,8 +18,13 @@ from cdhpc.lm.shards import SCHEMA, write_table_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 # the documented columns (cdhpc/lm/shards.py) and their element types
-COLUMNS = {"prompt_index": "int64", "sample_index": "int32", "text": "string", "input_ids": "int32",
-           "prompt_ids": "int32"}
+COLUMNS = {
+    "prompt_index": "int64",
+    "sample_index": "int32",
+    "text": "string",
+    "input_ids": "int32",
+    "prompt_ids": "int32",
+}
 
 
 def test_source_kinds(tmp_path):
@@ -36,8 +41,10 @@ def test_a_hub_id_not_in_the_cache_is_one_clear_line(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(DataSourceError) as e:
         hub_snapshot("someone/nothing-here", "data.tinystories")
-    assert str(e.value).startswith("data.tinystories='someone/nothing-here' is neither a local path nor a dataset "
-                                   "in the local Hugging Face cache")
+    assert str(e.value).startswith(
+        "data.tinystories='someone/nothing-here' is neither a local path nor a dataset "
+        "in the local Hugging Face cache"
+    )
 
 
 def fake_hub_cache(cache: Path, repo: str, files: dict[str, bytes]) -> Path:
@@ -65,17 +72,28 @@ def stories(n: int, offset: int = 0) -> list[str]:
 
 
 def babylm_rows(n: int) -> list[dict]:
-    return [{"text": f"Line one of doc {i}.\nLine two of doc {i}.", "source": s}
-            for s in ("gutenberg", "simple_wiki", "open_subtitles") for i in range(n)]
+    return [
+        {"text": f"Line one of doc {i}.\nLine two of doc {i}.", "source": s}
+        for s in ("gutenberg", "simple_wiki", "open_subtitles")
+        for i in range(n)
+    ]
 
 
 def save_datasets(root: Path) -> tuple[Path, Path]:
     import datasets
 
-    ts = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": stories(20)}),
-                               "validation": datasets.Dataset.from_dict({"text": stories(3, 100)})})
-    bl = datasets.DatasetDict({"train": datasets.Dataset.from_list(babylm_rows(10)),
-                               "test": datasets.Dataset.from_list(babylm_rows(2))})
+    ts = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"text": stories(20)}),
+            "validation": datasets.Dataset.from_dict({"text": stories(3, 100)}),
+        }
+    )
+    bl = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_list(babylm_rows(10)),
+            "test": datasets.Dataset.from_list(babylm_rows(2)),
+        }
+    )
     ts.save_to_disk(str(root / "ts"))
     bl.save_to_disk(str(root / "bl"))
     return root / "bl", root / "ts"
@@ -85,12 +103,21 @@ def save_datasets(root: Path) -> tuple[Path, Path]:
 def test_shards_load_with_load_dataset_and_their_documented_columns(tmp_path):
     import datasets
 
-    rows = {"prompt_index": [0, 0, 1], "sample_index": [0, 1, 0], "text": [["a b"], [], ["c", "d"]],
-            "input_ids": [[5, 6], [7], [8, 9]], "prompt_ids": [[1, 4], [1, 4], [1, 3]]}
+    rows = {
+        "prompt_index": [0, 0, 1],
+        "sample_index": [0, 1, 0],
+        "text": [["a b"], [], ["c", "d"]],
+        "input_ids": [[5, 6], [7], [8, 9]],
+        "prompt_ids": [[1, 4], [1, 4], [1, 3]],
+    }
     for i in range(2):
         write_table_atomic(pa.Table.from_pydict(rows, schema=SCHEMA), tmp_path / f"gen-{i}" / "shard.parquet")
-    ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "gen-*" / "shard.parquet"), split="train",
-                               cache_dir=str(tmp_path / "hf-cache"))
+    ds = datasets.load_dataset(
+        "parquet",
+        data_files=str(tmp_path / "gen-*" / "shard.parquet"),
+        split="train",
+        cache_dir=str(tmp_path / "hf-cache"),
+    )
     assert ds.column_names == list(COLUMNS)
     assert {k: getattr(v, "feature", v).dtype for k, v in ds.features.items()} == COLUMNS
     assert ds.num_rows == 6 and ds[2] == {k: v[2] for k, v in rows.items()}
@@ -112,8 +139,9 @@ def test_save_to_disk_sources_give_the_same_corpus_as_their_text(tmp_path):
     for folder, suffix, n in (("train_100M", "train", 10), ("test", "test", 2)):
         (text / folder).mkdir(parents=True)
         for s in ("gutenberg", "simple_wiki", "open_subtitles"):
-            (text / folder / f"{s}.{suffix}").write_text("".join(
-                r["text"] + "\n\n" for r in babylm_rows(n) if r["source"] == s))
+            (text / folder / f"{s}.{suffix}").write_text(
+                "".join(r["text"] + "\n\n" for r in babylm_rows(n) if r["source"] == s)
+            )
     (text / "TinyStories-train.txt").write_text("".join(f"{s}\n<|endoftext|>\n" for s in stories(20)))
     (text / "TinyStories-valid.txt").write_text("".join(f"{s}\n<|endoftext|>\n" for s in stories(3, 100)))
     a = build_tinybabylm(babylm, tinystories, tmp_path / "a", chunk_words=(4, 8))
@@ -127,17 +155,37 @@ def test_save_to_disk_sources_give_the_same_corpus_as_their_text(tmp_path):
 def test_a_sweep_whose_data_is_a_save_to_disk_dataset_runs_its_prepare_step(tmp_path):
     bl, ts = save_datasets(tmp_path)
     workdir = tmp_path / "work"
-    out = subprocess.run([sys.executable, "-m", "cdhpc.launch", "configs/tiny.yaml", f"workdir={workdir}",
-                          "data.kind=tinybabylm", f"data.babylm_dir={bl}", f"data.tinystories={ts}",
-                          "data.chunk_words=[4, 8]", "eval.tasks=[perplexity]", "--until", "prepare"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300,
-                         env=dict(os.environ, HF_HOME=str(tmp_path / "no-hf-home")))
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cdhpc.launch",
+            "configs/tiny.yaml",
+            f"workdir={workdir}",
+            "data.kind=tinybabylm",
+            f"data.babylm_dir={bl}",
+            f"data.tinystories={ts}",
+            "data.chunk_words=[4, 8]",
+            "eval.tasks=[perplexity]",
+            "--until",
+            "prepare",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, HF_HOME=str(tmp_path / "no-hf-home")),
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     receipt = json.loads(next((workdir / "receipts" / "prepare").glob("*.json")).read_text())
     assert receipt["status"] == "ok" and set(receipt["metrics"]["sources"]) == {"babylm_dir", "tinystories"}
     corpus = next((workdir / "prepare").glob("*/corpus"))
     assert sorted(p.name for p in (corpus / "train").iterdir()) == [
-        "gutenberg.txt", "open_subtitles.txt", "simple_wiki.txt", "tinystories.txt"]
+        "gutenberg.txt",
+        "open_subtitles.txt",
+        "simple_wiki.txt",
+        "tinystories.txt",
+    ]
     assert not list((workdir / "prepare").glob("*/sources"))  # text copies and Arrow cache removed
     assert not (tmp_path / "no-hf-home").exists()  # nothing cached outside the workdir
 
@@ -155,8 +203,13 @@ def test_the_tiny_sweeps_synthetic_and_real_corpora_load_with_datasets(tiny_loca
     assert ds.column_names == list(COLUMNS) and ds.num_rows == sum(r["metrics"]["samples"] for r in mine)
     prepare = json.loads(next((workdir / "receipts" / "prepare").glob("*.json")).read_text())
     train = next((workdir / "prepare").glob("*/corpus/train"))
-    docs = datasets.load_dataset("text", data_files=str(train / "*.txt"), sample_by="paragraph", split="train",
-                                 cache_dir=str(tmp_path / "cache"))
+    docs = datasets.load_dataset(
+        "text",
+        data_files=str(train / "*.txt"),
+        sample_by="paragraph",
+        split="train",
+        cache_dir=str(tmp_path / "cache"),
+    )
     train_counts = prepare["metrics"]["counts"]["corpus"]["train"]
     assert docs.num_rows == sum(c["docs"] for c in train_counts.values()) > 0
 
@@ -166,13 +219,18 @@ def test_eval_data_dir_takes_a_cached_hub_repo_and_refuses_a_saved_dataset(tmp_p
 
     from cdhpc.config import ConfigError, load_config
 
-    snapshot = fake_hub_cache(tmp_path / "hub", "someone/evaldata", {"full_eval/blimp_filtered/x.jsonl": b"{}\n"})
+    snapshot = fake_hub_cache(
+        tmp_path / "hub", "someone/evaldata", {"full_eval/blimp_filtered/x.jsonl": b"{}\n"}
+    )
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     sweep = ROOT / "configs" / "tiny.yaml"
     assert load_config(sweep, ["eval.data_dir=someone/evaldata"]).eval.data_dir == snapshot
     with pytest.raises(ConfigError) as e:
         load_config(sweep, ["eval.data_dir=someone/not-cached"])
-    assert "eval.data_dir = 'someone/not-cached': neither a local path nor a dataset in the local Hugging Face cache" in str(e.value)
+    assert (
+        "eval.data_dir = 'someone/not-cached': neither a local path nor a dataset in the local Hugging Face "
+        "cache" in str(e.value)
+    )
     (tmp_path / "saved").mkdir()
     (tmp_path / "saved" / "dataset_dict.json").write_text('{"splits": ["train"]}')
     with pytest.raises(ConfigError) as e:

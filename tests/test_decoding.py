@@ -20,8 +20,7 @@ def logits(probs, shift=0.0):
 
 def cd_expected(alpha, eps, tail, lam=1.0):
     head = [pg >= alpha * max(P_G) for pg in P_G]
-    return [math.log(pg + eps) - lam * math.log(pb + eps) if h else tail
-            for pg, pb, h in zip(P_G, P_B, head)]
+    return [math.log(pg + eps) - lam * math.log(pb + eps) if h else tail for pg, pb, h in zip(P_G, P_B, head)]
 
 
 def assert_scores(got, want, tol=1e-4):
@@ -46,7 +45,9 @@ def test_cd_scores_without_eps():
     # head (p >= 0.05): tokens 0..3; token 1 has a huge contrast since the amateur gives it 1e-12.
     p = DecodingParams("cd", alpha=0.1, eps=0.0)
     assert_scores(method_scores(logits(P_G, 3.0), logits(P_B, -7.0), p), cd_expected(0.1, 0.0, -INF))
-    assert method_scores(logits(P_G), logits(P_B), p)[0, 1].item() == pytest.approx(math.log(0.25 / 1e-12), abs=1e-3)
+    assert method_scores(logits(P_G), logits(P_B), p)[0, 1].item() == pytest.approx(
+        math.log(0.25 / 1e-12), abs=1e-3
+    )
 
 
 def test_cd_scores_with_eps_floor_cap_the_contrast():
@@ -148,8 +149,19 @@ def test_sample_is_deterministic_and_in_range():
     assert int(a.max()) < 1000
 
 
-@pytest.mark.parametrize("key,value", [("mode", "greedy"), ("alpha", 0.0), ("alpha", 1.5), ("eps", -1.0),
-                                       ("tail", INF), ("top_k", 0), ("top_p", 0.0), ("temperature", 0.0)])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("mode", "greedy"),
+        ("alpha", 0.0),
+        ("alpha", 1.5),
+        ("eps", -1.0),
+        ("tail", INF),
+        ("top_k", 0),
+        ("top_p", 0.0),
+        ("temperature", 0.0),
+    ],
+)
 def test_params_reject_bad_values(key, value):
     kwargs = {"mode": "cd", key: value}
     with pytest.raises(ValueError, match=key):

@@ -10,13 +10,32 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 # Built from pieces so that this file does not match its own search.
-OUTSIDE = re.compile("|".join(re.escape(name) for name in ("PAPER" + ".md", "DESIGN" + ".md", "STYLE" + ".md",
-                                                             "../" + "shared", "/work/" + "shared")))
+OUTSIDE = re.compile(
+    "|".join(
+        re.escape(name)
+        for name in (
+            "PAPER" + ".md",
+            "DESIGN" + ".md",
+            "STYLE" + ".md",
+            "../" + "shared",
+            "/work/" + "shared",
+        )
+    )
+)
 CITATION = re.compile(r"docs/([A-Za-z0-9_.-]+\.md) §(\d+(?:\.\d+)*)")
 HEADING = re.compile(r"^#{1,6}\s+(\d+(?:\.\d+)*)[.\s]", re.MULTILINE)
 TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".sh", ".toml", ".txt", ".cfg", ".ini", ".json", ".jsonl", ""}
-SKIP_DIRS = {".git", "__pycache__", ".ruff_cache", ".pytest_cache", ".mypy_cache", ".venv", "venv", "runs",
-             "node_modules"}
+SKIP_DIRS = {
+    ".git",
+    "__pycache__",
+    ".ruff_cache",
+    ".pytest_cache",
+    ".mypy_cache",
+    ".venv",
+    "venv",
+    "runs",
+    "node_modules",
+}
 MAX_BYTES = 2_000_000  # golden data files are small; anything larger is not prose or code
 
 
@@ -24,7 +43,9 @@ def repo_text_files() -> list[Path]:
     """Every text file of the working tree that a reader could open: code, configs, docs, CI."""
     out = []
     for folder, dirs, files in os.walk(ROOT):
-        dirs[:] = [d for d in dirs if d not in SKIP_DIRS and not d.endswith(".egg-info")]  # pruned, not walked
+        dirs[:] = [
+            d for d in dirs if d not in SKIP_DIRS and not d.endswith(".egg-info")
+        ]  # pruned, not walked
         for name in files:
             path = Path(folder) / name
             if path.suffix in TEXT_SUFFIXES and path.is_file() and path.stat().st_size <= MAX_BYTES:
@@ -74,8 +95,10 @@ def test_every_docs_citation_names_an_existing_page_and_section():
 def test_the_citation_check_catches_a_missing_section_and_page(tmp_path):
     (tmp_path / "a.md").write_text("# Title\n\n## 1. One\n\n### 1.2 Sub\n\n## 3. Three\n", encoding="utf-8")
     text = "see docs/a.md §1, docs/a.md §1.2, docs/a.md §2, docs/a.md §3 and docs/b.md §1"
-    assert broken_citations(text, tmp_path) == ["docs/a.md §2: no heading numbered 2",
-                                                "docs/b.md §1: no such page"]
+    assert broken_citations(text, tmp_path) == [
+        "docs/a.md §2: no heading numbered 2",
+        "docs/b.md §1: no such page",
+    ]
 
 
 def test_the_method_and_design_pages_have_the_sections_code_relies_on():

@@ -55,23 +55,33 @@ def checkpoints(tmp_path_factory) -> list[Path]:
     return out
 
 
-def _eval(data: Path, model_dir: Path, out: Path, task: str = "blimp", cache_dir: Path | None = None,
-          **options) -> dict:
+def _eval(
+    data: Path, model_dir: Path, out: Path, task: str = "blimp", cache_dir: Path | None = None, **options
+) -> dict:
     from cdhpc.evals.run import EvalOptions, evaluate_task
 
-    return evaluate_task(model_dir, task, data, out, options=EvalOptions(**{"batch_size": 4, **options}),
-                         cache_dir=cache_dir)
+    return evaluate_task(
+        model_dir, task, data, out, options=EvalOptions(**{"batch_size": 4, **options}), cache_dir=cache_dir
+    )
 
 
 def _outputs(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
 
 
-@pytest.mark.parametrize("task,scoring", [
-    ("blimp", "official"), ("ewok", "official"), pytest.param("entity_tracking", "official", marks=pytest.mark.slow),
-    pytest.param("reading", "official", marks=pytest.mark.slow),  # ~1.5 s: 208 rows, 3 checkpoint runs x 3
-    pytest.param("eye_tracking", "official", marks=pytest.mark.slow),
-    pytest.param("reading", "joint", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "task,scoring",
+    [
+        ("blimp", "official"),
+        ("ewok", "official"),
+        pytest.param("entity_tracking", "official", marks=pytest.mark.slow),
+        pytest.param(
+            "reading", "official", marks=pytest.mark.slow
+        ),  # ~1.5 s: 208 rows, 3 checkpoint runs x 3
+        pytest.param("eye_tracking", "official", marks=pytest.mark.slow),
+        pytest.param("reading", "joint", marks=pytest.mark.slow),
+    ],
+)
 def test_scores_are_identical_with_and_without_the_cache(checkpoints, data, tmp_path, task, scoring):
     """Every output file is byte-identical: no cache, a cold cache (built and written), the pack
     read back from disk by a fresh process (memo cleared), and from this process's memory."""
@@ -99,9 +109,9 @@ def test_a_pack_round_trips_and_scores_as_the_plain_engine(checkpoints, data, tm
     """A pack written and read back is equal and scores exactly as `score_sequences` does."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from cdhpc.evals import get_task
     from cdhpc.evals.batches import prepare_pack, score_pack
     from cdhpc.evals.choice import item_requests, load_items
-    from cdhpc.evals import get_task
     from cdhpc.evals.engine import encode_requests, score_sequences
     from cdhpc.evals.packcache import _to_bytes, read_pack
 
@@ -116,8 +126,9 @@ def test_a_pack_round_trips_and_scores_as_the_plain_engine(checkpoints, data, tm
     assert back is not None and back.meta == {"x": 1} and back.n_requests == pack.n_requests
     assert all(np.array_equal(a, b) for a, b in zip(pack.arrays().values(), back.arrays().values()))
     assert len(pack.shapes) > 3  # several batches
-    assert score_pack(model, back) == score_sequences(model, *encode_requests(tok, item_requests(items)),
-                                                      batch_size=1)
+    assert score_pack(model, back) == score_sequences(
+        model, *encode_requests(tok, item_requests(items)), batch_size=1
+    )
 
 
 def test_a_broken_or_foreign_cache_file_is_rebuilt_never_used(checkpoints, data, tmp_path, caplog):
@@ -139,8 +150,12 @@ def test_a_broken_or_foreign_cache_file_is_rebuilt_never_used(checkpoints, data,
     arrays["key"] = np.frombuffer(json.dumps({"other": 1}).encode(), dtype=np.uint8)
     foreign = tmp_path / "foreign.npz"
     np.savez(foreign, **arrays)
-    for damage, why in ((good[: len(good) // 2], "unreadable"), (b"not a zip file", "unreadable"),
-                        (foreign.read_bytes(), "other key fields"), (altered.read_bytes(), "out of range")):
+    for damage, why in (
+        (good[: len(good) // 2], "unreadable"),
+        (b"not a zip file", "unreadable"),
+        (foreign.read_bytes(), "other key fields"),
+        (altered.read_bytes(), "out of range"),
+    ):
         path.write_bytes(damage)
         packcache.clear_memo()
         caplog.clear()
@@ -156,18 +171,31 @@ def test_the_key_holds_everything_that_changes_the_pack(checkpoints, tmp_path):
     each makes another key; the weights do not."""
     from cdhpc.evals.packcache import pack_fields, pack_key
 
-    base = {"task": "blimp", "version": "v", "data_sha256": "d", "scoring": "official", "truncate": False,
-            "batch_size": 64}
+    base = {
+        "task": "blimp",
+        "version": "v",
+        "data_sha256": "d",
+        "scoring": "official",
+        "truncate": False,
+        "batch_size": 64,
+    }
     key = pack_key(pack_fields(base, checkpoints[0], 512, 64))
     assert pack_key(pack_fields(base, checkpoints[1], 512, 64)) == key  # other weights, same tokenizer
-    for change in ({"scoring": "joint"}, {"truncate": True}, {"batch_size": 8}, {"data_sha256": "e"},
-                   {"version": "w"}):
+    for change in (
+        {"scoring": "joint"},
+        {"truncate": True},
+        {"batch_size": 8},
+        {"data_sha256": "e"},
+        {"version": "w"},
+    ):
         assert pack_key(pack_fields({**base, **change}, checkpoints[0], 512, 64)) != key
     assert pack_key(pack_fields(base, checkpoints[0], 256, 64)) != key
     assert pack_key(pack_fields(base, checkpoints[0], 512, 32)) != key
     other = tmp_path / "other"
     shutil.copytree(checkpoints[0], other)
-    (other / "tokenizer.json").write_text((other / "tokenizer.json").read_text().replace('"<|endoftext|>"', '"<|eot|>"'))
+    (other / "tokenizer.json").write_text(
+        (other / "tokenizer.json").read_text().replace('"<|endoftext|>"', '"<|eot|>"')
+    )
     assert pack_key(pack_fields(base, other, 512, 64)) != key
     assert pack_fields(base, tmp_path, 512, 64) is None  # no tokenizer files: nothing is cached
 
@@ -179,21 +207,28 @@ def test_aoa_packs_once_for_a_runs_checkpoints(checkpoints, data, tmp_path, capl
 
     aoa = data / "full_eval" / "aoa"
     aoa.mkdir(exist_ok=True)
-    contexts = {w: [{"context": c} for c in ("The dog saw the", "Who is", "The cat sat on")]
-                for w in ("man", "river", "dog", "cat", "mat")}
+    contexts = {
+        w: [{"context": c} for c in ("The dog saw the", "Who is", "The cat sat on")]
+        for w in ("man", "river", "dog", "cat", "mat")
+    }
     (aoa / "cdi_childes.json").write_text(json.dumps(contexts))
     ages = list(range(16, 31))
     rows = [",".join(["word"] + [str(a) for a in ages])]
-    rows += [",".join([w] + [f"{min(1, (a - 15) / (4 + k)):.3f}" for a in ages]) for k, w in enumerate(contexts)]
+    rows += [
+        ",".join([w] + [f"{min(1, (a - 15) / (4 + k)):.3f}" for a in ages]) for k, w in enumerate(contexts)
+    ]
     (aoa / "cdi_human.csv").write_text("\n".join(rows) + "\n")
     run = checkpoints[0].parent
     plain = evaluate_task(run, "aoa", data, tmp_path / "plain", options=EvalOptions())
     packcache.clear_memo()
     with caplog.at_level(logging.INFO, logger="cdhpc"):
-        cached = evaluate_task(run, "aoa", data, tmp_path / "cached", options=EvalOptions(),
-                               cache_dir=tmp_path / "cache")
+        cached = evaluate_task(
+            run, "aoa", data, tmp_path / "cached", options=EvalOptions(), cache_dir=tmp_path / "cache"
+        )
     assert "aoa: pack cache" in caplog.text and "2 read, 1 built" in caplog.text
-    assert (tmp_path / "plain" / "surprisal.json").read_bytes() == (tmp_path / "cached" / "surprisal.json").read_bytes()
+    assert (tmp_path / "plain" / "surprisal.json").read_bytes() == (
+        tmp_path / "cached" / "surprisal.json"
+    ).read_bytes()
     assert plain["score"] == cached["score"] and len(list((tmp_path / "cache").glob("*.npz"))) == 1
 
 

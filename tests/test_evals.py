@@ -23,12 +23,24 @@ from cdhpc.evals.regression import BASE_EYE, BASE_SPR, delta_r2, fit_measure
 from cdhpc.evals.task import ChoiceItem
 
 SENTENCES = [
-    "Who should Derek hug after shocking Richard?", "Who should Derek hug Richard after shocking?",
-    "The cat sat on the mat.", "The cat sat on mat the.", "Ali gives orders to Wei.",
-    "Ali is Wei's boss.", "Ali is Wei's subordinate.", "Box 0 contains the ball, Box 1 contains ",
-    "the key.", "the gift.", "the ball.", "This is very wuggy.", "Its wuggity is clear.",
-    "The dog barked at the man who walked by the river.", "A dog can bark.", "A cat can bark.",
-    "A wug is a dog. Therefore, a wug can bark.", "A fep is a cat. Therefore, a fep can bark.",
+    "Who should Derek hug after shocking Richard?",
+    "Who should Derek hug Richard after shocking?",
+    "The cat sat on the mat.",
+    "The cat sat on mat the.",
+    "Ali gives orders to Wei.",
+    "Ali is Wei's boss.",
+    "Ali is Wei's subordinate.",
+    "Box 0 contains the ball, Box 1 contains ",
+    "the key.",
+    "the gift.",
+    "the ball.",
+    "This is very wuggy.",
+    "Its wuggity is clear.",
+    "The dog barked at the man who walked by the river.",
+    "A dog can bark.",
+    "A cat can bark.",
+    "A wug is a dog. Therefore, a wug can bark.",
+    "A fep is a cat. Therefore, a fep can bark.",
 ]
 WORDS = "the a man dog river walked slowly quietly xylophonic zephyrous ran to house green".split()
 
@@ -39,14 +51,24 @@ def _tiny_model_dir(root: Path) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     bpe = SentencePieceBPETokenizer()
-    bpe.train_from_iterator(SENTENCES * 5, vocab_size=150, min_frequency=1,
-                            special_tokens=["<unk>", "<s>", "</s>", "<pad>"])
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>",
-                                  unk_token="<unk>", pad_token="<pad>")
+    bpe.train_from_iterator(
+        SENTENCES * 5, vocab_size=150, min_frequency=1, special_tokens=["<unk>", "<s>", "</s>", "<pad>"]
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    )
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                      num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64,
-                      bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+    )
     out = root / "model"
     LlamaForCausalLM(cfg).save_pretrained(out)
     tok.save_pretrained(out)
@@ -59,16 +81,23 @@ def _jsonl(path: Path, records: list[dict]) -> None:
 
 
 def _reading_csv(path: Path, rng: np.random.Generator) -> None:
-    header = ("item,word,prev_item,prev_word,Subtlex_log10,length,context_length,prev_length,"
-              "RTfirstfix,RTfirstpass,RTgopast,RTrightbound,self_paced_reading_time")
+    header = (
+        "item,word,prev_item,prev_word,Subtlex_log10,length,context_length,prev_length,"
+        "RTfirstfix,RTfirstpass,RTgopast,RTrightbound,self_paced_reading_time"
+    )
     lines = [header]
-    for s in range(6):
+    for _s in range(6):
         words = list(rng.choice(WORDS, size=8))
         for k, w in enumerate(words):
-            item, prev_item = " ".join(words[:k]), " ".join(words[:k - 1]) if k else ""
+            item, prev_item = " ".join(words[:k]), " ".join(words[: k - 1]) if k else ""
             prev_word = words[k - 1] if k else ""
-            nums = [rng.normal(3, 1), len(w), k, len(prev_word) if k else "",
-                    *rng.normal(250, 40, size=5).round(1)]
+            nums = [
+                rng.normal(3, 1),
+                len(w),
+                k,
+                len(prev_word) if k else "",
+                *rng.normal(250, 40, size=5).round(1),
+            ]
             cells = [f'"{item}"', w, f'"{prev_item}"', prev_word] + [str(x) for x in nums]
             lines.append(",".join(cells))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -77,43 +106,87 @@ def _reading_csv(path: Path, rng: np.random.Generator) -> None:
 
 def _eval_dir(root: Path) -> Path:
     d = root / "evaluation_data" / "full_eval"
-    blimp = [{"sentence_good": SENTENCES[0], "sentence_bad": SENTENCES[1], "field": "syntax",
-              "linguistics_term": "island_effects", "UID": "adjunct_island", "pairID": "0"},
-             {"sentence_good": SENTENCES[2], "sentence_bad": SENTENCES[3], "field": "syntax",
-              "linguistics_term": "order", "UID": "word_order", "pairID": "1"},
-             {"sentence_good": SENTENCES[3], "sentence_bad": SENTENCES[3], "field": "syntax",
-              "linguistics_term": "order", "UID": "word_order", "pairID": "2"}]
+    blimp = [
+        {
+            "sentence_good": SENTENCES[0],
+            "sentence_bad": SENTENCES[1],
+            "field": "syntax",
+            "linguistics_term": "island_effects",
+            "UID": "adjunct_island",
+            "pairID": "0",
+        },
+        {
+            "sentence_good": SENTENCES[2],
+            "sentence_bad": SENTENCES[3],
+            "field": "syntax",
+            "linguistics_term": "order",
+            "UID": "word_order",
+            "pairID": "1",
+        },
+        {
+            "sentence_good": SENTENCES[3],
+            "sentence_bad": SENTENCES[3],
+            "field": "syntax",
+            "linguistics_term": "order",
+            "UID": "word_order",
+            "pairID": "2",
+        },
+    ]
     _jsonl(d / "blimp_filtered" / "adjunct_island.jsonl", blimp[:1])
     _jsonl(d / "blimp_filtered" / "word_order.jsonl", blimp[1:])
     sup = [{"sentence_good": SENTENCES[2], "sentence_bad": SENTENCES[3], "pair_ID": 0}]
     _jsonl(d / "supplement_filtered" / "hypernym.jsonl", sup)
     _jsonl(d / "supplement_filtered" / "turn_taking.jsonl", sup * 2)
-    ewok = {"Domain": "social-relations", "Context1": SENTENCES[4], "Context2": "Wei gives orders.",
-            "Target1": SENTENCES[5], "Target2": SENTENCES[6], "ContextType": "x",
-            "ContextDiff": "y", "TargetDiff": "z"}
+    ewok = {
+        "Domain": "social-relations",
+        "Context1": SENTENCES[4],
+        "Context2": "Wei gives orders.",
+        "Target1": SENTENCES[5],
+        "Target2": SENTENCES[6],
+        "ContextType": "x",
+        "ContextDiff": "y",
+        "TargetDiff": "z",
+    }
     _jsonl(d / "ewok_filtered" / "social-relations.jsonl", [ewok, {**ewok, "Target1": SENTENCES[6]}])
     _jsonl(d / "ewok_filtered" / "agent-properties.jsonl", [{**ewok, "Domain": "agent-properties"}])
     for split in ("regular", "ambiref", "move_contents"):
-        et = [{"sample_id": i, "numops": i % 2, "input_prefix": SENTENCES[7],
-               "options": SENTENCES[8:11][i:] + SENTENCES[8:11][:i]} for i in range(3)]
+        et = [
+            {
+                "sample_id": i,
+                "numops": i % 2,
+                "input_prefix": SENTENCES[7],
+                "options": SENTENCES[8:11][i:] + SENTENCES[8:11][:i],
+            }
+            for i in range(3)
+        ]
         _jsonl(d / "entity_tracking" / f"{split}.jsonl", et)
     wug = [{"sentences": f"{SENTENCES[11]}\t{SENTENCES[12]}", "ratio": r} for r in (0.1, 0.5, 0.9)]
     wug.append({"sentences": f"{SENTENCES[12]}\t{SENTENCES[11]}", "ratio": 0.3})
     _jsonl(d / "wug_adj_nominalization" / "wug_adj_nominalization.jsonl", wug)
     _jsonl(d / "wug_past_tense" / "wug_past_tense.jsonl", wug)
-    comps = {"comps_base": ("A dog", "A cat"), "comps_wugs": ("A wug is a dog. Therefore, a wug",
-                                                               "A wug is a cat. Therefore, a wug"),
-             "comps_wugs_dist-before": ("A fep is a cat. A wug is a dog. Therefore, a wug",
-                                        "A fep is a dog. A wug is a cat. Therefore, a wug"),
-             "comps_wugs_dist-in-between": ("A wug is a dog. A fep is a cat. Therefore, a wug",
-                                            "A wug is a cat. A fep is a dog. Therefore, a wug")}
+    comps = {
+        "comps_base": ("A dog", "A cat"),
+        "comps_wugs": ("A wug is a dog. Therefore, a wug", "A wug is a cat. Therefore, a wug"),
+        "comps_wugs_dist-before": (
+            "A fep is a cat. A wug is a dog. Therefore, a wug",
+            "A fep is a dog. A wug is a cat. Therefore, a wug",
+        ),
+        "comps_wugs_dist-in-between": (
+            "A wug is a dog. A fep is a cat. Therefore, a wug",
+            "A wug is a cat. A fep is a dog. Therefore, a wug",
+        ),
+    }
     for stem, (good, bad) in comps.items():
-        _jsonl(d / "comps" / f"{stem}.jsonl", [{"prefix_acceptable": good, "prefix_unacceptable": bad,
-                                               "property_phrase": "can bark."}])
+        _jsonl(
+            d / "comps" / f"{stem}.jsonl",
+            [{"prefix_acceptable": good, "prefix_unacceptable": bad, "property_phrase": "can bark."}],
+        )
     _reading_csv(d / "reading" / "reading_data.csv", np.random.default_rng(0))
     (d / "aoa").mkdir()
-    contexts = {w: [{"context": c} for c in ("The dog barked at the", "Who should", "The cat sat on")]
-                for w in ("man", "river", "dog", "cat", "mat", "a")}
+    contexts = {
+        w: [{"context": c} for c in ("The dog barked at the", "Who should", "The cat sat on")]
+        for w in ("man", "river", "dog", "cat", "mat", "a")
+    }
     (d / "aoa" / "cdi_childes.json").write_text(json.dumps(contexts))
     ages = list(range(16, 31))
     rows = [",".join(["word"] + [str(a) for a in ages])]
@@ -135,8 +208,10 @@ def hf(world):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_dir, _ = world
-    return (AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval(),
-            AutoTokenizer.from_pretrained(model_dir))
+    return (
+        AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval(),
+        AutoTokenizer.from_pretrained(model_dir),
+    )
 
 
 def plain_score(hf, context: str, continuation: str, scoring: str = "official") -> float:
@@ -178,8 +253,9 @@ def _run(world, task, out, heldout_dir=None, **kw):
     from cdhpc.evals.run import EvalOptions, evaluate_task
 
     model_dir, data = world
-    return evaluate_task(model_dir, task, data, out, heldout_dir=heldout_dir,
-                         options=EvalOptions(batch_size=2, **kw))
+    return evaluate_task(
+        model_dir, task, data, out, heldout_dir=heldout_dir, options=EvalOptions(batch_size=2, **kw)
+    )
 
 
 def _rows(out: Path) -> list[dict]:
@@ -215,9 +291,16 @@ def test_official_and_joint_agree_for_a_tokenizer_that_adds_bos(hf):
     from cdhpc.evals.engine import ScoreRequest, encode_requests
 
     _, tok = hf
-    with_bos = type(tok)(tokenizer_object=tok.backend_tokenizer.__class__.from_str(tok.backend_tokenizer.to_str()),
-                         bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
-    with_bos.backend_tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    with_bos = type(tok)(
+        tokenizer_object=tok.backend_tokenizer.__class__.from_str(tok.backend_tokenizer.to_str()),
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+    )
+    with_bos.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", 1)]
+    )
     reqs = [ScoreRequest(c, x) for c, x in PACK_CASES]
     official, joint = encode_requests(with_bos, reqs, "official"), encode_requests(with_bos, reqs, "joint")
     assert (official[0] == joint[0]).all() and (official[1] == joint[1]).all()
@@ -237,7 +320,12 @@ def test_reading_surprisal_official_rule_with_multi_token_words(world, hf, tmp_p
     official = json.loads((tmp_path / "predictions.json").read_text())["reading"]["predictions"]
     assert math.isnan(official[0]["prev_pred"])  # NaN, as the official file writes it
     assert (tmp_path / "report.txt").read_text().startswith("EYE TRACKING SCORE: ")
-    for name in ("prediction.jsonl", "correlations.txt", "predictive_power.jsonl", "predictive_power_spillover.jsonl"):
+    for name in (
+        "prediction.jsonl",
+        "correlations.txt",
+        "predictive_power.jsonl",
+        "predictive_power_spillover.jsonl",
+    ):
         assert (tmp_path / name).stat().st_size > 0
 
 
@@ -245,13 +333,20 @@ def test_reading_surprisal_joint_rule(world, hf, tmp_path):
     _run(world, "reading", tmp_path, scoring="joint")
     for r in _rows(tmp_path):
         req = joint_request(r["item"], r["word"])
-        assert r["surprisal"] == pytest.approx(-plain_score(hf, req.context, req.continuation, "joint"), abs=1e-4)
+        assert r["surprisal"] == pytest.approx(
+            -plain_score(hf, req.context, req.continuation, "joint"), abs=1e-4
+        )
 
 
-PACK_CASES = [("", "The cat sat on the mat."), ("", "The cat sat on mat the."),
-              ("The cat ", "sat on the mat."), ("The dog ", "barked at the man."),
-              ("Ali gives orders to Wei. ", "Ali is Wei's boss."),
-              ("Ali gives orders to Wei. ", "Ali is Wei's subordinate."), ("", "The dog barked.")]
+PACK_CASES = [
+    ("", "The cat sat on the mat."),
+    ("", "The cat sat on mat the."),
+    ("The cat ", "sat on the mat."),
+    ("The dog ", "barked at the man."),
+    ("Ali gives orders to Wei. ", "Ali is Wei's boss."),
+    ("Ali gives orders to Wei. ", "Ali is Wei's subordinate."),
+    ("", "The dog barked."),
+]
 
 
 def test_packing_shares_prefixes_across_items(hf):
@@ -263,13 +358,17 @@ def test_packing_shares_prefixes_across_items(hf):
     reqs = [ScoreRequest(c, x) for c, x in PACK_CASES]
     rows = pack_requests(tok, reqs, "joint", row_tokens=10_000)
     full, scored = encode_requests(tok, reqs, "joint")
-    paths = {tuple(ids[:j]) for ids, sc in zip(full.tolist(), scored)
-             for j in range(1, np.flatnonzero(sc).max() + 1)}
+    paths = {
+        tuple(ids[:j])
+        for ids, sc in zip(full.tolist(), scored)
+        for j in range(1, np.flatnonzero(sc).max() + 1)
+    }
     assert len(rows) == 1 and len(rows[0].ids) == len(paths)  # one node per distinct prefix
     singles = [pack_requests(tok, [r], "joint")[0] for r in reqs]
     assert len(rows[0].ids) < sum(len(r.ids) for r in singles)
     assert sorted(rows[0].member_requests) == sorted(
-        i for i, r in enumerate(singles) for _ in r.member_requests)
+        i for i, r in enumerate(singles) for _ in r.member_requests
+    )
     # the growing prefixes of one long text stay one chain, however small the row size
     text = " ".join(WORDS * 3)
     chain = [joint_request(" ".join(text.split()[:k]), w) for k, w in enumerate(text.split())]
@@ -318,8 +417,9 @@ def test_summary_and_official_files(world, tmp_path):
     for key in ("task", "version", "data_sha256", "score", "per_uid", "n_items", "metric", "fast"):
         assert key in s
     assert json.loads((tmp_path / "summary.json").read_text()) == s
-    assert set(s["per_uid"]) == {f"{sp}_{n}_ops" for sp in ("regular", "ambiref", "move_contents")
-                                 for n in (0, 1)}
+    assert set(s["per_uid"]) == {
+        f"{sp}_{n}_ops" for sp in ("regular", "ambiref", "move_contents") for n in (0, 1)
+    }
     assert s["score"] == pytest.approx(entity_tracking_score(s["per_uid"]))
     row = _rows(tmp_path)[0]
     assert set(row) >= {"uid", "item_id", "scores", "pred", "correct"}
@@ -376,8 +476,14 @@ def test_comps_shows_the_whole_sentence(world, tmp_path):
 
 
 def test_entity_tracking_averaging_known_answer():
-    per_uid = {"regular_0_ops": 100.0, "regular_1_ops": 50.0, "ambiref_0_ops": 0.0,
-               "move_contents_0_ops": 30.0, "move_contents_1_ops": 40.0, "move_contents_2_ops": 50.0}
+    per_uid = {
+        "regular_0_ops": 100.0,
+        "regular_1_ops": 50.0,
+        "ambiref_0_ops": 0.0,
+        "move_contents_0_ops": 30.0,
+        "move_contents_1_ops": 40.0,
+        "move_contents_2_ops": 50.0,
+    }
     assert entity_tracking_score(per_uid) == pytest.approx((75.0 + 0.0 + 40.0) / 3)
 
 
@@ -427,8 +533,11 @@ def test_reading_and_eye_tracking_scores(world, tmp_path):
     for task in ("reading", "eye_tracking"):
         s = _run(world, task, tmp_path / task)
         assert s["metric"] == "delta_r2" and math.isfinite(s["score"])
-        measures = ["self_paced_reading_time"] if task == "reading" else \
-            ["RTfirstfix", "RTfirstpass", "RTgopast", "RTrightbound"]
+        measures = (
+            ["self_paced_reading_time"]
+            if task == "reading"
+            else ["RTfirstfix", "RTfirstpass", "RTgopast", "RTrightbound"]
+        )
         assert list(s["per_uid"]) == measures
         assert s["score"] == pytest.approx(sum(s["per_uid"].values()) / len(measures))
         preds = json.loads((tmp_path / task / "predictions.json").read_text())
@@ -463,8 +572,10 @@ def test_aoa_over_a_runs_checkpoints(world, tmp_path):
     assert words == ["man", "river", "dog", "cat", "mat"]  # one-letter words dropped, as officially
     assert official["metadata"]["completed_steps"] == 3 and len(official["results"]) == 3 * 15
     for r in official["results"][::7]:
-        hf = (AutoModelForCausalLM.from_pretrained(run / f"step_{r['step']}").eval(),
-              AutoTokenizer.from_pretrained(run / f"step_{r['step']}"))
+        hf = (
+            AutoModelForCausalLM.from_pretrained(run / f"step_{r['step']}").eval(),
+            AutoTokenizer.from_pretrained(run / f"step_{r['step']}"),
+        )
         want = -plain_score(hf, r["context"].strip() + " ", r["target_word"].strip())
         assert r["surprisal"] == pytest.approx(want, abs=1e-4)
     cdi = aoa.read_cdi(data / "full_eval/aoa/cdi_human.csv")
@@ -485,7 +596,7 @@ def test_perplexity_equals_hf_loss(world, hf, tmp_path):
     model, tok = hf
     docs = ["The cat sat on the mat.\nThe dog barked.", "Ali is Wei's boss.", " ".join(SENTENCES * 3)]
     ids = [t for d in docs for t in [1] + tok(d, add_special_tokens=False)["input_ids"] + [2]]
-    blocks = torch.tensor([ids[i:i + 64] for i in range(0, len(ids) - 63, 64)])
+    blocks = torch.tensor([ids[i : i + 64] for i in range(0, len(ids) - 63, 64)])
     with torch.no_grad():
         losses = [model(b[None], labels=b[None]).loss.item() for b in blocks]
     assert s["n_items"] == len(losses) and s["block_tokens"] == 64
@@ -500,18 +611,30 @@ def test_cut_blocks():
         cut_blocks([5], 4)
 
 
-@pytest.mark.parametrize("case,match", [
-    ("missing", r"good\.jsonl:2: missing field\(s\) \['UID'\]"),
-    ("empty", r"good\.jsonl: empty file"),
-    ("badjson", r"good\.jsonl:3: bad JSON"),
-])
+@pytest.mark.parametrize(
+    "case,match",
+    [
+        ("missing", r"good\.jsonl:2: missing field\(s\) \['UID'\]"),
+        ("empty", r"good\.jsonl: empty file"),
+        ("badjson", r"good\.jsonl:3: bad JSON"),
+    ],
+)
 def test_malformed_jsonl_fails_and_writes_nothing(world, tmp_path, case, match):
     from cdhpc.evals.run import evaluate_task
 
-    rec = {"sentence_good": "a b", "sentence_bad": "b a", "field": "f", "linguistics_term": "t",
-           "UID": "good", "pairID": "0"}
-    lines = {"missing": [json.dumps(rec), json.dumps({k: v for k, v in rec.items() if k != "UID"})],
-             "empty": [], "badjson": [json.dumps(rec), json.dumps(rec), '{"sentence_good": ']}[case]
+    rec = {
+        "sentence_good": "a b",
+        "sentence_bad": "b a",
+        "field": "f",
+        "linguistics_term": "t",
+        "UID": "good",
+        "pairID": "0",
+    }
+    lines = {
+        "missing": [json.dumps(rec), json.dumps({k: v for k, v in rec.items() if k != "UID"})],
+        "empty": [],
+        "badjson": [json.dumps(rec), json.dumps(rec), '{"sentence_good": '],
+    }[case]
     data = tmp_path / "evaluation_data"
     (data / "full_eval" / "blimp_filtered").mkdir(parents=True)
     (data / "full_eval" / "blimp_filtered" / "good.jsonl").write_text("\n".join(lines))
@@ -528,8 +651,10 @@ def test_malformed_csv_and_options_fail(world, tmp_path):
     (data / "reading" / "reading_data.csv").write_text("item,word,length\n,the,3\n")
     with pytest.raises(EvalDataError, match=r"reading_data\.csv:1: CSV header lacks .*Subtlex_log10"):
         evaluate_task(world[0], "eye_tracking", data.parent, tmp_path / "out")
-    _jsonl(data / "entity_tracking" / "regular.jsonl",
-           [{"input_prefix": "x", "options": "the key.", "numops": 0}])
+    _jsonl(
+        data / "entity_tracking" / "regular.jsonl",
+        [{"input_prefix": "x", "options": "the key.", "numops": 0}],
+    )
     with pytest.raises(EvalDataError, match=r"regular\.jsonl: record 1: field 'options' must be a list"):
         evaluate_task(world[0], "entity_tracking", data.parent, tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -545,8 +670,20 @@ def test_main_eval_cli(world, tmp_path, capsys):
     from cdhpc.evals.run import main_eval
 
     model_dir, data = world
-    rc = main_eval(["--model", str(model_dir), "--tasks", "blimp_supplement,wug", "--data", str(data),
-                    "--out", str(tmp_path), "--batch-size", "3"])
+    rc = main_eval(
+        [
+            "--model",
+            str(model_dir),
+            "--tasks",
+            "blimp_supplement,wug",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path),
+            "--batch-size",
+            "3",
+        ]
+    )
     assert rc == 0 and (tmp_path / "wug" / "summary.json").exists()
     assert "blimp_supplement\taccuracy" in capsys.readouterr().out
     assert main_eval(["--model", str(model_dir), "--tasks", "nope", "--out", str(tmp_path)]) == 2
@@ -554,9 +691,16 @@ def test_main_eval_cli(world, tmp_path, capsys):
 
 
 def test_import_evals_is_light():
-    code = ("import sys, cdhpc.evals, cdhpc.evals.run, cdhpc.evals.choice, cdhpc.evals.engine, "
-            "cdhpc.evals.reading; [cdhpc.evals.get_task(n) for n in cdhpc.evals.TASK_NAMES]; "
-            "print([m for m in ('torch', 'transformers') if m in sys.modules])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1])
+    code = (
+        "import sys, cdhpc.evals, cdhpc.evals.run, cdhpc.evals.choice, cdhpc.evals.engine, "
+        "cdhpc.evals.reading; [cdhpc.evals.get_task(n) for n in cdhpc.evals.TASK_NAMES]; "
+        "print([m for m in ('torch', 'transformers') if m in sys.modules])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert out.stdout.strip() == "[]"

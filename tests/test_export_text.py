@@ -29,8 +29,18 @@ def table_and_records():
                     value = (30.0 - i if task == "perplexity" else 60.0 + i) + seed
                     key = (method, seed, step, task)
                     vectors[key], points[key] = value + rng.normal(0, 0.5, 8), value
-                    records.append({"run": f"{method}-s{seed}", "method": method, "seed": seed, "step": step,
-                                    "task": task, "score": value, "metric": "x", "task_version": "1"})
+                    records.append(
+                        {
+                            "run": f"{method}-s{seed}",
+                            "method": method,
+                            "seed": seed,
+                            "step": step,
+                            "task": task,
+                            "score": value,
+                            "metric": "x",
+                            "task_version": "1",
+                        }
+                    )
     return report.build_paper_table(vectors, points, tasks=TASKS), records
 
 
@@ -82,8 +92,10 @@ def test_latex_escapes_names_and_stays_balanced(table_and_records):
 def test_csv_quotes_line_breaks_and_keeps_cells(table_and_records):
     table, records = table_and_records
     odd = [{**records[0], "method": "cr\ronly"}, {**records[1], "method": "=1+1\nx"}]
-    for text, column, want in ((report.render_paper_csv(table), "method", list(table.methods)),
-                               (report.render_scores_long(odd), "method", ["'=1+1\nx", "cr\ronly"])):
+    for text, column, want in (
+        (report.render_paper_csv(table), "method", list(table.methods)),
+        (report.render_scores_long(odd), "method", ["'=1+1\nx", "cr\ronly"]),
+    ):
         rows = list(csv.DictReader(io.StringIO(text, newline="")))
         assert [r[column] for r in rows] == want
         assert all(None not in r and None not in r.values() for r in rows)
@@ -106,8 +118,14 @@ def test_a_partial_report_says_so_in_every_file(table_and_records, tmp_path):
     mark = f"PARTIAL: {PARTIAL}"
     publish(tmp_path / "work", table, records, tmp_path / "out", partial=PARTIAL)
     results = tmp_path / "work" / "results"
-    assert sorted(p.name for p in results.iterdir()) == ["curves.png", "delta_rel.png", "paper_table.csv",
-                                                         "paper_table.md", "paper_table.tex", "scores_long.csv"]
+    assert sorted(p.name for p in results.iterdir()) == [
+        "curves.png",
+        "delta_rel.png",
+        "paper_table.csv",
+        "paper_table.md",
+        "paper_table.tex",
+        "scores_long.csv",
+    ]
     assert (results / "paper_table.md").read_text().startswith(mark)
     tex = (results / "paper_table.tex").read_text()
     assert tex.startswith(f"% {mark}") and rf"\textbf{{{mark}" in tex

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-
-# cuBLAS is deterministic only with a fixed workspace; it reads this when it first starts (.ci/gpu sets it too)
+# cuBLAS is deterministic only with a fixed workspace; it reads this when it first starts (.ci/gpu sets it
+# too)
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 pytestmark = pytest.mark.gpu
 DEVICE = "cuda"
@@ -40,17 +40,35 @@ def corpus(tmp_path_factory):
 def _spec(**changes):
     from cdhpc.lm.train import TrainSpec
 
-    base = TrainSpec(preset="tiny-small", vocab_size=64, seed=7, steps=6, checkpoint_every=3, global_batch=8,
-                     micro_batch=4, seq_len=32, precision="bf16", warmup_steps=2, lr=3e-3, log_every=1,
-                     val_batches=2, deepspeed={"zero_optimization": {"stage": 1}})
+    base = TrainSpec(
+        preset="tiny-small",
+        vocab_size=64,
+        seed=7,
+        steps=6,
+        checkpoint_every=3,
+        global_batch=8,
+        micro_batch=4,
+        seq_len=32,
+        precision="bf16",
+        warmup_steps=2,
+        lr=3e-3,
+        log_every=1,
+        val_batches=2,
+        deepspeed={"zero_optimization": {"stage": 1}},
+    )
     return replace(base, **changes)
 
 
 def _train(spec, root: Path, out: str, logs: list | None = None, **kw) -> dict:
     from cdhpc.lm.train import train
 
-    paths = {"tokenizer_dir": root / "tok", "train_array": root / "train_arr", "val_array": root / "val_arr",
-             "synthetic_array": None, "out_dir": root / out}
+    paths = {
+        "tokenizer_dir": root / "tok",
+        "train_array": root / "train_arr",
+        "val_array": root / "val_arr",
+        "synthetic_array": None,
+        "out_dir": root / out,
+    }
     return train(spec, log=(logs.append if logs is not None else lambda _m: None), **paths, **kw)
 
 
@@ -80,8 +98,10 @@ def test_deepspeed_bf16_nccl_trains_and_resumes_bit_exact(cuda, corpus, determin
     if _weights(corpus, "whole", 6) != _weights(corpus, "resumed", 6):
         _train(spec, corpus, "whole_again")  # tell a resume bug from a GPU that is not deterministic
         same = _weights(corpus, "whole", 6) == _weights(corpus, "whole_again", 6)
-        pytest.fail("resumed bf16 run differs from the uninterrupted one; two uninterrupted runs are "
-                    + ("identical: a resume bug" if same else "not identical either: GPU nondeterminism"))
+        pytest.fail(
+            "resumed bf16 run differs from the uninterrupted one; two uninterrupted runs are "
+            + ("identical: a resume bug" if same else "not identical either: GPU nondeterminism")
+        )
 
 
 def _losses(logs: list[str]) -> list[float]:
@@ -108,9 +128,17 @@ def _tiny_llama(seed: int, vocab: int = 512, sharpen: float = 10.0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, max_position_embeddings=128, bos_token_id=1, eos_token_id=2,
-                      pad_token_id=3)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+    )
     model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():
         model.lm_head.weight.mul_(sharpen)
@@ -141,7 +169,9 @@ def test_bf16_sampler_cd_distribution_tracks_fp32(cuda):
     torch = cuda
     models = [_tiny_llama(0), _tiny_llama(1)]
     gen = torch.Generator().manual_seed(0)
-    rows = [[1] + torch.randint(4, 512, (4 + i % 5,), generator=gen).tolist() for i in range(16)]  # left-padded
+    rows = [
+        [1] + torch.randint(4, 512, (4 + i % 5,), generator=gen).tolist() for i in range(16)
+    ]  # left-padded
     forced = torch.randint(4, 512, (16, 48), generator=gen).to(DEVICE)
     fp32 = _cd_distributions(models, torch.float32, rows, forced)
     bf16 = _cd_distributions(models, torch.bfloat16, rows, forced)
@@ -160,8 +190,9 @@ def _word_tokenizer(words: list[str]):
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
     tk.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   pad_token="<pad>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    )
 
 
 def test_bf16_evaluation_decisions_match_fp32(cuda):
@@ -175,7 +206,9 @@ def test_bf16_evaluation_decisions_match_fp32(cuda):
     pairs = make_pairs(np.random.default_rng(1), words, 1000)
     reqs = [ScoreRequest("", s) for p in pairs for s in p]
     s32 = np.array(score_candidates(model, tok, reqs, batch_size=64, device=DEVICE))
-    s16 = np.array(score_candidates(copy.deepcopy(model).to(torch.bfloat16), tok, reqs, batch_size=64, device=DEVICE))
+    s16 = np.array(
+        score_candidates(copy.deepcopy(model).to(torch.bfloat16), tok, reqs, batch_size=64, device=DEVICE)
+    )
     assert np.all(np.abs(s16 - s32) <= 1e-2 * np.abs(s32) + 0.05), np.abs(s16 - s32).max()
     m32, m16 = s32[0::2] - s32[1::2], s16[0::2] - s16[1::2]
     agree = (m32 >= 0) == (m16 >= 0)

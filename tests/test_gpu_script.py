@@ -19,29 +19,68 @@ from cdhpc.ui import gpufigures as gf
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / ".ci" / "gpu"
 
-TRAIN = {"bench": "train", "device": "NVIDIA H200", "ours": 420000.0, "peer": 450000.0, "ratio": 0.933,
-         "unit": "tokens/s", "mfu_ours": 0.41, "mfu_peer": 0.44, "peak_flops": 989e12, "preset": "llama-12x768",
-         "vocab_size": 32000, "seq_len": 1024, "micro_batch": 16, "accumulation": 2, "precision": "bf16",
-         "compile": False}
-SAMPLER_ROW = {"preset": "llama-12x768", "vocab": 32000, "params_m": 162.4, "batch": 256, "new_tokens": 400,
-               "prompt_len": 20, "ours_cd_tokens_per_s": 80000.0, "ours_vanilla_tokens_per_s": 150000.0,
-               "reference_cd_tokens_per_s": 16000.0, "speedup_cd": 5.0}
+TRAIN = {
+    "bench": "train",
+    "device": "NVIDIA H200",
+    "ours": 420000.0,
+    "peer": 450000.0,
+    "ratio": 0.933,
+    "unit": "tokens/s",
+    "mfu_ours": 0.41,
+    "mfu_peer": 0.44,
+    "peak_flops": 989e12,
+    "preset": "llama-12x768",
+    "vocab_size": 32000,
+    "seq_len": 1024,
+    "micro_batch": 16,
+    "accumulation": 2,
+    "precision": "bf16",
+    "compile": False,
+}
+SAMPLER_ROW = {
+    "preset": "llama-12x768",
+    "vocab": 32000,
+    "params_m": 162.4,
+    "batch": 256,
+    "new_tokens": 400,
+    "prompt_len": 20,
+    "ours_cd_tokens_per_s": 80000.0,
+    "ours_vanilla_tokens_per_s": 150000.0,
+    "reference_cd_tokens_per_s": 16000.0,
+    "speedup_cd": 5.0,
+}
 SAMPLER = {"bench": "sampler", "rows": [SAMPLER_ROW]}
-EVAL = {"bench": "eval", "pairs": 6700, "ours_s": 0.9, "peer_s": 2.5, "identical_decisions": True,
-        "model": {"layers": 12}}
+EVAL = {
+    "bench": "eval",
+    "pairs": 6700,
+    "ours_s": 0.9,
+    "peer_s": 2.5,
+    "identical_decisions": True,
+    "model": {"layers": 12},
+}
 
 
 def _dry() -> str:
-    out = subprocess.run(["bash", str(SCRIPT), "--dry"], capture_output=True, text=True, check=False, timeout=30)
+    out = subprocess.run(
+        ["bash", str(SCRIPT), "--dry"], capture_output=True, text=True, check=False, timeout=30
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout
 
 
 def test_dry_run_prints_every_command_with_its_box_and_the_budget():
     text = _dry()
-    boxes = {m[2]: (int(m[1]), m[3]) for m in re.finditer(r"^\s*\[\s*(\d+) s\] (\S+)\s+(.*)$", text, re.MULTILINE)}
-    boxes = {k: v for k, v in ((p, boxes.get(p)) for p in ("install", "bench_train", "bench_sampler", "bench_eval",
-                                                           "pytest_gpu", "tiny_sweep")) if v}
+    boxes = {
+        m[2]: (int(m[1]), m[3]) for m in re.finditer(r"^\s*\[\s*(\d+) s\] (\S+)\s+(.*)$", text, re.MULTILINE)
+    }
+    boxes = {
+        k: v
+        for k, v in (
+            (p, boxes.get(p))
+            for p in ("install", "bench_train", "bench_sampler", "bench_eval", "pytest_gpu", "tiny_sweep")
+        )
+        if v
+    }
     assert len(boxes) == 6, text
     total = sum(b for b, _ in boxes.values())
     assert total <= 480 and f"time boxes: {total} s of 480 s" in text and "total budget 480 s" in text
@@ -56,7 +95,9 @@ def test_dry_run_prints_every_command_with_its_box_and_the_budget():
 
 def test_without_a_gpu_it_stops_with_one_line(tmp_path):
     env = {**os.environ, "NVIDIA_SMI": "false", "OUT": str(tmp_path)}
-    out = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, check=False, timeout=30, env=env)
+    out = subprocess.run(
+        ["bash", str(SCRIPT)], capture_output=True, text=True, check=False, timeout=30, env=env
+    )
     assert out.returncode == 1 and out.stdout == ""
     assert len(out.stderr.splitlines()) == 1 and "no NVIDIA GPU visible" in out.stderr
     assert list(tmp_path.iterdir()) == []
@@ -64,7 +105,9 @@ def test_without_a_gpu_it_stops_with_one_line(tmp_path):
 
 def test_bad_box_override_is_one_line_exit_2():
     env = {**os.environ, "CDHPC_GPU_BOXES": "bench_train=soon"}
-    out = subprocess.run(["bash", str(SCRIPT), "--dry"], capture_output=True, text=True, check=False, timeout=30, env=env)
+    out = subprocess.run(
+        ["bash", str(SCRIPT), "--dry"], capture_output=True, text=True, check=False, timeout=30, env=env
+    )
     assert out.returncode == 2 and "bench_train=soon" in out.stderr and len(out.stderr.splitlines()) == 1
 
 
@@ -77,10 +120,13 @@ case "$*" in
   *"-m cdhpc.bench sampler"*) sleep 20 ;;
   *"-m cdhpc.bench eval"*) echo "Traceback: boom" >&2; exit 3 ;;
   *"-m pytest"*) x=$(printf '%s\n' "$@" | grep -A1 -x -- --junitxml | tail -1)
-     echo '<testsuites><testsuite tests="3" failures="1" errors="0" skipped="0"><testcase classname="t" name="a"/><testcase classname="t" name="b"><failure/></testcase><testcase classname="t" name="c"/></testsuite></testsuites>' > "$x"; exit 1 ;;
+     echo '<testsuites><testsuite tests="3" failures="1" errors="0" skipped="0">'\
+'<testcase classname="t" name="a"/><testcase classname="t" name="b"><failure/></testcase>'\
+'<testcase classname="t" name="c"/></testsuite></testsuites>' > "$x"; exit 1 ;;
   *"-m cdhpc.launch"*) w=$(printf '%s\n' "$@" | sed -n 's/^workdir=//p'); mkdir -p "$w/receipts/pretrain"
      echo '{"steps": [{"key": "k1"}]}' > "$w/plan.json"
-     echo '{"key": "k1", "stage": "pretrain", "status": "ok", "metrics": {"device": "cuda:0"}}' > "$w/receipts/pretrain/k1.json" ;;
+     echo '{"key": "k1", "stage": "pretrain", "status": "ok", "metrics": {"device": "cuda:0"}}' \
+       > "$w/receipts/pretrain/k1.json" ;;
   *) exit 0 ;;
 esac
 """
@@ -95,11 +141,20 @@ def test_fake_gpu_run_boxes_parts_and_writes_every_figure(tmp_path):
         f.chmod(0o755)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    env = {**os.environ, "CDHPC_PYTHON": str(fake), "REAL_PYTHON": sys.executable, "NVIDIA_SMI": str(smi),
-           "TRAIN_JSON": json.dumps(TRAIN), "OUT": str(out_dir), "CDHPC_GPU_WORK": str(tmp_path / "work"),
-           "CDHPC_GPU_BUDGET_S": "27", "CDHPC_GPU_BOXES": "install=2 bench_train=2 bench_sampler=1 bench_eval=2 "
-                                                          "pytest_gpu=2 tiny_sweep=3"}
-    run = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, check=False, timeout=60, env=env, cwd=tmp_path)
+    env = {
+        **os.environ,
+        "CDHPC_PYTHON": str(fake),
+        "REAL_PYTHON": sys.executable,
+        "NVIDIA_SMI": str(smi),
+        "TRAIN_JSON": json.dumps(TRAIN),
+        "OUT": str(out_dir),
+        "CDHPC_GPU_WORK": str(tmp_path / "work"),
+        "CDHPC_GPU_BUDGET_S": "27",
+        "CDHPC_GPU_BOXES": "install=2 bench_train=2 bench_sampler=1 bench_eval=2 pytest_gpu=2 tiny_sweep=3",
+    }
+    run = subprocess.run(
+        ["bash", str(SCRIPT)], capture_output=True, text=True, check=False, timeout=60, env=env, cwd=tmp_path
+    )
     lines = [json.loads(x) for x in (out_dir / "gpu.jsonl").read_text().splitlines()]
     by = {x["figure"]: x for x in lines}
     assert set(by) == {n for p in gf.PART_FIGURES.values() for n in p}, run.stdout + run.stderr
@@ -111,7 +166,7 @@ def test_fake_gpu_run_boxes_parts_and_writes_every_figure(tmp_path):
     assert by["gpu_tests"]["context"]["failed"] == ["t::b"]
     assert by["tiny_sweep_ok"]["value"] is True and by["tiny_sweep_ok"]["met"] is True
     assert run.returncode == 1  # targets not met
-    table = run.stdout[run.stdout.index("figure  "):]
+    table = run.stdout[run.stdout.index("figure  ") :]
     assert "train_mfu" in table and "NOT MET" in table and "timeout after" in table
     assert (out_dir / "gpu-logs.tar.gz").is_file()
 
@@ -134,7 +189,7 @@ def test_cd_target_needs_batch_256_and_400_tokens():
 
 
 def test_last_json_skips_logs_and_names_a_missing_result():
-    text = "noise\n{\"bench\": \"train\", \"ours\": 1}\n[INFO] done {x}\n"
+    text = 'noise\n{"bench": "train", "ours": 1}\n[INFO] done {x}\n'
     assert gf.last_json(text) == {"bench": "train", "ours": 1}
     with pytest.raises(ValueError, match="no benchmark result"):
         gf.last_json("Traceback (most recent call last):\n  RuntimeError: CUDA out of memory\n")

@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cdhpc.base.paths import inside
 from cdhpc.config import ConfigError, load_config
 from cdhpc.config.check import planned_steps
 from cdhpc.config.yamlio import MAX_FILE_BYTES, MAX_NODES
-from cdhpc.ui.launch import main
-from cdhpc.base.paths import inside
 from cdhpc.sweep.plan import StepSpec, plan_sweep
+from cdhpc.ui.launch import main
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -55,8 +55,13 @@ def error_of(path: Path, overrides: list[str] = ()) -> str:
 
 
 def launch(cwd: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cdhpc.launch", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "cdhpc.launch", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def assert_exit_2_naming(out: subprocess.CompletedProcess, path: Path, key: str) -> None:
@@ -78,7 +83,9 @@ BAD_NAMES = ["../../../ESCAPED", "a/b", "..", ".", "", "a b", "a\nb", "x" * 65, 
 
 @pytest.mark.parametrize("name", BAD_NAMES, ids=repr)
 def test_a_method_name_that_is_not_a_plain_name_is_an_error(tmp_path, name):
-    text = tiny_text(tmp_path / "work").replace("  no-contrast:\n", f"  {json.dumps(name)}:\n")  # a YAML quoted key
+    text = tiny_text(tmp_path / "work").replace(
+        "  no-contrast:\n", f"  {json.dumps(name)}:\n"
+    )  # a YAML quoted key
     err = error_of(sweep(tmp_path, text))
     assert "not a valid name (1-64 characters: letters, digits, '.', '_', '+', '-'" in err, err
     assert f"= {name!r}: not a valid name" in err, err
@@ -126,18 +133,21 @@ def test_a_step_directory_is_one_name_under_its_stage(tmp_path):
     assert spec.out_dir(tmp_path) == tmp_path / "select" / "cd-drop-0.5-01234567"
     for name in ("../../../ESCAPED", "a/b"):
         with pytest.raises(ValueError, match="not a single file name"):
-            StepSpec("select", name, "0123456789abcdef", {}).dirname
+            _ = StepSpec("select", name, "0123456789abcdef", {}).dirname
 
 
 def test_run_names_of_different_origins_must_not_collide(tmp_path):
     """A baseline called x-q0.3 and a method x retrained at share 0.3 would both make run x-q0.3-s1."""
-    text = tiny_text(tmp_path / "work").replace("  baseline: {}\n", "  x-q0.3: {}\n  x: {decoding: {mode: sample}}\n")
+    text = tiny_text(tmp_path / "work").replace(
+        "  baseline: {}\n", "  x-q0.3: {}\n  x: {decoding: {mode: sample}}\n"
+    )
     text = text.replace("baseline: baseline", "baseline: x-q0.3")
     err = error_of(sweep(tmp_path, text), ["pretrain.seeds=[1]"])
     assert "methods.x: its run name 'x-q0.3-s1' is also a run name of methods.x-q0.3" in err
 
 
 # --- YAML that would crash or hang the loader -------------------------------------------------
+
 
 def alias_bomb(levels: int = 9) -> str:
     lines = ["x-bomb:", "  l0: &l0 [a, a, a, a, a, a, a, a, a]"]
@@ -150,8 +160,11 @@ YAML_CASES = [
     ("self-alias-list", "x-self: &s [1, *s]\n", "an alias refers to the value that contains it"),
     ("self-alias-map", "x-self: &s {a: {b: *s}}\n", "an alias refers to the value that contains it"),
     ("deep-nesting", "x-deep: " + "[" * 500 + "]" * 500 + "\n", "nested deeper than 64 levels"),
-    ("deep-through-aliases", "x-d:\n" + "".join(f"  d{i}: &d{i} [{f'*d{i - 1}' if i else 1}]\n" for i in range(80)),
-     "aliases nest this value deeper than 64 levels"),
+    (
+        "deep-through-aliases",
+        "x-d:\n" + "".join(f"  d{i}: &d{i} [{f'*d{i - 1}' if i else 1}]\n" for i in range(80)),
+        "aliases nest this value deeper than 64 levels",
+    ),
     ("nul-character", "x: \0\n", "character '\\x00' is not allowed in YAML"),
 ]
 
@@ -180,7 +193,9 @@ def test_too_many_values_is_an_error_while_composing(tmp_path, monkeypatch):
 def test_alias_bomb_through_launch_exits_2_without_memory_growth(tmp_path):
     path = sweep(tmp_path, tiny_text(tmp_path / "work") + alias_bomb(12))  # 9**12 values if expanded
     out = launch(tmp_path, path, timeout=30)
-    assert_exit_2_naming(out, path, f"<top level>: aliases expand this value to more than {MAX_NODES:,} YAML values")
+    assert_exit_2_naming(
+        out, path, f"<top level>: aliases expand this value to more than {MAX_NODES:,} YAML values"
+    )
     assert files_under(tmp_path) == ["sweep.yaml"]
 
 
@@ -197,22 +212,32 @@ def test_an_oversized_file_is_refused_before_parsing(tmp_path):
 
 # --- values that passed validation and failed later -------------------------------------------
 
+
 @pytest.mark.slow
 def test_duplicate_retrain_seeds_exit_2_before_the_workdir_exists(tmp_path):
     """Was: sqlite3.IntegrityError after the workdir had been created."""
     path = sweep(tmp_path)
     out = launch(tmp_path, path, "retrain.seeds=[1, 1]")
-    assert_exit_2_naming(out, path, "retrain.seeds = [1, 1]: seeds must be distinct; 1 appears more than once")
+    assert_exit_2_naming(
+        out, path, "retrain.seeds = [1, 1]: seeds must be distinct; 1 appears more than once"
+    )
     assert files_under(tmp_path) == ["sweep.yaml"]
 
 
-@pytest.mark.parametrize("override, key, words", [
-    ("retrain.mix=[0.3, 0.3]", "retrain.mix", "mix shares (as run names show them) must be distinct; 0.3"),
-    ("methods.cd-early-60.mix=[0.3, 0.30000001]", "methods.cd-early-60.mix", "must be distinct; 0.3"),
-    ("pretrain.seeds=[2, 2]", "pretrain.seeds", "seeds must be distinct"),
-    ("eval.checkpoints=[60, 60]", "eval.checkpoints", "checkpoint steps must be distinct; 60"),
-    ("stats.tasks=[blimp, blimp]", "stats.tasks", "tasks must be distinct"),
-])
+@pytest.mark.parametrize(
+    "override, key, words",
+    [
+        (
+            "retrain.mix=[0.3, 0.3]",
+            "retrain.mix",
+            "mix shares (as run names show them) must be distinct; 0.3",
+        ),
+        ("methods.cd-early-60.mix=[0.3, 0.30000001]", "methods.cd-early-60.mix", "must be distinct; 0.3"),
+        ("pretrain.seeds=[2, 2]", "pretrain.seeds", "seeds must be distinct"),
+        ("eval.checkpoints=[60, 60]", "eval.checkpoints", "checkpoint steps must be distinct; 60"),
+        ("stats.tasks=[blimp, blimp]", "stats.tasks", "tasks must be distinct"),
+    ],
+)
 def test_repeated_mix_ratios_seeds_and_steps_are_errors(tmp_path, override, key, words):
     err = error_of(sweep(tmp_path), [override])
     assert f"(override {override!r}): {key}" in err and words in err, err
@@ -227,12 +252,23 @@ def test_a_workdir_that_is_a_file_exits_2(tmp_path, capsys):
     assert f"cannot be created: {tmp_path / 'afile'} is not a directory" in err
 
 
-@pytest.mark.parametrize("override, key, words", [
-    ("pretrain.steps=1000000000000000000000000000000", "pretrain.steps", "less than or equal to 100000000"),
-    ("generation.shards=10000000", "generation.shards", "less than or equal to 100000"),
-    ("generation.total_tokens=1000000000000000", "generation.total_tokens", "less than or equal to 100000000000"),
-    ("pretrain.checkpoint_every=1", "pretrain.checkpoint_every", None),
-])
+@pytest.mark.parametrize(
+    "override, key, words",
+    [
+        (
+            "pretrain.steps=1000000000000000000000000000000",
+            "pretrain.steps",
+            "less than or equal to 100000000",
+        ),
+        ("generation.shards=10000000", "generation.shards", "less than or equal to 100000"),
+        (
+            "generation.total_tokens=1000000000000000",
+            "generation.total_tokens",
+            "less than or equal to 100000000000",
+        ),
+        ("pretrain.checkpoint_every=1", "pretrain.checkpoint_every", None),
+    ],
+)
 def test_sizes_that_exhausted_memory_or_time_are_bounded(tmp_path, override, key, words):
     overrides = [override] + (["pretrain.steps=100000000"] if "checkpoint_every" in override else [])
     t = time.perf_counter()
@@ -246,10 +282,13 @@ def test_sizes_that_exhausted_memory_or_time_are_bounded(tmp_path, override, key
 
 
 def test_more_shards_than_prompts_is_an_error(tmp_path):
-    """tiny: 24,576 tokens / (2 continuations x 64 new tokens) = 192 prompts: 1,000 shards were 808 empty jobs."""
+    """tiny: 24,576 tokens / (2 continuations x 64 new tokens) = 192 prompts: 1,000 shards were 808 empty
+    jobs."""
     err = error_of(sweep(tmp_path), ["generation.shards=1000"])
-    assert ("(override 'generation.shards=1000'): generation.shards = 1000: more shards than prompts: "
-            "total_tokens / (continuations x new_tokens) = 192 prompts; shards <= 192") in err, err
+    assert (
+        "(override 'generation.shards=1000'): generation.shards = 1000: more shards than prompts: "
+        "total_tokens / (continuations x new_tokens) = 192 prompts; shards <= 192"
+    ) in err, err
     assert len(err.splitlines()) == 2, "reported once at the top-level key, not once per method"
 
 
@@ -258,19 +297,34 @@ def test_the_whole_sweep_is_bounded(tmp_path, monkeypatch):
 
     assert configcheck.MAX_PLANNED_STEPS == 500_000  # 10x paper.yaml
     monkeypatch.setattr(configcheck, "MAX_PLANNED_STEPS", 300)
-    err = error_of(sweep(tmp_path), ["retrain.seeds=[1, 2]"])  # tiny: 226 steps, 380 with a second retrain seed
-    assert ("<top level>: the sweep plans 380 steps (evaluate 336, pretrain 17, generate 12); at most 300: fewer "
-            "seeds, shares, checkpoints, tasks or shards, or split it into several sweeps") in err, err
+    err = error_of(
+        sweep(tmp_path), ["retrain.seeds=[1, 2]"]
+    )  # tiny: 226 steps, 380 with a second retrain seed
+    assert (
+        "<top level>: the sweep plans 380 steps (evaluate 336, pretrain 17, generate 12); at most 300: fewer "
+        "seeds, shares, checkpoints, tasks or shards, or split it into several sweeps"
+    ) in err, err
 
 
-@pytest.mark.parametrize("override", [
-    "pretrain.lr=.inf", "pretrain.min_lr=.nan", "pretrain.weight_decay=.inf", "pretrain.betas=[0.9, .nan]",
-    "methods.cd-small.decoding.temperature=.nan", "methods.cd-small.decoding.amateur_temperature=.inf",
-    "methods.cd-small.decoding.lambda=.inf", "methods.cd-small.decoding.alpha=.nan",
-    "methods.cd-small.decoding.eps=.inf",
-    "retrain.mix=[.nan]", "executor.resources.pretrain.mem_gb=.inf", "executor.poll_s=.nan",
-    "pretrain.deepspeed.gradient_clipping=.nan", "data.seed_fraction=.nan",
-])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "pretrain.lr=.inf",
+        "pretrain.min_lr=.nan",
+        "pretrain.weight_decay=.inf",
+        "pretrain.betas=[0.9, .nan]",
+        "methods.cd-small.decoding.temperature=.nan",
+        "methods.cd-small.decoding.amateur_temperature=.inf",
+        "methods.cd-small.decoding.lambda=.inf",
+        "methods.cd-small.decoding.alpha=.nan",
+        "methods.cd-small.decoding.eps=.inf",
+        "retrain.mix=[.nan]",
+        "executor.resources.pretrain.mem_gb=.inf",
+        "executor.poll_s=.nan",
+        "pretrain.deepspeed.gradient_clipping=.nan",
+        "data.seed_fraction=.nan",
+    ],
+)
 def test_inf_and_nan_are_errors_wherever_a_float_is_accepted(tmp_path, override):
     err = error_of(sweep(tmp_path), [override])
     key = override.split("=")[0]
@@ -280,27 +334,36 @@ def test_inf_and_nan_are_errors_wherever_a_float_is_accepted(tmp_path, override)
 def test_minus_inf_tail_is_still_accepted(tmp_path):
     cfg = load_config(sweep(tmp_path), ["methods.cd-small.decoding.tail=-.inf"])
     assert cfg.methods["cd-small"].decoding.tail == -math.inf
-    assert "tail must be -inf or a finite number" in error_of(sweep(tmp_path), ["methods.cd-small.decoding.tail=.inf"])
+    assert "tail must be -inf or a finite number" in error_of(
+        sweep(tmp_path), ["methods.cd-small.decoding.tail=.inf"]
+    )
 
 
 def test_prompt_and_new_tokens_must_fit_the_models_positions(tmp_path):
     """Was: generate failed after pretraining, and was retried."""
     err = error_of(sweep(tmp_path), ["generation.new_tokens=200"])
-    assert ("generation.new_tokens = 200: prompt_tokens + new_tokens = 8 + 200 positions; pretrain.model 'tiny' "
-            "has 128 (new_tokens <= 120)") in err, err
+    assert (
+        "generation.new_tokens = 200: prompt_tokens + new_tokens = 8 + 200 positions; pretrain.model 'tiny' "
+        "has 128 (new_tokens <= 120)"
+    ) in err, err
     short = "models:\n  tiny-short: {layers: 2, hidden: 64, heads: 2, mlp: 256, context: 32}\n"
     text = tiny_text(tmp_path / "work") + short
     err = error_of(sweep(tmp_path, text), ["methods.cd-small.amateur.model=tiny-short"])
-    assert ("generation.new_tokens = 64: prompt_tokens + new_tokens = 8 + 64 positions; "
-            "methods.cd-small.amateur.model 'tiny-short' has 32 (new_tokens <= 24)") in err, err
+    assert (
+        "generation.new_tokens = 64: prompt_tokens + new_tokens = 8 + 64 positions; "
+        "methods.cd-small.amateur.model 'tiny-short' has 32 (new_tokens <= 24)"
+    ) in err, err
 
 
-@pytest.mark.parametrize("override, words", [
-    ("seed=9223372036854775808", "less than 9223372036854775808"),
-    ("pretrain.seeds=[1, 18446744073709551616]", "less than 9223372036854775808"),
-    ("retrain.seeds=[-1]", "greater than or equal to 0"),
-    ("stats.seed=-5", "greater than or equal to 0"),
-])
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("seed=9223372036854775808", "less than 9223372036854775808"),
+        ("pretrain.seeds=[1, 18446744073709551616]", "less than 9223372036854775808"),
+        ("retrain.seeds=[-1]", "greater than or equal to 0"),
+        ("stats.seed=-5", "greater than or equal to 0"),
+    ],
+)
 def test_seeds_fit_a_signed_64_bit_integer(tmp_path, override, words):
     assert words in error_of(sweep(tmp_path), [override])
 
@@ -311,16 +374,21 @@ def test_the_largest_seed_is_accepted(tmp_path):
 
 # --- overrides --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("override, words", [
-    ("a.b=", "a.b: empty value; give one (key=null for null"),
-    ("pretrain.steps=", "pretrain.steps: empty value"),
-    ("pretrain..steps=3", "pretrain..steps: empty key between dots"),
-    (".steps=3", ".steps: empty key between dots"),
-    ("pretrian.steps=3", "pretrian: unknown key; did you mean 'pretrain'?"),
-    ("pretrain.stpes=3", "pretrain.stpes: unknown key; did you mean 'steps'?"),
-    ("name.x=3", "name.x: cannot set: name is not a mapping"),
-    ("pretrain.steps=" + "[" * 100 + "]" * 100, "nested deeper than 64 levels"),
-], ids=lambda v: v[:40] if isinstance(v, str) else None)
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("a.b=", "a.b: empty value; give one (key=null for null"),
+        ("pretrain.steps=", "pretrain.steps: empty value"),
+        ("pretrain..steps=3", "pretrain..steps: empty key between dots"),
+        (".steps=3", ".steps: empty key between dots"),
+        ("pretrian.steps=3", "pretrian: unknown key; did you mean 'pretrain'?"),
+        ("pretrain.stpes=3", "pretrain.stpes: unknown key; did you mean 'steps'?"),
+        ("name.x=3", "name.x: cannot set: name is not a mapping"),
+        ("pretrain.steps=" + "[" * 100 + "]" * 100, "nested deeper than 64 levels"),
+    ],
+    ids=lambda v: v[:40] if isinstance(v, str) else None,
+)
 def test_override_errors_name_the_override_as_typed_not_a_file_line(tmp_path, override, words):
     err = error_of(sweep(tmp_path), [override])
     issue = err.splitlines()[1]
@@ -336,10 +404,14 @@ def test_an_empty_override_through_launch_names_it(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == [path]
 
 
-@pytest.mark.parametrize("overrides", [
-    [], ["eval.checkpoints=final", "retrain.seeds=[1, 2]"],
-    ["eval.checkpoints=all", "methods.cd-small.amateur.seed=2", "retrain.mix=[0, 1]"],
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        ["eval.checkpoints=final", "retrain.seeds=[1, 2]"],
+        ["eval.checkpoints=all", "methods.cd-small.amateur.seed=2", "retrain.mix=[0, 1]"],
+    ],
+)
 def test_planned_steps_counts_what_the_planner_makes(tmp_path, overrides):
     """The size bound counts steps without making them; it must agree with plan_sweep."""
     cfg = load_config(sweep(tmp_path), overrides)
@@ -358,8 +430,34 @@ def test_planned_steps_counts_the_shipped_sweeps():
 # --- fuzz: 200 seeded mutations of configs/tiny.yaml ------------------------------------------
 
 HOSTILE = ["../../../ESCAPED", "a/b", "..", "a\nb", "é☃𝄞", "", " ", "x" * 300, "-x", "a b", "\t", "%j"]
-VALUES = [0, -1, 1, 2**63, 2**64, 10**30, -10**30, 1.5, -0.5, 1e-300, math.inf, -math.inf, math.nan, None, True,
-          False, "", "x" * 5000, "many", "1e400", [], {}, [1, 2], [[[]]], {"a": 1}, *HOSTILE]
+VALUES = [
+    0,
+    -1,
+    1,
+    2**63,
+    2**64,
+    10**30,
+    -(10**30),
+    1.5,
+    -0.5,
+    1e-300,
+    math.inf,
+    -math.inf,
+    math.nan,
+    None,
+    True,
+    False,
+    "",
+    "x" * 5000,
+    "many",
+    "1e400",
+    [],
+    {},
+    [1, 2],
+    [[[]]],
+    {"a": 1},
+    *HOSTILE,
+]
 
 
 def _key_paths(node, prefix=()):
@@ -383,7 +481,10 @@ def _parent(data, loc):
 
 def _typo(rng: random.Random, key: str) -> str:
     i = rng.randrange(len(key)) if key else 0
-    return rng.choice([key[:i] + key[i + 1:], key[:i] + rng.choice("xz_.") + key[i:], key.upper(), key + "s"]) or "k"
+    return (
+        rng.choice([key[:i] + key[i + 1 :], key[:i] + rng.choice("xz_.") + key[i:], key.upper(), key + "s"])
+        or "k"
+    )
 
 
 def _deep(rng: random.Random):
@@ -395,8 +496,25 @@ def _deep(rng: random.Random):
 
 def mutate(rng: random.Random, base: dict, text: str) -> tuple[str, str | bytes]:
     """(kind, file content): one random change of keys, values or YAML structure."""
-    kind = rng.choice(["value", "value", "value", "typo", "delete", "hostile-key", "hostile-method", "list-for-map",
-                       "nest", "duplicate-line", "truncate", "bad-byte", "alias-bomb", "self-alias", "alias-merge"])
+    kind = rng.choice(
+        [
+            "value",
+            "value",
+            "value",
+            "typo",
+            "delete",
+            "hostile-key",
+            "hostile-method",
+            "list-for-map",
+            "nest",
+            "duplicate-line",
+            "truncate",
+            "bad-byte",
+            "alias-bomb",
+            "self-alias",
+            "alias-merge",
+        ]
+    )
     data = copy.deepcopy(base)
     locs = _key_paths(data)
     loc = rng.choice(locs)
@@ -413,18 +531,18 @@ def mutate(rng: random.Random, base: dict, text: str) -> tuple[str, str | bytes]
         methods = data["methods"]
         methods[rng.choice(HOSTILE)] = methods.pop(rng.choice(list(methods)))
     elif kind == "list-for-map":
-        maps = [l for l in locs if isinstance(_parent(data, l)[l[-1]], dict)]
-        l = rng.choice(maps)
-        _parent(data, l)[l[-1]] = list(_parent(data, l)[l[-1]].values())
+        maps = [m for m in locs if isinstance(_parent(data, m)[m[-1]], dict)]
+        target = rng.choice(maps)
+        _parent(data, target)[target[-1]] = list(_parent(data, target)[target[-1]].values())
     elif kind == "nest":
         parent[loc[-1]] = _deep(rng)
     dumped = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
     lines = text.splitlines(keepends=True)
     if kind == "duplicate-line":
         i = rng.randrange(len(lines))
-        return kind, "".join(lines[:i + 1] + lines[i:])
+        return kind, "".join(lines[: i + 1] + lines[i:])
     if kind == "truncate":
-        return kind, text[:rng.randrange(len(text))]
+        return kind, text[: rng.randrange(len(text))]
     if kind == "bad-byte":
         i = rng.randrange(len(text))
         return kind, text[:i].encode() + rng.choice([b"\xff", b"\xc3", b"\x00", b"\xe9"]) + text[i:].encode()
@@ -452,6 +570,7 @@ class _Timeout(Exception):
 def time_limit(seconds: float):
     def fire(signum, frame):
         raise _Timeout(f"more than {seconds} s")
+
     old = signal.signal(signal.SIGALRM, fire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:

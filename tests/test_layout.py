@@ -60,8 +60,9 @@ def _type_checking_nodes(tree: ast.AST) -> set[int]:
     for node in ast.walk(tree):
         test = getattr(node, "test", None)
         if isinstance(node, ast.If) and (
-                (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
-                or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")):
+            (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
+            or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        ):
             out |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
     return out
 
@@ -75,7 +76,7 @@ def _resolve(name: str, known: dict[str, Path]) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)  # the repository's graph is read by several tests
+@functools.cache  # the repository's graph is read by several tests
 def edges(tree: Path) -> tuple[Edge, ...]:
     known = modules(tree)
     out = []
@@ -89,7 +90,7 @@ def edges(tree: Path) -> tuple[Edge, ...]:
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:  # relative: from the package, up level-1
-                    anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                     base = ".".join(anchor + ([base] if base else []))
                 targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
             else:
@@ -97,7 +98,9 @@ def edges(tree: Path) -> tuple[Edge, ...]:
             for t in targets:
                 dst = _resolve(t, known)
                 if dst is not None and dst != src:
-                    out.append(Edge(src, dst, str(path.relative_to(tree)), node.lineno, id(node) not in typing_only))
+                    out.append(
+                        Edge(src, dst, str(path.relative_to(tree)), node.lineno, id(node) not in typing_only)
+                    )
     return tuple(out)
 
 
@@ -117,19 +120,24 @@ def layout_errors(tree: Path) -> list[str]:
     errors = []
     for m, path in modules(tree).items():
         if package_of(m) == "":
-            errors.append(f"{path.relative_to(tree)}: {m} is a flat module of cdhpc; put it in a package "
-                          f"({', '.join(sorted(ALLOWED))}) or, if it is an entry point, add it to ENTRY")
+            errors.append(
+                f"{path.relative_to(tree)}: {m} is a flat module of cdhpc; put it in a package "
+                f"({', '.join(sorted(ALLOWED))}) or, if it is an entry point, add it to ENTRY"
+            )
         elif package_of(m) not in ALLOWED | {"root": set(), "entry": set()}:
-            errors.append(f"{path.relative_to(tree)}: {m}: package {package_of(m)!r} has no rule in ALLOWED "
-                          "(tests/test_layout.py, docs/design.md §3)")
+            errors.append(
+                f"{path.relative_to(tree)}: {m}: package {package_of(m)!r} has no rule in ALLOWED "
+                "(tests/test_layout.py, docs/design.md §3)"
+            )
     for e in edges(tree):
         src, dst = package_of(e.src), package_of(e.dst)
         if src in ("entry", "") or dst == "root" or src == dst or dst not in ALLOWED | {"entry": set()}:
             continue
         if src == "root" or dst == "entry" or dst not in ALLOWED.get(src, set()):
             may = ", ".join(sorted(ALLOWED.get(src, set()))) or "nothing of cdhpc"
-            errors.append(f"{e.path}:{e.line}: {e.src} imports {e.dst}: {src} may import only {may} "
-                          "(docs/design.md §3)")
+            errors.append(
+                f"{e.path}:{e.line}: {e.src} imports {e.dst}: {src} may import only {may} (docs/design.md §3)"
+            )
     return errors
 
 
@@ -179,8 +187,11 @@ def cycle_errors(tree: Path, known: dict[frozenset[str], str]) -> list[str]:
     for comp in found:
         if frozenset(comp) in known:
             continue
-        inside = sorted(f"{e.path}:{e.line} ({e.src} -> {e.dst})" for (s, d), e in by_pair.items()
-                        if s in comp and d in comp)
+        inside = sorted(
+            f"{e.path}:{e.line} ({e.src} -> {e.dst})"
+            for (s, d), e in by_pair.items()
+            if s in comp and d in comp
+        )
         errors.append(f"import cycle {' <-> '.join(comp)}: " + "; ".join(inside))
     gone = [" <-> ".join(sorted(k)) for k in known if sorted(k) not in found]
     errors += [f"KNOWN_CYCLES lists {g}, which is no longer a cycle: remove it" for g in gone]
@@ -199,16 +210,27 @@ def test_the_repository_has_no_import_cycles():
 
 
 def test_no_module_is_over_400_lines():
-    long = [f"{p.relative_to(ROOT)}: {n} lines" for p in modules(ROOT).values()
-            if (n := len(p.read_text().splitlines())) > 400]
+    long = [
+        f"{p.relative_to(ROOT)}: {n} lines"
+        for p in modules(ROOT).values()
+        if (n := len(p.read_text().splitlines())) > 400
+    ]
     assert not long, "split these (docs/design.md §2):\n" + "\n".join(long)
 
 
 def test_thin_entry_points_only_call_their_package():
     """`python -m cdhpc.launch|gpufigures|toydata` keep their dotted paths; the code is in a package."""
-    fat = [f"{m}: {len(defs)} definitions ({', '.join(defs)})" for m in sorted(THIN)
-           if (defs := [n.name for n in ast.parse(modules(ROOT)[m].read_text()).body
-                        if isinstance(n, (ast.FunctionDef, ast.ClassDef))])]
+    fat = [
+        f"{m}: {len(defs)} definitions ({', '.join(defs)})"
+        for m in sorted(THIN)
+        if (
+            defs := [
+                n.name
+                for n in ast.parse(modules(ROOT)[m].read_text()).body
+                if isinstance(n, (ast.FunctionDef, ast.ClassDef))
+            ]
+        )
+    ]
     assert not fat, "move these into their package (docs/design.md §2):\n" + "\n".join(fat)
 
 
@@ -221,24 +243,35 @@ def write_tree(root: Path, files: dict[str, str]) -> Path:
 
 
 def test_checker_names_an_upward_import_with_file_and_line(tmp_path):
-    tree = write_tree(tmp_path, {
-        "cdhpc/lm/__init__.py": "", "cdhpc/ui/__init__.py": "", "cdhpc/base/__init__.py": "",
-        "cdhpc/ui/status.py": "def fmt(): ...\n",
-        "cdhpc/base/keys.py": "",
-        "cdhpc/lm/metrics.py": "from cdhpc import STAGES\nfrom cdhpc.base import keys\n\n"
-                               "def f():\n    from cdhpc.ui.status import fmt\n",
-    })
-    assert layout_errors(tree) == ["cdhpc/lm/metrics.py:5: cdhpc.lm.metrics imports cdhpc.ui.status: "
-                                   "lm may import only base (docs/design.md §3)"]
+    tree = write_tree(
+        tmp_path,
+        {
+            "cdhpc/lm/__init__.py": "",
+            "cdhpc/ui/__init__.py": "",
+            "cdhpc/base/__init__.py": "",
+            "cdhpc/ui/status.py": "def fmt(): ...\n",
+            "cdhpc/base/keys.py": "",
+            "cdhpc/lm/metrics.py": "from cdhpc import STAGES\nfrom cdhpc.base import keys\n\n"
+            "def f():\n    from cdhpc.ui.status import fmt\n",
+        },
+    )
+    assert layout_errors(tree) == [
+        "cdhpc/lm/metrics.py:5: cdhpc.lm.metrics imports cdhpc.ui.status: "
+        "lm may import only base (docs/design.md §3)"
+    ]
 
 
 def test_checker_allows_entry_modules_and_flags_flat_modules_and_importing_them(tmp_path):
-    tree = write_tree(tmp_path, {
-        "cdhpc/ui/__init__.py": "", "cdhpc/ui/launch.py": "",
-        "cdhpc/launch.py": "from cdhpc.ui.launch import *\n",
-        "cdhpc/helpers.py": "",
-        "cdhpc/ui/tui.py": "import cdhpc.launch\n",
-    })
+    tree = write_tree(
+        tmp_path,
+        {
+            "cdhpc/ui/__init__.py": "",
+            "cdhpc/ui/launch.py": "",
+            "cdhpc/launch.py": "from cdhpc.ui.launch import *\n",
+            "cdhpc/helpers.py": "",
+            "cdhpc/ui/tui.py": "import cdhpc.launch\n",
+        },
+    )
     errors = layout_errors(tree)
     assert len(errors) == 2, errors
     assert errors[0].startswith("cdhpc/helpers.py: cdhpc.helpers is a flat module of cdhpc")
@@ -246,32 +279,43 @@ def test_checker_allows_entry_modules_and_flags_flat_modules_and_importing_them(
 
 
 def test_checker_finds_function_level_cycles_and_skips_type_checking_imports(tmp_path):
-    tree = write_tree(tmp_path, {
-        "cdhpc/sweep/__init__.py": "",
-        "cdhpc/sweep/manifest.py": "def f():\n    from cdhpc.sweep import lock\n",
-        "cdhpc/sweep/lock.py": "from cdhpc.sweep.manifest import f\n",
-        "cdhpc/sweep/plan.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
-                               "    from cdhpc.sweep.receipts import R\n",
-        "cdhpc/sweep/receipts.py": "from cdhpc.sweep.plan import *\n",
-    })
+    tree = write_tree(
+        tmp_path,
+        {
+            "cdhpc/sweep/__init__.py": "",
+            "cdhpc/sweep/manifest.py": "def f():\n    from cdhpc.sweep import lock\n",
+            "cdhpc/sweep/lock.py": "from cdhpc.sweep.manifest import f\n",
+            "cdhpc/sweep/plan.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+            "    from cdhpc.sweep.receipts import R\n",
+            "cdhpc/sweep/receipts.py": "from cdhpc.sweep.plan import *\n",
+        },
+    )
     assert cycles(tree) == [["cdhpc.sweep.lock", "cdhpc.sweep.manifest"]]
     errors = cycle_errors(tree, {})
-    assert errors == ["import cycle cdhpc.sweep.lock <-> cdhpc.sweep.manifest: "
-                      "cdhpc/sweep/lock.py:1 (cdhpc.sweep.lock -> cdhpc.sweep.manifest); "
-                      "cdhpc/sweep/manifest.py:2 (cdhpc.sweep.manifest -> cdhpc.sweep.lock)"]
+    assert errors == [
+        "import cycle cdhpc.sweep.lock <-> cdhpc.sweep.manifest: "
+        "cdhpc/sweep/lock.py:1 (cdhpc.sweep.lock -> cdhpc.sweep.manifest); "
+        "cdhpc/sweep/manifest.py:2 (cdhpc.sweep.manifest -> cdhpc.sweep.lock)"
+    ]
     stale = frozenset({"cdhpc.sweep.plan", "cdhpc.sweep.receipts"})
     assert cycle_errors(tree, {frozenset({"cdhpc.sweep.lock", "cdhpc.sweep.manifest"}): "x", stale: "y"}) == [
-        "KNOWN_CYCLES lists cdhpc.sweep.plan <-> cdhpc.sweep.receipts, which is no longer a cycle: remove it"]
+        "KNOWN_CYCLES lists cdhpc.sweep.plan <-> cdhpc.sweep.receipts, which is no longer a cycle: remove it"
+    ]
 
 
-@pytest.mark.parametrize(("source", "expected"), [
-    ("from cdhpc.sweep import plan\n", "cdhpc.sweep.plan"),  # a module imported from its package
-    ("from cdhpc.sweep.plan import Plan\n", "cdhpc.sweep.plan"),  # a name inside a module
-    ("import cdhpc.sweep.plan as p\n", "cdhpc.sweep.plan"),
-    ("from .plan import Plan\n", "cdhpc.sweep.plan"),  # relative
-    ("from . import plan\n", "cdhpc.sweep.plan"),
-])
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("from cdhpc.sweep import plan\n", "cdhpc.sweep.plan"),  # a module imported from its package
+        ("from cdhpc.sweep.plan import Plan\n", "cdhpc.sweep.plan"),  # a name inside a module
+        ("import cdhpc.sweep.plan as p\n", "cdhpc.sweep.plan"),
+        ("from .plan import Plan\n", "cdhpc.sweep.plan"),  # relative
+        ("from . import plan\n", "cdhpc.sweep.plan"),
+    ],
+)
 def test_checker_resolves_every_import_form(tmp_path, source, expected):
-    tree = write_tree(tmp_path, {"cdhpc/sweep/__init__.py": "", "cdhpc/sweep/plan.py": "Plan = 1\n",
-                                 "cdhpc/sweep/lock.py": source})
+    tree = write_tree(
+        tmp_path,
+        {"cdhpc/sweep/__init__.py": "", "cdhpc/sweep/plan.py": "Plan = 1\n", "cdhpc/sweep/lock.py": source},
+    )
     assert [e.dst for e in edges(tree) if e.src == "cdhpc.sweep.lock"] == [expected]

@@ -19,10 +19,18 @@ from cdhpc.base.verbosity import ENV, LogLevelError, configure, resolve_level
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("verbose,quiet,env,want", [
-    (False, False, {}, "info"), (True, False, {}, "debug"), (False, True, {}, "error"),
-    (False, False, {ENV: "WARNING"}, "warning"), (False, True, {ENV: "debug"}, "error"),
-    (True, False, {ENV: "error"}, "debug"), (False, False, {ENV: " "}, "info")])
+@pytest.mark.parametrize(
+    "verbose,quiet,env,want",
+    [
+        (False, False, {}, "info"),
+        (True, False, {}, "debug"),
+        (False, True, {}, "error"),
+        (False, False, {ENV: "WARNING"}, "warning"),
+        (False, True, {ENV: "debug"}, "error"),
+        (True, False, {ENV: "error"}, "debug"),
+        (False, False, {ENV: " "}, "info"),
+    ],
+)
 def test_flags_win_over_the_variable(verbose, quiet, env, want):
     assert resolve_level(verbose, quiet, env) == want
 
@@ -30,12 +38,21 @@ def test_flags_win_over_the_variable(verbose, quiet, env, want):
 def test_a_bad_variable_names_itself_the_value_and_the_levels():
     with pytest.raises(LogLevelError) as e:
         resolve_level(True, False, {ENV: "loud"})  # a flag does not hide the typo
-    assert str(e.value) == ("cdhpc: environment variable CDHPC_LOG_LEVEL='loud' is not a log level; "
-                            "allowed: debug, info, warning, error (any case)")
+    assert str(e.value) == (
+        "cdhpc: environment variable CDHPC_LOG_LEVEL='loud' is not a log level; "
+        "allowed: debug, info, warning, error (any case)"
+    )
 
 
-@pytest.mark.parametrize("argv", [["status", "nowhere", "--once"], ["report", "nowhere"], ["-q", "eval", "--help"],
-                                  ["launch", "configs/tiny.yaml", "--dry-run"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["status", "nowhere", "--once"],
+        ["report", "nowhere"],
+        ["-q", "eval", "--help"],
+        ["launch", "configs/tiny.yaml", "--dry-run"],
+    ],
+)
 def test_commands_exit_2_on_a_bad_variable_with_one_line(argv, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     monkeypatch.setenv(ENV, "loud")
@@ -46,9 +63,16 @@ def test_commands_exit_2_on_a_bad_variable_with_one_line(argv, monkeypatch, caps
     assert len(err) == 1 and "CDHPC_LOG_LEVEL='loud'" in err[0]
 
 
-@pytest.mark.parametrize("argv,verbose,quiet", [
-    (["status", "w", "-q"], False, True), (["-q", "status", "w"], False, True), (["status", "w"], False, False),
-    (["-v", "cancel", "w", "--stage", "pretrain"], True, False), (["export", "-v", "w"], True, False)])
+@pytest.mark.parametrize(
+    "argv,verbose,quiet",
+    [
+        (["status", "w", "-q"], False, True),
+        (["-q", "status", "w"], False, True),
+        (["status", "w"], False, False),
+        (["-v", "cancel", "w", "--stage", "pretrain"], True, False),
+        (["export", "-v", "w"], True, False),
+    ],
+)
 def test_every_subcommand_takes_v_and_q_before_or_after_it(argv, verbose, quiet):
     args = cli.build_parser().parse_args(argv)
     assert (getattr(args, "verbose", False), getattr(args, "quiet", False)) == (verbose, quiet)
@@ -60,12 +84,19 @@ def test_v_and_q_together_are_a_usage_error(capsys):
     assert e.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv,want", [
-    (["-q", "launch", "x.yaml", "a=1"], ("launch", ["x.yaml", "a=1", "-q"], False, False)),
-    (["launch", "x.yaml", "-v"], ("launch", ["x.yaml", "-v"], False, False)),
-    (["eval", "--model", "m", "-q", "--tasks", "blimp"], ("eval", ["--model", "m", "--tasks", "blimp"], False, True)),
-    (["-v", "eval", "--help"], ("eval", ["--help"], True, False)),
-    (["status", "w"], None)])
+@pytest.mark.parametrize(
+    "argv,want",
+    [
+        (["-q", "launch", "x.yaml", "a=1"], ("launch", ["x.yaml", "a=1", "-q"], False, False)),
+        (["launch", "x.yaml", "-v"], ("launch", ["x.yaml", "-v"], False, False)),
+        (
+            ["eval", "--model", "m", "-q", "--tasks", "blimp"],
+            ("eval", ["--model", "m", "--tasks", "blimp"], False, True),
+        ),
+        (["-v", "eval", "--help"], ("eval", ["--help"], True, False)),
+        (["status", "w"], None),
+    ],
+)
 def test_launch_gets_the_flags_and_eval_has_them_taken_out(argv, want):
     assert cli.split_delegated(argv) == want
 
@@ -83,8 +114,12 @@ def test_the_level_reaches_child_processes_through_the_environment():
     handlers, level = root.handlers[:], root.level
     try:
         configure("error", environ=env)
-        assert env == {ENV: "error", "TRANSFORMERS_VERBOSITY": "detail", "DATASETS_VERBOSITY": "error",
-                       "SUBMITIT_LOG_LEVEL": "ERROR"}
+        assert env == {
+            ENV: "error",
+            "TRANSFORMERS_VERBOSITY": "detail",
+            "DATASETS_VERBOSITY": "error",
+            "SUBMITIT_LOG_LEVEL": "ERROR",
+        }
         default: dict[str, str] = {}
         configure("info", environ=default)
         assert ENV not in default and default["SUBMITIT_LOG_LEVEL"] == "INFO"  # a job's life stays in its log
@@ -93,8 +128,8 @@ def test_the_level_reaches_child_processes_through_the_environment():
 
 
 def test_slurm_jobs_get_the_level_in_their_script():
-    from cdhpc.sweep.plan import plan_sweep
     from cdhpc.executors.sbatch import check_sbatch_script, plan_arrays, sbatch_parameters, sbatch_script
+    from cdhpc.sweep.plan import plan_sweep
     from tests.test_slurm import tiny_on_dev
 
     cfg, profile = tiny_on_dev()
@@ -107,8 +142,14 @@ def test_slurm_jobs_get_the_level_in_their_script():
     assert "CDHPC_LOG_LEVEL" not in sbatch_script(sbatch_parameters(array, profile, "n", None), "/W", 1)
 
 
-@pytest.mark.parametrize("level,shown", [("info", ["own info", "submitit info"]), ("error", []),
-                                         ("debug", ["own info", "gcc -c test.c", "submitit info"])])
+@pytest.mark.parametrize(
+    "level,shown",
+    [
+        ("info", ["own info", "submitit info"]),
+        ("error", []),
+        ("debug", ["own info", "gcc -c test.c", "submitit info"]),
+    ],
+)
 def test_library_info_lines_only_at_debug(level, shown, monkeypatch):
     """setuptools logs DeepSpeed's compiler probes (`gcc ...`) on the root logger at INFO; submitit's
     records (a job's start, requeue, time-out) are shown as ours are."""
@@ -132,8 +173,13 @@ def test_a_job_logs_at_the_launchers_level_and_other_ranks_at_warning(monkeypatc
     root = logging.getLogger()
     handlers, root_level = root.handlers[:], root.level
     try:
-        for env, rank, want in (("debug", 0, logging.DEBUG), ("debug", 1, logging.WARNING), ("", 0, logging.INFO),
-                                ("nonsense", 0, logging.INFO), ("error", 1, logging.ERROR)):
+        for env, rank, want in (
+            ("debug", 0, logging.DEBUG),
+            ("debug", 1, logging.WARNING),
+            ("", 0, logging.INFO),
+            ("nonsense", 0, logging.INFO),
+            ("error", 1, logging.ERROR),
+        ):
             monkeypatch.setenv(ENV, env)
             verbosity.configure_job("3", rank)
             assert logging.getLogger("cdhpc").level == want
@@ -143,10 +189,26 @@ def test_a_job_logs_at_the_launchers_level_and_other_ranks_at_warning(monkeypatc
         logging.getLogger("cdhpc").setLevel(logging.NOTSET)
 
 
-def _launch_prepare(workdir: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cdhpc.launch", "configs/tiny.yaml", f"workdir={workdir}",
-                           "--until", "prepare", *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, **(env or {})))
+def _launch_prepare(
+    workdir: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cdhpc.launch",
+            "configs/tiny.yaml",
+            f"workdir={workdir}",
+            "--until",
+            "prepare",
+            *args,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, **(env or {})),
+    )
 
 
 @pytest.mark.slow

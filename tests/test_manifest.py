@@ -8,11 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from cdhpc.sweep.manifest import Manifest
-from cdhpc.sweep.receipts import (Receipt, ReceiptError, describe_outputs, read_receipt, receipt_path,
-    write_receipt)
-from cdhpc.sweep.stepstate import output_ok
 from cdhpc.base.atomicio import atomic_dir, atomic_write_text
+from cdhpc.sweep.manifest import Manifest
+from cdhpc.sweep.receipts import (
+    Receipt,
+    ReceiptError,
+    describe_outputs,
+    read_receipt,
+    receipt_path,
+    write_receipt,
+)
+from cdhpc.sweep.stepstate import output_ok
 
 TABLES = ("receipts", "outputs", "checkpoints", "shards", "scores", "jobs")
 
@@ -20,13 +26,33 @@ TABLES = ("receipts", "outputs", "checkpoints", "shards", "scores", "jobs")
 def make_receipt(workdir: Path, i: int) -> Receipt:
     out = workdir / "evaluate" / f"step{i}"
     atomic_write_text(out / "summary.json", f'{{"score": {i}}}')
-    return Receipt(key=f"{i:016x}", stage="evaluate", name=f"run-step{i}-blimp", status="ok",
-                   spec={"stage": "evaluate", "name": f"run-step{i}-blimp", "key": f"{i:016x}", "params": {}},
-                   outputs=describe_outputs(workdir, [out]), metrics={"score": i},
-                   rows={"scores": [{"run": "run", "method": "m", "seed": 1, "step": i, "task": "blimp",
-                                     "score": float(i), "task_version": "1", "data_sha256": "ab", "n_items": 10}],
-                         "checkpoints": [{"run": "run", "step": i, "path": "x", "val_loss": 1.0, "val_ppl": 2.7}]},
-                   started=time.time(), finished=time.time())
+    return Receipt(
+        key=f"{i:016x}",
+        stage="evaluate",
+        name=f"run-step{i}-blimp",
+        status="ok",
+        spec={"stage": "evaluate", "name": f"run-step{i}-blimp", "key": f"{i:016x}", "params": {}},
+        outputs=describe_outputs(workdir, [out]),
+        metrics={"score": i},
+        rows={
+            "scores": [
+                {
+                    "run": "run",
+                    "method": "m",
+                    "seed": 1,
+                    "step": i,
+                    "task": "blimp",
+                    "score": float(i),
+                    "task_version": "1",
+                    "data_sha256": "ab",
+                    "n_items": 10,
+                }
+            ],
+            "checkpoints": [{"run": "run", "step": i, "path": "x", "val_loss": 1.0, "val_ppl": 2.7}],
+        },
+        started=time.time(),
+        finished=time.time(),
+    )
 
 
 def _writer(args):
@@ -54,8 +80,11 @@ def test_rebuild_from_receipts_gives_the_same_rows(tmp_path):
     for i in range(5):
         write_receipt(tmp_path, make_receipt(tmp_path, i))
     (tmp_path / "jobs" / "evaluate").mkdir(parents=True)
-    atomic_write_text(tmp_path / "jobs" / "evaluate" / "j.json",
-                      '{"key": "0000000000000001", "executor": "local", "job_id": "12", "state": "COMPLETED", "attempt": 1}')
+    atomic_write_text(
+        tmp_path / "jobs" / "evaluate" / "j.json",
+        '{"key": "0000000000000001", "executor": "local", "job_id": "12", "state": "COMPLETED", '
+        '"attempt": 1}',
+    )
     with Manifest(tmp_path) as m:
         m.ingest()
         before = dump(m)
@@ -113,8 +142,10 @@ def test_atomic_dir_leaves_nothing_on_error(tmp_path):
 
 
 def test_receipt_path_layout(tmp_path):
-    assert receipt_path(tmp_path, "pretrain", "baseline-s1", "0123456789abcdef") == \
-        tmp_path / "receipts" / "pretrain" / "baseline-s1-01234567.json"
+    assert (
+        receipt_path(tmp_path, "pretrain", "baseline-s1", "0123456789abcdef")
+        == tmp_path / "receipts" / "pretrain" / "baseline-s1-01234567.json"
+    )
 
 
 def test_corrupt_manifest_is_not_healed_under_another_holder_of_the_workdir(tmp_path, caplog):
@@ -133,9 +164,17 @@ def test_corrupt_manifest_is_not_healed_under_another_holder_of_the_workdir(tmp_
     fd = os.open(tmp_path / LOCK_FILE, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.write(fd, json.dumps({"host": "login2", "pid": 99, "since": 0, "command": "python -m cdhpc.launch"}).encode())
-        with pytest.raises(ManifestError, match=r"manifest.sqlite is corrupt \(file is not a database\) and cannot be "
-                                                r"rebuilt now: .* is in use by pid 99 on login2 since "):
+        os.write(
+            fd,
+            json.dumps(
+                {"host": "login2", "pid": 99, "since": 0, "command": "python -m cdhpc.launch"}
+            ).encode(),
+        )
+        with pytest.raises(
+            ManifestError,
+            match=r"manifest.sqlite is corrupt \(file is not a database\) and cannot be "
+            r"rebuilt now: .* is in use by pid 99 on login2 since ",
+        ):
             Manifest(tmp_path)
         with Manifest(tmp_path, fallback=True) as m:
             assert m.in_memory and m.ingest().receipts == 3 and len(m.rows("scores")) == 3
@@ -154,7 +193,9 @@ def test_a_job_record_is_one_type_whose_fields_are_the_manifests_columns(tmp_pat
     from cdhpc.sweep.jobrecords import FIELDS, JobRecord
     from cdhpc.sweep.manifest_db import SCHEMA
 
-    rec = JobRecord("k" * 16, "slurm", "712", "PENDING", 1, 10.0, 11.0, 3, "o.log", "e.log", "cdhpc.s.x.1", 2.0)
+    rec = JobRecord(
+        "k" * 16, "slurm", "712", "PENDING", 1, 10.0, 11.0, 3, "o.log", "e.log", "cdhpc.s.x.1", 2.0
+    )
     path = tmp_path / "r.json"
     rec.write(path)
     assert JobRecord.read(path) == rec

@@ -24,8 +24,13 @@ TABLES = ("receipts", "outputs", "scores", "shards", "jobs", "steps")
 
 def tree(root: Path) -> dict[str, tuple]:
     """Every path under root with its size, mtime and content hash: equal trees, nothing written."""
-    return {str(p.relative_to(root)): (p.lstat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir")
-            for p in sorted(root.rglob("*"))}
+    return {
+        str(p.relative_to(root)): (
+            p.lstat().st_mtime_ns,
+            hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir",
+        )
+        for p in sorted(root.rglob("*"))
+    }
 
 
 def corrupt(path: Path, how: str) -> bytes:
@@ -50,8 +55,13 @@ def aside(workdir: Path) -> list[Path]:
 
 
 def status_once(workdir: Path, *prefix: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*prefix, sys.executable, "-m", "cdhpc", "status", str(workdir), "--once"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "cdhpc", "status", str(workdir), "--once"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.fixture
@@ -65,8 +75,10 @@ def sweep(tmp_path) -> Path:
 
 
 def _warning(workdir: Path, why: str, moved: Path) -> str:
-    return (f"cdhpc: {workdir / 'manifest.sqlite'} was corrupt ({why}); moved it to {moved} and rebuilt it from "
-            "the receipts and job records")
+    return (
+        f"cdhpc: {workdir / 'manifest.sqlite'} was corrupt ({why}); moved it to {moved} and rebuilt it from "
+        "the receipts and job records"
+    )
 
 
 def table_once(workdir: Path, capsys) -> tuple[int, str]:
@@ -88,7 +100,8 @@ def test_status_once_heals_a_corrupt_manifest(sweep, how, capsys):
     assert moved.read_bytes() == bad and moved.name.startswith("manifest.sqlite.corrupt-20")
     (line,) = out.stderr.splitlines()
     assert line.startswith(f"cdhpc: {sweep / 'manifest.sqlite'} was corrupt (") and line.endswith(
-        f"moved it to {moved} and rebuilt it from the receipts and job records")
+        f"moved it to {moved} and rebuilt it from the receipts and job records"
+    )
     assert rows(sweep) == want
 
 
@@ -99,11 +112,13 @@ def test_status_once_heals_a_manifest_only_quick_check_finds_corrupt(sweep, caps
     good = table_once(sweep, capsys)
     path = sweep / "manifest.sqlite"
     db = sqlite3.connect(path)
-    page_size, root = db.execute("PRAGMA page_size").fetchone()[0], db.execute(
-        "SELECT rootpage FROM sqlite_master WHERE name = 'receipts'").fetchone()[0]
+    page_size, root = (
+        db.execute("PRAGMA page_size").fetchone()[0],
+        db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'receipts'").fetchone()[0],
+    )
     db.close()
     data = bytearray(path.read_bytes())
-    data[(root - 1) * page_size:root * page_size] = bytes(range(256)) * (page_size // 256)
+    data[(root - 1) * page_size : root * page_size] = bytes(range(256)) * (page_size // 256)
     path.write_bytes(data)
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA schema_version").fetchone()
@@ -114,8 +129,9 @@ def test_status_once_heals_a_manifest_only_quick_check_finds_corrupt(sweep, caps
     (moved,) = aside(sweep)
     assert moved.read_bytes() == bytes(data)
     (line,) = _warned(caplog)
-    assert line.startswith(f"cdhpc: {path} was corrupt (") and line.endswith(f"moved it to {moved} and rebuilt it "
-                                                                              "from the receipts and job records")
+    assert line.startswith(f"cdhpc: {path} was corrupt (") and line.endswith(
+        f"moved it to {moved} and rebuilt it from the receipts and job records"
+    )
 
 
 def _warned(caplog) -> list[str]:
@@ -135,7 +151,9 @@ def test_manifest_rebuild_always_works(sweep, capsys, caplog):
     assert json.loads(out.out) == {"receipts": 51, "jobs": 51, "bad": 0}
     assert rows(sweep) == want
     db = sqlite3.connect(sweep / "manifest.sqlite")  # a manifest of another schema: rebuilt, not patched
-    db.executescript("DROP TABLE receipts; CREATE TABLE receipts (key TEXT, colour TEXT); DROP TABLE outputs;")
+    db.executescript(
+        "DROP TABLE receipts; CREATE TABLE receipts (key TEXT, colour TEXT); DROP TABLE outputs;"
+    )
     db.close()
     assert main(["manifest", "rebuild", str(sweep)]) == 0
     assert rows(sweep) == want and len(aside(sweep)) == 1
@@ -144,8 +162,8 @@ def test_manifest_rebuild_always_works(sweep, capsys, caplog):
 def test_relaunch_heals_a_corrupt_manifest_and_reruns_nothing(sweep, caplog):
     """The launcher's diff-and-run (launch.execute, which `python -m cdhpc.launch` runs under the
     workdir's lock) on a finished plan; the slow test below relaunches the real tiny sweep."""
-    from cdhpc.ui.launch import execute
     from cdhpc.sweep.plan import Plan, StepSpec
+    from cdhpc.ui.launch import execute
 
     steps = json.loads((sweep / "plan.json").read_text())["steps"]
     done = Plan([StepSpec.from_dict(s) for i, s in enumerate(steps) if i % 20 < 16])
@@ -166,17 +184,23 @@ def read_only_status(workdir: Path) -> subprocess.CompletedProcess:
 
     if shutil.which("unshare") is None:
         pytest.skip("needs unshare (util-linux) for a read-only bind mount")
-    script = ('mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" || exit 97; '
-              'touch "$1/.probe" 2>/dev/null && exit 98; shift; exec "$@"')
+    script = (
+        'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" || exit 97; '
+        'touch "$1/.probe" 2>/dev/null && exit 98; shift; exec "$@"'
+    )
     out = status_once(workdir, "unshare", "-m", "sh", "-c", script, "sh", str(workdir))
     if out.returncode == 97 or "unshare failed" in out.stderr:
-        pytest.skip(f"no read-only bind mount here (needs root or CAP_SYS_ADMIN): {out.stderr.strip()[-200:]}")
+        pytest.skip(
+            f"no read-only bind mount here (needs root or CAP_SYS_ADMIN): {out.stderr.strip()[-200:]}"
+        )
     assert out.returncode != 98, "the bind mount is writable"
     return out
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("manifest", ["stale", "corrupt"])  # corrupt: an empty index in memory, every file ingested
+@pytest.mark.parametrize(
+    "manifest", ["stale", "corrupt"]
+)  # corrupt: an empty index in memory, every file ingested
 def test_status_once_on_a_read_only_workdir_writes_nothing(sweep, manifest, capsys):
     stale = (sweep / "manifest.sqlite").read_bytes()
     write_step(sweep, json.loads((sweep / "plan.json").read_text())["steps"][57], 57, "ok", time.time())
@@ -190,8 +214,10 @@ def test_status_once_on_a_read_only_workdir_writes_nothing(sweep, manifest, caps
     assert (out.returncode, out.stdout) == fresh
     if manifest == "corrupt":
         assert out.stderr.splitlines() == [
-            f"cdhpc: {sweep / 'manifest.sqlite'} is corrupt (file is not a database); indexing the receipts and job "
-            "records in memory this time (cdhpc manifest rebuild repairs the file)"]
+            f"cdhpc: {sweep / 'manifest.sqlite'} is corrupt (file is not a database); indexing the receipts "
+            "and job "
+            "records in memory this time (cdhpc manifest rebuild repairs the file)"
+        ]
     else:
         assert out.stderr == ""
     assert tree(sweep) == before
@@ -225,28 +251,34 @@ def test_export_writes_only_results_and_report_nothing(sweep, capsys, caplog, mo
     import numpy as np
 
     import jobs.aggregate
-    from cdhpc.results import report
     from cdhpc.cli import main
+    from cdhpc.results import report
 
     steps = json.loads((sweep / "plan.json").read_text())["steps"]
     evals = [s["key"] for s in steps if s["stage"] == "evaluate"]
     done = [s["key"] for i, s in enumerate(steps) if s["stage"] == "evaluate" and i % 20 < 16]
     agg = next(s for s in steps if s["stage"] == "aggregate")
     agg["inputs"] = {f"e{i}": key for i, key in enumerate(evals)}
-    (sweep / "plan.json").write_text(json.dumps({"sweep": "bench-status", "until": "aggregate", "steps": steps}))
+    (sweep / "plan.json").write_text(
+        json.dumps({"sweep": "bench-status", "until": "aggregate", "steps": steps})
+    )
     seen = []
 
     def fake_build_table(workdir, receipts, params):
         seen.append(len(receipts))
         keys = [(m, s, 100, "blimp") for m in ("baseline", "cd") for s in (1, 2)]
         vectors = {k: np.full(4, 60.0 + (k[0] == "cd")) for k in keys}
-        return report.build_paper_table(vectors, {k: float(v[0]) for k, v in vectors.items()}, tasks=("blimp",)), None
+        return report.build_paper_table(
+            vectors, {k: float(v[0]) for k, v in vectors.items()}, tasks=("blimp",)
+        ), None
 
     monkeypatch.setattr(jobs.aggregate, "build_table", fake_build_table)
     before, index = tree(sweep), rows(sweep)
     assert main(["report", str(sweep)]) == 0
     after = tree(sweep)  # the manifest's stamps may settle (manifest_db.RACY_NS); its rows may not change
-    assert {p: v for p, v in after.items() if p != "manifest.sqlite"} == {p: v for p, v in before.items() if p != "manifest.sqlite"}
+    assert {p: v for p, v in after.items() if p != "manifest.sqlite"} == {
+        p: v for p, v in before.items() if p != "manifest.sqlite"
+    }
     assert rows(sweep) == index and "| baseline" in capsys.readouterr().out
     corrupt(sweep / "manifest.sqlite", "garbage")
     assert main(["export", str(sweep)]) == 0
@@ -259,15 +291,27 @@ def test_export_writes_only_results_and_report_nothing(sweep, capsys, caplog, mo
     changed = sorted(p for p in before if p in after and before[p] != after[p])
     assert [p for p in new if not p.startswith("results")] == [".lock", moved.name]  # healed under the lock
     assert changed == ["manifest.sqlite"]
-    assert sorted(p.name for p in (sweep / "results").iterdir()) == ["delta_rel.png", "paper_table.csv",
-                                                                     "paper_table.md", "paper_table.tex"]
+    assert sorted(p.name for p in (sweep / "results").iterdir()) == [
+        "delta_rel.png",
+        "paper_table.csv",
+        "paper_table.md",
+        "paper_table.tex",
+    ]
     assert not (sweep / "export").exists()
 
 
 @pytest.mark.slow
 def test_relaunch_of_a_real_workdir_heals_its_manifest(tmp_path):
     workdir = tmp_path / "work"
-    argv = [sys.executable, "-m", "cdhpc.launch", "configs/tiny.yaml", f"workdir={workdir}", "--until", "prepare"]
+    argv = [
+        sys.executable,
+        "-m",
+        "cdhpc.launch",
+        "configs/tiny.yaml",
+        f"workdir={workdir}",
+        "--until",
+        "prepare",
+    ]
     first = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-2000:]
     want = rows(workdir)

@@ -13,8 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from cdhpc.lm.metrics import (CSV_COLUMNS, TAIL_BYTES, MetricsLog, TrainingCurve, keep_through,
-    latest_metrics, read_metrics, training_curves)
+from cdhpc.lm.metrics import (
+    CSV_COLUMNS,
+    TAIL_BYTES,
+    MetricsLog,
+    TrainingCurve,
+    keep_through,
+    latest_metrics,
+    read_metrics,
+    training_curves,
+)
 from cdhpc.results.figures import plot_training
 from cdhpc.ui.training import running_progress
 
@@ -22,8 +30,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def rec(step: int, **extra) -> dict:
-    return {"step": step, "tokens": step * 100, "loss": 5.0 - step / 10, "lr": 1e-3, "grad_norm": 1.5,
-            "tokens_per_s": 1000.0, "time": 1.0e9 + step, **extra}
+    return {
+        "step": step,
+        "tokens": step * 100,
+        "loss": 5.0 - step / 10,
+        "lr": 1e-3,
+        "grad_norm": 1.5,
+        "tokens_per_s": 1000.0,
+        "time": 1.0e9 + step,
+        **extra,
+    }
 
 
 def steps_of(path: Path) -> list[int]:
@@ -86,7 +102,12 @@ def test_csv_has_one_header_and_is_truncated_like_the_jsonl(tmp_path):
     MetricsLog(tmp_path, 0, csv=True).write([rec(1), rec(2), rec(3, val_loss=3.0)])
     MetricsLog(tmp_path, 2, csv=True).write([rec(3), rec(4)])
     lines = (tmp_path / "metrics.csv").read_text().splitlines()
-    assert lines[0] == ",".join(CSV_COLUMNS) and [line.split(",")[0] for line in lines[1:]] == ["1", "2", "3", "4"]
+    assert lines[0] == ",".join(CSV_COLUMNS) and [line.split(",")[0] for line in lines[1:]] == [
+        "1",
+        "2",
+        "3",
+        "4",
+    ]
     row = dict(zip(CSV_COLUMNS, lines[1].split(",")))
     assert row["tokens"] == "100" and float(row["loss"]) == pytest.approx(4.9) and row["val_loss"] == ""
 
@@ -107,22 +128,33 @@ def test_latest_metrics_reads_only_the_tail(tmp_path):
 
 
 def _pretrain_step(name: str, key: str, steps: int = 120) -> dict:
-    return {"stage": "pretrain", "name": name, "key": key, "params": {"train": {"steps": steps}}, "inputs": {}}
+    return {
+        "stage": "pretrain",
+        "name": name,
+        "key": key,
+        "params": {"train": {"steps": steps}},
+        "inputs": {},
+    }
 
 
 def test_status_shows_the_latest_line_of_each_running_pretrain_step(tmp_path):
     from rich.console import Console
 
-    from cdhpc.ui.training import print_training
     from cdhpc.ui.status import Snapshot
+    from cdhpc.ui.training import print_training
 
-    steps = [_pretrain_step("baseline-s1", "a" * 16), _pretrain_step("baseline-s2", "b" * 16),
-             _pretrain_step("baseline-s3", "c" * 16)]
+    steps = [
+        _pretrain_step("baseline-s1", "a" * 16),
+        _pretrain_step("baseline-s2", "b" * 16),
+        _pretrain_step("baseline-s3", "c" * 16),
+    ]
     MetricsLog(tmp_path / "pretrain" / f"baseline-s1-{'a' * 8}", 0).write([rec(1), rec(40, loss=4.25)])
     MetricsLog(tmp_path / "pretrain" / f"baseline-s2-{'b' * 8}", 0).write([rec(1)])  # done: not shown
     states = {"a" * 16: "running", "b" * 16: "done", "c" * 16: "running"}  # s3: no line yet
     rows = running_progress(tmp_path, steps, states, now=1.0e9 + 52)
-    assert [(p.name, p.step, p.steps, p.loss, p.age_s) for p in rows] == [("baseline-s1", 40, 120, 4.25, 12.0)]
+    assert [(p.name, p.step, p.steps, p.loss, p.age_s) for p in rows] == [
+        ("baseline-s1", 40, 120, 4.25, 12.0)
+    ]
     assert rows[0].text() == "step 40/120  loss 4.2500  tokens/s 1,000  (12s ago)"
     console = Console(record=True, width=140)
     print_training(console, Snapshot(tmp_path, steps, states, now=1.0e9 + 52))
@@ -132,15 +164,24 @@ def test_status_shows_the_latest_line_of_each_running_pretrain_step(tmp_path):
 
 def test_training_curves_label_runs_as_the_table_does(tmp_path):
     def ev(run, method, share, key, step):
-        return {"params": {"run": run, "method": method, "synthetic_share": share, "step": step},
-                "inputs": {"model": key}}
+        return {
+            "params": {"run": run, "method": method, "synthetic_share": share, "step": step},
+            "inputs": {"model": key},
+        }
 
     MetricsLog(tmp_path / "pretrain" / f"cd-q0.3-s1-{'1' * 8}", 0).write([rec(1), rec(2)])
-    specs = [ev("baseline-s1", "baseline", 0.0, "0" * 16, 60), ev("baseline-s1", "baseline", 0.0, "0" * 16, 120),
-             ev("cd-q0.3-s1", "cd", 0.3, "1" * 16, 60), ev("cd-q0.5-s1", "cd", 0.5, "2" * 16, 60)]
+    specs = [
+        ev("baseline-s1", "baseline", 0.0, "0" * 16, 60),
+        ev("baseline-s1", "baseline", 0.0, "0" * 16, 120),
+        ev("cd-q0.3-s1", "cd", 0.3, "1" * 16, 60),
+        ev("cd-q0.5-s1", "cd", 0.5, "2" * 16, 60),
+    ]
     curves = training_curves(tmp_path, specs)
     assert [(c.run, c.method, len(c.records)) for c in curves] == [
-        ("baseline-s1", "baseline", 0), ("cd-q0.3-s1", "cd@q0.3", 2), ("cd-q0.5-s1", "cd@q0.5", 0)]
+        ("baseline-s1", "baseline", 0),
+        ("cd-q0.3-s1", "cd@q0.3", 2),
+        ("cd-q0.5-s1", "cd@q0.5", 0),
+    ]
 
 
 def test_training_png_has_both_panels_and_a_colour_per_method(tmp_path, monkeypatch):
@@ -149,14 +190,16 @@ def test_training_png_has_both_panels_and_a_colour_per_method(tmp_path, monkeypa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = [TrainingCurve("baseline-s1", "baseline", [rec(s, val_ppl=50.0 - s) for s in (1, 2, 3)]),
-              TrainingCurve("baseline-s2", "baseline", [rec(s, val_ppl=52.0 - s) for s in (1, 2, 3)]),
-              TrainingCurve("cd-s1", "cd", [rec(s, val_ppl=49.0 - s) for s in (1, 2, 3)]),
-              TrainingCurve("cd-s2", "cd", [])]
+    curves = [
+        TrainingCurve("baseline-s1", "baseline", [rec(s, val_ppl=50.0 - s) for s in (1, 2, 3)]),
+        TrainingCurve("baseline-s2", "baseline", [rec(s, val_ppl=52.0 - s) for s in (1, 2, 3)]),
+        TrainingCurve("cd-s1", "cd", [rec(s, val_ppl=49.0 - s) for s in (1, 2, 3)]),
+        TrainingCurve("cd-s2", "cd", []),
+    ]
     saved = []
     monkeypatch.setattr(plt.Figure, "savefig", lambda fig, path, **kw: saved.append((fig, path)))
     plot_training(curves, tmp_path / "training.png", partial="1 of 2 evaluate steps done")
-    (fig, _), = saved
+    ((fig, _),) = saved
     loss_ax, ppl_ax = fig.axes
     colours = [line.get_color() for line in loss_ax.get_lines()]
     assert len(colours) == 3 and colours[0] == colours[1] != colours[2]  # seeds share their method's colour
@@ -183,18 +226,21 @@ def test_report_to_is_checked_and_stays_out_of_the_keys(monkeypatch):
     pre = tracked.stage("pretrain")[0]
     assert pre.options["report_to"] == ["csv"] and pre.options["sweep"] == "tiny"
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a)
+    )
     with pytest.raises(ConfigError) as e:
         load_config(ROOT / "configs/tiny.yaml", ["pretrain.report_to=[wandb]"])
-    assert "pretrain.report_to = 'wandb': wandb asked for but the wandb package is not installed" in str(e.value)
+    assert "pretrain.report_to = 'wandb': wandb asked for but the wandb package is not installed" in str(
+        e.value
+    )
     with pytest.raises(ConfigError, match="'tensorboard', 'wandb' or 'csv'"):
         load_config(ROOT / "configs/tiny.yaml", ["pretrain.report_to=[mlflow]"])
 
 
 def test_a_rerun_keeps_the_training_logs_only_when_it_resumes(tmp_path):
-    from test_rerun_clean import fake_pretrain_dir, pretrain_ctx
-
     from jobs import clean_out_dir
+    from test_rerun_clean import fake_pretrain_dir, pretrain_ctx
 
     ctx = pretrain_ctx(tmp_path)
     fake_pretrain_dir(ctx.out_dir, 40)
@@ -202,8 +248,13 @@ def test_a_rerun_keeps_the_training_logs_only_when_it_resumes(tmp_path):
     (ctx.out_dir / "tensorboard").mkdir()
     (ctx.out_dir / "tensorboard" / "events.out.tfevents.1").write_bytes(b"x")
     clean_out_dir(ctx)
-    assert sorted(p.name for p in ctx.out_dir.iterdir()) == ["checkpoints", "ds", "metrics.csv", "metrics.jsonl",
-                                                              "tensorboard"]
+    assert sorted(p.name for p in ctx.out_dir.iterdir()) == [
+        "checkpoints",
+        "ds",
+        "metrics.csv",
+        "metrics.jsonl",
+        "tensorboard",
+    ]
     (ctx.out_dir / "ds" / "latest").write_text("step_")  # nothing verified to resume from: all goes
     clean_out_dir(ctx)
     assert list(ctx.out_dir.iterdir()) == []
@@ -218,9 +269,8 @@ def prepared(tmp_path_factory):
 
 
 def _train(prepared: Path, out: str, **kw) -> dict:
-    from test_train import _paths, _spec
-
     from cdhpc.lm.train import train
+    from test_train import _paths, _spec
 
     spec = _spec(log_every=2)  # 6 steps, checkpoints at 3 and 6
     return train(spec, log=lambda _m: None, **_paths(prepared, out), **kw)
@@ -238,17 +288,23 @@ def _scalars(log_dir: Path, tag: str) -> list[int]:
 def test_a_stopped_and_resumed_run_has_one_line_per_step_and_tensorboard_events(prepared):
     pytest.importorskip("tensorboard")
     run = prepared / "tb"
-    first = _train(prepared, "tb", stop_after=4, report_to=["tensorboard", "csv"], run_info={"sweep": "t", "seed": 7})
+    first = _train(
+        prepared, "tb", stop_after=4, report_to=["tensorboard", "csv"], run_info={"sweep": "t", "seed": 7}
+    )
     assert steps_of(run / "metrics.jsonl") == [1, 2, 3, 4] and first["steps"] == 4
     result = _train(prepared, "tb", report_to=["tensorboard", "csv"], run_info={"sweep": "t", "seed": 7})
     lines = read_metrics(run / "metrics.jsonl")
     assert [r["step"] for r in lines] == [1, 2, 3, 4, 5, 6]  # step 4 was redone after ds/step_3, once
     assert [r["step"] for r in lines if "val_ppl" in r] == [3, 6]
     assert [r["val_loss"] for r in lines if "val_loss" in r] == [c["val_loss"] for c in result["checkpoints"]]
-    assert all(r["grad_norm"] > 0 and r["tokens_per_s"] > 0 and 0 < r["matmul_utilisation"] < 1 for r in lines)
+    assert all(
+        r["grad_norm"] > 0 and r["tokens_per_s"] > 0 and 0 < r["matmul_utilisation"] < 1 for r in lines
+    )
     assert "mfu" not in lines[0] and "matmul_utilisation" in result and "mfu" not in result  # a CPU run
     assert [r["tokens"] for r in lines] == [s * 8 * 32 for s in range(1, 7)]
-    assert [line.split(",")[0] for line in (run / "metrics.csv").read_text().splitlines()[1:]] == list("123456")
+    assert [line.split(",")[0] for line in (run / "metrics.csv").read_text().splitlines()[1:]] == list(
+        "123456"
+    )
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert _scalars(run / "tensorboard", "train/loss") == [1, 2, 3, 4, 5, 6]  # the redone step 4 once
     assert _scalars(run / "tensorboard", "val/ppl") == [3, 6]
@@ -261,11 +317,19 @@ def test_wandb_offline_run_is_written_inside_the_step(prepared, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     for var in ("WANDB_API_KEY", "WANDB_BASE_URL"):
         monkeypatch.delenv(var, raising=False)
-    run_info = {"sweep": "tiny", "run": "baseline-s7", "method": "baseline", "seed": 7, "key": "0123456789abcdef",
-                "params": {"seed": 7}}
+    run_info = {
+        "sweep": "tiny",
+        "run": "baseline-s7",
+        "method": "baseline",
+        "seed": 7,
+        "key": "0123456789abcdef",
+        "params": {"seed": 7},
+    }
     _train(prepared, "wb", report_to=["wandb"], run_info=run_info)
     runs = list((prepared / "wb" / "wandb").glob("offline-run-*-0123456789abcdef"))
-    assert len(runs) == 1 and list(runs[0].glob("run-0123456789abcdef.wandb")), os.listdir(prepared / "wb" / "wandb")
+    assert len(runs) == 1 and list(runs[0].glob("run-0123456789abcdef.wandb")), os.listdir(
+        prepared / "wb" / "wandb"
+    )
     assert steps_of(prepared / "wb" / "metrics.jsonl") == [1, 2, 3, 4, 5, 6]
 
 
@@ -304,7 +368,9 @@ def test_a_killed_and_relaunched_pretrain_step_leaves_one_line_per_step(tmp_path
 @pytest.mark.slow
 def test_tiny_sweep_writes_metrics_for_every_run_and_training_png(tiny_local):
     workdir, out = tiny_local
-    planned = [s for s in json.loads((workdir / "plan.json").read_text())["steps"] if s["stage"] == "pretrain"]
+    planned = [
+        s for s in json.loads((workdir / "plan.json").read_text())["steps"] if s["stage"] == "pretrain"
+    ]
     runs = [workdir / "pretrain" / f"{s['name']}-{s['key'][:8]}" for s in planned]
     assert len(runs) == 10  # 2 baselines, 1 small amateur, 7 retrained runs
     for run in runs:

@@ -21,11 +21,13 @@ import pytest
 GOLDEN = Path(__file__).parent / "golden" / "babylm2025"
 OFFICIAL = GOLDEN / "official"
 # our task -> (official candidates file stem, official results folder)
-CHOICE = {"blimp": ("blimp_filtered", "blimp/blimp_filtered"),
-          "blimp_supplement": ("supplement_filtered", "blimp/supplement_filtered"),
-          "ewok": ("ewok_filtered", "ewok/ewok_filtered"),
-          "entity_tracking": ("entity_tracking", "entity_tracking/entity_tracking"),
-          "wug": ("wug_adj_nominalization", "wug_adj/wug_adj_nominalization")}
+CHOICE = {
+    "blimp": ("blimp_filtered", "blimp/blimp_filtered"),
+    "blimp_supplement": ("supplement_filtered", "blimp/supplement_filtered"),
+    "ewok": ("ewok_filtered", "ewok/ewok_filtered"),
+    "entity_tracking": ("entity_tracking", "entity_tracking/entity_tracking"),
+    "wug": ("wug_adj_nominalization", "wug_adj/wug_adj_nominalization"),
+}
 TASKS = list(CHOICE) + ["reading", "eye_tracking"]
 
 pytestmark = pytest.mark.slow
@@ -34,9 +36,24 @@ pytestmark = pytest.mark.slow
 def _eval(out: Path, tasks: list[str], *extra: str) -> subprocess.CompletedProcess:
     cdhpc = shutil.which("cdhpc")
     assert cdhpc, "the cdhpc console script is not installed (pip install -e .)"
-    return subprocess.run([cdhpc, "eval", "--model", str(GOLDEN / "model"), "--tasks", ",".join(tasks),
-                           "--data", str(GOLDEN / "evaluation_data"), "--out", str(out), *extra],
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [
+            cdhpc,
+            "eval",
+            "--model",
+            str(GOLDEN / "model"),
+            "--tasks",
+            ",".join(tasks),
+            "--data",
+            str(GOLDEN / "evaluation_data"),
+            "--out",
+            str(out),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +120,9 @@ def test_official_files_match(ours: Path, task: str):
         for a, b in zip(g, w):
             if "prob" in b:
                 assert a["prob"] == pytest.approx(b["prob"], abs=1e-4)
-    assert _report(ours / task / "best_temperature_report.txt") == \
-        _report(OFFICIAL / "results" / folder / "best_temperature_report.txt")
+    assert _report(ours / task / "best_temperature_report.txt") == _report(
+        OFFICIAL / "results" / folder / "best_temperature_report.txt"
+    )
 
 
 def test_reading_surprisals_and_scores_match(ours: Path):
@@ -132,7 +150,9 @@ def test_summary_scores_equal_the_official_at_printed_precision(ours: Path):
         average = _report(OFFICIAL / "results" / folder / "best_temperature_report.txt")
         printed = next(v["value"] for k, v in average.items() if k.startswith("AVERAGE"))
         assert f"{json.loads((ours / task / 'summary.json').read_text())['score']:.2f}" == printed, task
-    lines = dict(line.split(": ") for line in (OFFICIAL / "results/reading/report.txt").read_text().splitlines())
+    lines = dict(
+        line.split(": ") for line in (OFFICIAL / "results/reading/report.txt").read_text().splitlines()
+    )
     for task, label in (("eye_tracking", "EYE TRACKING SCORE"), ("reading", "SELF-PACED READING SCORE")):
         assert f"{json.loads((ours / task / 'summary.json').read_text())['score']:.2f}" == lines[label]
 
@@ -153,13 +173,51 @@ def test_every_zero_shot_task_from_the_console_script(tmp_path):
     """README's `cdhpc eval` with the whole zero-shot suite, on toy data in the official layout
     (python -m cdhpc.toydata) and a model it was not trained for: every task writes its official
     files and a finite score."""
-    tasks = ["blimp", "blimp_supplement", "ewok", "entity_tracking", "wug", "wug_past", "comps",
-             "reading", "eye_tracking"]
-    subprocess.run([sys.executable, "-m", "cdhpc.toydata", str(tmp_path / "toy"), "--train-docs", "60",
-                    "--seed-docs", "10", "--test-docs", "10"], check=True, capture_output=True)
-    proc = subprocess.run([shutil.which("cdhpc"), "eval", "--model", str(GOLDEN / "model"), "--tasks",
-                           ",".join(tasks), "--data", str(tmp_path / "toy" / "evaluation_data"), "--out",
-                           str(tmp_path / "out"), "--fast"], capture_output=True, text=True, timeout=600)
+    tasks = [
+        "blimp",
+        "blimp_supplement",
+        "ewok",
+        "entity_tracking",
+        "wug",
+        "wug_past",
+        "comps",
+        "reading",
+        "eye_tracking",
+    ]
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cdhpc.toydata",
+            str(tmp_path / "toy"),
+            "--train-docs",
+            "60",
+            "--seed-docs",
+            "10",
+            "--test-docs",
+            "10",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    proc = subprocess.run(
+        [
+            shutil.which("cdhpc"),
+            "eval",
+            "--model",
+            str(GOLDEN / "model"),
+            "--tasks",
+            ",".join(tasks),
+            "--data",
+            str(tmp_path / "toy" / "evaluation_data"),
+            "--out",
+            str(tmp_path / "out"),
+            "--fast",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     printed = [line.split("\t")[0] for line in proc.stdout.splitlines()]
     assert printed == tasks

@@ -88,9 +88,22 @@ def test_lock_manifest_and_step_outputs_follow_the_umask(tmp_path, umask):
 def test_a_prepare_run_under_umask_027_writes_0640_and_0750(tmp_path):
     """The launcher, the local job and the toy prepare step (which fixes 0755 for its folder)."""
     workdir = tmp_path / "work"
-    out = subprocess.run([sys.executable, "-m", "cdhpc.launch", "configs/tiny.yaml", f"workdir={workdir}",
-                          "--until", "prepare"], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                         preexec_fn=lambda: os.umask(0o027))
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cdhpc.launch",
+            "configs/tiny.yaml",
+            f"workdir={workdir}",
+            "--until",
+            "prepare",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=lambda: os.umask(0o027),
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     got = modes(workdir)
     assert len(got) > 50
@@ -105,8 +118,11 @@ def test_a_finished_tiny_workdir_is_readable_by_group_and_others(tiny_local):
     workdir, _ = tiny_local
     got = modes(workdir)
     assert len(got) > 1000
-    unreadable = {p: oct(m) for p, m in got.items()
-                  if m & 0o044 != 0o044 or ((workdir / p).is_dir() and m & 0o011 != 0o011)}
+    unreadable = {
+        p: oct(m)
+        for p, m in got.items()
+        if m & 0o044 != 0o044 or ((workdir / p).is_dir() and m & 0o011 != 0o011)
+    }
     writable = {p: oct(m) for p, m in got.items() if m & 0o022}
     assert not unreadable and not writable
 
@@ -129,8 +145,21 @@ def test_dry_run_leaves_a_finished_workdir_byte_identical(tiny_local):
     workdir, _ = tiny_local
     before = fingerprint(workdir)
     for extra in ([], ["executor=slurm", "executor.profile=dev"]):
-        out = subprocess.run([sys.executable, "-m", "cdhpc.launch", "configs/tiny.yaml", f"workdir={workdir}",
-                              "--dry-run", *extra], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cdhpc.launch",
+                "configs/tiny.yaml",
+                f"workdir={workdir}",
+                "--dry-run",
+                *extra,
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert out.returncode == 0, out.stderr[-2000:]
         assert "sweep tiny: plan until aggregate" in out.stdout
     assert fingerprint(workdir) == before

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from cdhpc.config import load_config
 from cdhpc.base.keys import canonical_json, derive_seed
+from cdhpc.config import load_config
 from cdhpc.sweep.plan import content_key, plan_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,7 +30,9 @@ def keys_by_name(plan) -> dict[str, str]:
 
 def test_canonical_json_is_order_independent_and_exact():
     assert canonical_json({"b": 1, "a": [1.5, "x"]}) == '{"a":[1.5,"x"],"b":1}'
-    assert content_key("prepare", "d", {"x": 1, "y": 2}, {}) == content_key("prepare", "d", {"y": 2, "x": 1}, {})
+    assert content_key("prepare", "d", {"x": 1, "y": 2}, {}) == content_key(
+        "prepare", "d", {"y": 2, "x": 1}, {}
+    )
     with pytest.raises(ValueError):
         canonical_json({"x": float("nan")})
 
@@ -46,10 +48,14 @@ def test_keys_match_the_golden_file():
 
 
 def test_keys_are_stable_across_processes():
-    code = ("from cdhpc.config import load_config; from cdhpc.sweep.plan import plan_sweep; import json;"
-            "print(json.dumps([s.key for s in plan_sweep(load_config('configs/tiny.yaml')).steps]))")
+    code = (
+        "from cdhpc.config import load_config; from cdhpc.sweep.plan import plan_sweep; import json;"
+        "print(json.dumps([s.key for s in plan_sweep(load_config('configs/tiny.yaml')).steps]))"
+    )
     env = {**os.environ, "PYTHONHASHSEED": "123"}
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    )
     assert json.loads(out.stdout) == [s.key for s in tiny().steps]
 
 
@@ -86,8 +92,15 @@ def test_training_change_keeps_data_steps():
 
 
 def test_resources_and_options_do_not_change_keys():
-    assert not changed(tiny(), tiny("executor.resources.evaluate.timeout_min=5", "eval.batch_size=8",
-                                    "executor.max_parallel=1", "generation.batch_size=16"))
+    assert not changed(
+        tiny(),
+        tiny(
+            "executor.resources.evaluate.timeout_min=5",
+            "eval.batch_size=8",
+            "executor.max_parallel=1",
+            "generation.batch_size=16",
+        ),
+    )
 
 
 def test_retrain_seed_added_adds_steps_without_changing_others():
@@ -99,8 +112,10 @@ def test_retrain_seed_added_adds_steps_without_changing_others():
 
 def test_until_plans_a_prefix_of_the_dag():
     full = tiny()
-    for until, stages in (("pretrain", {"prepare", "tokenizer", "pretrain"}),
-                          ("generate", {"prepare", "tokenizer", "pretrain", "select", "generate"})):
+    for until, stages in (
+        ("pretrain", {"prepare", "tokenizer", "pretrain"}),
+        ("generate", {"prepare", "tokenizer", "pretrain", "select", "generate"}),
+    ):
         part = tiny().__class__(plan_sweep(load_config(ROOT / "configs/tiny.yaml"), until).steps)
         assert {s.stage for s in part.steps} == stages
         assert {s.key for s in part.steps} <= {s.key for s in full.steps}
@@ -138,12 +153,19 @@ def test_shard_seeds_are_derived_and_distinct():
 
 @pytest.mark.slow
 def test_paper_dry_run_lists_every_method_and_stage_counts():
-    out = subprocess.run([sys.executable, "-m", "cdhpc.launch", "configs/paper.yaml", "--dry-run"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "cdhpc.launch", "configs/paper.yaml", "--dry-run"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     text = " ".join(out.stdout.split())
     methods = ["baseline", "no-contrast", "no-contrast-vhead", "no-contrast-top-k-200"]
-    methods += [f"cd-early-{n}" for n in (500, 1000, 1500, 2000)] + [f"cd-small-{f}" for f in (5, 10, 20, 50, 100)]
+    methods += [f"cd-early-{n}" for n in (500, 1000, 1500, 2000)] + [
+        f"cd-small-{f}" for f in (5, 10, 20, 50, 100)
+    ]
     methods += [f"cd-drop-0.{p}" for p in range(1, 8)] + [f"cd-early-500-top-k-{k}" for k in (50, 100, 200)]
     methods += [f"cd-early-500-top-p-{p}" for p in ("0.90", "0.95", "0.97")]
     for m in methods:
@@ -154,14 +176,19 @@ def test_paper_dry_run_lists_every_method_and_stage_counts():
 
 
 def test_dry_run_imports_no_torch():
-    code = ("import sys; from cdhpc.launch import main; main(['configs/tiny.yaml', '--dry-run']);"
-            "assert not {'torch', 'transformers', 'deepspeed'} & set(sys.modules), sys.modules.keys()")
+    code = (
+        "import sys; from cdhpc.launch import main; main(['configs/tiny.yaml', '--dry-run']);"
+        "assert not {'torch', 'transformers', 'deepspeed'} & set(sys.modules), sys.modules.keys()"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True)
 
 
 PAPER_GOLDEN = ROOT / "tests" / "golden" / "paper_plan_keys.txt"
-PAPER_PATHS = ("data.babylm_dir=/data/babylm_2024", "data.tinystories=/data/TinyStories",
-               "eval.data_dir=/data/evaluation_data")  # absolute: a relative path resolves against the cwd
+PAPER_PATHS = (
+    "data.babylm_dir=/data/babylm_2024",
+    "data.tinystories=/data/TinyStories",
+    "eval.data_dir=/data/evaluation_data",
+)  # absolute: a relative path resolves against the cwd
 
 
 @pytest.mark.slow
@@ -169,7 +196,9 @@ def test_paper_keys_match_the_golden_digest():
     """configs/paper.yaml's 46,008 step keys, as one count and SHA-256 of the sorted `stage/name key`
     lines (the same before and after the re-layout of issue #18). Regenerate on purpose only:
     UPDATE_GOLDEN=1 pytest -m slow tests/test_plan.py"""
-    plan = plan_sweep(load_config(ROOT / "configs" / "paper.yaml", list(PAPER_PATHS), allow_missing_paths=True))
+    plan = plan_sweep(
+        load_config(ROOT / "configs" / "paper.yaml", list(PAPER_PATHS), allow_missing_paths=True)
+    )
     lines = sorted(f"{s.stage}/{s.name} {s.key}" for s in plan.steps)
     got = f"{len(lines)} {hashlib.sha256(chr(10).join(lines).encode()).hexdigest()}\n"
     if os.environ.get("UPDATE_GOLDEN"):

@@ -92,7 +92,9 @@ def _check_golden(name: str, text: str) -> None:
     if os.environ.get("UPDATE_GOLDEN") == "1":
         path.parent.mkdir(exist_ok=True)
         path.write_text(text, encoding="utf-8")
-    assert text == path.read_text(encoding="utf-8"), f"{name} changed; regenerate with UPDATE_GOLDEN=1 if on purpose"
+    assert text == path.read_text(encoding="utf-8"), (
+        f"{name} changed; regenerate with UPDATE_GOLDEN=1 if on purpose"
+    )
 
 
 def test_rendered_tables_match_golden():
@@ -148,9 +150,22 @@ def test_paper_csv_row_values():
 
 @pytest.mark.parametrize(
     "value, expected",
-    [("=SUM(A1:A2)", "'=SUM(A1:A2)"), ("+cmd", "'+cmd"), ("-foo", "'-foo"), ("@x", "'@x"),
-     ("\tx", "'\tx"), ("\rx", "'\rx"), ("a=b", "a=b"), ("-3.5", "-3.5"), ("+1e-3", "+1e-3"),
-     (-2.25, "-2.25"), (float("-inf"), "-inf"), (-7, "-7"), (None, ""), (True, "1")],
+    [
+        ("=SUM(A1:A2)", "'=SUM(A1:A2)"),
+        ("+cmd", "'+cmd"),
+        ("-foo", "'-foo"),
+        ("@x", "'@x"),
+        ("\tx", "'\tx"),
+        ("\rx", "'\rx"),
+        ("a=b", "a=b"),
+        ("-3.5", "-3.5"),
+        ("+1e-3", "+1e-3"),
+        (-2.25, "-2.25"),
+        (float("-inf"), "-inf"),
+        (-7, "-7"),
+        (None, ""),
+        (True, "1"),
+    ],
 )
 def test_csv_cell_escapes_formulas_but_keeps_numbers(value, expected):
     assert report.csv_cell(value) == expected
@@ -158,10 +173,26 @@ def test_csv_cell_escapes_formulas_but_keeps_numbers(value, expected):
 
 def test_scores_long_rows_sorted_and_escaped():
     records = [
-        {"run": "cd-s2", "method": "cd", "seed": 10, "step": 1000, "task": "blimp", "score": 61.5,
-         "metric": "accuracy", "task_version": "1"},
-        {"run": "cd-s1", "method": "cd", "seed": 9, "step": 500, "task": "blimp", "score": -0.5,
-         "metric": "accuracy", "task_version": "=1+1"},
+        {
+            "run": "cd-s2",
+            "method": "cd",
+            "seed": 10,
+            "step": 1000,
+            "task": "blimp",
+            "score": 61.5,
+            "metric": "accuracy",
+            "task_version": "1",
+        },
+        {
+            "run": "cd-s1",
+            "method": "cd",
+            "seed": 9,
+            "step": 500,
+            "task": "blimp",
+            "score": -0.5,
+            "metric": "accuracy",
+            "task_version": "=1+1",
+        },
     ]
     lines = report.render_scores_long(records).splitlines()
     assert lines[0] == "run,method,seed,step,task,score,metric,task_version"
@@ -176,13 +207,28 @@ def test_write_report_files(tmp_path):
     vectors, points = _hand_example()
     table = report.build_paper_table(vectors, points, tasks=TASKS)
     records = [
-        {"run": f"{m}-{s}", "method": m, "seed": s, "step": st, "task": t, "score": v, "metric": "x",
-         "task_version": "1"}
+        {
+            "run": f"{m}-{s}",
+            "method": m,
+            "seed": s,
+            "step": st,
+            "task": t,
+            "score": v,
+            "metric": "x",
+            "task_version": "1",
+        }
         for (m, s, st, t), v in points.items()
     ]
     written = figures.write_report(tmp_path, table, records)
     names = sorted(p.name for p in written)
-    assert names == ["curves.png", "delta_rel.png", "paper_table.csv", "paper_table.md", "paper_table.tex", "scores_long.csv"]
+    assert names == [
+        "curves.png",
+        "delta_rel.png",
+        "paper_table.csv",
+        "paper_table.md",
+        "paper_table.tex",
+        "scores_long.csv",
+    ]
     for png in ("curves.png", "delta_rel.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report.points_from_scores(records) == points

@@ -19,15 +19,15 @@ import pyarrow as pa
 import pytest
 
 import cdhpc.base.atomicio
-import cdhpc.sweep.receipts
 import cdhpc.lm.shards
-from cdhpc.ui.launch import execute
-from cdhpc.sweep.plan import Plan, StepSpec, content_key
+import cdhpc.sweep.receipts
 from cdhpc.base.atomicio import atomic_write_text
-from cdhpc.sweep.receipts import read_receipt, receipt_path
 from cdhpc.executors.scheduler import FAILED, LocalScheduler, step_states
+from cdhpc.lm.shards import SCHEMA, part_path, parts_dir, progress_path, write_shard
 from cdhpc.sweep.jobrecords import job_record_path
-from cdhpc.lm.shards import SCHEMA, parts_dir, part_path, progress_path, write_shard
+from cdhpc.sweep.plan import Plan, StepSpec, content_key
+from cdhpc.sweep.receipts import read_receipt, receipt_path
+from cdhpc.ui.launch import execute
 from jobs import StepContext, StepResult, run_step
 
 VERIFIED = "verified\n"
@@ -46,16 +46,36 @@ def resumable(ctx: StepContext) -> list[Path]:
 
 def fake_step(name: str = "v", value: int = 7) -> StepSpec:
     params = {"value": value}
-    return StepSpec("evaluate", name, content_key("evaluate", name, params, {}), params, {},
-                    {"entry": "test_rerun_clean:write_value"}, {})
+    return StepSpec(
+        "evaluate",
+        name,
+        content_key("evaluate", name, params, {}),
+        params,
+        {},
+        {"entry": "test_rerun_clean:write_value"},
+        {},
+    )
 
 
 def running_record(workdir: Path, spec: StepSpec, job_id: str) -> Path:
     path = job_record_path(workdir, spec)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"key": spec.key, "executor": "local", "job_id": job_id, "array_index": None,
-                                "state": "RUNNING", "attempt": 1, "submitted": 1.0, "updated": 1.0,
-                                "stdout": None, "stderr": None}))
+    path.write_text(
+        json.dumps(
+            {
+                "key": spec.key,
+                "executor": "local",
+                "job_id": job_id,
+                "array_index": None,
+                "state": "RUNNING",
+                "attempt": 1,
+                "submitted": 1.0,
+                "updated": 1.0,
+                "stdout": None,
+                "stderr": None,
+            }
+        )
+    )
     return path
 
 
@@ -107,7 +127,9 @@ def pretrain_ctx(tmp_path: Path) -> StepContext:
     return StepContext(StepSpec("pretrain", "r", "r" * 16, params, {}, {}, {}), tmp_path)
 
 
-def test_pretrain_resumes_only_from_a_verified_deepspeed_checkpoint_and_the_hf_checkpoints_before_it(tmp_path):
+def test_pretrain_resumes_only_from_a_verified_deepspeed_checkpoint_and_the_hf_checkpoints_before_it(
+    tmp_path,
+):
     from jobs.pretrain import resumable
 
     ctx = pretrain_ctx(tmp_path)
@@ -150,8 +172,11 @@ def test_enospc_writing_outputs_leaves_a_failed_receipt_and_record(tmp_path, mon
     monkeypatch.setenv("SUBMITIT_LOCAL_JOB_ID", "4242")
     real = cdhpc.base.atomicio.atomic_write_bytes
     out = tmp_path / spec.dirname
-    monkeypatch.setattr(cdhpc.base.atomicio, "atomic_write_bytes",
-                        lambda path, data: disk_full() if out in Path(path).parents else real(path, data))
+    monkeypatch.setattr(
+        cdhpc.base.atomicio,
+        "atomic_write_bytes",
+        lambda path, data: disk_full() if out in Path(path).parents else real(path, data),
+    )
     with pytest.raises(OSError) as raised:
         run_step(tmp_path, spec)
     assert raised.value.errno == errno.ENOSPC
@@ -168,7 +193,9 @@ def test_enospc_everywhere_raises_the_steps_error_and_the_dead_job_counts_as_fai
     monkeypatch.setattr(cdhpc.base.atomicio, "atomic_write_bytes", disk_full)
     with pytest.raises(OSError) as raised:  # not masked by the failed receipt or record writes
         run_step(tmp_path, spec)
-    assert raised.value.errno == errno.ENOSPC and any(entry.name == "write_value" for entry in raised.traceback)
+    assert raised.value.errno == errno.ENOSPC and any(
+        entry.name == "write_value" for entry in raised.traceback
+    )
     assert not receipt_path(tmp_path, spec.stage, spec.name, spec.key).exists()
     job = json.loads(record.read_text())
     assert job["state"] == "RUNNING"  # even the record could not be written
@@ -177,7 +204,8 @@ def test_enospc_everywhere_raises_the_steps_error_and_the_dead_job_counts_as_fai
 
     # the launcher adopts it, sees its process gone, cannot write the record, and goes on
     summary = LocalScheduler(tmp_path, max_parallel=1, retries=0, poll_s=0.01).run(
-        Plan([spec]), {spec.key: "running"}, {spec.key: job})
+        Plan([spec]), {spec.key: "running"}, {spec.key: job}
+    )
     assert summary.failed == [spec.key]
 
 
@@ -187,7 +215,8 @@ def test_a_step_that_cannot_be_started_for_enospc_fails_without_stopping_the_lau
     monkeypatch.setattr(submitit.LocalExecutor, "submit", disk_full)  # writing the job's pickle
     spec = fake_step()
     summary = LocalScheduler(tmp_path, max_parallel=1, retries=3, poll_s=0.01).run(
-        Plan([spec]), {spec.key: "missing"}, {})
+        Plan([spec]), {spec.key: "missing"}, {}
+    )
     assert summary.failed == [spec.key]
 
 
@@ -196,10 +225,20 @@ def fake_chunk_table(expert, amateur, prompts, lo, hi, opts) -> pa.Table:
     the chunk and the prompts, as the sampler's are."""
     n = opts["continuations"]
     rows = [(pi, si) for pi in range(lo, hi) for si in range(n)]
-    ids = [[(opts["seed"] * 31 + pi * 7 + si * 3 + t) % 50 + 4 for t in range(opts["new_tokens"])] for pi, si in rows]
-    return pa.Table.from_pydict({"prompt_index": [pi for pi, _ in rows], "sample_index": [si for _, si in rows],
-                                 "text": [[opts["decode"](x)] for x in ids], "input_ids": ids,
-                                 "prompt_ids": [prompts[pi] for pi, _ in rows]}, schema=SCHEMA)
+    ids = [
+        [(opts["seed"] * 31 + pi * 7 + si * 3 + t) % 50 + 4 for t in range(opts["new_tokens"])]
+        for pi, si in rows
+    ]
+    return pa.Table.from_pydict(
+        {
+            "prompt_index": [pi for pi, _ in rows],
+            "sample_index": [si for _, si in rows],
+            "text": [[opts["decode"](x)] for x in ids],
+            "input_ids": ids,
+            "prompt_ids": [prompts[pi] for pi, _ in rows],
+        },
+        schema=SCHEMA,
+    )
 
 
 class Killed(Exception):
@@ -212,8 +251,17 @@ def fake_shard(monkeypatch):
     prompts = [[1, 10 + i, 11 + i] for i in range(7)]
 
     def shard(out: Path, **kw) -> dict:
-        args = dict(params="fake-params", seed=3, continuations=2, new_tokens=5, batch_size=4, chunk_prompts=2,
-                    special_ids={0, 1, 2, 3}, keep_prompt=False, decode=lambda ids: " ".join(map(str, ids)))
+        args = dict(
+            params="fake-params",
+            seed=3,
+            continuations=2,
+            new_tokens=5,
+            batch_size=4,
+            chunk_prompts=2,
+            special_ids={0, 1, 2, 3},
+            keep_prompt=False,
+            decode=lambda ids: " ".join(map(str, ids)),
+        )
         return write_shard(None, None, prompts, out, **(args | kw))
 
     return shard
@@ -239,7 +287,9 @@ def test_shard_parts_and_final_file_are_trusted_only_while_their_checksums_match
     part0.write_bytes(part0.read_bytes()[:-9])  # a truncated part: generated again, not read
     resumed = fake_shard(out)
     assert resumed["chunks_generated"] == 3 and resumed["sha256"] == reference["sha256"]
-    assert not parts_dir(out).exists() and out.read_bytes() == (tmp_path / "ref" / "shard.parquet").read_bytes()
+    assert (
+        not parts_dir(out).exists() and out.read_bytes() == (tmp_path / "ref" / "shard.parquet").read_bytes()
+    )
 
     out.write_bytes(out.read_bytes()[:100])  # a truncated shard: generated again
     again = fake_shard(out)
@@ -306,10 +356,9 @@ def test_a_shard_without_its_receipt_is_verified_or_generated_again(finished, tm
 def test_a_truncated_checkpoint_is_never_resumed_from(finished, tmp_path, monkeypatch):
     """A truncated HF checkpoint of a finished run, then a truncated DeepSpeed checkpoint of a run
     stopped at step 40: each time the run starts over and ends with the same bytes."""
-    from test_resume import digests, run_to_end
-
     from cdhpc.config import load_config
     from cdhpc.sweep.plan import plan_sweep
+    from test_resume import digests, run_to_end
 
     sweep, work = copy_of(finished, tmp_path)
     run_dir = one(work.glob("pretrain/baseline-s1-*"))
@@ -327,8 +376,12 @@ def test_a_truncated_checkpoint_is_never_resumed_from(finished, tmp_path, monkey
     assert "start_step=0" in last_log() and digests(run_dir / "checkpoints") == reference
 
     plan = plan_sweep(load_config(sweep, []), "pretrain")
-    stopped = [StepSpec.from_dict(s.to_dict() | {"options": s.options | {"stop_after": 40}}) if s.stage == "pretrain"
-               else s for s in plan.steps]
+    stopped = [
+        StepSpec.from_dict(s.to_dict() | {"options": s.options | {"stop_after": 40}})
+        if s.stage == "pretrain"
+        else s
+        for s in plan.steps
+    ]
     receipt.unlink()
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert execute(work, Plan(stopped), max_parallel=1, retries=0, poll_s=0.2).failed  # stopped after step 40

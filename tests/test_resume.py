@@ -43,8 +43,14 @@ def write_sweep(tmp_path: Path, name: str) -> Path:
 
 
 def launch(sweep: Path, until: str, **popen) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "cdhpc.launch", str(sweep), "--until", until], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+    return subprocess.Popen(
+        [sys.executable, "-m", "cdhpc.launch", str(sweep), "--until", until],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **popen,
+    )
 
 
 def run_to_end(sweep: Path, until: str) -> str:
@@ -73,8 +79,11 @@ def wait_for(predicate, launcher: subprocess.Popen, timeout_s: float = 600) -> N
 
 
 def digests(directory: Path) -> dict[str, str]:
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +107,12 @@ def kill_midway_and_relaunch(sweeps, stage: str, started: str, finished: str) ->
 
 
 def test_pretrain_killed_mid_run_resumes_to_identical_weights(sweeps):
-    whole_dir, workdir, out = kill_midway_and_relaunch(sweeps, "pretrain", "pretrain/baseline-s1-*/ds/progress.json",
-                                                       "pretrain/baseline-s1-*/checkpoints/step_80")
+    whole_dir, workdir, out = kill_midway_and_relaunch(
+        sweeps,
+        "pretrain",
+        "pretrain/baseline-s1-*/ds/progress.json",
+        "pretrain/baseline-s1-*/checkpoints/step_80",
+    )
     run_dir = next(workdir.glob("pretrain/baseline-s1-*"))
     log = "".join(p.read_text() for p in (workdir / "logs" / "pretrain").glob("*_log.out"))
     assert "start_step=0" in log and any(f"start_step={n}" in log for n in (20, 40, 60))
@@ -110,8 +123,12 @@ def test_pretrain_killed_mid_run_resumes_to_identical_weights(sweeps):
 
 
 def test_generate_killed_mid_shard_resumes_to_identical_bytes(sweeps):
-    whole_dir, workdir, _ = kill_midway_and_relaunch(sweeps, "generate", "generate/cd-0000-*/shard.parts/part-00001.parquet",
-                                                     "generate/cd-0000-*/shard.parquet")
+    whole_dir, workdir, _ = kill_midway_and_relaunch(
+        sweeps,
+        "generate",
+        "generate/cd-0000-*/shard.parts/part-00001.parquet",
+        "generate/cd-0000-*/shard.parquet",
+    )
     receipt = json.loads(next((workdir / "receipts" / "generate").glob("cd-0000-*.json")).read_text())
     assert 0 < receipt["metrics"]["chunks_generated"] < receipt["metrics"]["chunks"]  # resumed, not restarted
     ours = next(workdir.glob("generate/cd-0000-*/shard.parquet"))
@@ -123,10 +140,28 @@ def test_pretrain_with_two_ranks_from_submitit_job_environment(tmp_path):
     """tasks_per_node=2: both ranks get RANK/WORLD_SIZE from submitit's JobEnvironment (as on
     SLURM), train data-parallel with gloo, and only rank 0 writes the receipt."""
     sweep = write_sweep(tmp_path, "multi")
-    p = subprocess.run([sys.executable, "-m", "cdhpc.launch", str(sweep), "--until", "pretrain",
-                        "executor.resources.pretrain.tasks_per_node=2", "pretrain.micro_batch=4", "pretrain.steps=20", "pretrain.checkpoint_every=20",
-                        "methods.cd.amateur.step=20"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cdhpc.launch",
+            str(sweep),
+            "--until",
+            "pretrain",
+            "executor.resources.pretrain.tasks_per_node=2",
+            "pretrain.micro_batch=4",
+            "pretrain.steps=20",
+            "pretrain.checkpoint_every=20",
+            "methods.cd.amateur.step=20",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
-    receipt = json.loads(next((tmp_path / "multi" / "receipts" / "pretrain").glob("baseline-s1-*.json")).read_text())
+    receipt = json.loads(
+        next((tmp_path / "multi" / "receipts" / "pretrain").glob("baseline-s1-*.json")).read_text()
+    )
     assert receipt["status"] == "ok" and receipt["metrics"]["world_size"] == 2
     assert any((tmp_path / "multi").glob("pretrain/baseline-s1-*/checkpoints/step_20/model.safetensors"))

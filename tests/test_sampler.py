@@ -17,11 +17,21 @@ SPECIALS = {0, 1, 2, 3}
 def tiny_llama(seed, kv_heads=4, sharpen=1.0):
     """A random-init 2-layer Llama; ``sharpen`` scales the LM head so the distributions are
     peaked and the alpha-head is a small part of the vocabulary."""
-    from transformers import LlamaConfig, LlamaForCausalLM  # here: collection stays light on workers that skip this
+    from transformers import (  # here: collection stays light on workers that skip this
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=128)
+    cfg = LlamaConfig(
+        vocab_size=V,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=128,
+    )
     model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():
         model.lm_head.weight.mul_(sharpen)
@@ -61,7 +71,7 @@ def test_step_logits_equal_hf_full_forward(kv_heads):
     for b, (prompt, cont) in enumerate(zip(prompts, conts)):
         with torch.no_grad():
             full = model(torch.tensor([prompt + cont])).logits[0]
-        ref = full[len(prompt) - 1: len(prompt) + len(cont) - 1]
+        ref = full[len(prompt) - 1 : len(prompt) + len(cont) - 1]
         assert torch.allclose(ours[b], ref, atol=1e-4), (ours[b] - ref).abs().max()
 
 
@@ -75,8 +85,19 @@ def test_padded_prompt_gives_same_distribution_as_unpadded():
 
 
 def run(expert, amateur, params, prompts, seed=0, batch_size=4, new_tokens=12, dropout=None):
-    return [(i, ids) for i, ids in generate(expert, amateur, prompts, params, new_tokens=new_tokens,
-                                            seed=seed, batch_size=batch_size, amateur_dropout=dropout)]
+    return [
+        (i, ids)
+        for i, ids in generate(
+            expert,
+            amateur,
+            prompts,
+            params,
+            new_tokens=new_tokens,
+            seed=seed,
+            batch_size=batch_size,
+            amateur_dropout=dropout,
+        )
+    ]
 
 
 def test_generate_shapes_order_and_determinism(expert, amateur):
@@ -95,7 +116,7 @@ def test_separators_never_stop_generation():
     with torch.no_grad():
         model.model.norm.weight.zero_()  # all logits 0: uniform over the vocabulary
     prompts = [[1, 5, 6]] * 4
-    (index, ids), = run(model, None, DecodingParams("sample"), prompts, new_tokens=40)
+    ((index, ids),) = run(model, None, DecodingParams("sample"), prompts, new_tokens=40)
     assert ids.shape == (4, 40)
     first_sep = [row.index(t) for row in ids.tolist() for t in (1, 2) if t in row]
     assert first_sep and min(first_sep) < 39  # a separator was drawn and generation went on
@@ -129,8 +150,17 @@ def decode(ids):
 
 
 def shard(expert, amateur, prompts, out, **kw):
-    args = dict(params=DecodingParams("cd"), seed=11, continuations=3, new_tokens=10, batch_size=4,
-                chunk_prompts=2, special_ids=SPECIALS, keep_prompt=False, decode=decode)
+    args = dict(
+        params=DecodingParams("cd"),
+        seed=11,
+        continuations=3,
+        new_tokens=10,
+        batch_size=4,
+        chunk_prompts=2,
+        special_ids=SPECIALS,
+        keep_prompt=False,
+        decode=decode,
+    )
     args.update(kw)
     return write_shard(expert, amateur, prompts, out, **args)
 
@@ -165,7 +195,9 @@ def test_shard_resume_gives_identical_bytes(expert, amateur, tmp_path):
 def test_shard_text_has_no_prompt_or_pads(expert, amateur, tmp_path):
     shard(expert, amateur, PROMPTS, tmp_path / "x.parquet")
     rows = pq.read_table(tmp_path / "x.parquet").to_pylist()
-    assert [(r["prompt_index"], r["sample_index"]) for r in rows] == [(p, s) for p in range(5) for s in range(3)]
+    assert [(r["prompt_index"], r["sample_index"]) for r in rows] == [
+        (p, s) for p in range(5) for s in range(3)
+    ]
     for r in rows:
         assert r["prompt_ids"] == PROMPTS[r["prompt_index"]]
         assert r["text"] == [decode(d) for d in split_documents(r["input_ids"], SPECIALS)]
@@ -180,7 +212,7 @@ def test_shard_text_has_no_prompt_or_pads(expert, amateur, tmp_path):
 
 def rescore(model, prompt, ids):
     with torch.no_grad():
-        return model(torch.tensor([prompt + ids])).logits[0, len(prompt) - 1: len(prompt) + len(ids) - 1]
+        return model(torch.tensor([prompt + ids])).logits[0, len(prompt) - 1 : len(prompt) + len(ids) - 1]
 
 
 @pytest.mark.parametrize("top_k", [None, 3])

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from cdhpc.ui.launch import execute
-from cdhpc.sweep.plan import Plan, StepSpec, content_key
 from cdhpc.executors.scheduler import DONE, FAILED, MISSING, RUNNING, classify
+from cdhpc.sweep.plan import Plan, StepSpec, content_key
+from cdhpc.ui.launch import execute
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -24,13 +24,22 @@ ROOT = TESTS.parent
 @pytest.fixture(autouse=True)
 def job_pythonpath(monkeypatch):
     """submitit's job processes import the test step functions."""
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(TESTS), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    )
 
 
 def step(stage: str, name: str, params: dict, **inputs: StepSpec) -> StepSpec:
     keys = {role: s.key for role, s in inputs.items()}
-    return StepSpec(stage, name, content_key(stage, name, params, keys), params, keys,
-                    {"entry": "stepfns:add"}, {"timeout_min": 5, "steps_per_job": 1})
+    return StepSpec(
+        stage,
+        name,
+        content_key(stage, name, params, keys),
+        params,
+        keys,
+        {"entry": "stepfns:add"},
+        {"timeout_min": 5, "steps_per_job": 1},
+    )
 
 
 def calls(workdir: Path) -> Counter:
@@ -106,8 +115,12 @@ def test_parallelism_limit(tmp_path):
     steps = [step("evaluate", f"p{i}", {"add": i, "sleep_s": 0.5}) for i in range(3)]
     t0 = time.time()
     run(tmp_path, steps, max_parallel=1)
-    starts = sorted(json.loads(p.read_text())["started"] for p in (tmp_path / "receipts/evaluate").glob("*.json"))
-    finishes = sorted(json.loads(p.read_text())["finished"] for p in (tmp_path / "receipts/evaluate").glob("*.json"))
+    starts = sorted(
+        json.loads(p.read_text())["started"] for p in (tmp_path / "receipts/evaluate").glob("*.json")
+    )
+    finishes = sorted(
+        json.loads(p.read_text())["finished"] for p in (tmp_path / "receipts/evaluate").glob("*.json")
+    )
     assert all(starts[i + 1] >= finishes[i] for i in range(2)), "max_parallel=1 ran steps at once"
     assert time.time() - t0 >= 1.5
 
@@ -121,8 +134,12 @@ def test_resume_after_launcher_sigkill_does_no_duplicate_work(tmp_path):
     plan_file.write_text(json.dumps([s.to_dict() for s in (a, slow, last)]))
     work = tmp_path / "work"
     work.mkdir()
-    launcher = subprocess.Popen([sys.executable, str(TESTS / "run_plan.py"), str(work), str(plan_file)],
-                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    launcher = subprocess.Popen(
+        [sys.executable, str(TESTS / "run_plan.py"), str(work), str(plan_file)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while calls(work)["slow"] == 0:  # wait until the slow step is running
         assert time.time() < deadline and launcher.poll() is None
@@ -155,15 +172,24 @@ def test_cdhpc_cancel_stops_a_running_step_and_it_is_not_retried(tmp_path):
     (work / "plan.json").write_text(json.dumps({"steps": [slow.to_dict()]}))
     plan_file = tmp_path / "steps.json"
     plan_file.write_text(json.dumps([slow.to_dict()]))
-    launcher = subprocess.Popen([sys.executable, str(TESTS / "run_plan.py"), str(work), str(plan_file), "2"],
-                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    launcher = subprocess.Popen(
+        [sys.executable, str(TESTS / "run_plan.py"), str(work), str(plan_file), "2"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 60
         while calls(work)["slow"] == 0:
             assert time.time() < deadline and launcher.poll() is None
             time.sleep(0.1)
-        out = subprocess.run([sys.executable, "-m", "cdhpc", "cancel", str(work), "--stage", "pretrain"], cwd=ROOT,
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-m", "cdhpc", "cancel", str(work), "--stage", "pretrain"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert out.returncode == 0 and "cancelled local job" in out.stdout, out.stderr
         assert launcher.wait(timeout=60) == 1  # the step failed (cancelled), and was not resubmitted
     finally:

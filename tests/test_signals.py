@@ -18,11 +18,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cdhpc.ui.launch import execute
-from cdhpc.sweep.plan import Plan, StepSpec, content_key
 from cdhpc.base.atomicio import atomic_write_text
-from cdhpc.sweep.receipts import read_receipt, receipt_path
 from cdhpc.sweep.jobrecords import JobRecord, job_record_path
+from cdhpc.sweep.plan import Plan, StepSpec, content_key
+from cdhpc.sweep.receipts import read_receipt, receipt_path
+from cdhpc.ui.launch import execute
 from jobs import StepCancelled, StepContext, StepResult, run_step, stop_on_signals
 
 TESTS = Path(__file__).resolve().parent
@@ -50,13 +50,22 @@ def count_squares(ctx: StepContext) -> StepResult:
 def resumable(ctx: StepContext) -> list[Path]:
     """The parts that hold what their index says (this fake stage's verification)."""
     parts = ctx.out_dir / "parts"
-    return [p for p in parts.glob("*.txt") if p.read_text() == str(int(p.stem) ** 2)] if parts.is_dir() else []
+    return (
+        [p for p in parts.glob("*.txt") if p.read_text() == str(int(p.stem) ** 2)] if parts.is_dir() else []
+    )
 
 
 def squares_step(n: int, sleep_s: float) -> StepSpec:
     params = {"n": n}
-    return StepSpec("generate", "squares", content_key("generate", "squares", params, {}), params, {},
-                    {"entry": "test_signals:count_squares", "sleep_s": sleep_s}, {"timeout_min": 5})
+    return StepSpec(
+        "generate",
+        "squares",
+        content_key("generate", "squares", params, {}),
+        params,
+        {},
+        {"entry": "test_signals:count_squares", "sleep_s": sleep_s},
+        {"timeout_min": 5},
+    )
 
 
 def with_options(spec: StepSpec, **options) -> StepSpec:
@@ -90,7 +99,9 @@ def records(workdir: Path, spec: StepSpec) -> tuple[str, str]:
 @pytest.fixture(autouse=True)
 def job_pythonpath(monkeypatch):
     """submitit's job processes import this module's fake stage."""
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(TESTS), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    )
 
 
 @pytest.fixture
@@ -174,8 +185,12 @@ def test_sigterm_to_the_launcher_cancels_its_local_jobs_and_leaves_them_resumabl
     plan_file.write_text(json.dumps([spec.to_dict()]))
     work = tmp_path / "work"
     work.mkdir()
-    launcher = subprocess.Popen([sys.executable, str(TESTS / "run_plan.py"), str(work), str(plan_file), "2"], cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    launcher = subprocess.Popen(
+        [sys.executable, str(TESTS / "run_plan.py"), str(work), str(plan_file), "2"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_until(lambda: len(parts_written(work)) >= 2)
         controller, tasks = job_processes(work, spec)
@@ -201,12 +216,12 @@ def test_sigterm_mid_pretrain_and_mid_shard_then_a_relaunch_gives_identical_outp
     whole, killed = write_sweep(tmp_path, "whole"), write_sweep(tmp_path, "killed")
     run_to_end(whole, "generate")
     work = tmp_path / "killed"
-    for stage, started, finished in (("pretrain", "pretrain/baseline-s1-*/ds/progress.json",
-                                      "pretrain/baseline-s1-*/checkpoints/step_80"),
-                                     ("generate", "generate/cd-0000-*/shard.parts/part-00001.parquet",
-                                      "generate/cd-0000-*/shard.parquet")):
+    for stage, started, finished in (
+        ("pretrain", "pretrain/baseline-s1-*/ds/progress.json", "pretrain/baseline-s1-*/checkpoints/step_80"),
+        ("generate", "generate/cd-0000-*/shard.parts/part-00001.parquet", "generate/cd-0000-*/shard.parquet"),
+    ):
         launcher = launch(killed, "generate")
-        wait_for(lambda: any(work.glob(started)), launcher)
+        wait_for(lambda started=started: any(work.glob(started)), launcher)
         (record,) = (work / "jobs" / stage).glob("*.json")
         (task,) = psutil.Process(int(json.loads(record.read_text())["job_id"])).children()
         task.send_signal(signal.SIGTERM)
@@ -216,18 +231,25 @@ def test_sigterm_mid_pretrain_and_mid_shard_then_a_relaunch_gives_identical_outp
         out, _ = launcher.communicate(timeout=120)
         assert launcher.returncode == 1 and "cancelled" in out  # not retried; its dependents wait
         (receipt,) = (work / "receipts" / stage).glob("*.json")
-        assert read_receipt(receipt).status == "cancelled" and json.loads(record.read_text())["state"] == "CANCELLED"
+        assert (
+            read_receipt(receipt).status == "cancelled"
+            and json.loads(record.read_text())["state"] == "CANCELLED"
+        )
         assert not any(work.glob(finished)), "the step finished before SIGTERM: nothing was tested"
     run_to_end(killed, "generate")
 
     logs = "".join(p.read_text() for p in (work / "logs" / "pretrain").glob("*_log.out"))
     assert any(f"start_step={n}" in logs for n in (20, 40, 60))  # resumed from its DeepSpeed checkpoint
     reference = next((tmp_path / "whole").glob("pretrain/baseline-s1-*"))
-    assert digests(next(work.glob("pretrain/baseline-s1-*")) / "checkpoints") == digests(reference / "checkpoints")
+    assert digests(next(work.glob("pretrain/baseline-s1-*")) / "checkpoints") == digests(
+        reference / "checkpoints"
+    )
     (receipt,) = (work / "receipts" / "generate").glob("cd-0000-*.json")
     assert 0 < read_receipt(receipt).metrics["chunks_generated"] < read_receipt(receipt).metrics["chunks"]
-    assert (next(work.glob("generate/cd-0000-*/shard.parquet")).read_bytes()
-            == next((tmp_path / "whole").glob("generate/cd-0000-*/shard.parquet")).read_bytes())
+    assert (
+        next(work.glob("generate/cd-0000-*/shard.parquet")).read_bytes()
+        == next((tmp_path / "whole").glob("generate/cd-0000-*/shard.parquet")).read_bytes()
+    )
 
 
 @pytest.mark.slow  # not training, but ~3 s of job processes

@@ -14,12 +14,19 @@ from pathlib import Path
 import pytest
 
 from cdhpc.config import ConfigError, load_config
-from cdhpc.executors.launch_slurm import more_memory
-from cdhpc.sweep.plan import Plan, StepSpec, plan_sweep
 from cdhpc.config.profile import ClusterProfile, apply_profile, load_profile
+from cdhpc.executors.launch_slurm import more_memory
+from cdhpc.executors.sbatch import (
+    ArraySpec,
+    JobRef,
+    check_sbatch_script,
+    dependency_string,
+    plan_arrays,
+    sbatch_parameters,
+    sbatch_script,
+)
 from cdhpc.executors.slurm import LEFT_QUEUE, SlurmScheduler, expand_job_id, parse_states, record_state
-from cdhpc.executors.sbatch import (ArraySpec, JobRef, check_sbatch_script, dependency_string, plan_arrays,
-    sbatch_parameters, sbatch_script)
+from cdhpc.sweep.plan import Plan, StepSpec, plan_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden" / "sbatch_tiny_dev.txt"
@@ -33,8 +40,15 @@ def tiny_on_dev(*overrides: str):
 
 
 def step(name: str, stage: str = "evaluate", inputs: dict | None = None, per_job: int = 1, **res) -> StepSpec:
-    resources = {"nodes": 1, "tasks_per_node": 1, "gpus_per_node": 0, "cpus_per_task": 1, "mem_gb": 4,
-                 "timeout_min": 10, "steps_per_job": per_job} | res
+    resources = {
+        "nodes": 1,
+        "tasks_per_node": 1,
+        "gpus_per_node": 0,
+        "cpus_per_task": 1,
+        "mem_gb": 4,
+        "timeout_min": 10,
+        "steps_per_job": per_job,
+    } | res
     return StepSpec(stage, name, f"{name:0<16}"[:16], {}, inputs or {}, {}, resources)
 
 
@@ -79,7 +93,10 @@ def test_steps_with_the_same_upstream_share_an_array_and_wait_for_exactly_their_
                     upstream = next(u for u in arrays if u.ref == ref)
                     want.add(str(JobRef(ref, i if len(upstream.packs) > 1 else None)))
                 assert {str(r) for r in a.after} == want, f"{s.stage}/{s.name}"
-                assert all(arrays.index(next(u for u in arrays if u.ref == r.job_id)) < arrays.index(a) for r in a.after)
+                assert all(
+                    arrays.index(next(u for u in arrays if u.ref == r.job_id)) < arrays.index(a)
+                    for r in a.after
+                )
     evaluate = [a for a in arrays if a.stage == "evaluate"]
     runs = {by_key[s.inputs["model"]].name for a in evaluate for p in a.packs for s in p}
     assert len(evaluate) == len(runs), "one evaluate array per trained run"
@@ -93,8 +110,13 @@ def test_arrays_split_at_max_array_size_and_dependents_wait_for_every_part():
     agg = step("agg", "aggregate", {e.name: e.key for e in evals})
     plan = Plan([prep, *evals, agg])
     arrays = plan_arrays(plan, {s.key for s in plan.steps}, {}, max_array_size=10)
-    assert [(a.stage, len(a.packs)) for a in arrays] == [("prepare", 1), ("evaluate", 10), ("evaluate", 10),
-                                                         ("evaluate", 5), ("aggregate", 1)]
+    assert [(a.stage, len(a.packs)) for a in arrays] == [
+        ("prepare", 1),
+        ("evaluate", 10),
+        ("evaluate", 10),
+        ("evaluate", 5),
+        ("aggregate", 1),
+    ]
     assert [str(r) for r in arrays[1].after] == ["@0"]
     sizes = {"@1": 10, "@2": 10, "@3": 5}
     assert dependency_string(arrays[-1].after, sizes) == "afterok:@1:@2:@3"
@@ -129,9 +151,19 @@ def test_oom_steps_get_more_memory_in_their_own_array():
 
 
 def test_parse_states_expands_ranges_and_prefers_element_lines():
-    sacct = "3_0|COMPLETED\n3_1|RUNNING\n3_[2-4%2]|PENDING\n7|CANCELLED by 0\n8|REQUEUED\n8|RUNNING\n9.batch|FAILED\n"
-    assert parse_states(sacct) == {"3_0": "COMPLETED", "3_1": "RUNNING", "3_2": "PENDING", "3_3": "PENDING",
-                                   "3_4": "PENDING", "7": "CANCELLED", "8": "RUNNING"}
+    sacct = (
+        "3_0|COMPLETED\n3_1|RUNNING\n3_[2-4%2]|PENDING\n7|CANCELLED by 0\n8|REQUEUED\n8|RUNNING\n"
+        "9.batch|FAILED\n"
+    )
+    assert parse_states(sacct) == {
+        "3_0": "COMPLETED",
+        "3_1": "RUNNING",
+        "3_2": "PENDING",
+        "3_3": "PENDING",
+        "3_4": "PENDING",
+        "7": "CANCELLED",
+        "8": "RUNNING",
+    }
     assert expand_job_id("12_[0,3-4]") == ["12_0", "12_3", "12_4"]
 
 
@@ -157,7 +189,9 @@ def test_transient_sbatch_errors_are_retried_others_are_not(tmp_path, monkeypatc
     def flaky_sbatch(array, params, attempt):
         calls.append(params["job_name"])
         if len(calls) < 3:
-            raise RuntimeError("sbatch: error: Batch job submission failed: Socket timed out on send/recv operation")
+            raise RuntimeError(
+                "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation"
+            )
         return [FakeJob()]
 
     s = step("x", "prepare")
@@ -172,16 +206,24 @@ def test_transient_sbatch_errors_are_retried_others_are_not(tmp_path, monkeypatc
         raise RuntimeError("sbatch: error: invalid partition specified: gpu")
 
     with pytest.raises(RuntimeError, match="invalid partition"):
-        SlurmScheduler(tmp_path, ClusterProfile(), "t", submit_fn=bad_partition).submit(Plan([s]), {s.key}, {}, {})
+        SlurmScheduler(tmp_path, ClusterProfile(), "t", submit_fn=bad_partition).submit(
+            Plan([s]), {s.key}, {}, {}
+        )
 
 
-@pytest.mark.parametrize("said, named", [
-    ("sbatch: error: Slurm temporarily unable to accept job, sleeping and retrying\n"
-     "sbatch: error: Batch job submission failed: Resource temporarily unavailable", "MaxJobCount"),
-    ("sbatch: error: QOSMaxSubmitJobPerUserLimit", "MaxSubmitJobsPerUser"),
-    ("sbatch: error: AssocMaxSubmitJobLimit", "association's MaxSubmitJobs"),
-    ("sbatch: error: Batch job submission failed: Invalid job array specification", "MaxArraySize"),
-])
+@pytest.mark.parametrize(
+    "said, named",
+    [
+        (
+            "sbatch: error: Slurm temporarily unable to accept job, sleeping and retrying\n"
+            "sbatch: error: Batch job submission failed: Resource temporarily unavailable",
+            "MaxJobCount",
+        ),
+        ("sbatch: error: QOSMaxSubmitJobPerUserLimit", "MaxSubmitJobsPerUser"),
+        ("sbatch: error: AssocMaxSubmitJobLimit", "association's MaxSubmitJobs"),
+        ("sbatch: error: Batch job submission failed: Invalid job array specification", "MaxArraySize"),
+    ],
+)
 def test_a_limit_error_stops_the_submission_at_once_naming_the_limit(tmp_path, monkeypatch, said, named):
     monkeypatch.setattr("cdhpc.executors.slurm.time.sleep", lambda s: pytest.fail("a limit is not retried"))
     calls = []
@@ -192,7 +234,9 @@ def test_a_limit_error_stops_the_submission_at_once_naming_the_limit(tmp_path, m
 
     s = step("x", "prepare")
     with pytest.raises(RuntimeError, match=named) as e:
-        SlurmScheduler(tmp_path, ClusterProfile(submit_retries=5), "t", submit_fn=refused).submit(Plan([s]), {s.key}, {}, {})
+        SlurmScheduler(tmp_path, ClusterProfile(submit_retries=5), "t", submit_fn=refused).submit(
+            Plan([s]), {s.key}, {}, {}
+        )
     assert len(calls) == 1 and "launch again" in str(e.value)
 
 
@@ -203,11 +247,22 @@ def test_an_intents_job_is_adopted_with_its_pickles_and_cancelled_without(tmp_pa
     sched = SlurmScheduler(tmp_path, ClusterProfile(), "t")
     cancelled = []
     monkeypatch.setattr("cdhpc.executors.slurm._run", lambda cmd, timeout_s=60: cancelled.append(cmd))
-    monkeypatch.setattr("cdhpc.executors.slurm.find_jobs_by_name", lambda names: {n: ["77_0", "77_1"] for n in names})
+    monkeypatch.setattr(
+        "cdhpc.executors.slurm.find_jobs_by_name", lambda names: {n: ["77_0", "77_1"] for n in names}
+    )
     for pickled in (True, False):
         sched.intent_dir().mkdir(exist_ok=True)
-        (sched.intent_dir() / "n.json").write_text(json.dumps(
-            {"name": "n", "stage": "evaluate", "packs": [[a.key], [b.key]], "attempts": {}, "resources": {}}))
+        (sched.intent_dir() / "n.json").write_text(
+            json.dumps(
+                {
+                    "name": "n",
+                    "stage": "evaluate",
+                    "packs": [[a.key], [b.key]],
+                    "attempts": {},
+                    "resources": {},
+                }
+            )
+        )
         sched.log_dir("evaluate").mkdir(parents=True, exist_ok=True)
         for i in range(2):
             pkl = sched.log_dir("evaluate") / f"77_{i}_submitted.pkl"
@@ -237,10 +292,17 @@ def profile_error(tmp_path: Path, text: str) -> str:
 
 def test_profile_errors_name_the_file_line_and_the_valid_names(tmp_path):
     err = profile_error(tmp_path, "partition: gpu\nstages:\n  pretrain: {mem_gbs: 3}\n")
-    assert err.startswith("invalid cluster profile ") and "site.yaml (1 error):" in err, "names what the file is"
-    assert "site.yaml:3: stages.pretrain.mem_gbs: unknown key; did you mean 'mem_gb'?" in err and "timeout_min" in err
+    assert err.startswith("invalid cluster profile ") and "site.yaml (1 error):" in err, (
+        "names what the file is"
+    )
+    assert (
+        "site.yaml:3: stages.pretrain.mem_gbs: unknown key; did you mean 'mem_gb'?" in err
+        and "timeout_min" in err
+    )
     err = profile_error(tmp_path, "sbatch: {exlcude: node1}\n")
-    assert "site.yaml:1: sbatch.exlcude: not a submitit SlurmExecutor parameter; did you mean 'exclude'?" in err
+    assert (
+        "site.yaml:1: sbatch.exlcude: not a submitit SlurmExecutor parameter; did you mean 'exclude'?" in err
+    )
     assert "mail_user" in err, "lists the valid parameters"
     err = profile_error(tmp_path, "stages: {train: {mem_gb: 3}}\n")
     assert "unknown stage 'train'" in err
@@ -253,14 +315,28 @@ def test_sweep_resources_override_the_profile_key_by_key(tmp_path):
     cfg = load_config(SWEEP, ["executor=slurm", f"executor.profile={tmp_path / 'slurm' / 'site.yaml'}"])
     cfg = apply_profile(cfg, load_profile(cfg, SWEEP))
     ev = cfg.executor.resources_for("evaluate")
-    assert (ev.mem_gb, ev.timeout_min, ev.steps_per_job) == (7, 5, 16), "steps_per_job: 16 comes from tiny.yaml"
+    assert (ev.mem_gb, ev.timeout_min, ev.steps_per_job) == (7, 5, 16), (
+        "steps_per_job: 16 comes from tiny.yaml"
+    )
 
 
 @pytest.mark.slow
 def test_launch_with_a_missing_profile_exits_2_and_writes_nothing(tmp_path):
     workdir = tmp_path / "w"
-    out = subprocess.run([sys.executable, "-m", "cdhpc.launch", str(SWEEP), "executor=slurm",
-                          "executor.profile=nope", f"workdir={workdir}"], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cdhpc.launch",
+            str(SWEEP),
+            "executor=slurm",
+            "executor.profile=nope",
+            f"workdir={workdir}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 2, out.stderr
     assert "executor.profile = 'nope': no such cluster profile" in out.stderr and "dev" in out.stderr
     assert not workdir.exists()
@@ -275,7 +351,20 @@ def test_executor_shorthand_keeps_the_other_executor_keys():
 def test_launch_without_sbatch_exits_2_and_writes_nothing(tmp_path):
     workdir = tmp_path / "w"
     env = dict(os.environ, PATH=os.path.dirname(sys.executable))  # no SLURM client commands
-    out = subprocess.run([sys.executable, "-m", "cdhpc.launch", str(SWEEP), "executor=slurm", "executor.profile=dev",
-                          f"workdir={workdir}"], cwd=ROOT, capture_output=True, text=True, env=env)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cdhpc.launch",
+            str(SWEEP),
+            "executor=slurm",
+            "executor.profile=dev",
+            f"workdir={workdir}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert out.returncode == 2 and "sbatch is not on PATH" in out.stderr, out.stderr
     assert not workdir.exists()

@@ -12,11 +12,12 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import cloudpickle
 import pytest
+
 from waits import wait_until
 
 submitit = pytest.importorskip("submitit")
@@ -77,11 +78,14 @@ def cluster() -> str:
         states = _run("sinfo", "-h", "-N", "-n", "localhost", "-o", "%T").split()  # a line per partition
         state = states[0] if states else ""
     except (RuntimeError, subprocess.TimeoutExpired) as err:
-        pytest.fail(f"sinfo is installed but the cluster does not answer ({err}); "
-                    "run slurm/dev-cluster/start.sh")
+        pytest.fail(
+            f"sinfo is installed but the cluster does not answer ({err}); run slurm/dev-cluster/start.sh"
+        )
     if state not in {"idle", "mixed", "allocated", "completing"}:
-        pytest.fail(f"node localhost is {state!r}, not up; see /var/log/slurm/slurmd.log "
-                    "and run slurm/dev-cluster/start.sh")
+        pytest.fail(
+            f"node localhost is {state!r}, not up; see /var/log/slurm/slurmd.log "
+            "and run slurm/dev-cluster/start.sh"
+        )
     return state
 
 
@@ -92,15 +96,16 @@ def accounting(cluster: str) -> None:
     cmd = ["sacct", "-n", "-X", "-j", "1"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
     if "accounting storage is disabled" in done.stderr:
-        pytest.skip("accounting storage is disabled in slurm.conf; run start.sh without "
-                    "CDHPC_SLURM_NO_ACCOUNTING=1 to test sacct")
+        pytest.skip(
+            "accounting storage is disabled in slurm.conf; run start.sh without "
+            "CDHPC_SLURM_NO_ACCOUNTING=1 to test sacct"
+        )
     if done.returncode != 0:
-        pytest.fail(f"sacct fails: {done.stderr.strip()}; is slurmdbd up? "
-                    "run slurm/dev-cluster/start.sh")
+        pytest.fail(f"sacct fails: {done.stderr.strip()}; is slurmdbd up? run slurm/dev-cluster/start.sh")
 
 
 @pytest.fixture
-def executor(cluster: str, tmp_path: Path) -> "submitit.AutoExecutor":
+def executor(cluster: str, tmp_path: Path) -> submitit.AutoExecutor:
     """A submitit executor on the dev cluster: 1 CPU, 256 MB, 5 min, partition debug."""
     ex = submitit.AutoExecutor(folder=tmp_path / "submitit", cluster="slurm")
     ex.update_parameters(timeout_min=5, cpus_per_task=1, mem_gb=0.25, slurm_partition="debug")
@@ -176,8 +181,9 @@ def test_sacct_and_submitit_see_completed(executor, accounting) -> None:
     _wait_done([job, *array])
     assert [job.result(), *(j.result() for j in array)] == [1024, 8, 27]
     for done in [job, *array]:
-        _wait_until(f"sacct COMPLETED for {done.job_id}",
-                    lambda: _sacct_state(done.job_id) == "COMPLETED")
+        _wait_until(
+            f"sacct COMPLETED for {done.job_id}", lambda done=done: _sacct_state(done.job_id) == "COMPLETED"
+        )
         assert done.watcher.get_state(done.job_id, mode="force") == "COMPLETED"
 
 

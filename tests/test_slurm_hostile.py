@@ -16,50 +16,109 @@ from pathlib import Path
 import pytest
 
 from cdhpc.config import ConfigError, load_config
-from cdhpc.sweep.plan import Plan, StepSpec, plan_sweep
 from cdhpc.config.profile import ClusterProfile, StageProfile, resolve_profile
+from cdhpc.executors.sbatch import (
+    UnsafeSbatch,
+    check_sbatch_script,
+    dependency_string,
+    job_name,
+    plan_arrays,
+    sbatch_parameters,
+    sbatch_script,
+)
 from cdhpc.executors.slurm import SlurmScheduler
-from cdhpc.executors.sbatch import (UnsafeSbatch, check_sbatch_script, dependency_string, job_name,
-    plan_arrays, sbatch_parameters, sbatch_script)
+from cdhpc.sweep.plan import Plan, StepSpec, plan_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEP = ROOT / "configs" / "tiny.yaml"
 
 # (profile text, key path as the error prints it, what the error must also say)
 HOSTILE = {
-    "partition": ('partition: "debug\\n#SBATCH --uid=0"\n', "partition = 'debug\\n#SBATCH --uid=0'",
-                  "has a line break"),
-    "account": ('account: "lab\\n#SBATCH --uid=0"\n', "account = 'lab\\n#SBATCH --uid=0'", "allowed: an account name"),
+    "partition": (
+        'partition: "debug\\n#SBATCH --uid=0"\n',
+        "partition = 'debug\\n#SBATCH --uid=0'",
+        "has a line break",
+    ),
+    "account": (
+        'account: "lab\\n#SBATCH --uid=0"\n',
+        "account = 'lab\\n#SBATCH --uid=0'",
+        "allowed: an account name",
+    ),
     "qos": ('qos: "normal\\rx"\n', "qos = 'normal\\rx'", "has a line break"),
-    "stage partition": ('stages: {pretrain: {partition: "gpu\\ntouch /tmp/x"}}\n',
-                        "stages.pretrain.partition = 'gpu\\ntouch /tmp/x'", "allowed: partition names"),
-    "stage qos": ('stages: {evaluate: {qos: "a b"}}\n', "stages.evaluate.qos = 'a b'", "has ' ', not allowed here"),
+    "stage partition": (
+        'stages: {pretrain: {partition: "gpu\\ntouch /tmp/x"}}\n',
+        "stages.pretrain.partition = 'gpu\\ntouch /tmp/x'",
+        "allowed: partition names",
+    ),
+    "stage qos": (
+        'stages: {evaluate: {qos: "a b"}}\n',
+        "stages.evaluate.qos = 'a b'",
+        "has ' ', not allowed here",
+    ),
     "constraint": ("constraint: 'a100;id'\n", "constraint = 'a100;id'", "has ';', not allowed here"),
-    "comment": ("sbatch: {comment: \"c\\ntouch /tmp/x\\n: '\"}\n", "sbatch.comment = \"c\\ntouch /tmp/x\\n: '\"",
-                "allowed: printable text on one line"),
-    "stage comment": ('stages: {generate: {sbatch: {comment: "\\n touch /tmp/x"}}}\n',
-                      "stages.generate.sbatch.comment = '\\n touch /tmp/x'", "has a line break"),
-    "control char": ('sbatch: {comment: "red \\e[31m"}\n', "sbatch.comment = 'red \\x1b[31m'",
-                     "has the control (non-printable) character '\\x1b'"),
+    "comment": (
+        'sbatch: {comment: "c\\ntouch /tmp/x\\n: \'"}\n',
+        'sbatch.comment = "c\\ntouch /tmp/x\\n: \'"',
+        "allowed: printable text on one line",
+    ),
+    "stage comment": (
+        'stages: {generate: {sbatch: {comment: "\\n touch /tmp/x"}}}\n',
+        "stages.generate.sbatch.comment = '\\n touch /tmp/x'",
+        "has a line break",
+    ),
+    "control char": (
+        'sbatch: {comment: "red \\e[31m"}\n',
+        "sbatch.comment = 'red \\x1b[31m'",
+        "has the control (non-printable) character '\\x1b'",
+    ),
     "NUL byte": ('sbatch: {comment: "a\\0b"}\n', "sbatch.comment = 'a\\x00b'", "character '\\x00'"),
     "line separator": ('sbatch: {comment: "a\\Lb"}\n', "sbatch.comment = 'a\\u2028b'", "character '\\u2028'"),
-    "additional key": ('sbatch: {additional_parameters: {"mail-type\\n#SBATCH --uid": 0}}\n',
-                       "sbatch.additional_parameters.'mail-type\\n#SBATCH --uid': key has a line break", ""),
-    "additional key form": ("sbatch: {additional_parameters: {'uid=0 --x': 1}}\n",
-                            "sbatch.additional_parameters.uid=0 --x: key is not an sbatch option name", "mail-type"),
-    "additional value": ('sbatch: {additional_parameters: {mail-type: "END\\n#SBATCH --uid=0"}}\n',
-                         "sbatch.additional_parameters.mail-type = 'END\\n#SBATCH --uid=0'", "has a line break"),
-    "additional job name": ("sbatch: {additional_parameters: {job_name: other}}\n",
-                            "sbatch.additional_parameters.job_name: key is set by cdhpc", ""),
-    "not a parameter": ("sbatch: {uid: 0}\n", "sbatch.uid: not a submitit SlurmExecutor parameter", "additional_parameters"),
-    "teardown": ('sbatch: {teardown: ["echo ok", "a\\nb"]}\n', "sbatch.teardown = ['echo ok', 'a\\nb']",
-                 "item 1 has a line break"),
-    "mem_per_cpu": ('sbatch: {mem_per_cpu: "4G\\n#SBATCH --uid=0"}\n', "sbatch.mem_per_cpu = '4G\\n#SBATCH --uid=0'",
-                    "allowed: a size"),
-    "exclusive": ("sbatch: {exclusive: always}\n", "sbatch.exclusive = 'always'", "allowed: true, false, user, mcs or topo"),
+    "additional key": (
+        'sbatch: {additional_parameters: {"mail-type\\n#SBATCH --uid": 0}}\n',
+        "sbatch.additional_parameters.'mail-type\\n#SBATCH --uid': key has a line break",
+        "",
+    ),
+    "additional key form": (
+        "sbatch: {additional_parameters: {'uid=0 --x': 1}}\n",
+        "sbatch.additional_parameters.uid=0 --x: key is not an sbatch option name",
+        "mail-type",
+    ),
+    "additional value": (
+        'sbatch: {additional_parameters: {mail-type: "END\\n#SBATCH --uid=0"}}\n',
+        "sbatch.additional_parameters.mail-type = 'END\\n#SBATCH --uid=0'",
+        "has a line break",
+    ),
+    "additional job name": (
+        "sbatch: {additional_parameters: {job_name: other}}\n",
+        "sbatch.additional_parameters.job_name: key is set by cdhpc",
+        "",
+    ),
+    "not a parameter": (
+        "sbatch: {uid: 0}\n",
+        "sbatch.uid: not a submitit SlurmExecutor parameter",
+        "additional_parameters",
+    ),
+    "teardown": (
+        'sbatch: {teardown: ["echo ok", "a\\nb"]}\n',
+        "sbatch.teardown = ['echo ok', 'a\\nb']",
+        "item 1 has a line break",
+    ),
+    "mem_per_cpu": (
+        'sbatch: {mem_per_cpu: "4G\\n#SBATCH --uid=0"}\n',
+        "sbatch.mem_per_cpu = '4G\\n#SBATCH --uid=0'",
+        "allowed: a size",
+    ),
+    "exclusive": (
+        "sbatch: {exclusive: always}\n",
+        "sbatch.exclusive = 'always'",
+        "allowed: true, false, user, mcs or topo",
+    ),
     "use_srun": ('sbatch: {use_srun: "no\\n"}\n', "sbatch.use_srun = 'no\\n'", "is not true or false"),
-    "not a mapping": ("sbatch: {additional_parameters: [uid]}\n", "sbatch.additional_parameters = ['uid']",
-                      "must be a mapping"),
+    "not a mapping": (
+        "sbatch: {additional_parameters: [uid]}\n",
+        "sbatch.additional_parameters = ['uid']",
+        "must be a mapping",
+    ),
 }
 
 
@@ -73,7 +132,9 @@ def write_profile(tmp_path: Path, text: str, name: str = "site") -> Path:
 def load(path: Path, *overrides: str):
     """What `python -m cdhpc.launch SWEEP executor=slurm executor.profile=PATH` (with or without
     --dry-run) does before planning."""
-    cfg = load_config(SWEEP, ["executor=slurm", f"executor.profile={path}", *overrides], allow_missing_paths=True)
+    cfg = load_config(
+        SWEEP, ["executor=slurm", f"executor.profile={path}", *overrides], allow_missing_paths=True
+    )
     return resolve_profile(cfg, SWEEP)
 
 
@@ -90,7 +151,9 @@ def test_hostile_profile_values_are_refused_when_the_profile_loads(tmp_path, cas
 
 
 def test_benign_values_of_every_checked_field_load(tmp_path):
-    path = write_profile(tmp_path, """\
+    path = write_profile(
+        tmp_path,
+        """\
 partition: gpu,gpu-long
 account: lab_ai.2024
 qos: high+
@@ -108,12 +171,15 @@ sbatch:
   additional_parameters: {reservation: maint, nice: 10, hint: nomultithread, overcommit: true}
 stages:
   evaluate: {qos: short, sbatch: {mem_per_gpu: 16384}}
-""")
+""",
+    )
     _, profile = load(path)
     assert profile.constraint == "[a100*2&h100]|(l40s,!old)"
     for params, text in rendered(profile):  # and each renders a script the scheduler would submit
         check_sbatch_script(text, params, params["job_name"])
-        assert "#SBATCH --comment='sweep tiny: paper run (é) 50%'" in text and text.endswith("# teardown\necho done")
+        assert "#SBATCH --comment='sweep tiny: paper run (é) 50%'" in text and text.endswith(
+            "# teardown\necho done"
+        )
 
 
 def test_a_parameter_without_a_rule_of_its_own_is_still_checked(tmp_path, monkeypatch):
@@ -123,8 +189,11 @@ def test_a_parameter_without_a_rule_of_its_own_is_still_checked(tmp_path, monkey
     names = profile.sbatch_parameter_names()
     monkeypatch.setattr(profile, "sbatch_parameter_names", lambda: sorted(names + ["future_flag"]))
     path = write_profile(tmp_path, 'sbatch: {future_flag: "x\\n#SBATCH --uid=0"}\n')
-    with pytest.raises(ConfigError, match=r"sbatch.future_flag = 'x\\n#SBATCH --uid=0': has a line break .*; allowed: a "
-                                          "number, true or false, or printable text on one line"):
+    with pytest.raises(
+        ConfigError,
+        match=r"sbatch.future_flag = 'x\\n#SBATCH --uid=0': has a line break .*; allowed: a "
+        "number, true or false, or printable text on one line",
+    ):
         load(path)
 
 
@@ -149,16 +218,49 @@ def test_job_names_take_only_the_job_name_characters():
 
 
 # ----------------------------------------------------------------------------- the rendered script
-BENIGN = ClusterProfile(partition="debug", account="lab", qos="normal", constraint="a100|h100", signal_delay_s=30,
-                        sbatch={"comment": "tiny sweep", "mail_type": "END,FAIL",
-                                "additional_parameters": {"reservation": "maint", "overcommit": True}},
-                        stages={"evaluate": StageProfile(qos="short", mem_gb=2, steps_per_job=8)})
+BENIGN = ClusterProfile(
+    partition="debug",
+    account="lab",
+    qos="normal",
+    constraint="a100|h100",
+    signal_delay_s=30,
+    sbatch={
+        "comment": "tiny sweep",
+        "mail_type": "END,FAIL",
+        "additional_parameters": {"reservation": "maint", "overcommit": True},
+    },
+    stages={"evaluate": StageProfile(qos="short", mem_gb=2, steps_per_job=8)},
+)
 # the #SBATCH keys the scripts of the BENIGN profile may have, and nothing else
-EXPECTED_KEYS = {"account", "array", "comment", "constraint", "cpus-per-task", "dependency", "error", "job-name",
-                 "kill-on-invalid-dep", "mail-type", "mem", "nodes", "ntasks-per-node", "open-mode", "output",
-                 "overcommit", "partition", "qos", "requeue", "reservation", "signal", "time", "wckey"}
-SRUN = re.compile(r"srun --unbuffered --output /W/logs/\w+/%\S+ --error /W/logs/\w+/%\S+ "
-                  r"python -u -m submitit\.core\._submit /W/logs/\w+")
+EXPECTED_KEYS = {
+    "account",
+    "array",
+    "comment",
+    "constraint",
+    "cpus-per-task",
+    "dependency",
+    "error",
+    "job-name",
+    "kill-on-invalid-dep",
+    "mail-type",
+    "mem",
+    "nodes",
+    "ntasks-per-node",
+    "open-mode",
+    "output",
+    "overcommit",
+    "partition",
+    "qos",
+    "requeue",
+    "reservation",
+    "signal",
+    "time",
+    "wckey",
+}
+SRUN = re.compile(
+    r"srun --unbuffered --output /W/logs/\w+/%\S+ --error /W/logs/\w+/%\S+ "
+    r"python -u -m submitit\.core\._submit /W/logs/\w+"
+)
 
 
 def rendered(profile: ClusterProfile) -> list[tuple[dict, str]]:
@@ -172,9 +274,16 @@ def rendered(profile: ClusterProfile) -> list[tuple[dict, str]]:
     out = []
     for stage in dict.fromkeys(a.stage for a in arrays):
         a = next(a for a in arrays if a.stage == stage)
-        params = sbatch_parameters(a, profile, f"cdhpc.tiny.{stage}.0123456789", dependency_string(a.after, {}))
+        params = sbatch_parameters(
+            a, profile, f"cdhpc.tiny.{stage}.0123456789", dependency_string(a.after, {})
+        )
         folder = f"/W/logs/{stage}"
-        out.append((params, sbatch_script(params, folder, len(a.packs), f"python -u -m submitit.core._submit {folder}")))
+        out.append(
+            (
+                params,
+                sbatch_script(params, folder, len(a.packs), f"python -u -m submitit.core._submit {folder}"),
+            )
+        )
     return out
 
 
@@ -192,26 +301,48 @@ def test_a_benign_script_has_only_expected_lines():
                 assert m and m[1] in EXPECTED_KEYS, line
                 keys.append(m[1])
             else:
-                assert (line in ("#!/bin/bash", "", "# Parameters", "# setup", "# command", "export SUBMITIT_EXECUTOR=slurm")
-                        or re.fullmatch(r"export OMP_NUM_THREADS=\d+", line) or SRUN.fullmatch(line)), line
+                assert (
+                    line
+                    in (
+                        "#!/bin/bash",
+                        "",
+                        "# Parameters",
+                        "# setup",
+                        "# command",
+                        "export SUBMITIT_EXECUTOR=slurm",
+                    )
+                    or re.fullmatch(r"export OMP_NUM_THREADS=\d+", line)
+                    or SRUN.fullmatch(line)
+                ), line
         assert len(keys) == len(set(keys)), "one line per key"
-        assert "#SBATCH --qos=short" in text if params["job_name"].split(".")[2] == "evaluate" else "#SBATCH --qos=normal" in text
+        assert (
+            "#SBATCH --qos=short" in text
+            if params["job_name"].split(".")[2] == "evaluate"
+            else "#SBATCH --qos=normal" in text
+        )
         assert "#SBATCH --comment='tiny sweep'" in text and "#SBATCH --overcommit" in text
         check_sbatch_script(text, params, params["job_name"])
 
 
-@pytest.mark.parametrize("profile", [
-    ClusterProfile(partition="debug\n#SBATCH --uid=0"),
-    ClusterProfile(sbatch={"comment": "c\ntouch /tmp/x\n: '"}),
-    ClusterProfile(sbatch={"additional_parameters": {"mail-type\n#SBATCH --uid": "0"}}),
-    ClusterProfile(sbatch={"additional_parameters": {"mail-type": "END\x00"}}),
-    ClusterProfile(stages={"pretrain": StageProfile(qos="q\r#SBATCH --uid=0")}),
-], ids=["partition", "comment", "additional key", "NUL", "stage qos"])
+@pytest.mark.parametrize(
+    "profile",
+    [
+        ClusterProfile(partition="debug\n#SBATCH --uid=0"),
+        ClusterProfile(sbatch={"comment": "c\ntouch /tmp/x\n: '"}),
+        ClusterProfile(sbatch={"additional_parameters": {"mail-type\n#SBATCH --uid": "0"}}),
+        ClusterProfile(sbatch={"additional_parameters": {"mail-type": "END\x00"}}),
+        ClusterProfile(stages={"pretrain": StageProfile(qos="q\r#SBATCH --uid=0")}),
+    ],
+    ids=["partition", "comment", "additional key", "NUL", "stage qos"],
+)
 def test_the_rendered_script_is_refused_when_a_value_slipped_past_the_profile_checks(profile):
     """Profiles built in code skip the load-time checks: the script check still refuses them."""
     params, text = next((p, t) for p, t in rendered(profile) if ".pretrain." in p["job_name"])
-    with pytest.raises(UnsafeSbatch, match=r"refusing to submit cdhpc\.tiny\.pretrain\.0123456789: sbatch parameter .* "
-                                           r"has a line break or control character"):
+    with pytest.raises(
+        UnsafeSbatch,
+        match=r"refusing to submit cdhpc\.tiny\.pretrain\.0123456789: sbatch parameter .* "
+        r"has a line break or control character",
+    ):
         check_sbatch_script(text, params, params["job_name"])
 
 
@@ -219,13 +350,18 @@ def test_a_script_with_a_line_no_parameter_made_is_refused():
     params, text = rendered(BENIGN)[0]
     name = params["job_name"]
     check_sbatch_script(text, params, name)
-    for tampered in (text.replace("#SBATCH --partition=debug", "#SBATCH --partition=debug\n#SBATCH --uid=0"),
-                     text.replace("#SBATCH --partition=debug", "#SBATCH --partition=other"),
-                     text.replace("#SBATCH --qos=normal", "#SBATCH --partition=debug")):
+    for tampered in (
+        text.replace("#SBATCH --partition=debug", "#SBATCH --partition=debug\n#SBATCH --uid=0"),
+        text.replace("#SBATCH --partition=debug", "#SBATCH --partition=other"),
+        text.replace("#SBATCH --qos=normal", "#SBATCH --partition=debug"),
+    ):
         with pytest.raises(UnsafeSbatch, match="is not the line of one parameter"):
             check_sbatch_script(tampered, params, name)
-    for tampered in (text.replace("export SUBMITIT_EXECUTOR=slurm", "export SUBMITIT_EXECUTOR=slurm\ntouch /tmp/x"),
-                     text.replace("# setup\n", "# setup\ntouch /tmp/x\n"), text + "\ntouch /tmp/x"):
+    for tampered in (
+        text.replace("export SUBMITIT_EXECUTOR=slurm", "export SUBMITIT_EXECUTOR=slurm\ntouch /tmp/x"),
+        text.replace("# setup\n", "# setup\ntouch /tmp/x\n"),
+        text + "\ntouch /tmp/x",
+    ):
         with pytest.raises(UnsafeSbatch, match="a value started a line of its own"):
             check_sbatch_script(tampered, params, name)
 
@@ -237,7 +373,10 @@ def fake_slurm(tmp_path: Path, monkeypatch) -> Path:
     bin_dir, scripts = tmp_path / "fakebin", tmp_path / "sbatch-got"
     bin_dir.mkdir()
     scripts.mkdir()
-    for name, body in (("srun", "exit 1"), ("sbatch", f'cp "$1" {scripts}/; echo "Submitted batch job 4242"')):
+    for name, body in (
+        ("srun", "exit 1"),
+        ("sbatch", f'cp "$1" {scripts}/; echo "Submitted batch job 4242"'),
+    ):
         (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
         (bin_dir / name).chmod(stat.S_IRWXU)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
@@ -245,8 +384,15 @@ def fake_slurm(tmp_path: Path, monkeypatch) -> Path:
 
 
 def one_step_plan() -> Plan:
-    res = {"nodes": 1, "tasks_per_node": 1, "gpus_per_node": 0, "cpus_per_task": 1, "mem_gb": 1, "timeout_min": 5,
-           "steps_per_job": 1}
+    res = {
+        "nodes": 1,
+        "tasks_per_node": 1,
+        "gpus_per_node": 0,
+        "cpus_per_task": 1,
+        "mem_gb": 1,
+        "timeout_min": 5,
+        "steps_per_job": 1,
+    }
     return Plan([StepSpec("prepare", "data", "0123456789abcdef", {}, {}, {}, res)])
 
 
@@ -277,7 +423,9 @@ def test_the_scheduler_submits_nothing_for_a_hostile_profile(tmp_path, monkeypat
     assert not list(scripts.iterdir()) and not (tmp_path / "w" / "submitting").exists()
     a = plan_arrays(plan, {plan.steps[0].key}, {}, 1000)[0]  # the last check, in front of sbatch itself
     with pytest.raises(UnsafeSbatch):
-        SlurmScheduler(tmp_path / "w", hostile, "tiny")._sbatch(a, sbatch_parameters(a, hostile, "cdhpc.t.p.0", None), 1)
+        SlurmScheduler(tmp_path / "w", hostile, "tiny")._sbatch(
+            a, sbatch_parameters(a, hostile, "cdhpc.t.p.0", None), 1
+        )
     assert not list(scripts.iterdir())
 
 
@@ -291,7 +439,9 @@ def test_submit_sweep_refuses_with_one_error_and_exit_2(tmp_path, monkeypatch, c
     hostile = ClusterProfile(partition="debug\n#SBATCH --uid=0", submit_interval_s=0)
     assert submit_sweep(cfg, plan_sweep(cfg), tmp_path / "w", hostile) == 2
     (error,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert error.startswith("refusing to submit cdhpc.tiny.prepare.") and "partition = 'debug\\n#SBATCH" in error
+    assert (
+        error.startswith("refusing to submit cdhpc.tiny.prepare.") and "partition = 'debug\\n#SBATCH" in error
+    )
     assert "\n" not in error and not list(scripts.iterdir()) and not (tmp_path / "w" / "jobs").exists()
 
 
@@ -299,14 +449,31 @@ def test_submit_sweep_refuses_with_one_error_and_exit_2(tmp_path, monkeypatch, c
 def test_launch_with_a_hostile_profile_exits_2_with_one_error_line_and_writes_nothing(tmp_path):
     write_profile(tmp_path, 'partition: debug\nsbatch: {comment: "c\\ntouch /tmp/x\\n: \'"}\n', name="shared")
     workdir = tmp_path / "w"
-    out = subprocess.run([sys.executable, "-m", "cdhpc.launch", str(SWEEP), "executor=slurm", "executor.profile=shared",
-                          f"workdir={workdir}", "--dry-run"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cdhpc.launch",
+            str(SWEEP),
+            "executor=slurm",
+            "executor.profile=shared",
+            f"workdir={workdir}",
+            "--dry-run",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2, out.stderr
     profile = tmp_path / "slurm" / "shared.yaml"
     assert out.stderr.splitlines() == [
         f"invalid cluster profile {profile} (1 error):",
-        f"  {profile}:2: sbatch.comment = \"c\\ntouch /tmp/x\\n: '\": has a line break (in the sbatch script it would "
-        "end the line and start a new one); allowed: printable text on one line (no line break, tab or other control "
-        "character)"]
+        f'  {profile}:2: sbatch.comment = "c\\ntouch /tmp/x\\n: \'": has a line break (in the sbatch script '
+        "it would "
+        "end the line and start a new one); allowed: printable text on one line (no line break, tab or other "
+        "control "
+        "character)",
+    ]
     assert "Traceback" not in out.stderr and out.stdout == ""
     assert not workdir.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["slurm"]

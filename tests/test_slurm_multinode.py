@@ -17,28 +17,45 @@ from pathlib import Path
 
 import pytest
 import yaml
-from waits import wait_until
 
 from cdhpc.ui.status import SnapshotReader
+from waits import wait_until
 
 pytestmark = [
     pytest.mark.slurm,
-    pytest.mark.skipif(shutil.which("sinfo") is None, reason="SLURM not installed; run slurm/dev-cluster/start.sh"),
+    pytest.mark.skipif(
+        shutil.which("sinfo") is None, reason="SLURM not installed; run slurm/dev-cluster/start.sh"
+    ),
 ]
 ROOT = Path(__file__).resolve().parents[1]
 PAIR = "pair"
 # one pretrain step, baseline-s1 (no other method, so no amateur model), two checkpoints
-TRAIN = ("--until", "pretrain", "pretrain.seeds=[1]", "pretrain.steps=60", "pretrain.checkpoint_every=30",
-         "pretrain.micro_batch=8", "eval.checkpoints=all", "eval.tasks=[blimp]", "methods={baseline: {}}")
+TRAIN = (
+    "--until",
+    "pretrain",
+    "pretrain.seeds=[1]",
+    "pretrain.steps=60",
+    "pretrain.checkpoint_every=30",
+    "pretrain.micro_batch=8",
+    "eval.checkpoints=all",
+    "eval.tasks=[blimp]",
+    "methods={baseline: {}}",
+)
 
 
 @pytest.fixture(scope="module")
 def pair_partition() -> None:
-    out = subprocess.run(["sinfo", "-h", "-N", "-p", PAIR, "-o", "%N %T"], capture_output=True, text=True, timeout=10)
+    out = subprocess.run(
+        ["sinfo", "-h", "-N", "-p", PAIR, "-o", "%N %T"], capture_output=True, text=True, timeout=10
+    )
     nodes = [line.split() for line in out.stdout.splitlines() if line.strip()]
-    if len(nodes) != 2 or any(state not in ("idle", "mixed", "allocated", "completing") for _, state in nodes):
-        why = f"partition {PAIR!r} has no two nodes up ({out.stdout.strip() or out.stderr.strip()}); " \
-              "run slurm/dev-cluster/start.sh --nodes 2"
+    if len(nodes) != 2 or any(
+        state not in ("idle", "mixed", "allocated", "completing") for _, state in nodes
+    ):
+        why = (
+            f"partition {PAIR!r} has no two nodes up ({out.stdout.strip() or out.stderr.strip()}); "
+            "run slurm/dev-cluster/start.sh --nodes 2"
+        )
         if os.environ.get("CI"):
             pytest.fail(why)  # CI starts the two-node cluster: a missing node is a failure there
         pytest.skip(why)
@@ -55,9 +72,24 @@ def profile(tmp_path: Path, pretrain_partition: str) -> Path:
 
 def launch(workdir: Path, prof: Path, *args: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.Popen([sys.executable, "-m", "cdhpc.launch", "configs/tiny.yaml", f"workdir={workdir}",
-                             "executor=slurm", f"executor.profile={prof}", *TRAIN, *args],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cdhpc.launch",
+            "configs/tiny.yaml",
+            f"workdir={workdir}",
+            "executor=slurm",
+            f"executor.profile={prof}",
+            *TRAIN,
+            *args,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def states(workdir: Path) -> dict[str, str]:
@@ -81,29 +113,45 @@ def curve(run_dir: Path) -> dict[int, float]:
 def weights(run_dir: Path) -> dict:
     from safetensors.torch import load_file
 
-    return {p.parent.name: load_file(p) for p in sorted((run_dir / "checkpoints").glob("*/model.safetensors"))}
+    return {
+        p.parent.name: load_file(p) for p in sorted((run_dir / "checkpoints").glob("*/model.safetensors"))
+    }
 
 
 def sacct_nodes(job: str) -> tuple[int, str]:
-    out = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job, "-o", "NNodes,NodeList"], capture_output=True,
-                         text=True, timeout=30).stdout.split()
+    out = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-j", job, "-o", "NNodes,NodeList"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout.split()
     n, nodelist = out[-1].split("|")
     return int(n), nodelist
 
 
-def test_two_nodes_train_like_one_node_with_two_tasks_and_a_requeue_resumes_both_ranks(pair_partition, tmp_path):
+def test_two_nodes_train_like_one_node_with_two_tasks_and_a_requeue_resumes_both_ranks(
+    pair_partition, tmp_path
+):
     import torch
 
     one, two = tmp_path / "one-node", tmp_path / "two-nodes"
-    runs = [launch(one, profile(tmp_path, "debug"), "executor.resources.pretrain.tasks_per_node=2"),
-            launch(two, profile(tmp_path, PAIR), "executor.resources.pretrain.nodes=2",
-                   "executor.resources.pretrain.tasks_per_node=1")]
+    runs = [
+        launch(one, profile(tmp_path, "debug"), "executor.resources.pretrain.tasks_per_node=2"),
+        launch(
+            two,
+            profile(tmp_path, PAIR),
+            "executor.resources.pretrain.nodes=2",
+            "executor.resources.pretrain.tasks_per_node=1",
+        ),
+    ]
     for run in runs:
         _, err = run.communicate(timeout=300)
         assert run.returncode == 0, err[-3000:]
     rec_path = next((two / "jobs" / "pretrain").glob("baseline-s1-*.json"))
     run_dir = two / "pretrain" / rec_path.stem
-    wait_until("the two-node job's first checkpoint", lambda: (run_dir / "ds" / "progress.json").is_file(), 900, 0.5)
+    wait_until(
+        "the two-node job's first checkpoint", lambda: (run_dir / "ds" / "progress.json").is_file(), 900, 0.5
+    )
     rec = json.loads(rec_path.read_text())
     job = rec["job_id"] if rec["array_index"] is None else f"{rec['job_id']}_{rec['array_index']}"
     requeue = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=30)

@@ -14,24 +14,26 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import yaml
-from waits import wait_until
 
+from cdhpc.config.profile import ClusterProfile
 from cdhpc.executors.launch_slurm import submit_plan
+from cdhpc.executors.scheduler import LIVE_JOB_STATES
 from cdhpc.sweep.manifest import Manifest
 from cdhpc.sweep.plan import Plan, StepSpec, content_key
 from cdhpc.sweep.workdir import Workdir
-from cdhpc.config.profile import ClusterProfile
-from cdhpc.executors.scheduler import LIVE_JOB_STATES
 from cdhpc.ui.status import SnapshotReader
+from waits import wait_until
 
 pytestmark = [
     pytest.mark.slurm,
-    pytest.mark.skipif(shutil.which("sinfo") is None, reason="SLURM not installed; run slurm/dev-cluster/start.sh"),
+    pytest.mark.skipif(
+        shutil.which("sinfo") is None, reason="SLURM not installed; run slurm/dev-cluster/start.sh"
+    ),
 ]
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -44,8 +46,12 @@ DEV = ["executor=slurm", "executor.profile=dev"]
 # once per session; pretraining on SLURM is tested below, requeued, and on two nodes in
 # test_slurm_multinode.py) and runs its 6 select and generate steps, generate two to a job.
 TINY_METHODS = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())["methods"]
-SMALL = ("--until", "generate", "executor.resources.generate.steps_per_job=2",
-         "methods=" + json.dumps({m: TINY_METHODS[m] for m in ("baseline", "cd-small", "cd-drop-0.5")}))
+SMALL = (
+    "--until",
+    "generate",
+    "executor.resources.generate.steps_per_job=2",
+    "methods=" + json.dumps({m: TINY_METHODS[m] for m in ("baseline", "cd-small", "cd-drop-0.5")}),
+)
 N_SMALL, N_RUN = 11, 6
 
 
@@ -70,12 +76,19 @@ def copy_upstream(local: Path, workdir: Path) -> int:
 @pytest.fixture(autouse=True)
 def job_pythonpath(monkeypatch):
     """Jobs inherit the environment (sbatch --export=ALL) and import the test step functions."""
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(TESTS), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    )
 
 
 def launch(workdir: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cdhpc.launch", "configs/tiny.yaml", f"workdir={workdir}", *DEV, *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "cdhpc.launch", "configs/tiny.yaml", f"workdir={workdir}", *DEV, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def wait_for(what: str, check: Callable[[], object], timeout_s: float, poll_s: float = 2.0) -> object:
@@ -116,25 +129,45 @@ def slurm_sweep(tmp_path_factory, cluster_up, tiny_local_pretrained):
     polls = []
 
     def finished() -> bool:
-        out = subprocess.run([sys.executable, "-m", "cdhpc", "status", str(workdir), "--once"], cwd=ROOT,
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-m", "cdhpc", "status", str(workdir), "--once"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         polls.append(out)
         # a step's receipt is written before its job exits: wait for the job records too,
         # which `status --once` refreshes from sacct/squeue
         ran = [s for s in states(workdir).values() if s != "missing"]  # SMALL: the rest is not planned
-        return (out.returncode == 0 and len(ran) == N_SMALL and all(s == "done" for s in ran)
-                and all(r["state"] not in LIVE_JOB_STATES for r in job_records(workdir).values()))
+        return (
+            out.returncode == 0
+            and len(ran) == N_SMALL
+            and all(s == "done" for s in ran)
+            and all(r["state"] not in LIVE_JOB_STATES for r in job_records(workdir).values())
+        )
 
     wait_for("the tiny sweep to finish on SLURM", finished, timeout_s=1800, poll_s=10)
-    return {"workdir": workdir, "first": first, "again": again, "launch_s": launch_s, "right_after": right_after,
-            "ids_before": ids_before, "ids_after": ids_after, "polls": polls}
+    return {
+        "workdir": workdir,
+        "first": first,
+        "again": again,
+        "launch_s": launch_s,
+        "right_after": right_after,
+        "ids_before": ids_before,
+        "ids_after": ids_after,
+        "polls": polls,
+    }
 
 
 @pytest.fixture(scope="module")
 def cluster_up():
     out = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, timeout=10)
     if out.returncode or out.stdout.split()[0] not in ("idle", "mixed", "allocated", "completing"):
-        pytest.fail(f"the dev cluster is not up ({out.stdout.strip()} {out.stderr.strip()}); run slurm/dev-cluster/start.sh")
+        pytest.fail(
+            f"the dev cluster is not up ({out.stdout.strip()} {out.stderr.strip()}); run "
+            "slurm/dev-cluster/start.sh"
+        )
 
 
 def test_launcher_submits_everything_and_exits_and_a_relaunch_submits_nothing(slurm_sweep):
@@ -143,7 +176,9 @@ def test_launcher_submits_everything_and_exits_and_a_relaunch_submits_nothing(sl
     # job, one array per selected model
     assert f"{N_RUN} submitted in 4 job(s), 3 array(s)" in s["first"].stderr, s["first"].stderr[-3000:]
     assert s["launch_s"] < 60, "the launcher returns after submission"
-    assert sum(v in ("queued", "running") for v in s["right_after"].values()) >= 4, "it did not wait for the jobs"
+    assert sum(v in ("queued", "running") for v in s["right_after"].values()) >= 4, (
+        "it did not wait for the jobs"
+    )
     assert "0 submitted in 0 job(s)" in s["again"].stderr and s["ids_after"] == s["ids_before"]
     recs = job_records(s["workdir"])
     assert all(r["executor"] == "slurm" and r["job_name"].startswith("cdhpc.tiny.") for r in recs.values())
@@ -159,12 +194,15 @@ def as_result(workdir: Path, rel: str) -> object:
     with the workdir's own path replaced (a token array's meta.json names its input files)."""
     data = (workdir / rel).read_bytes()
     if rel.endswith("/metrics.jsonl"):
-        return [{k: v for k, v in json.loads(line).items() if k not in MEASURED} for line in data.splitlines()]
+        return [
+            {k: v for k, v in json.loads(line).items() if k not in MEASURED} for line in data.splitlines()
+        ]
     return data.replace(str(workdir).encode(), b"<workdir>")
 
 
-def test_status_follows_to_the_end_and_every_steps_outputs_equal_the_local_executors(slurm_sweep, tiny_local,
-                                                                                  tiny_local_receipts):
+def test_status_follows_to_the_end_and_every_steps_outputs_equal_the_local_executors(
+    slurm_sweep, tiny_local, tiny_local_receipts
+):
     polls = slurm_sweep["polls"]
     assert polls[-1].returncode == 0 and "generate" in polls[-1].stdout
     ours, local = slurm_sweep["workdir"], tiny_local[0]
@@ -182,10 +220,16 @@ def test_status_follows_to_the_end_and_every_steps_outputs_equal_the_local_execu
 
 
 def sha256_tree(d: Path) -> dict[str, str]:
-    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(d.rglob("*"))
+        if p.is_file()
+    }
 
 
-def test_time_limited_pretrain_step_is_requeued_and_resumes_from_its_checkpoint(tiny_local_pretrained, tmp_path):
+def test_time_limited_pretrain_step_is_requeued_and_resumes_from_its_checkpoint(
+    tiny_local_pretrained, tmp_path
+):
     """USR2 as at a time limit (submitit's _interrupt(timeout=True)) once the first DeepSpeed
     checkpoint exists (tiny.yaml's checkpoint_every: 30): submitit checkpoints and requeues the job,
     the step resumes from a saved step (30 unless the signal landed later) and ends with the same
@@ -213,11 +257,22 @@ def test_time_limited_pretrain_step_is_requeued_and_resumes_from_its_checkpoint(
 
 
 # ----------------------------------------------------------------------------- drills
-def step(name: str, params: dict, timeout_min: int = 5, stage: str = "evaluate", **inputs: StepSpec) -> StepSpec:
+def step(
+    name: str, params: dict, timeout_min: int = 5, stage: str = "evaluate", **inputs: StepSpec
+) -> StepSpec:
     keys = {role: s.key for role, s in inputs.items()}
-    res = {"nodes": 1, "tasks_per_node": 1, "gpus_per_node": 0, "cpus_per_task": 1, "mem_gb": 0.25,
-           "timeout_min": timeout_min, "steps_per_job": 1}
-    return StepSpec(stage, name, content_key(stage, name, params, keys), params, keys, {"entry": "stepfns:add"}, res)
+    res = {
+        "nodes": 1,
+        "tasks_per_node": 1,
+        "gpus_per_node": 0,
+        "cpus_per_task": 1,
+        "mem_gb": 0.25,
+        "timeout_min": timeout_min,
+        "steps_per_job": 1,
+    }
+    return StepSpec(
+        stage, name, content_key(stage, name, params, keys), params, keys, {"entry": "stepfns:add"}, res
+    )
 
 
 PROFILE = ClusterProfile(partition="debug", signal_delay_s=30, max_requeues=0, submit_interval_s=0.0)
@@ -242,12 +297,23 @@ def test_after_a_failure_a_relaunch_submits_only_the_failed_step_and_its_depende
     workdir = tmp_path / "w"
     submit(workdir, [a, b, c, d])
     final = wait_for("the first round to settle", lambda: settled(workdir), 300)
-    assert final == {"evaluate/a": "done", "evaluate/b": "failed", "evaluate/c": "failed", "evaluate/d": "done"}
+    assert final == {
+        "evaluate/a": "done",
+        "evaluate/b": "failed",
+        "evaluate/c": "failed",
+        "evaluate/d": "done",
+    }
     recs = job_records(workdir)
     assert recs[f"b-{b.key[:8]}"]["state"] == "FAILED"
-    assert recs[f"c-{c.key[:8]}"]["state"] == "CANCELLED", "kill-on-invalid-dep cancels the dependents of a failure"
-    status = subprocess.run([sys.executable, "-m", "cdhpc", "status", str(workdir), "--once"], capture_output=True,
-                            text=True, timeout=60)
+    assert recs[f"c-{c.key[:8]}"]["state"] == "CANCELLED", (
+        "kill-on-invalid-dep cancels the dependents of a failure"
+    )
+    status = subprocess.run(
+        [sys.executable, "-m", "cdhpc", "status", str(workdir), "--once"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert status.returncode == 1 and "failing on purpose" in status.stdout
     flag.unlink()
     _, sub, live = submit(workdir, [a, b, c, d])
@@ -291,7 +357,9 @@ def test_a_signal_during_a_finished_jobs_exit_does_not_undo_its_completion(clust
         rows = {r["key"]: r for r in m.rows("jobs")}
     assert rows[late.key]["state"] == "COMPLETED"
     log = Path(rows[late.key]["stdout"]).read_text()
-    assert "USR2 and TERM are ignored" in log and "Requeued" not in log and "checkpoint" not in log.lower(), log[-2000:]
+    assert "USR2 and TERM are ignored" in log and "Requeued" not in log and "checkpoint" not in log.lower(), (
+        log[-2000:]
+    )
 
 
 SUBMIT = """import json, sys
@@ -305,7 +373,9 @@ submit_plan(w, plan, ClusterProfile.model_validate(json.loads(sys.argv[2])), "dr
 """
 
 
-def test_a_launcher_killed_between_sbatch_and_its_records_leaves_jobs_that_still_run_their_steps(cluster_up, tmp_path):
+def test_a_launcher_killed_between_sbatch_and_its_records_leaves_jobs_that_still_run_their_steps(
+    cluster_up, tmp_path
+):
     """A real sbatch that returns, then a launcher killed before it wrote submitit's pickles or
     the job records (a fake sbatch on PATH calls the real one and hangs). The next launch finds
     the job by name, cancels it (without pickles it could not run its steps) and submits the
@@ -316,12 +386,20 @@ def test_a_launcher_killed_between_sbatch_and_its_records_leaves_jobs_that_still
     (workdir / "plan.json").write_text(json.dumps({"steps": [a.to_dict(), b.to_dict()]}))
     fake = tmp_path / "bin"
     fake.mkdir()
-    (fake / "sbatch").write_text(f"#!/bin/sh\nout=$({shutil.which('sbatch')} \"$@\") || exit $?\n"
-                                 f"echo \"$out\" > {tmp_path / 'submitted'}\necho \"$out\"\nexec sleep 600\n")
+    (fake / "sbatch").write_text(
+        f'#!/bin/sh\nout=$({shutil.which("sbatch")} "$@") || exit $?\n'
+        f'echo "$out" > {tmp_path / "submitted"}\necho "$out"\nexec sleep 600\n'
+    )
     (fake / "sbatch").chmod(0o755)
     env = dict(os.environ, PATH=f"{fake}{os.pathsep}{os.environ['PATH']}")
-    killed = subprocess.Popen([sys.executable, "-c", SUBMIT, str(workdir), PROFILE.model_dump_json()], cwd=ROOT,
-                              env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed = subprocess.Popen(
+        [sys.executable, "-c", SUBMIT, str(workdir), PROFILE.model_dump_json()],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for("the real sbatch to return", lambda: (tmp_path / "submitted").is_file(), 60, 0.2)
     finally:
@@ -338,8 +416,9 @@ def test_a_launcher_killed_between_sbatch_and_its_records_leaves_jobs_that_still
 
 
 def _sacct(job_id: str) -> str:
-    out = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "State", "-j", job_id], capture_output=True, text=True,
-                         timeout=10).stdout.split()
+    out = subprocess.run(
+        ["sacct", "-n", "-P", "-X", "-o", "State", "-j", job_id], capture_output=True, text=True, timeout=10
+    ).stdout.split()
     return out[0] if out else ""
 
 
@@ -356,10 +435,13 @@ def test_without_accounting_status_converges_through_squeue(cluster_up, tmp_path
         submit(workdir, [a, b])
         final = wait_for("the states to converge", lambda: settled(workdir), 300)
         assert final == {"evaluate/a": "done", "evaluate/b": "done"}
-        assert {r["state"] for r in job_records(workdir).values()} == {"COMPLETED"}, "squeue -t all still lists them"
+        assert {r["state"] for r in job_records(workdir).values()} == {"COMPLETED"}, (
+            "squeue -t all still lists them"
+        )
     finally:
-        subprocess.run(["bash", str(ROOT / "slurm/dev-cluster/start.sh")], check=True, timeout=120,
-                       capture_output=True)
+        subprocess.run(
+            ["bash", str(ROOT / "slurm/dev-cluster/start.sh")], check=True, timeout=120, capture_output=True
+        )
 
 
 def test_cdhpc_cancel_stops_a_slurm_array_element_and_status_shows_it(cluster_up, tmp_path):
@@ -367,14 +449,30 @@ def test_cdhpc_cancel_stops_a_slurm_array_element_and_status_shows_it(cluster_up
     workdir = tmp_path / "w"
     submit(workdir, sleepers)
     wait_for("both elements to run", lambda: set(states(workdir).values()) == {"running"}, 120, 1)
-    out = subprocess.run([sys.executable, "-m", "cdhpc", "cancel", str(workdir), "--step", "s0"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "cdhpc", "cancel", str(workdir), "--step", "s0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0 and "cancelled slurm job" in out.stdout, out.stderr
     rec = json.loads(next((workdir / "jobs" / "evaluate").glob("s0-*.json")).read_text())
     ref = f"{rec['job_id']}_{rec['array_index']}"
-    wait_for(f"{ref} to leave the queue", lambda: subprocess.run(
-        ["squeue", "-h", "-r", "-t", "PD,R,CG", "-j", rec["job_id"], "-o", "%i"], capture_output=True, text=True,
-        timeout=10).stdout.split() == [f"{rec['job_id']}_1"], 60, 1)
+    wait_for(
+        f"{ref} to leave the queue",
+        lambda: (
+            subprocess.run(
+                ["squeue", "-h", "-r", "-t", "PD,R,CG", "-j", rec["job_id"], "-o", "%i"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.split()
+            == [f"{rec['job_id']}_1"]
+        ),
+        60,
+        1,
+    )
     now = states(workdir)
     assert now == {"evaluate/s0": "failed", "evaluate/s1": "running"}, "only the chosen element is cancelled"
     subprocess.run(["scancel", rec["job_id"]], timeout=10)
@@ -387,7 +485,9 @@ def test_status_ui_follows_slurm_jobs_and_tails_their_logs(cluster_up, tmp_path)
 
     from cdhpc.ui.tui import DetailScreen, StatusApp
 
-    steps = [step(f"u{i}", {"add": i, "sleep_s": 8}, stage="select") for i in range(2)]  # no evaluate params to show
+    steps = [
+        step(f"u{i}", {"add": i, "sleep_s": 8}, stage="select") for i in range(2)
+    ]  # no evaluate params to show
     workdir = tmp_path / "w"
     submit(workdir, steps)
     wait_for("the jobs to run", lambda: set(states(workdir).values()) == {"running"}, 120, 1)

@@ -24,14 +24,16 @@ import time
 from pathlib import Path
 
 import pytest
-from waits import wait_until
 
 from cdhpc.sweep.plan import StepSpec, content_key
 from cdhpc.ui.status import SnapshotReader
+from waits import wait_until
 
 pytestmark = [
     pytest.mark.slurm,
-    pytest.mark.skipif(shutil.which("sacctmgr") is None, reason="SLURM not installed; run slurm/dev-cluster/start.sh"),
+    pytest.mark.skipif(
+        shutil.which("sacctmgr") is None, reason="SLURM not installed; run slurm/dev-cluster/start.sh"
+    ),
 ]
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -39,7 +41,13 @@ LIMIT = 50
 WIDTH = 50  # 50 prepare + 50 pretrain + 50 evaluate + 1 aggregate = 151 jobs
 FOLLOW_WIDTH = 30  # --follow: 91 jobs, still above the limit (it tops the queue up at least once)
 QOS = "waves50"
-PROFILE = {"partition": "debug", "qos": QOS, "signal_delay_s": 30, "max_requeues": 0, "submit_interval_s": 0.0}
+PROFILE = {
+    "partition": "debug",
+    "qos": QOS,
+    "signal_delay_s": 30,
+    "max_requeues": 0,
+    "submit_interval_s": 0.0,
+}
 USER = "root" if os.geteuid() == 0 else os.environ.get("USER", "")
 
 
@@ -50,12 +58,15 @@ def sacctmgr(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def submit_limit():
     """A QOS with MaxSubmitJobsPerUser=50 that the user may use, for this module; removed after."""
-    if subprocess.run(["sacctmgr", "-n", "-P", "show", "qos", "format=Name"], capture_output=True, text=True,
-                      timeout=30).returncode:
+    if subprocess.run(
+        ["sacctmgr", "-n", "-P", "show", "qos", "format=Name"], capture_output=True, text=True, timeout=30
+    ).returncode:
         pytest.skip("no accounting to set a limit in (slurmdbd down or accounting off)")
     sacctmgr("delete", "qos", QOS)  # a leftover of an interrupted run
-    for args in (("add", "qos", QOS, f"MaxSubmitJobsPerUser={LIMIT}"),
-                 ("modify", "user", "where", f"name={USER}", "set", f"qos+={QOS}")):
+    for args in (
+        ("add", "qos", QOS, f"MaxSubmitJobsPerUser={LIMIT}"),
+        ("modify", "user", "where", f"name={USER}", "set", f"qos+={QOS}"),
+    ):
         done = sacctmgr(*args)
         assert done.returncode == 0, f"sacctmgr {' '.join(args)}: {done.stderr}"
     try:
@@ -67,15 +78,26 @@ def submit_limit():
 
 @pytest.fixture(autouse=True)
 def job_pythonpath(monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(TESTS), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    )
 
 
 def step(name: str, add: int, stage: str, **inputs: StepSpec) -> StepSpec:
     keys = {role: s.key for role, s in inputs.items()}
-    res = {"nodes": 1, "tasks_per_node": 1, "gpus_per_node": 0, "cpus_per_task": 1, "mem_gb": 0.25,
-           "timeout_min": 5, "steps_per_job": 1}
+    res = {
+        "nodes": 1,
+        "tasks_per_node": 1,
+        "gpus_per_node": 0,
+        "cpus_per_task": 1,
+        "mem_gb": 0.25,
+        "timeout_min": 5,
+        "steps_per_job": 1,
+    }
     params = {"add": add}
-    return StepSpec(stage, name, content_key(stage, name, params, keys), params, keys, {"entry": "stepfns:add"}, res)
+    return StepSpec(
+        stage, name, content_key(stage, name, params, keys), params, keys, {"entry": "stepfns:add"}, res
+    )
 
 
 def paper_shaped(width: int = WIDTH) -> tuple[list[StepSpec], dict[str, int]]:
@@ -111,9 +133,24 @@ class QueueWatch:
 
     def run(self):
         while not self.stop.is_set():
-            out = subprocess.run(["squeue", "-h", "-r", "-u", USER, "-q", QOS, "-t",
-                                  "PENDING,RUNNING,CONFIGURING,COMPLETING,REQUEUED", "-o", "%i"],
-                                 capture_output=True, text=True, timeout=30)
+            out = subprocess.run(
+                [
+                    "squeue",
+                    "-h",
+                    "-r",
+                    "-u",
+                    USER,
+                    "-q",
+                    QOS,
+                    "-t",
+                    "PENDING,RUNNING,CONFIGURING,COMPLETING,REQUEUED",
+                    "-o",
+                    "%i",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             if out.returncode == 0:
                 self.counts.append(len(out.stdout.split()))
             self.stop.wait(1.0)
@@ -161,7 +198,9 @@ def test_a_sweep_above_the_submit_limit_runs_in_waves_unattended(submit_limit, t
         assert f"MaxSubmitJobs {LIMIT} (QOS {QOS})" in first.stderr, "the limit is read from the QOS"
         queued_after_first = watch.counts[-1] if watch.counts else None
         wait_until("the second wave", lambda: wave(workdir)["wave"] >= 2, 900, 2)
-        for _ in range(30):  # a relaunch mid-sweep, by the user (exit 2 while a continuation holds the workdir)
+        for _ in range(
+            30
+        ):  # a relaunch mid-sweep, by the user (exit 2 while a continuation holds the workdir)
             again = subprocess.run(harness(workdir), capture_output=True, text=True, timeout=300)
             if again.returncode != 2:
                 break
@@ -175,11 +214,18 @@ def test_a_sweep_above_the_submit_limit_runs_in_waves_unattended(submit_limit, t
     assert len({h["wave"] for h in history}) >= 4 and len(by_continuation) >= 3, history
     assert history[-1]["continuation"] is None, "the last wave leaves no continuation"
     check_results(workdir, steps, value)
-    status = subprocess.run([sys.executable, "-m", "cdhpc", "status", str(workdir), "--once"], capture_output=True,
-                            text=True, timeout=60)
+    status = subprocess.run(
+        [sys.executable, "-m", "cdhpc", "status", str(workdir), "--once"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "wave " in status.stdout, status.stdout
-    print(f"waves: launch {launch_s:.1f} s, {queued_after_first} queued after it, max queued {max(watch.counts)}, "
-          f"{len(history)} launches: {[(h['wave'], h['jobs']) for h in history]}")
+    print(
+        f"waves: launch {launch_s:.1f} s, {queued_after_first} queued after it, max queued "
+        f"{max(watch.counts)}, "
+        f"{len(history)} launches: {[(h['wave'], h['jobs']) for h in history]}"
+    )
 
 
 def test_follow_tops_up_the_queue_and_ctrl_c_cancels_nothing(submit_limit, tmp_path):
@@ -187,8 +233,12 @@ def test_follow_tops_up_the_queue_and_ctrl_c_cancels_nothing(submit_limit, tmp_p
     workdir = tmp_path / "w"
     prepare(workdir, steps)
     with QueueWatch() as watch:
-        follow = subprocess.Popen(harness(workdir, "--follow"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        wait_until("some steps done", lambda: sum(v == "done" for v in states(workdir).values()) >= 20, 900, 2)
+        follow = subprocess.Popen(
+            harness(workdir, "--follow"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        wait_until(
+            "some steps done", lambda: sum(v == "done" for v in states(workdir).values()) >= 20, 900, 2
+        )
         follow.send_signal(signal.SIGINT)
         _, err = follow.communicate(timeout=120)
         assert follow.returncode == 130 and "nothing was cancelled" in err, err[-3000:]
@@ -216,16 +266,33 @@ def test_a_limit_that_slurm_enforces_stops_the_launch_at_once_with_whole_arrays_
     real, filler, fake = shutil.which("sbatch"), tmp_path / "filler", tmp_path / "bin"
     fake.mkdir()
     (fake / "sbatch").write_text(
-        f"#!/bin/sh\nif [ -e {filler} ]; then exec {real} \"$@\"; fi\n{real} \"$@\" || exit $?\n"
-        f"{real} --parsable --hold -p debug -q {QOS} --array=0-{LIMIT - 2} -J cdhpc-test-filler --wrap true > {filler}\n")
+        f'#!/bin/sh\nif [ -e {filler} ]; then exec {real} "$@"; fi\n{real} "$@" || exit $?\n'
+        f"{real} --parsable --hold -p debug -q {QOS} --array=0-{LIMIT - 2} -J cdhpc-test-filler --wrap true "
+        f"> {filler}\n"
+    )
     (fake / "sbatch").chmod(0o755)
     env = dict(os.environ, PATH=f"{fake}{os.pathsep}{os.environ['PATH']}")
     workdir = tmp_path / "w"
     try:
         t0 = time.monotonic()
-        out = subprocess.run([sys.executable, "-m", "cdhpc.launch", "configs/tiny.yaml", f"workdir={workdir}",
-                              "executor=slurm", f"executor.profile={tmp_path / 'prof.yaml'}", "--until", "generate"],
-                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cdhpc.launch",
+                "configs/tiny.yaml",
+                f"workdir={workdir}",
+                "executor=slurm",
+                f"executor.profile={tmp_path / 'prof.yaml'}",
+                "--until",
+                "generate",
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         took = time.monotonic() - t0
         assert filler.is_file(), out.stderr[-3000:]
         assert out.returncode == 1, out.stderr[-3000:]
@@ -233,11 +300,21 @@ def test_a_limit_that_slurm_enforces_stops_the_launch_at_once_with_whole_arrays_
         assert "refused" in last and "MaxSubmitJobs" in last and "QOSMaxSubmitJobPerUserLimit" in last, last
         assert took < 60, f"no retries against a limit: {took:.0f} s"
         print(f"refused after {took:.1f} s: {last}")
-        ours = subprocess.run(["squeue", "-h", "-r", "-u", USER, "-q", QOS, "-o", "%j"], capture_output=True, text=True,
-                              timeout=30).stdout.split()
-        assert len([n for n in ours if n != "cdhpc-test-filler"]) == 1 and any("prepare" in n for n in ours), ours
+        ours = subprocess.run(
+            ["squeue", "-h", "-r", "-u", USER, "-q", QOS, "-o", "%j"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.split()
+        assert len([n for n in ours if n != "cdhpc-test-filler"]) == 1 and any(
+            "prepare" in n for n in ours
+        ), ours
     finally:
         if filler.is_file():
             subprocess.run(["scancel", filler.read_text().strip()], timeout=30)
-        subprocess.run([sys.executable, "-m", "cdhpc", "cancel", str(workdir)], cwd=ROOT,
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            [sys.executable, "-m", "cdhpc", "cancel", str(workdir)],
+            cwd=ROOT,
+            capture_output=True,
+            timeout=120,
+        )

@@ -39,7 +39,10 @@ def test_draw_rejects_bad_arguments(bad):
 
 
 def test_import_is_cheap():
-    code = "import sys, cdhpc.results.stats; print(any(m in sys.modules for m in ('torch', 'transformers', 'scipy')))"
+    code = (
+        "import sys, cdhpc.results.stats; "
+        "print(any(m in sys.modules for m in ('torch', 'transformers', 'scipy')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -104,6 +107,7 @@ def _lstsq_score(cols, rows, measure, predictors):
     inter = [main[i] * main[j] for i in range(len(main)) for j in range(i + 1, len(main))]
     base = np.column_stack([np.ones(len(rows))] + main + inter)
     model = np.column_stack([base, data["surprisal"]])
+
     def r2(x):
         keep = np.isfinite(data[measure]) & np.isfinite(x).all(axis=1)
         y = data[measure][keep]
@@ -121,12 +125,19 @@ def test_regression_matches_lstsq_on_resampled_rows():
     eye = stats.regression_bootstrap(cols, idx, "eye_tracking")
     reading = stats.regression_bootstrap(cols, idx, "reading")
     for b in range(3):
-        ref_eye = np.mean([_lstsq_score(cols, idx[b], m, stats.EYE_TRACKING_PREDICTORS) for m in stats.EYE_TRACKING_MEASURES])
+        ref_eye = np.mean(
+            [
+                _lstsq_score(cols, idx[b], m, stats.EYE_TRACKING_PREDICTORS)
+                for m in stats.EYE_TRACKING_MEASURES
+            ]
+        )
         ref_read = _lstsq_score(cols, idx[b], stats.READING_MEASURE, stats.READING_PREDICTORS)
         assert eye[b] == pytest.approx(ref_eye, rel=1e-8)
         assert reading[b] == pytest.approx(ref_read, rel=1e-8)
     point = stats.regression_bootstrap(cols, stats.point_indices({"rows": 60})["rows"], "reading")
-    assert point[0] == pytest.approx(_lstsq_score(cols, np.arange(60), stats.READING_MEASURE, stats.READING_PREDICTORS))
+    assert point[0] == pytest.approx(
+        _lstsq_score(cols, np.arange(60), stats.READING_MEASURE, stats.READING_PREDICTORS)
+    )
     assert point[0] > 0  # surprisal carries signal here
 
 
@@ -199,8 +210,14 @@ def test_compare_rejects_bad_ties():
 
 
 def test_mean_max_picks_best_checkpoint_per_seed_and_direction():
-    point = {("m", 1, 500): 30.0, ("m", 1, 1000): 25.0, ("m", 1, 1500): 27.0,
-             ("m", 2, 500): 26.0, ("m", 2, 1000): 28.0, ("m", 2, 1500): 26.0}
+    point = {
+        ("m", 1, 500): 30.0,
+        ("m", 1, 1000): 25.0,
+        ("m", 1, 1500): 27.0,
+        ("m", 2, 500): 26.0,
+        ("m", 2, 1000): 28.0,
+        ("m", 2, 1500): 26.0,
+    }
     vectors = {k: np.array([v, v + 2.0]) for k, v in point.items()}
     low = meanmax.mean_max(vectors, point, higher_is_better=False)["m"]  # perplexity
     assert low.best_steps == {1: 1000, 2: 500}  # seed 2 ties at 500 and 1500: earliest wins

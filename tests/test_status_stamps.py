@@ -46,12 +46,18 @@ def light(workdir: Path) -> dict[str, str]:
 def test_status_reads_the_steps_from_the_manifest_while_plan_json_is_unchanged(tmp_path, monkeypatch):
     workdir, steps = launched(tmp_path)
     parsed = []
-    monkeypatch.setattr("cdhpc.ui.status.read_plan_steps", lambda *a, **k: parsed.append(1) or pytest.fail("parsed"))
+    monkeypatch.setattr(
+        "cdhpc.ui.status.read_plan_steps", lambda *a, **k: parsed.append(1) or pytest.fail("parsed")
+    )
     assert light(workdir) == naive_refresh(workdir) and not parsed
     with SnapshotReader(workdir, specs=False) as reader:
         snap = reader.read()
-        assert [(s["key"], s["stage"], s["name"]) for s in snap.steps] == [(s["key"], s["stage"], s["name"]) for s in steps]
-        assert reader.specs_of([steps[5]["key"]]) == [steps[5]]  # the full spec, for the running pretrain table
+        assert [(s["key"], s["stage"], s["name"]) for s in snap.steps] == [
+            (s["key"], s["stage"], s["name"]) for s in steps
+        ]
+        assert reader.specs_of([steps[5]["key"]]) == [
+            steps[5]
+        ]  # the full spec, for the running pretrain table
 
 
 def test_a_relaunch_rewriting_the_same_plan_is_not_registered_again_a_new_plan_is(tmp_path):
@@ -60,7 +66,10 @@ def test_a_relaunch_rewriting_the_same_plan_is_not_registered_again_a_new_plan_i
     plan.write_text(plan.read_text())  # a relaunch: the same plan, a new mtime
     with Manifest(workdir) as m:
         assert m.plan_current()
-        assert m.db.execute("SELECT mtime_ns FROM stamps WHERE path = 'plan.json'").fetchone()[0] == plan.stat().st_mtime_ns
+        assert (
+            m.db.execute("SELECT mtime_ns FROM stamps WHERE path = 'plan.json'").fetchone()[0]
+            == plan.stat().st_mtime_ns
+        )
     steps[3]["resources"] = {"gpus_per_node": 4, "nodes": 2}  # another plan of the same size would do too
     extra = dict(steps[-1], key="f" * 16, name="aggregate-extra")
     plan.write_text(json.dumps({"sweep": "bench-status", "until": "aggregate", "steps": [*steps, extra]}))
@@ -68,7 +77,11 @@ def test_a_relaunch_rewriting_the_same_plan_is_not_registered_again_a_new_plan_i
         assert not m.plan_current()
     with SnapshotReader(workdir, specs=False) as reader:
         snap = reader.read()
-        assert snap.steps[-1]["key"] == "f" * 16 and snap.steps[3]["gpus"] == 8 and snap.states["f" * 16] == "missing"
+        assert (
+            snap.steps[-1]["key"] == "f" * 16
+            and snap.steps[3]["gpus"] == 8
+            and snap.states["f" * 16] == "missing"
+        )
     with Manifest(workdir) as m:
         assert m.plan_current() and m.specs_of(["f" * 16]) == [extra]
 
@@ -136,7 +149,9 @@ def test_a_reader_sees_what_another_process_ingested(tmp_path, specs):
     with SnapshotReader(workdir, specs=specs) as reader:
         assert reader.read().states == naive_refresh(workdir)
         write_step(workdir, steps[17], 17, "ok", time.time())  # was failed
-        with Manifest(workdir) as launcher:  # the launcher ingests it first: the reader's ingest finds nothing new
+        with Manifest(
+            workdir
+        ) as launcher:  # the launcher ingests it first: the reader's ingest finds nothing new
             assert launcher.ingest().keys == {steps[17]["key"]}
         snap = reader.read()
         assert snap.states[steps[17]["key"]] == "done" and snap.states == naive_refresh(workdir)

@@ -15,7 +15,12 @@ def _out(root, rel: str, text: str) -> dict:
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(text)
     st = p.stat()
-    return {"path": rel, "sha256": hashlib.sha256(text.encode()).hexdigest(), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {
+        "path": rel,
+        "sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "bytes": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+    }
 
 
 def test_outputs_are_checked_by_stat_and_rehashed_only_when_the_mtime_moved(tmp_path):
@@ -26,8 +31,10 @@ def test_outputs_are_checked_by_stat_and_rehashed_only_when_the_mtime_moved(tmp_
     (tmp_path / "c/edited.txt").write_text("abd")  # same size, new content
     gone = _out(tmp_path, "d/gone.txt", "abc")
     (tmp_path / "d/gone.txt").unlink()
-    rows = [(k, o["path"], o["sha256"], o["bytes"], o["mtime_ns"])
-            for k, o in (("a", same), ("b", touched), ("c", edited), ("d", gone), ("a", same))]
+    rows = [
+        (k, o["path"], o["sha256"], o["bytes"], o["mtime_ns"])
+        for k, o in (("a", same), ("b", touched), ("c", edited), ("d", gone), ("a", same))
+    ]
     assert outputs_intact_by_key(str(tmp_path), rows) == {"a": True, "b": True, "c": False, "d": False}
 
 
@@ -35,7 +42,10 @@ def test_step_states_with_a_cache_checks_once_and_logs_nothing(tmp_path, caplog)
     out = _out(tmp_path, "s/out.txt", "x")
     receipts = {k: {"status": "ok", "stage": "s", "name": k} for k in ("done", "changed")}
     receipts["bad"] = {"status": "failed", "stage": "s", "name": "bad"}
-    jobs = {"live": {"state": "PENDING", "executor": "slurm", "job_id": "7"}, "gone": {"state": "COMPLETED", "executor": "slurm", "job_id": "8"}}
+    jobs = {
+        "live": {"state": "PENDING", "executor": "slurm", "job_id": "7"},
+        "gone": {"state": "COMPLETED", "executor": "slurm", "job_id": "8"},
+    }
     outputs = {"done": [out], "changed": [dict(out, bytes=99)]}
     asked = []
 
@@ -48,11 +58,22 @@ def test_step_states_with_a_cache_checks_once_and_logs_nothing(tmp_path, caplog)
     with caplog.at_level(logging.WARNING, logger="cdhpc"):
         states = step_states(tmp_path, keys, receipts, jobs, outputs_of, intact=cache)
         assert step_states(tmp_path, keys, receipts, jobs, outputs_of, intact=cache) == states
-    assert states == {"done": "done", "changed": "failed", "bad": "failed", "live": "queued", "gone": "failed", "new": "missing"}
+    assert states == {
+        "done": "done",
+        "changed": "failed",
+        "bad": "failed",
+        "live": "queued",
+        "gone": "failed",
+        "new": "missing",
+    }
     assert asked == ["done", "changed"] and cache == {"done": True, "changed": False} and not caplog.records
-    with caplog.at_level(logging.WARNING, logger="cdhpc"):  # the launcher's call: no cache, the changed step logged
+    with caplog.at_level(
+        logging.WARNING, logger="cdhpc"
+    ):  # the launcher's call: no cache, the changed step logged
         assert step_states(tmp_path, keys, receipts, jobs, outputs_of) == states
-    assert [r.getMessage() for r in caplog.records] == ["step s/changed: outputs changed since its receipt; it will run again"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "step s/changed: outputs changed since its receipt; it will run again"
+    ]
 
 
 def test_outputs_stat_ed_in_bulk_give_the_per_file_answer(tmp_path):

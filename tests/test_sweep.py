@@ -17,13 +17,28 @@ from cdhpc.sweep.manifest import Manifest
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
-TASKS = ["blimp", "blimp_supplement", "ewok", "entity_tracking", "wug", "reading", "eye_tracking", "perplexity",
-         "wug_past", "comps"]
+TASKS = [
+    "blimp",
+    "blimp_supplement",
+    "ewok",
+    "entity_tracking",
+    "wug",
+    "reading",
+    "eye_tracking",
+    "perplexity",
+    "wug_past",
+    "comps",
+]
 
 
 def launch(workdir: Path, *args: str, timeout: int = 1500) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cdhpc.launch", "configs/tiny.yaml", f"workdir={workdir}", *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "cdhpc.launch", "configs/tiny.yaml", f"workdir={workdir}", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def started(out: subprocess.CompletedProcess) -> list[str]:
@@ -42,10 +57,25 @@ def table_of(stdout: str) -> str:
 def test_whole_study_prints_the_table_and_writes_every_file(sweep):
     workdir, out = sweep
     table = table_of(out.stdout)
-    for method in ("baseline", "no-contrast", "no-contrast-vhead", "cd-early-60@q0.3", "cd-early-60@q0.5",
-                   "cd-early-60-top-k-50", "cd-small", "cd-drop-0.5"):
+    for method in (
+        "baseline",
+        "no-contrast",
+        "no-contrast-vhead",
+        "cd-early-60@q0.3",
+        "cd-early-60@q0.5",
+        "cd-early-60-top-k-50",
+        "cd-small",
+        "cd-drop-0.5",
+    ):
         assert f"| {method} |" in table, method
-    for name in ("paper_table.csv", "paper_table.md", "paper_table.tex", "scores_long.csv", "delta_rel.png", "curves.png"):
+    for name in (
+        "paper_table.csv",
+        "paper_table.md",
+        "paper_table.tex",
+        "scores_long.csv",
+        "delta_rel.png",
+        "curves.png",
+    ):
         assert (workdir / "results" / name).stat().st_size > 0, name
         assert str(workdir / "results" / name) in out.stdout
     header = table.splitlines()[0]  # the later BabyLM tasks, metrics named where they could be several
@@ -84,7 +114,7 @@ def test_checkpoints_load_with_hf_and_give_the_recorded_validation_loss(sweep):
     losses = []
     with torch.no_grad():
         for b in range(batches):
-            rows = torch.from_numpy(val.windows(starts[b * micro:(b + 1) * micro], seq_len + 1))
+            rows = torch.from_numpy(val.windows(starts[b * micro : (b + 1) * micro], seq_len + 1))
             logits = model(input_ids=rows[:, :-1]).logits
             losses.append(F.cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten()).item())
     assert np.mean(losses) == pytest.approx(ckpt["val_loss"], abs=1e-4)
@@ -110,12 +140,22 @@ def test_every_checkpoint_is_evaluated_on_every_task_and_beats_chance_on_blimp(s
         scores = m.rows("scores")
     runs = {r["run"] for r in scores}
     assert len(runs) == 9
-    assert {(r["run"], r["step"], r["task"]) for r in scores} == \
-        {(run, s, t) for run in runs for s in (60, 120) for t in TASKS} | {(run, 120, "aoa") for run in runs}
+    assert {(r["run"], r["step"], r["task"]) for r in scores} == {
+        (run, s, t) for run in runs for s in (60, 120) for t in TASKS
+    } | {(run, 120, "aoa") for run in runs}
     assert all(r["task_version"] and r["data_sha256"] for r in scores)
     aoa = next(workdir.glob("evaluate/baseline-s1-aoa-*"))  # one step per run over all 4 checkpoints
-    assert {r["step"] for r in json.loads((aoa / "surprisal.json").read_text())["results"]} == {30, 60, 90, 120}
-    blimp = [r["score"] for r in scores if r["task"] == "blimp" and r["run"].startswith("baseline") and r["step"] == 120]
+    assert {r["step"] for r in json.loads((aoa / "surprisal.json").read_text())["results"]} == {
+        30,
+        60,
+        90,
+        120,
+    }
+    blimp = [
+        r["score"]
+        for r in scores
+        if r["task"] == "blimp" and r["run"].startswith("baseline") and r["step"] == 120
+    ]
     assert min(blimp) > 55.0  # two-way forced choice: chance is 50
 
 
@@ -123,8 +163,14 @@ def test_shards_hold_every_method_and_a_deleted_shard_reruns_alone_with_identica
     workdir, _ = sweep
     with Manifest(workdir) as m:
         shards = m.rows("shards")
-    assert {r["method"] for r in shards} == {"no-contrast", "no-contrast-vhead", "cd-early-60", "cd-early-60-top-k-50",
-                                            "cd-small", "cd-drop-0.5"}
+    assert {r["method"] for r in shards} == {
+        "no-contrast",
+        "no-contrast-vhead",
+        "cd-early-60",
+        "cd-early-60-top-k-50",
+        "cd-small",
+        "cd-drop-0.5",
+    }
     victim = next(r for r in shards if r["method"] == "cd-early-60" and r["shard"] == 1)
     (workdir / victim["path"]).unlink()
     out = launch(workdir, "--until", "generate", timeout=600)
@@ -147,12 +193,13 @@ def test_cd_shards_stay_inside_the_experts_head(sweep):
     selection = json.loads(next(workdir.glob("select/cd-early-60-*/selection.json")).read_text())
     expert = AutoModelForCausalLM.from_pretrained(workdir / selection["good"]["path"]).eval()
     table = pq.read_table(next(workdir.glob("generate/cd-early-60-0000-*/shard.parquet"))).slice(0, 8)
-    for prompt, generated, texts in zip(table["prompt_ids"].to_pylist(), table["input_ids"].to_pylist(),
-                                        table["text"].to_pylist()):
+    for prompt, generated, texts in zip(
+        table["prompt_ids"].to_pylist(), table["input_ids"].to_pylist(), table["text"].to_pylist()
+    ):
         ids = torch.tensor([prompt + generated])
         with torch.no_grad():
             logp = torch.log_softmax(expert(input_ids=ids).logits[0].float(), -1)
-        steps = logp[len(prompt) - 1:-1]
+        steps = logp[len(prompt) - 1 : -1]
         chosen = steps.gather(1, torch.tensor(generated)[:, None])[:, 0]
         assert bool((chosen >= steps.max(1).values + math.log(0.1) - 1e-4).all())
         assert "<pad>" not in "".join(texts) and "<s>" not in "".join(texts)
@@ -160,14 +207,27 @@ def test_cd_shards_stay_inside_the_experts_head(sweep):
 
 def test_status_and_manifest_rebuild(sweep):
     workdir, _ = sweep
-    status = subprocess.run([sys.executable, "-m", "cdhpc", "status", str(workdir), "--once"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=60)
+    status = subprocess.run(
+        [sys.executable, "-m", "cdhpc", "status", str(workdir), "--once"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert status.returncode == 0 and "aggregate" in status.stdout
     with Manifest(workdir) as m:
-        before = {t: sorted(map(tuple, (r.values() for r in m.rows(t)))) for t in ("receipts", "checkpoints", "shards", "scores")}
+        before = {
+            t: sorted(map(tuple, (r.values() for r in m.rows(t))))
+            for t in ("receipts", "checkpoints", "shards", "scores")
+        }
     (workdir / "manifest.sqlite").unlink()
-    rebuilt = subprocess.run([sys.executable, "-m", "cdhpc", "manifest", "rebuild", str(workdir)], cwd=ROOT,
-                             capture_output=True, text=True, timeout=60)
+    rebuilt = subprocess.run(
+        [sys.executable, "-m", "cdhpc", "manifest", "rebuild", str(workdir)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert rebuilt.returncode == 0, rebuilt.stderr
     with Manifest(workdir) as m:
         after = {t: sorted(map(tuple, (r.values() for r in m.rows(t)))) for t in before}
@@ -190,13 +250,21 @@ def test_truncated_and_vhead_shards_obey_their_rule(sweep, method):
     receipt = json.loads(next((workdir / "receipts" / "generate").glob(f"{method}-0000-*.json")).read_text())
     params = decoding_params(receipt["spec"]["params"]["decoding"])
     expert = AutoModelForCausalLM.from_pretrained(workdir / selection["good"]["path"]).eval()
-    amateur = AutoModelForCausalLM.from_pretrained(workdir / selection["bad"]["path"]).eval() if selection["bad"] else None
+    amateur = (
+        AutoModelForCausalLM.from_pretrained(workdir / selection["bad"]["path"]).eval()
+        if selection["bad"]
+        else None
+    )
     table = pq.read_table(next(workdir.glob(f"generate/{method}-0000-*/shard.parquet"))).slice(0, 6)
     for prompt, generated in zip(table["prompt_ids"].to_pylist(), table["input_ids"].to_pylist()):
         ids = torch.tensor([prompt + generated])
         with torch.no_grad():
-            ze = expert(input_ids=ids).logits[0, len(prompt) - 1:-1].float()
-            za = amateur(input_ids=ids).logits[0, len(prompt) - 1:-1].float() if amateur is not None else None
+            ze = expert(input_ids=ids).logits[0, len(prompt) - 1 : -1].float()
+            za = (
+                amateur(input_ids=ids).logits[0, len(prompt) - 1 : -1].float()
+                if amateur is not None
+                else None
+            )
         tokens = torch.tensor(generated)[:, None]
         logp = torch.log_softmax(ze, -1)
         in_head = logp.gather(1, tokens)[:, 0] >= logp.max(1).values + math.log(params.alpha) - 1e-4

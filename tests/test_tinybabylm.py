@@ -8,10 +8,22 @@ from pathlib import Path
 
 import pytest
 
+from cdhpc.corpora.tinybabylm import (
+    BABYLM_SOURCES,
+    SOURCES,
+    SPLITS,
+    build_tinybabylm,
+    cap_by_words,
+    cap_words,
+    chunk_document,
+    count_words,
+    iter_blank_line_documents,
+    iter_stories,
+    seed_indices,
+    split_sentences,
+    tinystories_paths,
+)
 from cdhpc.lm.data import read_documents
-from cdhpc.corpora.tinybabylm import (BABYLM_SOURCES, SOURCES, SPLITS, build_tinybabylm, cap_by_words, cap_words,
-                              chunk_document, count_words, iter_blank_line_documents, iter_stories, seed_indices,
-                              split_sentences, tinystories_paths)
 
 VOCAB = "the a cat dog sun café naïve ran saw big small red tree house went home".split()
 N_DOCS = {"gutenberg": 60, "simple_wiki": 101, "open_subtitles": 40}
@@ -25,7 +37,7 @@ def _sentence(rng: random.Random, n_words: int) -> str:
 def _doc(rng: random.Random, n_sentences: int, lines: int = 1) -> str:
     sentences = [_sentence(rng, rng.randint(3, 30)) for _ in range(n_sentences)]
     per_line = math.ceil(n_sentences / lines)
-    return "\n".join(" ".join(sentences[i:i + per_line]) for i in range(0, n_sentences, per_line))
+    return "\n".join(" ".join(sentences[i : i + per_line]) for i in range(0, n_sentences, per_line))
 
 
 def _fake_inputs(root: Path, n_stories: int = 300) -> tuple[Path, Path, dict[str, list[str]]]:
@@ -36,8 +48,14 @@ def _fake_inputs(root: Path, n_stories: int = 300) -> tuple[Path, Path, dict[str
         (babylm / split).mkdir(parents=True)
         for source, n in N_DOCS.items():
             # gutenberg has long multi-line documents (chunked in seed/), the others short ones.
-            docs = [_doc(rng, rng.randint(8, 25) if source == "gutenberg" else rng.randint(1, 3),
-                         lines=3 if source == "gutenberg" else 1) for _ in range(n if ext == "train" else 7)]
+            docs = [
+                _doc(
+                    rng,
+                    rng.randint(8, 25) if source == "gutenberg" else rng.randint(1, 3),
+                    lines=3 if source == "gutenberg" else 1,
+                )
+                for _ in range(n if ext == "train" else 7)
+            ]
             written[f"{source}.{ext}"] = docs
             # Irregular separators: several empty lines, whitespace-only lines, no final newline.
             text = "\n \n\n".join(docs) if source == "simple_wiki" else "\n\n".join(docs) + "\n"
@@ -77,7 +95,10 @@ def test_layout_and_file_format(built):
             docs = raw[:-1].split("\n\n")
             assert all(line.strip() for doc in docs for line in doc.split("\n"))
             assert docs == _read(path)
-            assert counts["corpus"][split][source] == {"docs": len(docs), "words": sum(map(count_words, docs))}
+            assert counts["corpus"][split][source] == {
+                "docs": len(docs),
+                "words": sum(map(count_words, docs)),
+            }
     assert sorted(p.name for p in root.iterdir()) == ["TinyStories", "babylm", "corpus"]  # no temp dirs left
 
 
@@ -94,7 +115,9 @@ def test_babylm_train_seed_split_is_95_5_and_loses_nothing(built):
         # Chunks concatenate back to the held-out documents (only whitespace at the cuts changes).
         assert " ".join(seed).split() == " ".join(held_out).split()
         assert counts["corpus"]["seed"][source]["words"] == sum(map(count_words, held_out))
-    assert counts["corpus"]["seed"]["gutenberg"]["docs"] > math.ceil(0.05 * N_DOCS["gutenberg"])  # long docs cut
+    assert counts["corpus"]["seed"]["gutenberg"]["docs"] > math.ceil(
+        0.05 * N_DOCS["gutenberg"]
+    )  # long docs cut
 
 
 def test_seed_chunks_are_cut_at_sentence_ends_within_bounds(built):
@@ -111,8 +134,12 @@ def test_tinystories_word_cap_and_split(built):
     sel = counts["tinystories"]
     keep = cap_by_words([cap_words(s) for s in stories], cap, 42)
     kept = [s for s, k in zip(stories, keep) if k]
-    assert sel == {"stories": len(stories), "stories_kept": len(kept),
-                   "words_kept": sum(map(cap_words, kept)), "words_cap": cap}
+    assert sel == {
+        "stories": len(stories),
+        "stories_kept": len(kept),
+        "words_kept": sum(map(cap_words, kept)),
+        "words_cap": cap,
+    }
     assert cap - max(map(cap_words, stories)) < sel["words_kept"] <= cap
     train = _read(root / "corpus" / "train" / "tinystories.txt")
     assert len(train) == len(kept) - math.ceil(0.05 * len(kept)) and set(train) < set(kept)
@@ -130,7 +157,9 @@ def test_test_split_is_babylm_test_plus_tinystories_validation(built):
 
 def test_deterministic_bytes_and_seed_matters(built, tmp_path):
     root, babylm, stories, _, cap, counts = built
-    again = build_tinybabylm(babylm, stories / "TinyStoriesV2-GPT4-train.txt", tmp_path / "a", tinystories_words=cap)
+    again = build_tinybabylm(
+        babylm, stories / "TinyStoriesV2-GPT4-train.txt", tmp_path / "a", tinystories_words=cap
+    )
     build_tinybabylm(babylm, stories, tmp_path / "b", tinystories_words=cap, split_seed=1)
     assert again == counts
     files = sorted(p.relative_to(root / "corpus") for p in (root / "corpus").rglob("*.txt"))
@@ -185,7 +214,11 @@ def test_chunk_document_known_answer():
     assert chunk_document(doc, 5, 9) == ["A b c. D e!", "F g h i? J k l m n.", "O."]  # closed at exactly 5
     assert chunk_document(doc, 4, 5) == ["A b c. D e!", "F g h i?", "J k l m n.", "O."]
     assert chunk_document(doc, 16, 20) == [doc]  # shorter than the lower bound: whole
-    assert chunk_document("x " * 9 + "x.", 3, 4) == ["x x x x", "x x x x", "x x."]  # no sentence end: cut at words
+    assert chunk_document("x " * 9 + "x.", 3, 4) == [
+        "x x x x",
+        "x x x x",
+        "x x.",
+    ]  # no sentence end: cut at words
 
 
 def test_chunk_bounds_on_random_documents():
@@ -197,7 +230,9 @@ def test_chunk_bounds_on_random_documents():
         if count_words(doc) < 100:
             assert chunks == [doc]
         assert all(count_words(c) <= 200 and c[-1] in ".!?" for c in chunks)
-        assert all(count_words(c) >= 100 for c in chunks[:-1])  # sentences <= 30 words: only the tail is short
+        assert all(
+            count_words(c) >= 100 for c in chunks[:-1]
+        )  # sentences <= 30 words: only the tail is short
 
 
 def test_seed_indices_and_cap_known_answers():
@@ -233,7 +268,7 @@ def test_prepare_stage_builds_tinybabylm_through_the_launcher(tmp_path):
     sweep = tmp_path / "s.yaml"
     sweep.write_text(f"""\
 name: tb
-workdir: {tmp_path / 'work'}
+workdir: {tmp_path / "work"}
 data: {{kind: tinybabylm, babylm_dir: {babylm}, tinystories: {tinystories}, tinystories_words: 5000}}
 tokenizer: {{vocab_size: 300}}
 pretrain: {{model: tiny, steps: 10, checkpoint_every: 10}}
@@ -241,8 +276,13 @@ methods: {{baseline: {{}}}}
 eval: {{tasks: [perplexity]}}
 """)
     root = Path(__file__).resolve().parent.parent
-    out = subprocess.run([sys.executable, "-m", "cdhpc.launch", str(sweep), "--until", "tokenizer"], cwd=root,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "cdhpc.launch", str(sweep), "--until", "tokenizer"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     receipt = json.loads(next((tmp_path / "work/receipts/prepare").glob("*.json")).read_text())
     counts = receipt["metrics"]["counts"]["corpus"]

@@ -20,7 +20,8 @@ import pytest
 from scipy.optimize import curve_fit
 from scipy.stats import spearmanr
 
-from cdhpc.corpora.toy import build, evalsets, grammar, lexicon, tasks as toytasks
+from cdhpc.corpora.toy import build, evalsets, grammar, lexicon
+from cdhpc.corpora.toy import tasks as toytasks
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"train_docs": 60, "seed_docs": 20, "test_docs": 20}
@@ -38,8 +39,11 @@ def toy(tmp_path_factory) -> tuple[Path, dict]:
 
 
 def _hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -65,7 +69,9 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
 def test_layout_matches_babylm_2025(toy):
     root, counts = toy
     for split in ("train", "seed", "test"):
-        assert sorted(p.name for p in (root / "corpus" / split).iterdir()) == sorted(f"{s}.txt" for s in SOURCES)
+        assert sorted(p.name for p in (root / "corpus" / split).iterdir()) == sorted(
+            f"{s}.txt" for s in SOURCES
+        )
     ev = root / "evaluation_data"
     assert len(_full(root, "blimp_filtered")) >= 4
     assert len(_full(root, "supplement_filtered")) >= 2
@@ -76,12 +82,21 @@ def test_layout_matches_babylm_2025(toy):
         assert (ev / kind / "reading/reading_data.csv").is_file()
         assert (ev / kind / "wug_past_tense/wug_past_tense.jsonl").is_file()
     assert {p.name for p in (ev / "full_eval/comps").iterdir()} == {
-        "comps_base.jsonl", "comps_wugs.jsonl", "comps_wugs_dist-before.jsonl", "comps_wugs_dist-in-between.jsonl"}
+        "comps_base.jsonl",
+        "comps_wugs.jsonl",
+        "comps_wugs_dist-before.jsonl",
+        "comps_wugs_dist-in-between.jsonl",
+    }
     assert {p.name for p in (ev / "full_eval/aoa").iterdir()} == {"cdi_childes.json", "cdi_human.csv"}
     assert not (ev / "fast_eval/comps").exists() and not (ev / "fast_eval/aoa").exists()
-    pairs = [("blimp_filtered", "blimp_fast"), ("supplement_filtered", "supplement_fast"),
-             ("ewok_filtered", "ewok_fast"), ("entity_tracking", "entity_tracking_fast"),
-             ("wug_adj_nominalization", "wug_adj_nominalization"), ("wug_past_tense", "wug_past_tense")]
+    pairs = [
+        ("blimp_filtered", "blimp_fast"),
+        ("supplement_filtered", "supplement_fast"),
+        ("ewok_filtered", "ewok_fast"),
+        ("entity_tracking", "entity_tracking_fast"),
+        ("wug_adj_nominalization", "wug_adj_nominalization"),
+        ("wug_past_tense", "wug_past_tense"),
+    ]
     for full, fast in pairs:  # fast sets are non-empty subsets of the full sets
         for path in _full(root, full):
             fast_lines = (ev / "fast_eval" / fast / path.name).read_text().splitlines()
@@ -121,9 +136,18 @@ def test_checker_known_answers():
 
 
 def test_nominalize_rule_and_exceptions():
-    cases = {"kind": "kindness", "happy": "happiness", "stable": "stability", "visible": "visibility",
-             "formal": "formality", "active": "activity", "brave": "bravery", "warm": "warmth",
-             "zorpable": "zorpability", "glimish": "glimishness"}
+    cases = {
+        "kind": "kindness",
+        "happy": "happiness",
+        "stable": "stability",
+        "visible": "visibility",
+        "formal": "formality",
+        "active": "activity",
+        "brave": "bravery",
+        "warm": "warmth",
+        "zorpable": "zorpability",
+        "glimish": "glimishness",
+    }
     assert {a: lexicon.nominalize(a) for a in cases} == cases
 
 
@@ -161,15 +185,27 @@ def test_supplement_and_ewok_schemas(toy):
             assert {"sentence_good", "sentence_bad", "pair_ID"} <= r.keys() and "field" not in r
             assert r["sentence_good"] != r["sentence_bad"]
     size = {a: i for i, a in enumerate(lexicon.ANIMALS)}
-    fields = {"Domain", "ConceptA", "ConceptB", "ContextType", "ContextDiff", "TargetDiff",
-              "Context1", "Context2", "Target1", "Target2"}
+    fields = {
+        "Domain",
+        "ConceptA",
+        "ConceptB",
+        "ContextType",
+        "ContextDiff",
+        "TargetDiff",
+        "Context1",
+        "Context2",
+        "Target1",
+        "Target2",
+    }
     for path in _full(root, "ewok_filtered"):
         for r in _jsonl(path):
             assert set(r) == fields and r["Domain"] == path.stem
             assert r["Context1"] != r["Context2"] and r["Target1"] != r["Target2"]
             if r["Domain"] == "physical-relations":  # Target1 agrees with the hidden world
                 for target, truth in ((r["Target1"], True), (r["Target2"], False)):
-                    x, rel, y = re.fullmatch(r"The (\w+) is (bigger|smaller) than the (\w+)\.", target).groups()
+                    x, rel, y = re.fullmatch(
+                        r"The (\w+) is (bigger|smaller) than the (\w+)\.", target
+                    ).groups()
                     assert ((size[x] > size[y]) == (rel == "bigger")) == truth, r
 
 
@@ -178,17 +214,23 @@ def _simulate(prefix: str) -> tuple[list[str], int, int]:
     its index, number of operations that touched it)."""
     body, q = re.fullmatch(r"(.*) Box (\d) contains ", prefix).groups()
     sents = body[:-1].split(". ")
-    items = lambda d: [] if d == "nothing" else [x.removeprefix("the ") for x in d.split(" and ")]
+
+    def items(d):
+        return [] if d == "nothing" else [x.removeprefix("the ") for x in d.split(" and ")]
+
     boxes = {int(i): items(d) for i, d in re.findall(r"Box (\d) contains ([^,]+)", sents[0])}
     touched = Counter()
     for op in sents[1:]:
         if m := re.fullmatch(r"Put (.+) into Box (\d)", op):
-            boxes[int(m[2])] += items(m[1]); touched[int(m[2])] += 1
+            boxes[int(m[2])] += items(m[1])
+            touched[int(m[2])] += 1
         elif m := re.fullmatch(r"Remove (.+) from Box (\d)", op):
-            boxes[int(m[2])] = [o for o in boxes[int(m[2])] if o not in items(m[1])]; touched[int(m[2])] += 1
+            boxes[int(m[2])] = [o for o in boxes[int(m[2])] if o not in items(m[1])]
+            touched[int(m[2])] += 1
         elif m := re.fullmatch(r"Move the contents of Box (\d) to Box (\d)", op):
             a, b = int(m[1]), int(m[2])
-            boxes[b], boxes[a] = boxes[b] + boxes[a], []; touched.update([a, b])
+            boxes[b], boxes[a] = boxes[b] + boxes[a], []
+            touched.update([a, b])
         else:
             m = re.fullmatch(r"Move (.+) from Box (\d) to Box (\d)", op)
             a, b = int(m[2]), int(m[3])
@@ -226,22 +268,30 @@ def test_wug_records(toy):
         assert second.startswith(f"Create a noun out of the following adjective: {adj}. ")
         assert first.endswith(" " + lexicon.nominalize(adj)) and first != second
         assert isinstance(r["ratio"], float) and 0.0 <= r["ratio"] <= 1.0
-        assert adj[:-4 if adj.endswith("able") else -3] in lexicon.WUG_EVAL_STEMS  # novel stems
+        assert adj[: -4 if adj.endswith("able") else -3] in lexicon.WUG_EVAL_STEMS  # novel stems
 
 
 def _corpus_words(root: Path) -> Counter:
-    return Counter(w.lower().strip(".,?!:") for p in sorted((root / "corpus").rglob("*.txt"))
-                   for w in p.read_text(encoding="utf-8").split())
+    return Counter(
+        w.lower().strip(".,?!:")
+        for p in sorted((root / "corpus").rglob("*.txt"))
+        for w in p.read_text(encoding="utf-8").split()
+    )
 
 
 def _expected_past(verb: str) -> tuple[str, str]:
     """(preferred, other) past of a nonce verb, re-derived from the verb lexicon: the rhyme gang's
     vowel change where its irregular verbs outnumber its regular ones plus one, else -ed."""
-    rhyme = lambda v: re.search(r"[aeiou]+[^aeiou]*$", v)[0]
-    regular = lambda v: v + ("d" if v.endswith("e") else "ed")
+
+    def rhyme(v):
+        return re.search(r"[aeiou]+[^aeiou]*$", v)[0]
+
+    def regular(v):
+        return v + ("d" if v.endswith("e") else "ed")
+
     r = rhyme(verb)
     gang = [(v, past) for v, (past, _) in toytasks.PAST_VERBS.items() if rhyme(v) == r]
-    irregular = Counter(past[len(v) - len(r):] for v, past in gang if past != regular(v))
+    irregular = Counter(past[len(v) - len(r) :] for v, past in gang if past != regular(v))
     if irregular and sum(irregular.values()) > len(gang) - sum(irregular.values()) + 1:
         return verb[: -len(r)] + irregular.most_common(1)[0][0], regular(verb)
     return regular(verb), verb[: -len(r)] + {"u": "a", "a": "u", "o": "a", "e": "o"}[r[0]] + r[1:]
@@ -251,12 +301,17 @@ def test_wug_past_records(toy):
     root, counts = toy
     assert all(toytasks.PAST_VERBS[v][0] == past for v, (_, past, _) in lexicon.VERBS.items())
     recs = _jsonl(root / "evaluation_data/full_eval/wug_past_tense/wug_past_tense.jsonl")
-    assert len(recs) == 100 and counts["eval"]["evaluation_data/fast_eval/wug_past_tense/wug_past_tense.jsonl"] == 50
+    assert (
+        len(recs) == 100
+        and counts["eval"]["evaluation_data/fast_eval/wug_past_tense/wug_past_tense.jsonl"] == 50
+    )
     ed_share = {True: [], False: []}  # rhymes with an irregular gang -> shares of -ed
     for r in recs:
         assert set(r) == {"sentences", "ratio"} and isinstance(r["ratio"], float) and 0.5 <= r["ratio"] <= 1.0
         cands = r["sentences"].split("\t")
-        verb, first = re.fullmatch(r"Create the past tense of the following verb: (\w+)\. (\w+)", cands[0]).groups()
+        verb, first = re.fullmatch(
+            r"Create the past tense of the following verb: (\w+)\. (\w+)", cands[0]
+        ).groups()
         assert verb in toytasks.PAST_EVAL_VERBS and len(cands) == 2
         assert (first, cands[1].split(". ")[-1]) == _expected_past(verb), r
         assert cands[1].startswith(f"Create the past tense of the following verb: {verb}. ")
@@ -291,12 +346,28 @@ def _bound_concept(prefix: str) -> str:
 
 def test_comps_records(toy):
     root, _ = toy
-    uid = {"comps_base": "base", "comps_wugs": "wugs", "comps_wugs_dist-before": "wugs_dist_before",
-           "comps_wugs_dist-in-between": "wugs_dist_in_between"}  # the official reader's mapping
+    uid = {
+        "comps_base": "base",
+        "comps_wugs": "wugs",
+        "comps_wugs_dist-before": "wugs_dist_before",
+        "comps_wugs_dist-in-between": "wugs_dist_in_between",
+    }  # the official reader's mapping
     for concept, (plural, cls) in toytasks.CONCEPTS.items():  # the table speaks of toy-world words
-        assert lexicon.NOUNS[concept][0] == plural if cls in ("animal", "person") else concept in lexicon.THINGS
-    fields = {"id", "property", "acceptable_concept", "unacceptable_concept", "negative_sample_type",
-              "similarity", "prefix_acceptable", "prefix_unacceptable", "property_phrase", "distraction_type"}
+        assert (
+            lexicon.NOUNS[concept][0] == plural if cls in ("animal", "person") else concept in lexicon.THINGS
+        )
+    fields = {
+        "id",
+        "property",
+        "acceptable_concept",
+        "unacceptable_concept",
+        "negative_sample_type",
+        "similarity",
+        "prefix_acceptable",
+        "prefix_unacceptable",
+        "property_phrase",
+        "distraction_type",
+    }
     paths = _full(root, "comps")
     assert sorted(uid) == [p.stem for p in paths]
     for path in paths:
@@ -307,7 +378,9 @@ def test_comps_records(toy):
             assert r["property_phrase"] == r["property"] + "." and 0.0 <= r["similarity"] <= 1.0
             good, bad = _bound_concept(r["prefix_acceptable"]), _bound_concept(r["prefix_unacceptable"])
             assert (good, bad) == (r["acceptable_concept"], r["unacceptable_concept"]), r
-            assert good in toytasks.PROPERTIES[r["property"]] and bad not in toytasks.PROPERTIES[r["property"]]
+            assert (
+                good in toytasks.PROPERTIES[r["property"]] and bad not in toytasks.PROPERTIES[r["property"]]
+            )
             if "wugs" in path.stem:
                 assert r["prefix_acceptable"].count(". ") == (1 if r["distraction_type"] == "none" else 2)
                 assert set(r["nonsense_words"]) <= set(toytasks.COMPS_EVAL_WUGS)
@@ -317,10 +390,19 @@ def test_comps_records(toy):
 
 def _child_aoa(ages: np.ndarray, props: np.ndarray) -> float | None:
     """Age (months) where a 4-parameter sigmoid fitted as the official evaluator does crosses 0.5."""
-    sigmoid = lambda x, a, b, c, d: a / (1 + np.exp(-b * (x - c))) + d
+
+    def sigmoid(x, a, b, c, d):
+        return a / (1 + np.exp(-b * (x - c))) + d
+
     try:
-        (a, b, c, d), _ = curve_fit(sigmoid, ages, props, p0=[1, 0.5, ages.mean(), 0], maxfev=10_000,
-                                    bounds=([0, 0, ages[0], -0.5], [2, 1, ages[-1], 0.5]))
+        (a, b, c, d), _ = curve_fit(
+            sigmoid,
+            ages,
+            props,
+            p0=[1, 0.5, ages.mean(), 0],
+            maxfev=10_000,
+            bounds=([0, 0, ages[0], -0.5], [2, 1, ages[-1], 0.5]),
+        )
     except RuntimeError:
         return None
     ratio = a / (0.5 - d) if d < 0.5 else 0.0
@@ -337,7 +419,9 @@ def test_aoa_files(toy):
         assert 1 <= len(entries) <= 8
         for e in entries:
             stats = e["word_in_context_stats"]
-            assert set(stats) == {"count", "frequency", "log_freq_per_million"} and isinstance(stats["count"], int)
+            assert set(stats) == {"count", "frequency", "log_freq_per_million"} and isinstance(
+                stats["count"], int
+            )
             assert e["context"].strip() and f"{e['context'].strip()} {word}" in docs, (word, e)
     with open(aoa / "cdi_human.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
@@ -348,8 +432,11 @@ def test_aoa_files(toy):
     means = np.nanmean(table, axis=0)
     assert means[-1] - means[0] > 0.5 and np.corrcoef(means, np.arange(len(means)))[0, 1] > 0.9
     ages, child = np.arange(16, 31, dtype=float), []
-    train = Counter(w.lower().strip(".,?!:") for p in (root / "corpus/train").glob("*.txt")
-                    for w in p.read_text(encoding="utf-8").split())
+    train = Counter(
+        w.lower().strip(".,?!:")
+        for p in (root / "corpus/train").glob("*.txt")
+        for w in p.read_text(encoding="utf-8").split()
+    )
     for r, props in zip(rows[1:], table):
         ok = ~np.isnan(props)
         child.append((_child_aoa(ages[ok], props[ok]), math.log(train[r[0]])))
@@ -380,11 +467,21 @@ def test_reading_csv_schema_and_surprisal_signal(toy):
     text = " ".join((root / "corpus/train" / f"{s}.txt").read_text() for s in SOURCES)
     words = [w.lower().strip(".,?!:") for w in text.split()]
     uni, bi = Counter(words), Counter(zip(words, words[1:]))
-    norm = lambda w: w.lower().strip(".,?!:")
-    pred = np.array([-math.log((bi[norm(r["item"].split()[-1]), norm(r["word"])] + 0.1) /
-                               (uni[norm(r["item"].split()[-1])] + 0.1 * len(uni))) for r in rows])
-    f, l, c = (np.array([float(r[k]) for r in rows]) for k in ("Subtlex_log10", "length", "context_length"))
-    base = [f, l, c, f * l, f * c, l * c]
+
+    def norm(w):
+        return w.lower().strip(".,?!:")
+
+    pred = np.array(
+        [
+            -math.log(
+                (bi[norm(r["item"].split()[-1]), norm(r["word"])] + 0.1)
+                / (uni[norm(r["item"].split()[-1])] + 0.1 * len(uni))
+            )
+            for r in rows
+        ]
+    )
+    f, n, c = (np.array([float(r[k]) for r in rows]) for k in ("Subtlex_log10", "length", "context_length"))
+    base = [f, n, c, f * n, f * c, n * c]
     for dv in ("RTfirstpass", "self_paced_reading_time"):
         y = np.array([float(r[dv]) for r in rows])
         r2_base, r2_model = _r2(base, y), _r2(base + [pred], y)
@@ -396,8 +493,13 @@ def test_cli_refuses_non_empty_out_and_writes_fresh(tmp_path, capsys):
     out = tmp_path / "taken"
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    proc = subprocess.run([sys.executable, "-m", "cdhpc.toydata", str(out)], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cdhpc.toydata", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and str(out) in proc.stderr and "not an empty directory" in proc.stderr
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
     with pytest.raises(FileExistsError):
@@ -418,7 +520,9 @@ def test_bad_sizes_are_rejected(tmp_path):
 
 
 def test_import_does_not_pull_torch():
-    code = ("import sys, cdhpc.toydata; "
-            "print(sorted(m for m in ('torch', 'transformers', 'deepspeed') if m in sys.modules))")
+    code = (
+        "import sys, cdhpc.toydata; "
+        "print(sorted(m for m in ('torch', 'transformers', 'deepspeed') if m in sys.modules))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "[]", proc.stderr

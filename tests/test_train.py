@@ -26,8 +26,10 @@ NOUNS, ADJS, VERBS = ["cat", "dog", "bird", "fish"], ["big", "small", "red"], ["
 def _grammar_docs(n: int, seed: int) -> list[str]:
     """A tiny grammar: learnable word order (a model beats unigram perplexity on it quickly)."""
     rng = random.Random(seed)
-    sentence = lambda: (f"the {rng.choice(ADJS)} {rng.choice(NOUNS)} {rng.choice(VERBS)} "
-                        f"the {rng.choice(NOUNS)} .")
+
+    def sentence():
+        return f"the {rng.choice(ADJS)} {rng.choice(NOUNS)} {rng.choice(VERBS)} the {rng.choice(NOUNS)} ."
+
     return [" ".join(sentence() for _ in range(rng.randint(2, 5))) for _ in range(n)]
 
 
@@ -49,15 +51,31 @@ def prepared(tmp_path_factory):
 
 
 def _spec(**changes) -> TrainSpec:
-    base = TrainSpec(preset="tiny-small", vocab_size=64, seed=7, steps=6, checkpoint_every=3,
-                     global_batch=8, micro_batch=4, seq_len=32, precision="fp32", warmup_steps=2,
-                     log_every=3, val_batches=2)
+    base = TrainSpec(
+        preset="tiny-small",
+        vocab_size=64,
+        seed=7,
+        steps=6,
+        checkpoint_every=3,
+        global_batch=8,
+        micro_batch=4,
+        seq_len=32,
+        precision="fp32",
+        warmup_steps=2,
+        log_every=3,
+        val_batches=2,
+    )
     return replace(base, **changes)
 
 
 def _paths(root: Path, out: str) -> dict:
-    return {"tokenizer_dir": root / "tok", "train_array": root / "train_arr",
-            "val_array": root / "val_arr", "synthetic_array": None, "out_dir": root / out}
+    return {
+        "tokenizer_dir": root / "tok",
+        "train_array": root / "train_arr",
+        "val_array": root / "val_arr",
+        "synthetic_array": None,
+        "out_dir": root / out,
+    }
 
 
 def test_lr_schedule_known_values():
@@ -69,8 +87,12 @@ def test_lr_schedule_known_values():
 
 
 def test_deepspeed_config_and_accumulation():
-    spec = _spec(global_batch=256, micro_batch=16, precision="bf16",
-                 deepspeed={"zero_optimization": {"stage": 3}, "gradient_clipping": 0.5})
+    spec = _spec(
+        global_batch=256,
+        micro_batch=16,
+        precision="bf16",
+        deepspeed={"zero_optimization": {"stage": 3}, "gradient_clipping": 0.5},
+    )
     config = deepspeed_config(spec, world_size=4)
     assert config["gradient_accumulation_steps"] == 4 and config["train_batch_size"] == 256
     assert config["bf16"] == {"enabled": True} and config["gradient_clipping"] == 0.5
@@ -85,8 +107,13 @@ def test_deepspeed_config_and_accumulation():
 
 
 def test_distributed_env_single_and_multi_process():
-    assert distributed_env({}, 29511) == {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
-                                          "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29511"}
+    assert distributed_env({}, 29511) == {
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29511",
+    }
     inherited = {"MASTER_PORT": "38703", "RANK": "0", "MASTER_ADDR": "127.0.0.1"}  # e.g. from a parent shell
     assert distributed_env(inherited, 29512)["MASTER_PORT"] == "29512"
     launched = {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "n1", "MASTER_PORT": "5"}
@@ -103,7 +130,9 @@ def test_param_counts_match_presets(name):
     with torch.device("meta"):  # shapes only: no memory, no init time
         model = LlamaForCausalLM(llama_config(name, 32000))
     assert sum(p.numel() for p in model.parameters()) == PRESETS[name].n_params(32000)
-    assert model.config.tie_word_embeddings is False and model.config.num_key_value_heads == PRESETS[name].heads
+    assert (
+        model.config.tie_word_embeddings is False and model.config.num_key_value_heads == PRESETS[name].heads
+    )
 
 
 def test_build_model_is_seeded_and_leaves_global_rng_alone():
@@ -115,7 +144,9 @@ def test_build_model_is_seeded_and_leaves_global_rng_alone():
     a = build_model("tiny-small", 64, seed=5)
     assert torch.equal(torch.rand(1), expected_next)
     b, c = build_model("tiny-small", 64, seed=5), build_model("tiny-small", 64, seed=6)
-    assert torch.equal(a.lm_head.weight, b.lm_head.weight) and not torch.equal(a.lm_head.weight, c.lm_head.weight)
+    assert torch.equal(a.lm_head.weight, b.lm_head.weight) and not torch.equal(
+        a.lm_head.weight, c.lm_head.weight
+    )
     assert (a.config.bos_token_id, a.config.eos_token_id, a.config.pad_token_id) == (1, 2, 3)
     assert a.config.max_position_embeddings == 128 and a.config.rope_parameters["rope_theta"] == 10000.0
     assert build_model("tiny-small", 64, seed=5, dtype=torch.bfloat16).lm_head.weight.dtype == torch.bfloat16
@@ -146,8 +177,9 @@ def test_loss_goes_down_and_beats_unigram(prepared):
     assert [c["step"] for c in result["checkpoints"]] == [20, 40] and last["val_loss"] < first["val_loss"]
     losses = [float(line.split()[3]) for line in logs if line.startswith("step ")]
     assert len(losses) == 8 and losses[-1] < losses[0] - 1.0
-    unigram = _unigram_ppl(data.TokenArray.open(prepared / "train_arr"),
-                           data.TokenArray.open(prepared / "val_arr"), 64)
+    unigram = _unigram_ppl(
+        data.TokenArray.open(prepared / "train_arr"), data.TokenArray.open(prepared / "val_arr"), 64
+    )
     assert last["val_ppl"] < 0.8 * unigram, (last["val_ppl"], unigram)
     util = "mfu" if result["device"].startswith("cuda") else "matmul_utilisation"  # a CPU's is no MFU
     assert result["tokens"] == 40 * 8 * 32 and result["tokens_per_s"] > 0 and 0 < result[util] < 1
@@ -178,7 +210,8 @@ def test_resume_is_bit_identical(prepared):
     saved_spec = json.loads((prepared / "resumed/checkpoints/step_6/val.json").read_text())["spec"]
     assert saved_spec["preset"] == {"layers": 2, "hidden": 64, "heads": 2, "mlp": 256, "context": 128}
     assert resumed["checkpoints"] == [
-        {**c, "path": c["path"].replace("/whole/", "/resumed/")} for c in whole["checkpoints"]]
+        {**c, "path": c["path"].replace("/whole/", "/resumed/")} for c in whole["checkpoints"]
+    ]
 
 
 def _free_port() -> int:
@@ -205,15 +238,28 @@ def test_two_process_data_parallel_matches_one_process(prepared):
     paths = {k: str(v) if v else None for k, v in _paths(prepared, "ddp").items()}
     port, procs = _free_port(), []
     for rank in range(2):
-        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
-               "PYTHONPATH": str(REPO)}
-        procs.append(subprocess.Popen([sys.executable, "-c", _RANK_SCRIPT, json.dumps(asdict(spec)),
-                                       json.dumps(paths)], env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
+        env = {
+            **os.environ,
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": str(REPO),
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", _RANK_SCRIPT, json.dumps(asdict(spec)), json.dumps(paths)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outputs[0][-3000:] + outputs[1][-3000:]
-    result = json.loads(next(l for l in outputs[0].splitlines() if l.startswith("RESULT "))[7:])
+    result = json.loads(next(line for line in outputs[0].splitlines() if line.startswith("RESULT "))[7:])
     assert result["world_size"] == 2 and [c["step"] for c in result["checkpoints"]] == [3, 6]
     single = train_run(spec, prepared, "single")
     for dp, one in zip(result["checkpoints"], single["checkpoints"]):
@@ -230,12 +276,19 @@ def test_bf16_mixed_synthetic_run(prepared, tmp_path):
     rng = np.random.default_rng(0)
     docs = [np.concatenate([[1], rng.integers(4, 64, 50), [2]]) for _ in range(40)]
     data.write_token_array(tmp_path / "syn", docs, 64, {"kind": "synthetic"})
-    spec = _spec(precision="bf16", synthetic_share=0.3, steps=4, checkpoint_every=4,
-                 deepspeed={"zero_optimization": {"stage": 1}})
+    spec = _spec(
+        precision="bf16",
+        synthetic_share=0.3,
+        steps=4,
+        checkpoint_every=4,
+        deepspeed={"zero_optimization": {"stage": 1}},
+    )
     result = _train_with_synthetic(spec, prepared, tmp_path / "syn")
     assert result["realised_synthetic_share"] == 9 / 32  # floor(4 steps x 0.3 x 8 rows)
     state = load_file(Path(result["checkpoints"][0]["path"]) / "model.safetensors")
-    assert state["lm_head.weight"].dtype == torch.bfloat16 and math.isfinite(result["checkpoints"][0]["val_loss"])
+    assert state["lm_head.weight"].dtype == torch.bfloat16 and math.isfinite(
+        result["checkpoints"][0]["val_loss"]
+    )
 
 
 def _train_with_synthetic(spec: TrainSpec, root: Path, synthetic: Path) -> dict:

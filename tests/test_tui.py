@@ -44,7 +44,13 @@ def test_navigation_filter_sort_and_results(tmp_path):
     workdir = tmp_path / "sweep"
     steps = build_workdir(workdir, 200)
     evals = [i for i, s in enumerate(steps) if s["stage"] == "evaluate"]
-    expect = [str(sum(i % 20 < 16 for i in evals)), "0", "0", str(sum(i % 20 == 16 for i in evals)), str(len(evals))]
+    expect = [
+        str(sum(i % 20 < 16 for i in evals)),
+        "0",
+        "0",
+        str(sum(i % 20 == 16 for i in evals)),
+        str(len(evals)),
+    ]
 
     async def drive():
         app = StatusApp(workdir, refresh_s=3600)
@@ -55,10 +61,13 @@ def test_navigation_filter_sort_and_results(tmp_path):
                     break
             assert "160/200 steps done" in str(app.query_one("#summary").render())
             assert "wave" not in str(app.query_one("#summary").render())  # not submitted in waves
-            (workdir / "waves.json").write_text(json.dumps({"wave": 2, "left": 40, "continuation": "812",
-                                                            "after": ["760", "771"]}))
+            (workdir / "waves.json").write_text(
+                json.dumps({"wave": 2, "left": 40, "continuation": "812", "after": ["760", "771"]})
+            )
             app.refresh_data()
-            assert "wave 2: 40 step(s) wait for the next wave, job 812" in str(app.query_one("#summary").render())
+            assert "wave 2: 40 step(s) wait for the next wave, job 812" in str(
+                app.query_one("#summary").render()
+            )
             stages = app.query_one("#stages")
             assert [str(c) for c in stages.get_row("evaluate")[2:7]] == expect
             await pilot.press("2")
@@ -139,10 +148,24 @@ def test_cancel_step_asks_then_interrupts_controller(tmp_path):
     job = _submitit_sleeper(tmp_path / "submitit")
     record = workdir / "jobs" / step["stage"] / f"{step['name']}-{step['key'][:8]}.json"
     record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({"key": step["key"], "executor": "local", "job_id": job.job_id, "array_index": None,
-                                  "state": "RUNNING", "attempt": 1, "submitted": time.time(), "updated": time.time(),
-                                  "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)}))
+    record.write_text(
+        json.dumps(
+            {
+                "key": step["key"],
+                "executor": "local",
+                "job_id": job.job_id,
+                "array_index": None,
+                "state": "RUNNING",
+                "attempt": 1,
+                "submitted": time.time(),
+                "updated": time.time(),
+                "stdout": str(job.paths.stdout),
+                "stderr": str(job.paths.stderr),
+            }
+        )
+    )
     try:
+
         async def drive():
             app = StatusApp(workdir, refresh_s=3600)
             async with app.run_test(size=(160, 50)) as pilot:
@@ -203,7 +226,9 @@ def test_retry_command_pins_the_workdir(tmp_path):
 
 # ----------------------------------------------------------------------------- tmux, a real sweep
 def _pane(session: str) -> str:
-    return subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
+    return subprocess.run(
+        ["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True
+    ).stdout
 
 
 def _pretrain_done(screen: str) -> int | None:
@@ -220,18 +245,38 @@ def test_tui_in_tmux_follows_a_running_sweep(tmp_path):
     workdir = tmp_path / "sweep"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     launch = subprocess.Popen(
-        [sys.executable, "-m", "cdhpc.launch", str(ROOT / "configs" / "tiny.yaml"), f"workdir={workdir}",
-         "pretrain.steps=20", "pretrain.checkpoint_every=10", "methods.cd-early-60.amateur.step=10",
-         "methods.cd-early-60-top-k-50.amateur.step=10", "eval.tasks=[blimp]", "eval.checkpoints=all", "retrain.seeds=[1]",
-         "--until", "pretrain"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "cdhpc.launch",
+            str(ROOT / "configs" / "tiny.yaml"),
+            f"workdir={workdir}",
+            "pretrain.steps=20",
+            "pretrain.checkpoint_every=10",
+            "methods.cd-early-60.amateur.step=10",
+            "methods.cd-early-60-top-k-50.amateur.step=10",
+            "eval.tasks=[blimp]",
+            "eval.checkpoints=all",
+            "retrain.seeds=[1]",
+            "--until",
+            "pretrain",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     session = f"cdhpc-tui-{os.getpid()}"
     try:
         for _ in range(600):
             if (workdir / "plan.json").is_file():
                 break
             time.sleep(0.1)
-        cmd = f"cd {ROOT} && PYTHONPATH={ROOT} {sys.executable} -c 'from cdhpc.ui.tui import StatusApp; StatusApp(__import__(\"pathlib\").Path(\"{workdir}\"), refresh_s=1).run()'"
+        app = (
+            "from cdhpc.ui.tui import StatusApp; "
+            f'StatusApp(__import__("pathlib").Path("{workdir}"), refresh_s=1).run()'
+        )
+        cmd = f"cd {ROOT} && PYTHONPATH={ROOT} {sys.executable} -c '{app}'"
         subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "160", "-y", "45", cmd], check=True)
         seen: list[int] = []
         deadline = time.time() + 400

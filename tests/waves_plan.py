@@ -11,10 +11,10 @@ import logging
 import sys
 from pathlib import Path
 
+from cdhpc.config.profile import ClusterProfile
 from cdhpc.executors.launch_slurm import follow_sweep, submit_plan
 from cdhpc.sweep.lock import WorkdirBusy, WorkdirLock
 from cdhpc.sweep.plan import Plan, StepSpec
-from cdhpc.config.profile import ClusterProfile
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -24,8 +24,15 @@ if __name__ == "__main__":
     relaunch = [sys.executable, str(Path(__file__).resolve()), str(workdir), "--missing-only"]
     try:
         with WorkdirLock(workdir, "tests/waves_plan.py"):
-            _, sub, live = submit_plan(workdir, plan, profile, "waves", missing_only=flag == "--missing-only",
-                                       waves=flag != "--follow", relaunch=relaunch)
+            _, sub, live = submit_plan(
+                workdir,
+                plan,
+                profile,
+                "waves",
+                missing_only=flag == "--missing-only",
+                waves=flag != "--follow",
+                relaunch=relaunch,
+            )
             if flag == "--follow":
                 try:
                     follow_sweep(workdir, plan, profile, "waves", sub, live, poll_s=3.0)

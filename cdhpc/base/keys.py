@@ -13,7 +13,6 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
 
-
 def derive_seed(*parts: Any) -> int:
     """A 63-bit seed from any JSON-able parts (e.g. sweep seed, method, shard index)."""
     return int(hashlib.sha256(canonical_json(list(parts)).encode()).hexdigest()[:16], 16) >> 1

@@ -51,7 +51,9 @@ def path_error(path: str | os.PathLike) -> str | None:
 def component(text: str) -> str:
     """`text` when it is one safe path component (not empty, '.', '..', no '/' or NUL); else ValueError."""
     if text in ("", ".", "..") or "/" in text or "\0" in text or (os.altsep and os.altsep in text):
-        raise ValueError(f"{text!r} is not a single file name (a path built from it would leave its directory)")
+        raise ValueError(
+            f"{text!r} is not a single file name (a path built from it would leave its directory)"
+        )
     return text
 
 

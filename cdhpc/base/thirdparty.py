@@ -38,7 +38,8 @@ def installed_version(dist: str) -> str:
 def changed(dist: str, name: str, what: str) -> ThirdPartyChanged:
     """The error for private `name` of `dist`: which version, what is wrong, and the fix."""
     return ThirdPartyChanged(
-        f"{dist} {installed_version(dist)}: private {name} {what}; cdhpc needs it (cdhpc/base/thirdparty.py). "
+        f"{dist} {installed_version(dist)}: private {name} {what}; cdhpc needs it "
+        "(cdhpc/base/thirdparty.py). "
         f"Install the tested versions: pip install -c constraints.txt -e ."
     )
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import IO, Mapping
+from collections.abc import Mapping
+from typing import IO
 
 ENV = "CDHPC_LOG_LEVEL"
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
@@ -33,8 +34,20 @@ LIBRARY_ENV = {
     "SUBMITIT_LOG_LEVEL": {"debug": "INFO", "info": "INFO", "warning": "WARNING", "error": "ERROR"},
 }
 OURS = (OWN, "submitit")  # loggers shown at the chosen level: ours and the job life's
-THIRD_PARTY = ("deepspeed", "DeepSpeed", "transformers", "datasets", "torch", "urllib3", "filelock",
-               "matplotlib", "huggingface_hub", "fsspec", "PIL", "numexpr")
+THIRD_PARTY = (
+    "deepspeed",
+    "DeepSpeed",
+    "transformers",
+    "datasets",
+    "torch",
+    "urllib3",
+    "filelock",
+    "matplotlib",
+    "huggingface_hub",
+    "fsspec",
+    "PIL",
+    "numexpr",
+)
 
 
 class LogLevelError(ValueError):
@@ -47,8 +60,10 @@ def env_level(environ: Mapping[str, str] = os.environ) -> str | None:
     if not raw:
         return None
     if raw.lower() not in LEVELS:
-        raise LogLevelError(f"cdhpc: environment variable {ENV}={raw!r} is not a log level; "
-                            f"allowed: {', '.join(LEVELS)} (any case)")
+        raise LogLevelError(
+            f"cdhpc: environment variable {ENV}={raw!r} is not a log level; "
+            f"allowed: {', '.join(LEVELS)} (any case)"
+        )
     return raw.lower()
 
 
@@ -70,8 +85,13 @@ def add_flags(parser, suppress: bool = False) -> None:
 
     extra = {"default": argparse.SUPPRESS} if suppress else {}
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("-v", "--verbose", action="store_true", help="debug logs, library logs, and tracebacks of "
-                       f"expected errors (also {ENV}=debug)", **extra)
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help=f"debug logs, library logs, and tracebacks of expected errors (also {ENV}=debug)",
+        **extra,
+    )
     group.add_argument("-q", "--quiet", action="store_true", help=f"errors only (also {ENV}=error)", **extra)
 
 
@@ -79,11 +99,19 @@ class _OwnBelowWarning(logging.Filter):
     """Below WARNING, pass only cdhpc's and submitit's records (see the module docstring)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or any(record.name == n or record.name.startswith(n + ".") for n in OURS)
+        return record.levelno >= logging.WARNING or any(
+            record.name == n or record.name.startswith(n + ".") for n in OURS
+        )
 
 
-def configure(level: str, fmt: str = "%(asctime)s %(message)s", datefmt: str | None = "%H:%M:%S",
-              stream: IO[str] | None = None, environ: dict[str, str] | None = None, force: bool = False) -> None:
+def configure(
+    level: str,
+    fmt: str = "%(asctime)s %(message)s",
+    datefmt: str | None = "%H:%M:%S",
+    stream: IO[str] | None = None,
+    environ: dict[str, str] | None = None,
+    force: bool = False,
+) -> None:
     """Set up logging of an entry point (a command or a job) at `level` (a key of LEVELS), and
     pass the level on to child processes through `environ` (default: os.environ). The handler
     is installed as ``logging.basicConfig`` does: only where the root logger has none, unless
@@ -129,7 +157,12 @@ def configure_job(array_index: str, rank: int) -> None:
         level, bad = DEFAULT, e
     if rank and LEVELS[level] < logging.WARNING:
         level = "warning"
-    configure(level, fmt=f"%(asctime)s [%(levelname)s] [array {array_index}] %(message)s", datefmt=None,
-              stream=sys.stdout, force=True)
+    configure(
+        level,
+        fmt=f"%(asctime)s [%(levelname)s] [array {array_index}] %(message)s",
+        datefmt=None,
+        stream=sys.stdout,
+        force=True,
+    )
     if bad is not None:
         logging.getLogger(OWN).warning("%s; logging at %s", bad, DEFAULT)

@@ -31,11 +31,15 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--resamples", type=int, default=10_000)
     parser.add_argument("--uids", type=int, default=67)
     parser.add_argument("--items", type=int, default=1_000, help="items per UID")
-    parser.add_argument("--peer-resamples", type=int, default=200, help="resamples the naive loop is timed on")
+    parser.add_argument(
+        "--peer-resamples", type=int, default=200, help="resamples the naive loop is timed on"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.device != "cpu":
-        parser.error("--device cuda: cdhpc.results.stats is numpy-only (CPU); run this benchmark with --device cpu")
+        parser.error(
+            "--device cuda: cdhpc.results.stats is numpy-only (CPU); run this benchmark with --device cpu"
+        )
     return args
 
 

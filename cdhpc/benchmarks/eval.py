@@ -17,11 +17,13 @@ import argparse
 import time
 from typing import Any
 
-PRESETS = {"cpu": dict(layers=4, hidden=256, heads=4, mlp=1024, vocab=8000),
-           "cuda": dict(layers=12, hidden=768, heads=12, mlp=3072, vocab=32000),
-           # a model as much faster than the CPU preset as a GPU is for the 12x768 one: its scoring
-           # takes about as long as the host work (BLiMP on an H100/H200: ~3.4 s host, a few s device)
-           "cpu-small": dict(layers=2, hidden=32, heads=2, mlp=128, vocab=1000)}
+PRESETS = {
+    "cpu": dict(layers=4, hidden=256, heads=4, mlp=1024, vocab=8000),
+    "cuda": dict(layers=12, hidden=768, heads=12, mlp=3072, vocab=32000),
+    # a model as much faster than the CPU preset as a GPU is for the 12x768 one: its scoring
+    # takes about as long as the host work (BLiMP on an H100/H200: ~3.4 s host, a few s device)
+    "cpu-small": dict(layers=2, hidden=32, heads=2, mlp=128, vocab=1000),
+}
 
 
 def make_words(rng: Any, vocab: int) -> list[str]:
@@ -72,20 +74,30 @@ def build(device: str, seed: int = 0, preset: str | None = None) -> tuple[Any, A
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
     tk.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>",
-                                  unk_token="<unk>", pad_token="<pad>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    )
     torch.manual_seed(seed)
-    lcfg = LlamaConfig(vocab_size=len(vocab), hidden_size=cfg["hidden"], num_attention_heads=cfg["heads"],
-                       intermediate_size=cfg["mlp"], num_hidden_layers=cfg["layers"],
-                       max_position_embeddings=1024, bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    lcfg = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=cfg["hidden"],
+        num_attention_heads=cfg["heads"],
+        intermediate_size=cfg["mlp"],
+        num_hidden_layers=cfg["layers"],
+        max_position_embeddings=1024,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+    )
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     model = LlamaForCausalLM(lcfg).to(device=device, dtype=dtype).eval()
     model.generation_config.pad_token_id = None  # a random model: nothing to say (save_pretrained checks it)
     return model, tok, words
 
 
-def reference_scores(model: Any, tok: Any, pairs: list[tuple[str, str]], device: str,
-                     batch_size: int = 64) -> list[list[float]]:
+def reference_scores(
+    model: Any, tok: Any, pairs: list[tuple[str, str]], device: str, batch_size: int = 64
+) -> list[list[float]]:
     """The official causal scorer: per batch of 64 pairs in file order, each candidate padded and
     run on its own, full log-softmax, gather, phrase-mask sum (whole sentence after BOS)."""
     import torch
@@ -93,7 +105,7 @@ def reference_scores(model: Any, tok: Any, pairs: list[tuple[str, str]], device:
     out: list[list[float]] = []
     with torch.inference_mode():
         for s in range(0, len(pairs), batch_size):
-            batch = pairs[s:s + batch_size]
+            batch = pairs[s : s + batch_size]
             cand_scores = []
             for c in range(2):
                 seqs = [[tok.bos_token_id] + tok(p[c], add_special_tokens=False)["input_ids"] for p in batch]
@@ -101,7 +113,7 @@ def reference_scores(model: Any, tok: Any, pairs: list[tuple[str, str]], device:
                 ids = torch.full((len(seqs), width), tok.pad_token_id)
                 att = torch.zeros((len(seqs), width), dtype=torch.long)
                 for i, q in enumerate(seqs):
-                    ids[i, :len(q)], att[i, :len(q)] = torch.tensor(q), 1
+                    ids[i, : len(q)], att[i, : len(q)] = torch.tensor(q), 1
                 ids, att = ids.to(device), att.to(device)
                 logits = model(input_ids=ids[:, :-1], attention_mask=att[:, :-1]).logits
                 logp = torch.log_softmax(logits.float(), dim=-1)
@@ -139,12 +151,18 @@ def token_counts(tok: Any, pairs: list[tuple[str, str]], reqs: list[Any], batch_
     from cdhpc.evals.engine import pack_requests
 
     lens = [[len(tok(p[c], add_special_tokens=False)["input_ids"]) for c in range(2)] for p in pairs]
-    ref = sum(len(lens[s:s + 64]) * max(x[c] for x in lens[s:s + 64])
-              for s in range(0, len(pairs), 64) for c in range(2))
+    ref = sum(
+        len(lens[s : s + 64]) * max(x[c] for x in lens[s : s + 64])
+        for s in range(0, len(pairs), 64)
+        for c in range(2)
+    )
     rows = pack_requests(tok, reqs)
     ours = sum(len(b) * len(b[0].ids) for b in plan_batches(rows, batch_size))
-    return {"ref_tokens_per_pair": ref / len(pairs), "our_tokens_per_pair": ours / len(pairs),
-            "our_head_rows_per_pair": sum(len(np.unique(r.pair_nodes)) for r in rows) / len(pairs)}
+    return {
+        "ref_tokens_per_pair": ref / len(pairs),
+        "our_tokens_per_pair": ours / len(pairs),
+        "our_head_rows_per_pair": sum(len(np.unique(r.pair_nodes)) for r in rows) / len(pairs),
+    }
 
 
 def run(argv: list[str]) -> dict:
@@ -160,9 +178,15 @@ def run(argv: list[str]) -> dict:
     ap.add_argument("--pairs", type=int, default=None, help="default 2000 (cpu), 8000 (cuda)")
     ap.add_argument("--batch-size", type=int, default=None, help="ours: rows per batch")
     ap.add_argument("--repeats", type=int, default=None, help="interleaved runs; fastest kept (default 5)")
-    ap.add_argument("--checkpoints", type=int, default=None,
-                    help="measure the pack cache instead: N checkpoints of one run with it vs one at a time without")
-    ap.add_argument("--preset", choices=sorted(PRESETS), default=None, help="model size (default: the device's)")
+    ap.add_argument(
+        "--checkpoints",
+        type=int,
+        default=None,
+        help="measure the pack cache instead: N checkpoints of one run with it vs one at a time without",
+    )
+    ap.add_argument(
+        "--preset", choices=sorted(PRESETS), default=None, help="model size (default: the device's)"
+    )
     args = ap.parse_args(argv)
     if args.checkpoints is not None:
         return run_checkpoints(args)
@@ -174,21 +198,37 @@ def run(argv: list[str]) -> dict:
     reqs = [ScoreRequest("", s) for p in pairs for s in p]
     warm = min(128, n)
     reference_scores(model, tok, pairs[:warm], args.device)
-    score_candidates(model, tok, reqs[:2 * warm], batch_size=bs, device=args.device)
+    score_candidates(model, tok, reqs[: 2 * warm], batch_size=bs, device=args.device)
     results, best = _interleaved(
-        {"peer": lambda: reference_scores(model, tok, pairs, args.device),
-         "ours": lambda: score_candidates(model, tok, reqs, batch_size=bs, device=args.device)},
-        args.device, args.repeats)
+        {
+            "peer": lambda: reference_scores(model, tok, pairs, args.device),
+            "ours": lambda: score_candidates(model, tok, reqs, batch_size=bs, device=args.device),
+        },
+        args.device,
+        args.repeats,
+    )
     ref, ours, t_ref, t_ours = results["peer"], results["ours"], best["peer"], best["ours"]
-    ours_pairs = [ours[2 * i:2 * i + 2] for i in range(n)]
+    ours_pairs = [ours[2 * i : 2 * i + 2] for i in range(n)]
     same = all((o[0] >= o[1]) == (r[0] >= r[1]) for o, r in zip(ours_pairs, ref))
     max_diff = max(abs(a - b) for o, r in zip(ours_pairs, ref) for a, b in zip(o, r))
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-    return {"bench": "eval", "device": device_name, "ours": n / t_ours, "peer": n / t_ref,
-            "ratio": t_ref / t_ours, "unit": "pairs/s", "pairs": n, "identical_decisions": same,
-            "max_abs_score_diff": max_diff, "model": PRESETS[args.preset or args.device], "batch_size_ours": bs,
-            "threads": torch.get_num_threads(), "ours_s": t_ours, "peer_s": t_ref,
-            **token_counts(tok, pairs, reqs, bs)}
+    return {
+        "bench": "eval",
+        "device": device_name,
+        "ours": n / t_ours,
+        "peer": n / t_ref,
+        "ratio": t_ref / t_ours,
+        "unit": "pairs/s",
+        "pairs": n,
+        "identical_decisions": same,
+        "max_abs_score_diff": max_diff,
+        "model": PRESETS[args.preset or args.device],
+        "batch_size_ours": bs,
+        "threads": torch.get_num_threads(),
+        "ours_s": t_ours,
+        "peer_s": t_ref,
+        **token_counts(tok, pairs, reqs, bs),
+    }
 
 
 def write_run(root: Any, model: Any, tok: Any, n: int) -> list[Any]:
@@ -217,9 +257,21 @@ def write_blimp(root: Any, pairs: list[tuple[str, str]], files: int = 8) -> Any:
     for f in range(files):
         path = out / "full_eval" / "blimp_filtered" / f"phenomenon_{f}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps({"sentence_good": g, "sentence_bad": b, "field": "syntax",
-                                            "linguistics_term": "order", "UID": f"phenomenon_{f}"}) + "\n"
-                                for g, b in pairs[f * per:(f + 1) * per]))
+        path.write_text(
+            "".join(
+                json.dumps(
+                    {
+                        "sentence_good": g,
+                        "sentence_bad": b,
+                        "field": "syntax",
+                        "linguistics_term": "order",
+                        "UID": f"phenomenon_{f}",
+                    }
+                )
+                + "\n"
+                for g, b in pairs[f * per : (f + 1) * per]
+            )
+        )
     return out
 
 
@@ -234,8 +286,9 @@ def _evaluate_all(folders: list[Any], data: Any, out: Any, options: Any, cache: 
         if cold_memo:
             packcache.clear_memo()
         evaluate_task(folder, "blimp", data, out / str(k), options=options, cache_dir=cache)
-        outputs.append({p.name: p.read_bytes() for p in sorted((out / str(k)).iterdir())
-                        if p.name != "summary.json"})  # summary.json names the model folder only
+        outputs.append(
+            {p.name: p.read_bytes() for p in sorted((out / str(k)).iterdir()) if p.name != "summary.json"}
+        )  # summary.json names the model folder only
     return outputs
 
 
@@ -272,18 +325,32 @@ def run_checkpoints(args: Any) -> dict:
             return _evaluate_all(folders, data, root / "out", options, root / "fresh", False)
 
         results, best = _interleaved(
-            {"uncached": lambda: _evaluate_all(folders, data, root / "out", options, None, True),
-             "cached": fresh,
-             "disk": lambda: _evaluate_all(folders, data, root / "out", options, warm, True)},
-            args.device, args.repeats or 5)  # 5: on a shared machine 3 left the ratio 1.2-1.7
+            {
+                "uncached": lambda: _evaluate_all(folders, data, root / "out", options, None, True),
+                "cached": fresh,
+                "disk": lambda: _evaluate_all(folders, data, root / "out", options, warm, True),
+            },
+            args.device,
+            args.repeats or 5,
+        )  # 5: on a shared machine 3 left the ratio 1.2-1.7
         assert results["cached"] == results["uncached"] == results["disk"], "the cache changed a score"
         assert len({o["predictions.jsonl"] for o in results["uncached"]}) == n, "checkpoints must differ"
     finally:
         shutil.rmtree(root, ignore_errors=True)
     per = {k: v / n for k, v in best.items()}
-    return {"bench": "eval-checkpoints", "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
-            "checkpoints": n, "pairs": pairs_n, "model": PRESETS[preset], "preset": preset,
-            "uncached_s_per_checkpoint": per["uncached"], "cached_s_per_checkpoint": per["cached"],
-            "disk_cached_s_per_checkpoint": per["disk"], "ratio": per["uncached"] / per["cached"],
-            "ratio_disk": per["uncached"] / per["disk"], "identical_outputs": True,
-            "batch_size": options.batch_size, "threads": torch.get_num_threads()}
+    return {
+        "bench": "eval-checkpoints",
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        "checkpoints": n,
+        "pairs": pairs_n,
+        "model": PRESETS[preset],
+        "preset": preset,
+        "uncached_s_per_checkpoint": per["uncached"],
+        "cached_s_per_checkpoint": per["cached"],
+        "disk_cached_s_per_checkpoint": per["disk"],
+        "ratio": per["uncached"] / per["cached"],
+        "ratio_disk": per["uncached"] / per["disk"],
+        "identical_outputs": True,
+        "batch_size": options.batch_size,
+        "threads": torch.get_num_threads(),
+    }

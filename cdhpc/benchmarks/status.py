@@ -3,7 +3,8 @@ workdir of N planned steps (80% done with receipts, outputs and job records, 5% 
 not started).
 
 ours: one refresh after a new receipt arrived (ingest of what changed, query, step states), median
-of R; the app's whole refresh (every view rebuilt, Steps tab shown) is reported beside it. peer: the naive refresh, re-parsing every receipt
+of R; the app's whole refresh (every view rebuilt, Steps tab shown) is reported beside it. peer: the naive
+refresh, re-parsing every receipt
 and job record JSON each time and checking outputs. Also measured: start-up to first render of
 the app in a fresh process (the manifest already ingested, as the launcher leaves it), and the
 cold first ingest of all receipts.
@@ -29,32 +30,68 @@ from typing import Any
 
 from cdhpc.sweep.workdir import Workdir
 
-STAGE_MIX = (("prepare", 1), ("tokenizer", 1), ("pretrain", 0.004), ("select", 0.002), ("generate", 0.2),
-             ("corpus", 0.002), ("evaluate", None), ("aggregate", 1))
+STAGE_MIX = (
+    ("prepare", 1),
+    ("tokenizer", 1),
+    ("pretrain", 0.004),
+    ("select", 0.002),
+    ("generate", 0.2),
+    ("corpus", 0.002),
+    ("evaluate", None),
+    ("aggregate", 1),
+)
 
 
 def plan_steps(n_steps: int) -> list[dict[str, Any]]:
     """Pure: n_steps step dicts shaped like plan.json's, stages in pipeline proportions."""
-    counts = {st: (int(share) if share is not None and share >= 1 else int((share or 0) * n_steps)) for st, share in STAGE_MIX}
+    counts = {
+        st: (int(share) if share is not None and share >= 1 else int((share or 0) * n_steps))
+        for st, share in STAGE_MIX
+    }
     counts["evaluate"] = n_steps - sum(counts.values())
     steps = []
     for stage, n in counts.items():
         for i in range(n):
             params: dict[str, Any] = {"i": i}
             if stage == "evaluate":
-                params = {"method": f"m{i % 8}", "synthetic_share": 0.3, "seed": i % 3, "step": 100 * (i // 24 % 50),
-                          "task": f"task{i // 8 % 3}", "run": f"m{i % 8}-s{i % 3}"}
+                params = {
+                    "method": f"m{i % 8}",
+                    "synthetic_share": 0.3,
+                    "seed": i % 3,
+                    "step": 100 * (i // 24 % 50),
+                    "task": f"task{i // 8 % 3}",
+                    "run": f"m{i % 8}-s{i % 3}",
+                }
             key = f"{len(steps):016x}"
-            steps.append({"stage": stage, "name": f"{stage}-{i:05d}", "key": key, "params": params, "inputs": {},
-                          "options": {}, "resources": {"gpus_per_node": 1 if stage in ("pretrain", "generate") else 0}})
+            steps.append(
+                {
+                    "stage": stage,
+                    "name": f"{stage}-{i:05d}",
+                    "key": key,
+                    "params": params,
+                    "inputs": {},
+                    "options": {},
+                    "resources": {"gpus_per_node": 1 if stage in ("pretrain", "generate") else 0},
+                }
+            )
     return steps
 
 
 def _rows(step: dict[str, Any], i: int) -> dict[str, list[dict]]:
     if step["stage"] == "evaluate":
         p = step["params"]
-        return {"scores": [{"run": p["run"], "method": p["method"], "seed": p["seed"], "step": p["step"],
-                            "task": p["task"], "score": 50.0 + i % 17}]}
+        return {
+            "scores": [
+                {
+                    "run": p["run"],
+                    "method": p["method"],
+                    "seed": p["seed"],
+                    "step": p["step"],
+                    "task": p["task"],
+                    "score": 50.0 + i % 17,
+                }
+            ]
+        }
     if step["stage"] == "generate":
         return {"shards": [{"method": "m0", "shard": i, "tokens": 1000 + i}]}
     return {}
@@ -62,26 +99,55 @@ def _rows(step: dict[str, Any], i: int) -> dict[str, list[dict]]:
 
 def write_step(workdir: Path, step: dict[str, Any], i: int, status: str, now: float) -> None:
     """One step's output file, receipt and job record (plain writes: a fixture, not a job)."""
-    from cdhpc.sweep.receipts import OutputFile, Receipt
     from cdhpc.base.atomicio import sha256_file
+    from cdhpc.sweep.receipts import OutputFile, Receipt
 
     out = Workdir(workdir).step_dir(step["stage"], step["name"], step["key"]) / "out.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(f"output {i}\n")
     st = out.stat()
-    outputs = [OutputFile(path=str(out.relative_to(workdir)), sha256=sha256_file(out), bytes=st.st_size, mtime_ns=st.st_mtime_ns)]
-    receipt = Receipt(key=step["key"], stage=step["stage"], name=step["name"], status=status, spec=step,
-                      outputs=outputs if status == "ok" else [], rows=_rows(step, i) if status == "ok" else {},
-                      started=now - 60 - i % 50, finished=now - i % 50, host=f"node{i % 7}",
-                      error=None if status == "ok" else "RuntimeError: synthetic failure")
+    outputs = [
+        OutputFile(
+            path=str(out.relative_to(workdir)),
+            sha256=sha256_file(out),
+            bytes=st.st_size,
+            mtime_ns=st.st_mtime_ns,
+        )
+    ]
+    receipt = Receipt(
+        key=step["key"],
+        stage=step["stage"],
+        name=step["name"],
+        status=status,
+        spec=step,
+        outputs=outputs if status == "ok" else [],
+        rows=_rows(step, i) if status == "ok" else {},
+        started=now - 60 - i % 50,
+        finished=now - i % 50,
+        host=f"node{i % 7}",
+        error=None if status == "ok" else "RuntimeError: synthetic failure",
+    )
     path = Workdir(workdir).receipt(step["stage"], step["name"], step["key"])
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(receipt.model_dump_json(indent=1))
     job = Workdir(workdir).job_record(step["stage"], step["name"], step["key"])
     job.parent.mkdir(parents=True, exist_ok=True)
-    job.write_text(json.dumps({"key": step["key"], "executor": "local", "job_id": str(900000 + i), "array_index": None,
-                               "state": "COMPLETED" if status == "ok" else "FAILED", "attempt": 1,
-                               "submitted": now - 100, "updated": now, "stdout": None, "stderr": None}))
+    job.write_text(
+        json.dumps(
+            {
+                "key": step["key"],
+                "executor": "local",
+                "job_id": str(900000 + i),
+                "array_index": None,
+                "state": "COMPLETED" if status == "ok" else "FAILED",
+                "attempt": 1,
+                "submitted": now - 100,
+                "updated": now,
+                "stdout": None,
+                "stderr": None,
+            }
+        )
+    )
 
 
 def build_workdir(workdir: Path, n_steps: int) -> list[dict[str, Any]]:
@@ -89,7 +155,9 @@ def build_workdir(workdir: Path, n_steps: int) -> list[dict[str, Any]]:
     steps = plan_steps(n_steps)
     workdir.mkdir(parents=True, exist_ok=True)
     Workdir(workdir).marker.write_text(json.dumps({"sweep": "bench-status"}))
-    Workdir(workdir).plan.write_text(json.dumps({"sweep": "bench-status", "until": "aggregate", "steps": steps}))
+    Workdir(workdir).plan.write_text(
+        json.dumps({"sweep": "bench-status", "until": "aggregate", "steps": steps})
+    )
     now = time.time()
     for i, step in enumerate(steps):
         if i % 20 < 16:
@@ -167,7 +235,10 @@ def slurm_poll_parse_s(n_steps: int, live_share: float = 0.2) -> float:
 
     n = int(n_steps * live_share)
     answer = "\n".join(f"{7000 + i // 100}_{i % 100}|{'RUNNING' if i % 3 else 'PENDING'}" for i in range(n))
-    records = [{"job_id": str(7000 + i // 100), "array_index": i % 100, "state": "PENDING", "submitted": 0.0} for i in range(n)]
+    records = [
+        {"job_id": str(7000 + i // 100), "array_index": i % 100, "state": "PENDING", "submitted": 0.0}
+        for i in range(n)
+    ]
     t0 = time.perf_counter()
     states = parse_states(answer)
     changed = sum(record_state(r, states, False, 1.0) != r["state"] for r in records)
@@ -181,7 +252,8 @@ t0 = time.perf_counter()
 p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 _, status, usage = os.wait4(p.pid, 0)
 wall = time.perf_counter() - t0
-print(wall, usage.ru_maxrss, os.waitstatus_to_exitcode(status), p.stderr.read().decode()[-2000:].replace(chr(10), " "))
+err = p.stderr.read().decode()[-2000:].replace(chr(10), " ")
+print(wall, usage.ru_maxrss, os.waitstatus_to_exitcode(status), err)
 """
 
 
@@ -190,7 +262,9 @@ def once_process(workdir: Path, env: dict[str, str]) -> tuple[float, float]:
     alone. A small probe process starts it and reads its rusage (os.wait4): started from this big
     process instead, a child's peak RSS would count this process's pages, copied at fork."""
     cmd = [sys.executable, "-c", ONCE_PROBE, sys.executable, "-m", "cdhpc", "status", str(workdir), "--once"]
-    wall, rss_kb, code, err = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout.split(" ", 3)
+    wall, rss_kb, code, err = subprocess.run(
+        cmd, env=env, capture_output=True, text=True, check=True
+    ).stdout.split(" ", 3)
     if int(code) not in (0, 1):  # 1: the synthetic sweep has failed steps
         raise RuntimeError(f"cdhpc status --once failed: {err}")
     return float(wall), int(rss_kb) / 1024
@@ -206,13 +280,23 @@ def cancel_plan_s(n_steps: int, array_size: int = 100) -> float:
     jobs, steps, states = {}, [], {}
     for i in range(n_steps):
         key = f"{i:016x}"
-        jobs[key] = {"key": key, "executor": "slurm", "job_id": str(7000 + i // array_size), "array_index": i % array_size,
-                     "state": "PENDING", "path": f"jobs/evaluate/s{i}-{key[:8]}.json", "submitted": 0.0}
+        jobs[key] = {
+            "key": key,
+            "executor": "slurm",
+            "job_id": str(7000 + i // array_size),
+            "array_index": i % array_size,
+            "state": "PENDING",
+            "path": f"jobs/evaluate/s{i}-{key[:8]}.json",
+            "submitted": 0.0,
+        }
         steps.append({"key": key, "stage": "evaluate", "name": f"s{i}"})
         states[key] = "queued"
     snap = Snapshot(workdir=Path("."), steps=steps, states=states, jobs=jobs)
     calls: list[list[str]] = []
-    real, actions.subprocess.run = actions.subprocess.run, lambda cmd, **kw: calls.append(cmd)  # a fake scancel
+    real, actions.subprocess.run = (
+        actions.subprocess.run,
+        lambda cmd, **kw: calls.append(cmd),
+    )  # a fake scancel
     try:
         t0 = time.perf_counter()
         actions.cancel_steps(snap, list(jobs))
@@ -240,9 +324,15 @@ def big_case(n_steps: int, repeats: int, env: dict[str, str]) -> dict[str, Any]:
         t0 = time.perf_counter()
         naive_refresh(workdir)
         naive_s = time.perf_counter() - t0
-    return {"once_steps": n_steps, "once_wall_s": min(w for w, _ in once), "once_peak_rss_mb": max(r for _, r in once),
-            "once_first_wall_s": once[0][0], "once_naive_refresh_s": naive_s,
-            "cancel_steps": n_steps, "cancel_plan_s": min(cancel_plan_s(n_steps) for _ in range(max(1, min(repeats, 3))))}
+    return {
+        "once_steps": n_steps,
+        "once_wall_s": min(w for w, _ in once),
+        "once_peak_rss_mb": max(r for _, r in once),
+        "once_first_wall_s": once[0][0],
+        "once_naive_refresh_s": naive_s,
+        "cancel_steps": n_steps,
+        "cancel_plan_s": min(cancel_plan_s(n_steps) for _ in range(max(1, min(repeats, 3)))),
+    }
 
 
 def run(argv: list[str]) -> dict:
@@ -253,7 +343,9 @@ def run(argv: list[str]) -> dict:
     p = argparse.ArgumentParser(prog="python -m cdhpc.bench status")
     p.add_argument("--steps", type=int, default=10_000)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--big-steps", type=int, default=46_000, help="the `status --once` and cancel case (0: skip)")
+    p.add_argument(
+        "--big-steps", type=int, default=46_000, help="the `status --once` and cancel case (0: skip)"
+    )
     p.add_argument("--device", default="cpu", help="ignored: status is CPU and disk only")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
@@ -266,7 +358,9 @@ def run(argv: list[str]) -> dict:
         cold_ingest_s = time.perf_counter() - t0
         env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
         t0 = time.perf_counter()
-        out = subprocess.run([sys.executable, "-c", STARTUP, str(workdir)], capture_output=True, text=True, env=env, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", STARTUP, str(workdir)], capture_output=True, text=True, env=env, check=True
+        )
         startup_wall_s = time.perf_counter() - t0
         times = asyncio.run(_refresh_times(workdir, steps, args.repeats))
         peer = []
@@ -277,7 +371,20 @@ def run(argv: list[str]) -> dict:
     ours, theirs = statistics.median(times["read"]), statistics.median(peer)
     poll_s = slurm_poll_parse_s(args.steps)
     big = big_case(args.big_steps, args.repeats, env) if args.big_steps > 0 else {}
-    return {"bench": "status", "device": "cpu", "ours": ours, "peer": theirs, "ratio": theirs / ours,
-            "unit": "s per refresh (ingest+query+states, one new receipt); ratio = times faster", "steps": args.steps,
-            "refresh_idle_s": statistics.median(times["idle"]), "ui_refresh_s": statistics.median(times["ui"]), "startup_first_render_s": float(out.stdout.split()[0]),
-            "startup_process_wall_s": startup_wall_s, "slurm_poll_own_s": poll_s, "cold_ingest_s": cold_ingest_s, "repeats": args.repeats, **big}
+    return {
+        "bench": "status",
+        "device": "cpu",
+        "ours": ours,
+        "peer": theirs,
+        "ratio": theirs / ours,
+        "unit": "s per refresh (ingest+query+states, one new receipt); ratio = times faster",
+        "steps": args.steps,
+        "refresh_idle_s": statistics.median(times["idle"]),
+        "ui_refresh_s": statistics.median(times["ui"]),
+        "startup_first_render_s": float(out.stdout.split()[0]),
+        "startup_process_wall_s": startup_wall_s,
+        "slurm_poll_own_s": poll_s,
+        "cold_ingest_s": cold_ingest_s,
+        "repeats": args.repeats,
+        **big,
+    }

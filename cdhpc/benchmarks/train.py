@@ -3,8 +3,8 @@
 Both run the same model (same seed), the same batches, AdamW with the same schedule, gradient
 clipping 1.0 and the same gradient accumulation, alternating step by step in one process so
 machine noise hits both alike; each rate comes from the median step time. ``ratio`` = ours / peer
-tokens per second (1 - ratio = DeepSpeed's overhead). The peer on GPU keeps fp32 weights under ``torch.autocast(bf16)`` (PyTorch's own mixed
-precision); on CPU both run fp32.
+tokens per second (1 - ratio = DeepSpeed's overhead). The peer on GPU keeps fp32 weights under
+``torch.autocast(bf16)`` (PyTorch's own mixed precision); on CPU both run fp32.
 """
 
 from __future__ import annotations
@@ -39,10 +39,19 @@ def _args(argv: list[str]) -> argparse.Namespace:
 def _spec(args: argparse.Namespace):
     from cdhpc.lm.train import TrainSpec
 
-    return TrainSpec(preset=args.preset, vocab_size=args.vocab_size, seed=0, steps=10**6,
-                     checkpoint_every=10**6, warmup_steps=10, global_batch=args.micro_batch
-                     * args.accumulation, micro_batch=args.micro_batch, seq_len=args.seq_len,
-                     precision=args.precision, compile=args.compile)
+    return TrainSpec(
+        preset=args.preset,
+        vocab_size=args.vocab_size,
+        seed=0,
+        steps=10**6,
+        checkpoint_every=10**6,
+        warmup_steps=10,
+        global_batch=args.micro_batch * args.accumulation,
+        micro_batch=args.micro_batch,
+        seq_len=args.seq_len,
+        precision=args.precision,
+        compile=args.compile,
+    )
 
 
 class _PlainLoop:
@@ -59,8 +68,9 @@ class _PlainLoop:
         if spec.compile and device.startswith("cuda"):
             self.model = torch.compile(self.model)
         fused = {"fused": True} if device.startswith("cuda") else {}
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=spec.lr, betas=spec.betas,
-                                     weight_decay=spec.weight_decay, **fused)
+        self.opt = torch.optim.AdamW(
+            self.model.parameters(), lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay, **fused
+        )
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_at(s, spec) / spec.lr)
         self.device, self.bf16, self.keep_grads = device, spec.precision == "bf16", keep_grads
 
@@ -112,13 +122,25 @@ def run(argv: list[str]) -> dict:
     device, _, world_size = _init_distributed()
     with tempfile.TemporaryDirectory() as tmp:
         rng = np.random.default_rng(0)
-        write_token_array(Path(tmp) / "a", [rng.integers(4, args.vocab_size, 200_000)],
-                          args.vocab_size, {"kind": "benchmark"})
-        batches = MixedBatches(TokenArray.open(Path(tmp) / "a"), global_batch=spec.global_batch,
-                               micro_batch=spec.micro_batch, seq_len=spec.seq_len, seed=0)
+        write_token_array(
+            Path(tmp) / "a",
+            [rng.integers(4, args.vocab_size, 200_000)],
+            args.vocab_size,
+            {"kind": "benchmark"},
+        )
+        batches = MixedBatches(
+            TokenArray.open(Path(tmp) / "a"),
+            global_batch=spec.global_batch,
+            micro_batch=spec.micro_batch,
+            seq_len=spec.seq_len,
+            seed=0,
+        )
         ours = build_engine(spec, world_size, device)
-        sides = {"ours": lambda mb: train_step(ours, mb), "peer": _PlainLoop(spec, device).step,
-                 "peer_keep_grads": _PlainLoop(spec, device, keep_grads=True).step}
+        sides = {
+            "ours": lambda mb: train_step(ours, mb),
+            "peer": _PlainLoop(spec, device).step,
+            "peer_keep_grads": _PlainLoop(spec, device, keep_grads=True).step,
+        }
         times: dict[str, list[float]] = {name: [] for name in sides}
         names = list(sides)
         for step in range(args.warmup + args.steps):  # alternate step by step: noise hits all
@@ -131,13 +153,26 @@ def run(argv: list[str]) -> dict:
     tokens = spec.global_batch * spec.seq_len
     rate = {name: tokens / statistics.median(ts) for name, ts in times.items()}
     peak = peak_flops(device, spec.precision)
-    return {"bench": "train", "device": torch.cuda.get_device_name() if device != "cpu" else "cpu",
-            "ours": rate["ours"], "peer": rate["peer"], "ratio": rate["ours"] / rate["peer"],
-            "unit": "tokens/s", "overhead": 1.0 - rate["ours"] / rate["peer"],
-            "peer_keep_grads": rate["peer_keep_grads"],
-            "ratio_vs_keep_grads": rate["ours"] / rate["peer_keep_grads"],
-            "mfu_ours": mfu(rate["ours"], spec.preset, spec.vocab_size, spec.seq_len, peak),
-            "mfu_peer": mfu(rate["peer"], spec.preset, spec.vocab_size, spec.seq_len, peak),
-            "peak_flops": peak, "preset": spec.preset, "vocab_size": spec.vocab_size,
-            "seq_len": spec.seq_len, "micro_batch": spec.micro_batch,
-            "accumulation": args.accumulation, "precision": spec.precision, "steps": args.steps, "threads": torch.get_num_threads(), "compile": args.compile}
+    return {
+        "bench": "train",
+        "device": torch.cuda.get_device_name() if device != "cpu" else "cpu",
+        "ours": rate["ours"],
+        "peer": rate["peer"],
+        "ratio": rate["ours"] / rate["peer"],
+        "unit": "tokens/s",
+        "overhead": 1.0 - rate["ours"] / rate["peer"],
+        "peer_keep_grads": rate["peer_keep_grads"],
+        "ratio_vs_keep_grads": rate["ours"] / rate["peer_keep_grads"],
+        "mfu_ours": mfu(rate["ours"], spec.preset, spec.vocab_size, spec.seq_len, peak),
+        "mfu_peer": mfu(rate["peer"], spec.preset, spec.vocab_size, spec.seq_len, peak),
+        "peak_flops": peak,
+        "preset": spec.preset,
+        "vocab_size": spec.vocab_size,
+        "seq_len": spec.seq_len,
+        "micro_batch": spec.micro_batch,
+        "accumulation": args.accumulation,
+        "precision": spec.precision,
+        "steps": args.steps,
+        "threads": torch.get_num_threads(),
+        "compile": args.compile,
+    }

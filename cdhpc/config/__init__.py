@@ -14,9 +14,22 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError
 
-from cdhpc.config.sections import (DataConfig, EvalConfig, ExecutorConfig, LocalPath, MethodConfig, Name,
-    PAPER_DELTA_TASKS, PretrainConfig, RetrainConfig, Seed, SelectConfig, StatsConfig, Strict,
-    TokenizerConfig)
+from cdhpc.config.sections import (
+    PAPER_DELTA_TASKS,
+    DataConfig,
+    EvalConfig,
+    ExecutorConfig,
+    LocalPath,
+    MethodConfig,
+    Name,
+    PretrainConfig,
+    RetrainConfig,
+    Seed,
+    SelectConfig,
+    StatsConfig,
+    Strict,
+    TokenizerConfig,
+)
 from cdhpc.config.yamlio import ConfigError, Loc, format_pydantic_errors, load_yaml, locate
 from cdhpc.lm.model import PRESETS, ModelPreset
 
@@ -80,12 +93,16 @@ def _apply_generation_defaults(raw: dict) -> tuple[dict, dict[Loc, Loc]]:
             own = method.get("generation") or {}
             if isinstance(own, dict):
                 method = {**method, "generation": {**defaults, **own}}
-                moved |= {("methods", name, "generation", k): ("generation", k) for k in defaults if k not in own}
+                moved |= {
+                    ("methods", name, "generation", k): ("generation", k) for k in defaults if k not in own
+                }
         merged[name] = method
     return {**raw, "methods": merged}, moved
 
 
-def load_config(path: str | Path, overrides: list[str] = (), *, allow_missing_paths: bool = False) -> SweepConfig:
+def load_config(
+    path: str | Path, overrides: list[str] = (), *, allow_missing_paths: bool = False
+) -> SweepConfig:
     """Read, override, validate and cross-check a sweep.yaml. Raises ConfigError. Top-level keys
     starting with ``x-`` hold shared YAML anchors and are ignored. With `allow_missing_paths`
     (the dry-run), data paths that do not exist yet are logged as warnings instead."""

@@ -30,8 +30,9 @@ class DataSourceError(ValueError):
 
 def saved_dataset(path: Path) -> bool:
     """`path` is a folder written by ``Dataset(Dict).save_to_disk``."""
-    return (path / "dataset_dict.json").is_file() or ((path / "state.json").is_file()
-                                                      and (path / "dataset_info.json").is_file())
+    return (path / "dataset_dict.json").is_file() or (
+        (path / "state.json").is_file() and (path / "dataset_info.json").is_file()
+    )
 
 
 def source_kind(value: str | Path) -> Kind | None:
@@ -54,7 +55,8 @@ def hub_snapshot(repo_id: str, key: str) -> Path:
         raise DataSourceError(
             f"{key}={repo_id!r} is neither a local path nor a dataset in the local Hugging Face cache "
             f"({type(e).__name__}); fetch it first where there is network "
-            f"(huggingface-cli download --repo-type dataset {repo_id}) or give a local folder") from None
+            f"(huggingface-cli download --repo-type dataset {repo_id}) or give a local folder"
+        ) from None
 
 
 def load(value: str | Path, key: str, cache_dir: Path) -> tuple[Any, str]:
@@ -77,12 +79,16 @@ def load(value: str | Path, key: str, cache_dir: Path) -> tuple[Any, str]:
 def _columns(ds: Any, key: str, value: Any, splits: tuple[str, ...], columns: tuple[str, ...]) -> None:
     for split in splits:
         if split not in ds:
-            raise DataSourceError(f"{key}={value}: no split {split!r} (has {', '.join(sorted(ds))}); "
-                                  f"expected splits {', '.join(splits)}")
+            raise DataSourceError(
+                f"{key}={value}: no split {split!r} (has {', '.join(sorted(ds))}); "
+                f"expected splits {', '.join(splits)}"
+            )
         missing = [c for c in columns if c not in ds[split].column_names]
         if missing:
-            raise DataSourceError(f"{key}={value}: split {split!r} has no column {missing[0]!r} "
-                                  f"(has {', '.join(ds[split].column_names)})")
+            raise DataSourceError(
+                f"{key}={value}: split {split!r} has no column {missing[0]!r} "
+                f"(has {', '.join(ds[split].column_names)})"
+            )
 
 
 def _document(text: str) -> str:
@@ -114,13 +120,18 @@ def materialize_babylm(value: str | Path, out: Path, cache_dir: Path) -> tuple[P
     _columns(ds, "data.babylm_dir", value, ("train", "test"), ("text", "source"))
     for split, folder, suffix in (("train", "train_100M", "train"), ("test", "test", "test")):
         (out / folder).mkdir(parents=True, exist_ok=True)
-        files = {s: open(out / folder / f"{s}.{suffix}", "w", encoding="utf-8", newline="\n") for s in BABYLM_SOURCES}
+        files = {
+            s: open(out / folder / f"{s}.{suffix}", "w", encoding="utf-8", newline="\n")
+            for s in BABYLM_SOURCES
+        }
         try:
             for batch in ds[split].iter(batch_size=1000):
                 for text, source in zip(batch["text"], batch["source"]):
                     if source not in files:
-                        raise DataSourceError(f"data.babylm_dir={value}: split {split!r} has source {source!r}; "
-                                              f"allowed: {', '.join(BABYLM_SOURCES)}")
+                        raise DataSourceError(
+                            f"data.babylm_dir={value}: split {split!r} has source {source!r}; "
+                            f"allowed: {', '.join(BABYLM_SOURCES)}"
+                        )
                     if str(text).strip():
                         files[source].write(_document(text) + "\n\n")
         finally:

@@ -14,7 +14,6 @@ from cdhpc import STAGES
 from cdhpc.base.paths import check_name, path_error
 from cdhpc.evals import TASK_NAMES
 
-
 # Limits of what a sweep may ask for: generous for the study (paper.yaml: 8,000 steps, 16 checkpoints
 # per run, 100M synthetic tokens in 64 shards), small enough that nothing downstream runs out of
 # memory or time planning it. Seeds fit a signed 64-bit integer (SQLite, numpy, torch).
@@ -54,8 +53,9 @@ Share = Annotated[float, Field(ge=0.0, le=1.0)]
 Seed = Annotated[int, Field(ge=0, lt=SEED_BOUND)]
 Name = Annotated[str, AfterValidator(check_name)]
 LocalPath = Annotated[Path, AfterValidator(_local_path)]
-Shares = Annotated[list[Share], AfterValidator(lambda v: _distinct(v, "mix shares (as run names show them)",
-                                                                     _share_label))]
+Shares = Annotated[
+    list[Share], AfterValidator(lambda v: _distinct(v, "mix shares (as run names show them)", _share_label))
+]
 Seeds = Annotated[list[Seed], AfterValidator(lambda v: _distinct(v, "seeds"))]
 Steps = Annotated[list[int], AfterValidator(lambda v: _distinct(v, "checkpoint steps"))]
 Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -67,7 +67,10 @@ class Strict(BaseModel):
     field docstrings are the reference documentation."""
 
     model_config = ConfigDict(
-        extra="forbid", frozen=True, use_attribute_docstrings=True, ser_json_inf_nan="strings",
+        extra="forbid",
+        frozen=True,
+        use_attribute_docstrings=True,
+        ser_json_inf_nan="strings",
         allow_inf_nan=False,
     )
 
@@ -149,7 +152,8 @@ class PretrainConfig(Strict):
     deepspeed: dict[str, JsonValue] = Field(
         default_factory=lambda: {"zero_optimization": {"stage": 0}, "gradient_clipping": 1.0}
     )
-    """DeepSpeed config keys, unchanged, merged into the generated config (JSON: string keys, finite numbers)."""
+    """DeepSpeed config keys, unchanged, merged into the generated config (JSON: string keys, finite
+    numbers)."""
     log_every: upto(MAX_STEPS) = 10
     """Log loss, lr, tokens/s and MFU (on a CPU: matmul utilisation) every this many steps; metrics.jsonl
     (one line per step) is written at the same interval."""
@@ -282,12 +286,14 @@ class EvalConfig(Strict):
     scoring: Literal["official", "joint"] = "official"
     """Which tokens are scored: the official BabyLM 2025 pipeline's rules, or ours (docs/evaluation.md)."""
     wug_metric: Literal["spearman", "accuracy"] = "spearman"
-    """The wug task's score: Spearman's rho with the human ratio (official) or accuracy (the paper's column)."""
+    """The wug task's score: Spearman's rho with the human ratio (official) or accuracy (the paper's
+    column)."""
     truncate: bool = False
     """A sentence-task candidate longer than the model's context: an error naming it (false), or
     cut from the left, counted in summary.json (true; docs/evaluation.md)."""
     dtype: Literal["float32", "bfloat16"] = "float32"
-    """Weights and activations while scoring: float32 (as the official pipeline) or bfloat16 (faster on GPUs)."""
+    """Weights and activations while scoring: float32 (as the official pipeline) or bfloat16 (faster on
+    GPUs)."""
     batch_size: upto(10**6) = 64
     """Scoring batch size (packed rows of about 64 tokens)."""
 
@@ -379,5 +385,3 @@ class ExecutorConfig(Strict):
 
     def resources_for(self, stage: str) -> ResourcesConfig:
         return self.resources.get(stage, ResourcesConfig())
-
-

@@ -25,16 +25,18 @@ import math
 import random
 import re
 from array import array
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 BABYLM_SOURCES = ("gutenberg", "simple_wiki", "open_subtitles")
 TINYSTORIES = "tinystories"
 SOURCES = (*BABYLM_SOURCES, TINYSTORIES)
 SPLITS = ("train", "seed", "test")
 END_OF_TEXT = "<|endoftext|>"
-TINYSTORIES_FILES = (("TinyStoriesV2-GPT4-train.txt", "TinyStoriesV2-GPT4-valid.txt"),
-                     ("TinyStories-train.txt", "TinyStories-valid.txt"))
+TINYSTORIES_FILES = (
+    ("TinyStoriesV2-GPT4-train.txt", "TinyStoriesV2-GPT4-valid.txt"),
+    ("TinyStories-train.txt", "TinyStories-valid.txt"),
+)
 # A sentence ends at . ! ? or an ellipsis, optionally followed by closing quotes/brackets, then
 # whitespace; a line end is always a cut point too (documents never cut inside a word).
 _SENTENCE_END = re.compile(r"[.!?\u2026]+[\"'\u201d\u2019)\]]*\s+|\n")
@@ -112,7 +114,7 @@ def split_sentences(text: str) -> list[str]:
     """Cut `text` after every sentence end and line end; the pieces concatenate back to `text`."""
     pieces, start = [], 0
     for m in _SENTENCE_END.finditer(text):
-        pieces.append(text[start:m.end()])
+        pieces.append(text[start : m.end()])
         start = m.end()
     if start < len(text):
         pieces.append(text[start:])
@@ -130,7 +132,7 @@ def _units(text: str, max_words: int) -> list[tuple[str, int]]:
             continue
         words = _WORD.findall(sentence)  # leading whitespace is dropped: chunks are stripped anyway
         for i in range(0, n, max_words):
-            piece = words[i:i + max_words]
+            piece = words[i : i + max_words]
             units.append(("".join(piece), len(piece)))
     return units
 
@@ -175,13 +177,17 @@ def babylm_paths(babylm_dir: str | Path) -> dict[str, dict[str, Path]]:
     """The BabyLM 2024 files used, as {"train"|"test": {source: path}}. Raises FileNotFoundError
     listing every expected file that is missing."""
     root = Path(babylm_dir)
-    paths = {"train": {s: root / "train_100M" / f"{s}.train" for s in BABYLM_SOURCES},
-             "test": {s: root / "test" / f"{s}.test" for s in BABYLM_SOURCES}}
+    paths = {
+        "train": {s: root / "train_100M" / f"{s}.train" for s in BABYLM_SOURCES},
+        "test": {s: root / "test" / f"{s}.test" for s in BABYLM_SOURCES},
+    }
     missing = [str(p) for split in paths.values() for p in split.values() if not p.is_file()]
     if missing:
-        raise FileNotFoundError(f"data.babylm_dir={root}: missing BabyLM 2024 text files: {', '.join(missing)}. "
-                                "Expected the text_data release layout: train_100M/<source>.train and "
-                                "test/<source>.test for gutenberg, simple_wiki, open_subtitles")
+        raise FileNotFoundError(
+            f"data.babylm_dir={root}: missing BabyLM 2024 text files: {', '.join(missing)}. "
+            "Expected the text_data release layout: train_100M/<source>.train and "
+            "test/<source>.test for gutenberg, simple_wiki, open_subtitles"
+        )
     return paths
 
 
@@ -193,21 +199,29 @@ def tinystories_paths(tinystories: str | Path) -> tuple[Path, Path]:
         pairs = [(path / t, path / v) for t, v in TINYSTORIES_FILES]
         found = [(t, v) for t, v in pairs if t.is_file() and v.is_file()]
         if len(found) > 1:
-            raise ValueError(f"data.tinystories={path}: holds both {found[0][0].name} and {found[1][0].name}; "
-                             "set data.tinystories to the train file you mean")
+            raise ValueError(
+                f"data.tinystories={path}: holds both {found[0][0].name} and {found[1][0].name}; "
+                "set data.tinystories to the train file you mean"
+            )
         if found:
             return found[0]
         expected = " or ".join(f"{t} + {v}" for t, v in pairs)
-        raise FileNotFoundError(f"data.tinystories={path}: no TinyStories train + validation pair; expected {expected}")
+        raise FileNotFoundError(
+            f"data.tinystories={path}: no TinyStories train + validation pair; expected {expected}"
+        )
     if "-train" not in path.name:
-        raise FileNotFoundError(f"data.tinystories={path}: not a directory and not a '*-train*.txt' file; expected a "
-                                f"directory with {' or '.join(t for t, _ in TINYSTORIES_FILES)} (+ -valid), "
-                                "or the train file itself")
+        raise FileNotFoundError(
+            f"data.tinystories={path}: not a directory and not a '*-train*.txt' file; expected a "
+            f"directory with {' or '.join(t for t, _ in TINYSTORIES_FILES)} (+ -valid), "
+            "or the train file itself"
+        )
     valid = path.with_name(path.name.replace("-train", "-valid", 1))
     missing = [str(p) for p in (path, valid) if not p.is_file()]
     if missing:
-        raise FileNotFoundError(f"data.tinystories={path}: missing {', '.join(missing)} (train file and its "
-                                "-valid file beside it)")
+        raise FileNotFoundError(
+            f"data.tinystories={path}: missing {', '.join(missing)} (train file and its "
+            "-valid file beside it)"
+        )
     return path, valid
 
 
@@ -240,8 +254,14 @@ class _DocWriter:
         return {"docs": self.docs, "words": self.words}
 
 
-def _route(docs: Iterable[str], keep: bytearray | None, held_out: frozenset[int], tmp: Path, source: str,
-           chunk_words: tuple[int, int]) -> dict[str, dict[str, int]]:
+def _route(
+    docs: Iterable[str],
+    keep: bytearray | None,
+    held_out: frozenset[int],
+    tmp: Path,
+    source: str,
+    chunk_words: tuple[int, int],
+) -> dict[str, dict[str, int]]:
     """Write the kept documents (all when `keep` is None) to train/ or, when their rank among the
     kept ones is in `held_out`, chunked to seed/."""
     train, seed = _DocWriter(tmp / "train" / f"{source}.txt"), _DocWriter(tmp / "seed" / f"{source}.txt")
@@ -270,36 +290,56 @@ def _copy_docs(src: Path, read: Callable[[Iterable[str]], Iterator[str]], dest: 
     finally:
         counts = writer.close()
     if not counts["docs"]:
-        raise ValueError(f"{src}: no documents (expected text, documents separated by empty lines or {END_OF_TEXT})")
+        raise ValueError(
+            f"{src}: no documents (expected text, documents separated by empty lines or {END_OF_TEXT})"
+        )
     return counts
 
 
-def _babylm_source(path: Path, tmp: Path, source: str, fraction: float, split_seed: int,
-                   chunk_words: tuple[int, int]) -> dict[str, dict[str, int]]:
+def _babylm_source(
+    path: Path, tmp: Path, source: str, fraction: float, split_seed: int, chunk_words: tuple[int, int]
+) -> dict[str, dict[str, int]]:
     n_docs = sum(1 for _ in iter_blank_line_documents(_read_lines(path)))
     if n_docs < 2:
-        raise ValueError(f"{path}: {n_docs} document(s); a train/seed split needs documents separated by empty lines")
+        raise ValueError(
+            f"{path}: {n_docs} document(s); a train/seed split needs documents separated by empty lines"
+        )
     held_out = seed_indices(n_docs, fraction, split_seed)
     return _route(iter_blank_line_documents(_read_lines(path)), None, held_out, tmp, source, chunk_words)
 
 
-def _tinystories_source(path: Path, tmp: Path, max_words: int, fraction: float, split_seed: int,
-                        chunk_words: tuple[int, int]) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+def _tinystories_source(
+    path: Path, tmp: Path, max_words: int, fraction: float, split_seed: int, chunk_words: tuple[int, int]
+) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
     lengths = array("q", (cap_words(s) for s in iter_stories(_read_lines(path))))
     keep = cap_by_words(lengths, max_words, split_seed)
     n_kept = sum(keep)
     if n_kept < 2:
-        raise ValueError(f"{path}: {n_kept} stories within data.tinystories_words={max_words}; need at least 2")
+        raise ValueError(
+            f"{path}: {n_kept} stories within data.tinystories_words={max_words}; need at least 2"
+        )
     held_out = seed_indices(n_kept, fraction, split_seed)
     counts = _route(iter_stories(_read_lines(path)), keep, held_out, tmp, TINYSTORIES, chunk_words)
     kept_words = sum(n for n, k in zip(lengths, keep) if k)
-    return counts, {"stories": len(lengths), "stories_kept": n_kept, "words_kept": kept_words,
-                    "words_cap": max_words}
+    return counts, {
+        "stories": len(lengths),
+        "stories_kept": n_kept,
+        "words_kept": kept_words,
+        "words_cap": max_words,
+    }
 
 
-def build_tinybabylm(babylm_dir: Path, tinystories: Path, out: Path, *, tinystories_words: int = 38_000_000,
-                     seed_fraction: float = 0.05, split_seed: int = 42, chunk_words: tuple[int, int] = (100, 200),
-                     log: Log | None = None) -> dict:
+def build_tinybabylm(
+    babylm_dir: Path,
+    tinystories: Path,
+    out: Path,
+    *,
+    tinystories_words: int = 38_000_000,
+    seed_fraction: float = 0.05,
+    split_seed: int = 42,
+    chunk_words: tuple[int, int] = (100, 200),
+    log: Log | None = None,
+) -> dict:
     """Write the TinyBabyLM corpus to ``out/{train,seed,test}/<source>.txt`` atomically (a temp dir
     beside `out`, renamed into place at the end) and return its counts:
     ``{"corpus": {split: {source: {"docs": n, "words": n}}}, "tinystories": {"stories": n,
@@ -317,18 +357,25 @@ def build_tinybabylm(babylm_dir: Path, tinystories: Path, out: Path, *, tinystor
     with atomic_dir(out) as tmp:
         for source in BABYLM_SOURCES:
             log(f"tinybabylm: {source}: splitting {babylm['train'][source]}")
-            _merge(corpus, source, _babylm_source(babylm["train"][source], tmp, source, seed_fraction, split_seed,
-                                                  chunk_words))
-            corpus["test"][source] = _copy_docs(babylm["test"][source], iter_blank_line_documents,
-                                                tmp / "test" / f"{source}.txt")
+            _merge(
+                corpus,
+                source,
+                _babylm_source(babylm["train"][source], tmp, source, seed_fraction, split_seed, chunk_words),
+            )
+            corpus["test"][source] = _copy_docs(
+                babylm["test"][source], iter_blank_line_documents, tmp / "test" / f"{source}.txt"
+            )
         log(f"tinybabylm: {TINYSTORIES}: selecting up to {tinystories_words} words of {ts_train}")
-        counts, selection = _tinystories_source(ts_train, tmp, tinystories_words, seed_fraction, split_seed,
-                                                chunk_words)
+        counts, selection = _tinystories_source(
+            ts_train, tmp, tinystories_words, seed_fraction, split_seed, chunk_words
+        )
         _merge(corpus, TINYSTORIES, counts)
         corpus["test"][TINYSTORIES] = _copy_docs(ts_valid, iter_stories, tmp / "test" / f"{TINYSTORIES}.txt")
     for split in SPLITS:
-        log(f"tinybabylm: {split}: " + ", ".join(f"{s} {c['docs']} docs {c['words']} words"
-                                                  for s, c in corpus[split].items()))
+        log(
+            f"tinybabylm: {split}: "
+            + ", ".join(f"{s} {c['docs']} docs {c['words']} words" for s, c in corpus[split].items())
+        )
     return {"corpus": corpus, "tinystories": selection}
 
 

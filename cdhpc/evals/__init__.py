@@ -27,8 +27,14 @@ SCORING = ("official", "joint")
 """Which tokens are scored (docs/evaluation.md): the official pipeline's rules, or ours."""
 WUG_METRICS = ("spearman", "accuracy")
 """The `wug` task's metric: Spearman's rho with the human ratio (official), or the paper's accuracy."""
-_METRICS = {"wug_past": "spearman", "comps": "accuracy", "reading": "delta_r2",
-            "eye_tracking": "delta_r2", "aoa": "pearson", "perplexity": "perplexity"}
+_METRICS = {
+    "wug_past": "spearman",
+    "comps": "accuracy",
+    "reading": "delta_r2",
+    "eye_tracking": "delta_r2",
+    "aoa": "pearson",
+    "perplexity": "perplexity",
+}
 
 
 def task_metric(task: str, wug_metric: str = "spearman") -> str:

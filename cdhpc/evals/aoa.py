@@ -49,9 +49,10 @@ from __future__ import annotations
 import json
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -81,8 +82,9 @@ def load_words(path: Path) -> tuple[list[str], list[list[str]]]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise EvalDataError(f"{path}:{err.lineno}: bad JSON ({err.msg} at column {err.colno}); "
-                            f"expected {shape}") from None
+        raise EvalDataError(
+            f"{path}:{err.lineno}: bad JSON ({err.msg} at column {err.colno}); expected {shape}"
+        ) from None
     if not isinstance(data, dict) or not data:
         got = "an empty object" if isinstance(data, dict) else type(data).__name__
         raise EvalDataError(f"{path}: expected {shape}, got {got}")
@@ -91,19 +93,26 @@ def load_words(path: Path) -> tuple[list[str], list[list[str]]]:
         if len(word) <= 1:
             continue
         if not isinstance(entries, list):
-            raise EvalDataError(f"{path}: word {word!r}: expected a list of {{\"context\": str}} "
-                                f"entries, got {type(entries).__name__}")
+            raise EvalDataError(
+                f'{path}: word {word!r}: expected a list of {{"context": str}} '
+                f"entries, got {type(entries).__name__}"
+            )
         for i, entry in enumerate(entries):
             if not isinstance(entry, dict) or "context" not in entry:
-                raise EvalDataError(f"{path}: word {word!r}, entry {i}: no \"context\" field; each "
-                                    "entry must be an object with a \"context\" string")
+                raise EvalDataError(
+                    f'{path}: word {word!r}, entry {i}: no "context" field; each '
+                    'entry must be an object with a "context" string'
+                )
             if not isinstance(entry["context"], str):
-                raise EvalDataError(f"{path}: word {word!r}, entry {i}: \"context\" must be a "
-                                    f"string, got {entry['context']!r}")
+                raise EvalDataError(
+                    f'{path}: word {word!r}, entry {i}: "context" must be a string, got {entry["context"]!r}'
+                )
             if len(entry["context"]) > MAX_LINE_CHARS:
-                raise EvalDataError(f"{path}: word {word!r}, entry {i}: \"context\" has "
-                                    f"{len(entry['context']):,} characters; the limit is "
-                                    f"{MAX_LINE_CHARS:,} (a context is an utterance or a few)")
+                raise EvalDataError(
+                    f'{path}: word {word!r}, entry {i}: "context" has '
+                    f"{len(entry['context']):,} characters; the limit is "
+                    f"{MAX_LINE_CHARS:,} (a context is an utterance or a few)"
+                )
         words.append(word)
         contexts.append([entry["context"] for entry in entries])
     return words, contexts
@@ -114,12 +123,20 @@ def word_requests(words: Sequence[str], contexts: Sequence[Sequence[str]]) -> li
     `context.strip() + " "` then `word.strip()`. Surprisal (nats) = -score."""
     if len(words) != len(contexts):
         raise ValueError(f"{len(words)} words but {len(contexts)} context lists")
-    return [ScoreRequest(context.strip() + " ", word.strip())
-            for word, word_contexts in zip(words, contexts) for context in word_contexts]
+    return [
+        ScoreRequest(context.strip() + " ", word.strip())
+        for word, word_contexts in zip(words, contexts)
+        for context in word_contexts
+    ]
 
 
-def surprisal_rows(step: int, words: Sequence[str], contexts: Sequence[Sequence[str]],
-                   scores: Sequence[float], word_count: int | None = None) -> list[dict[str, Any]]:
+def surprisal_rows(
+    step: int,
+    words: Sequence[str],
+    contexts: Sequence[Sequence[str]],
+    scores: Sequence[float],
+    word_count: int | None = None,
+) -> list[dict[str, Any]]:
     """Official surprisal.json result entries of one checkpoint. `scores`: the engine's summed
     log-probs (nats) of `word_requests(words, contexts)`, in that order; surprisal = -score.
     `step` is the optimizer step; `word_count` (words seen, official field) is None unless known."""
@@ -127,21 +144,35 @@ def surprisal_rows(step: int, words: Sequence[str], contexts: Sequence[Sequence[
     if len(scores) != expected:
         raise ValueError(f"{len(scores)} scores for {expected} (word, context) requests")
     scores_iter = iter(scores)
-    return [{"step": step, "word_count": word_count, "target_word": word, "context_id": i,
-             "context": context, "surprisal": -float(next(scores_iter))}
-            for word, word_contexts in zip(words, contexts, strict=True)
-            for i, context in enumerate(word_contexts)]
+    return [
+        {
+            "step": step,
+            "word_count": word_count,
+            "target_word": word,
+            "context_id": i,
+            "context": context,
+            "surprisal": -float(next(scores_iter)),
+        }
+        for word, word_contexts in zip(words, contexts, strict=True)
+        for i, context in enumerate(word_contexts)
+    ]
 
 
-def surprisal_json(rows: Sequence[dict[str, Any]], model_name: str,
-                   total_steps: int | None = None) -> dict[str, Any]:
+def surprisal_json(
+    rows: Sequence[dict[str, Any]], model_name: str, total_steps: int | None = None
+) -> dict[str, Any]:
     """The official surprisal.json: metadata and the rows of all checkpoints. `total_steps`
     (checkpoints planned) defaults to the number of distinct steps in `rows`."""
     completed = len({r["step"] for r in rows})
-    return {"metadata": {"model_name": model_name, "use_bos_only": False,
-                         "total_steps": completed if total_steps is None else total_steps,
-                         "completed_steps": completed},
-            "results": list(rows)}
+    return {
+        "metadata": {
+            "model_name": model_name,
+            "use_bos_only": False,
+            "total_steps": completed if total_steps is None else total_steps,
+            "completed_steps": completed,
+        },
+        "results": list(rows),
+    }
 
 
 # ----------------------------------------------------------------------------- CDI
@@ -164,10 +195,17 @@ def read_cdi(path: Path) -> CdiData:
     rows = read_csv(path, ("word",))
     ages = [c for c in AGE_COLUMNS if c in rows[0]]
     if not ages:
-        raise EvalDataError(f"{path}:1: no age columns; expected some of "
-                            f"{AGE_COLUMNS[0]!r}..{AGE_COLUMNS[-1]!r} (months) besides 'word'")
-    proportions = np.array([[np.nan if is_na(row[a]) else parse_float(row[a], path, i + 2, a)
-                             for a in ages] for i, row in enumerate(rows)], dtype=np.float64)
+        raise EvalDataError(
+            f"{path}:1: no age columns; expected some of "
+            f"{AGE_COLUMNS[0]!r}..{AGE_COLUMNS[-1]!r} (months) besides 'word'"
+        )
+    proportions = np.array(
+        [
+            [np.nan if is_na(row[a]) else parse_float(row[a], path, i + 2, a) for a in ages]
+            for i, row in enumerate(rows)
+        ],
+        dtype=np.float64,
+    )
     words = tuple(None if is_na(row["word"]) else row["word"] for row in rows)
     return CdiData(words, tuple(int(a) for a in ages), proportions)
 
@@ -318,8 +356,10 @@ def curve_fitness(rows: Sequence[dict[str, Any]], cdi: CdiData) -> AoaResult:
 def word_rows(result: AoaResult) -> list[dict[str, Any]]:
     """Per-item predictions (one per CDI-matched word) for the bootstrap, which resamples words
     and takes `stats.pearson_bootstrap(model_aoa, child_aoa, idx)` (None reads as NaN)."""
-    return [{"uid": "aoa", "item_id": i, "word": w, "model_aoa": m, "child_aoa": c}
-            for i, (w, m, c) in enumerate(zip(result.words, result.model_aoas, result.child_aoas))]
+    return [
+        {"uid": "aoa", "item_id": i, "word": w, "model_aoa": m, "child_aoa": c}
+        for i, (w, m, c) in enumerate(zip(result.words, result.model_aoas, result.child_aoas))
+    ]
 
 
 TASK = Task("aoa", VERSION, "aoa", "full_eval/aoa", "full_eval/aoa", "cdi_*", metric="pearson")

@@ -20,8 +20,9 @@ SEGMENTS = ("tokens", "head_rows", "pairs", "members")
 """The four per-batch segments of a PreparedPack's arrays, in the columns of its `cuts`."""
 
 
-def plan_batches(rows: list[PackedRow], batch_size: int,
-                 row_tokens: int = ROW_TOKENS) -> list[list[PackedRow]]:
+def plan_batches(
+    rows: list[PackedRow], batch_size: int, row_tokens: int = ROW_TOKENS
+) -> list[list[PackedRow]]:
     """Rows sorted longest first, cut into batches of <= batch_size rows and <= 2 x batch_size x
     row_tokens padded tokens (a row longer than that goes alone)."""
     max_tokens = 2 * batch_size * row_tokens
@@ -62,8 +63,18 @@ class PreparedPack:
     member_pair: Any
     meta: dict
 
-    ARRAYS = ("shapes", "cuts", "ids", "depths", "ends", "head_rows", "pair_row", "pair_target",
-              "member_req", "member_pair")
+    ARRAYS = (
+        "shapes",
+        "cuts",
+        "ids",
+        "depths",
+        "ends",
+        "head_rows",
+        "pair_row",
+        "pair_target",
+        "member_req",
+        "member_pair",
+    )
 
     @property
     def nbytes(self) -> int:
@@ -80,26 +91,42 @@ class PreparedPack:
         sizes = (len(self.ids), len(self.head_rows), len(self.pair_row), len(self.member_req))
         if (np.diff(self.cuts, axis=0) < 0).any() or tuple(self.cuts[-1]) != sizes:
             raise ValueError("segment cuts are not increasing or do not end at the array sizes")
-        if len(self.depths) != sizes[0] or len(self.ends) != sizes[0] or len(self.pair_target) != sizes[2] \
-                or len(self.member_pair) != sizes[3]:
+        if (
+            len(self.depths) != sizes[0]
+            or len(self.ends) != sizes[0]
+            or len(self.pair_target) != sizes[2]
+            or len(self.member_pair) != sizes[3]
+        ):
             raise ValueError("arrays of one segment differ in length")
         if not (np.diff(self.cuts[:, 0]) == self.shapes.prod(axis=1)).all():
             raise ValueError("token segments do not match the batch shapes")
         for k in range(n):
             b = self.batch_slices(k)
             width = int(self.shapes[k, 1])
-            if not (_within(b["ends"], 1, width + 1) and _within(b["depths"], 0, width)
-                    and _within(b["ids"], 0, None) and _within(b["head_rows"], 0, len(b["ids"]))
-                    and _within(b["pair_row"], 0, len(b["head_rows"])) and _within(b["pair_target"], 0, None)
-                    and _within(b["member_req"], 0, self.n_requests)
-                    and _within(b["member_pair"], 0, len(b["pair_row"]))):
+            if not (
+                _within(b["ends"], 1, width + 1)
+                and _within(b["depths"], 0, width)
+                and _within(b["ids"], 0, None)
+                and _within(b["head_rows"], 0, len(b["ids"]))
+                and _within(b["pair_row"], 0, len(b["head_rows"]))
+                and _within(b["pair_target"], 0, None)
+                and _within(b["member_req"], 0, self.n_requests)
+                and _within(b["member_pair"], 0, len(b["pair_row"]))
+            ):
                 raise ValueError(f"batch {k}: an index is out of range")
 
     def batch_slices(self, k: int) -> dict[str, Any]:
         """Batch k's slice of every per-batch array (views)."""
         out = {}
-        for seg, names in zip(range(4), (("ids", "depths", "ends"), ("head_rows",),
-                                         ("pair_row", "pair_target"), ("member_req", "member_pair"))):
+        for seg, names in zip(
+            range(4),
+            (
+                ("ids", "depths", "ends"),
+                ("head_rows",),
+                ("pair_row", "pair_target"),
+                ("member_req", "member_pair"),
+            ),
+        ):
             lo, hi = int(self.cuts[k, seg]), int(self.cuts[k + 1, seg])
             out.update({name: getattr(self, name)[lo:hi] for name in names})
         return out
@@ -133,8 +160,8 @@ def _batch_arrays(batch: list[PackedRow]) -> dict[str, Any]:
     ids = np.zeros((len(batch), width), dtype=np.int64)  # padding sees only itself: any id
     depth = np.zeros((len(batch), width), dtype=np.int64)
     for b, row in enumerate(batch):
-        ids[b, :len(row.ids)] = row.ids
-        depth[b, :len(row.ids)] = row.depths
+        ids[b, : len(row.ids)] = row.ids
+        depth[b, : len(row.ids)] = row.depths
     pair_base = np.cumsum([0] + [len(r.pair_nodes) for r in batch[:-1]])
     flat = np.concatenate([b * width + r.pair_nodes for b, r in enumerate(batch)])
     targets = np.concatenate([r.pair_targets for r in batch])
@@ -143,23 +170,37 @@ def _batch_arrays(batch: list[PackedRow]) -> dict[str, Any]:
     where = np.empty(len(order), dtype=np.int64)  # pair -> its place in head order
     where[order] = np.arange(len(order))
     pair_idx = np.concatenate([base + r.member_pairs for base, r in zip(pair_base, batch)])
-    return {"ids": ids.ravel(), "depths": depth.ravel(), "ends": subtree_ends(depth).ravel(),
-            "head_rows": head_rows, "pair_row": pair_row[order], "pair_target": targets[order],
-            "member_req": np.concatenate([r.member_requests for r in batch]), "member_pair": where[pair_idx]}
+    return {
+        "ids": ids.ravel(),
+        "depths": depth.ravel(),
+        "ends": subtree_ends(depth).ravel(),
+        "head_rows": head_rows,
+        "pair_row": pair_row[order],
+        "pair_target": targets[order],
+        "member_req": np.concatenate([r.member_requests for r in batch]),
+        "member_pair": where[pair_idx],
+    }
 
 
-def prepare_pack(full: Any, scored: Any, batch_size: int = 64, row_tokens: int = ROW_TOKENS,
-                 meta: dict | None = None) -> PreparedPack:
+def prepare_pack(
+    full: Any, scored: Any, batch_size: int = 64, row_tokens: int = ROW_TOKENS, meta: dict | None = None
+) -> PreparedPack:
     """Pack token sequences ((n x width) ids, -1 past each end; the scored mask) into tries
     (`pack_sequences`), plan the batches and prepare each (see PreparedPack)."""
     import numpy as np
 
     batches = plan_batches(pack_sequences(full, scored, row_tokens), batch_size, row_tokens)
     parts = [_batch_arrays(b) for b in batches]
-    flat = {name: np.concatenate([p[name] for p in parts]).astype(np.int32) if parts
-            else np.zeros(0, dtype=np.int32) for name in PreparedPack.ARRAYS[2:]}
-    sizes = np.array([[len(p["ids"]), len(p["head_rows"]), len(p["pair_row"]), len(p["member_req"])]
-                      for p in parts], dtype=np.int64).reshape(-1, 4)
+    flat = {
+        name: np.concatenate([p[name] for p in parts]).astype(np.int32)
+        if parts
+        else np.zeros(0, dtype=np.int32)
+        for name in PreparedPack.ARRAYS[2:]
+    }
+    sizes = np.array(
+        [[len(p["ids"]), len(p["head_rows"]), len(p["pair_row"]), len(p["member_req"])] for p in parts],
+        dtype=np.int64,
+    ).reshape(-1, 4)
     cuts = np.vstack([np.zeros((1, 4), dtype=np.int64), np.cumsum(sizes, axis=0)])
     shapes = np.array([[len(b), len(b[0].ids)] for b in batches], dtype=np.int64).reshape(-1, 2)
     return PreparedPack(n_requests=len(full), shapes=shapes, cuts=cuts, meta=dict(meta or {}), **flat)
@@ -193,7 +234,9 @@ def plan_head(positions: Any, targets: Any, vocab: int, max_elements: int) -> tu
     rows, pair_row = np.unique(positions, return_inverse=True)
     order = np.argsort(pair_row, kind="stable")
     pair_row = pair_row[order]
-    return HeadPlan(rows, pair_row, targets[order], head_cuts(len(rows), pair_row, vocab, max_elements)), order
+    return HeadPlan(
+        rows, pair_row, targets[order], head_cuts(len(rows), pair_row, vocab, max_elements)
+    ), order
 
 
 def head_logprobs(head: Any, hidden: Any, plan: HeadPlan, device: str) -> Any:
@@ -257,10 +300,20 @@ def _device_batch(pack: PreparedPack, k: int, vocab: int, device: str) -> Device
         return to_device(t.view(shape) if shaped else t, device)
 
     pair_row = b["pair_row"].astype("int64")
-    plan = HeadPlan(tensor(b["head_rows"]), to_device(torch.from_numpy(pair_row), device),
-                    tensor(b["pair_target"]), head_cuts(len(b["head_rows"]), pair_row, vocab, head_budget(device)))
-    return DeviceBatch(tensor(b["ids"], True), tensor(b["depths"], True), tensor(b["ends"], True), plan,
-                       tensor(b["member_req"]), tensor(b["member_pair"]))
+    plan = HeadPlan(
+        tensor(b["head_rows"]),
+        to_device(torch.from_numpy(pair_row), device),
+        tensor(b["pair_target"]),
+        head_cuts(len(b["head_rows"]), pair_row, vocab, head_budget(device)),
+    )
+    return DeviceBatch(
+        tensor(b["ids"], True),
+        tensor(b["depths"], True),
+        tensor(b["ends"], True),
+        plan,
+        tensor(b["member_req"]),
+        tensor(b["member_pair"]),
+    )
 
 
 def ancestor_mask(ends: Any, dtype: Any) -> Any:
@@ -289,8 +342,12 @@ def score_pack(model: Any, pack: PreparedPack, device: str = "cpu") -> list[floa
     scores = torch.zeros(pack.n_requests, dtype=torch.float32, device=device)
     with torch.inference_mode():
         for d in (_device_batch(pack, k, vocab, device) for k in range(len(pack.shapes))):
-            hidden = base(input_ids=d.ids, use_cache=False, attention_mask=ancestor_mask(d.ends, dtype),
-                          position_ids=d.positions).last_hidden_state
+            hidden = base(
+                input_ids=d.ids,
+                use_cache=False,
+                attention_mask=ancestor_mask(d.ends, dtype),
+                position_ids=d.positions,
+            ).last_hidden_state
             lp = head_logprobs(head, hidden.reshape(-1, hidden.shape[-1]), d.plan, device)
             scores.index_add_(0, d.member_req, lp[d.member_pair])
     return scores.cpu().tolist()

@@ -17,11 +17,22 @@ VERSION = "blimp-2025.2"  # 2: the official scoring rule (tokenizer-decided BOS)
 def parse(record: dict[str, Any], path: Path) -> ChoiceItem:
     """A BLiMP pair; `syntax_semantics` is renamed `syntax/semantics` as the official reader does."""
     field = str(record["field"])
-    meta = {"field": "syntax/semantics" if field == "syntax_semantics" else field,
-            "UID": str(record["UID"]), "linguistics_term": str(record["linguistics_term"])}
+    meta = {
+        "field": "syntax/semantics" if field == "syntax_semantics" else field,
+        "UID": str(record["UID"]),
+        "linguistics_term": str(record["linguistics_term"]),
+    }
     good, bad = str(record["sentence_good"]), str(record["sentence_bad"])
     return ChoiceItem(meta["UID"], ("", ""), (good, bad), meta)
 
 
-TASK = Task("blimp", VERSION, "choice", "full_eval/blimp_filtered", "fast_eval/blimp_fast",
-            "*.jsonl", ("sentence_good", "sentence_bad", "field", "linguistics_term", "UID"), parse)
+TASK = Task(
+    "blimp",
+    VERSION,
+    "choice",
+    "full_eval/blimp_filtered",
+    "fast_eval/blimp_fast",
+    "*.jsonl",
+    ("sentence_good", "sentence_bad", "field", "linguistics_term", "UID"),
+    parse,
+)

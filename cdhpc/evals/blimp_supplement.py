@@ -18,5 +18,13 @@ def parse(record: dict[str, Any], path: Path) -> ChoiceItem:
     return ChoiceItem(path.stem, ("", ""), (good, bad), meta)
 
 
-TASK = Task("blimp_supplement", VERSION, "choice", "full_eval/supplement_filtered",
-            "fast_eval/supplement_fast", "*.jsonl", ("sentence_good", "sentence_bad"), parse)
+TASK = Task(
+    "blimp_supplement",
+    VERSION,
+    "choice",
+    "full_eval/supplement_filtered",
+    "fast_eval/supplement_fast",
+    "*.jsonl",
+    ("sentence_good", "sentence_bad"),
+    parse,
+)

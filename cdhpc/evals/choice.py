@@ -11,7 +11,6 @@ from cdhpc.evals.data import EvalDataError, check_text_fields, read_records
 from cdhpc.evals.engine import ScoreRequest
 from cdhpc.evals.task import ChoiceItem, Task
 
-
 ENTITY_SPLITS = ("regular", "ambiref", "move_contents")
 TEXT_FIELDS = {
     "blimp": ("sentence_good", "sentence_bad"),
@@ -51,8 +50,10 @@ def _read_items(task: Task, files: list[Path]) -> tuple[list[ChoiceItem], list[t
             except (TypeError, ValueError, AttributeError) as err:
                 raise EvalDataError(f"{path}: record {n}: {err} (line {line_no})") from None
             if len(item.continuations) < 2:
-                raise EvalDataError(f"{path}: record {n}: needs >= 2 candidates, "
-                                    f"got {len(item.continuations)} (line {line_no})")
+                raise EvalDataError(
+                    f"{path}: record {n}: needs >= 2 candidates, "
+                    f"got {len(item.continuations)} (line {line_no})"
+                )
             items.append(item)
             sources.append((path, line_no))
     return items, sources
@@ -80,13 +81,18 @@ def prediction_rows(items: list[ChoiceItem], scores: list[float]) -> list[dict[s
     probs = first_probs(items, scores)
     for item, prob in zip(items, probs):
         n = len(item.continuations)
-        cand = scores[k:k + n]
+        cand = scores[k : k + n]
         k += n
         pred = max(range(n), key=cand.__getitem__)
         idx = seen.get(item.uid, 0)
         seen[item.uid] = idx + 1
-        row = {"uid": item.uid, "item_id": f"{item.uid}_{idx}", "scores": cand, "pred": pred,
-               "correct": pred == 0}
+        row = {
+            "uid": item.uid,
+            "item_id": f"{item.uid}_{idx}",
+            "scores": cand,
+            "pred": pred,
+            "correct": pred == 0,
+        }
         if item.ratio is not None:
             row["prob"] = prob
             row["ratio"] = item.ratio
@@ -112,7 +118,7 @@ def first_probs(items: list[ChoiceItem], scores: list[float]) -> list[float | No
         import torch
 
         for n, members in groups.items():
-            block = np.array([scores[k:k + n] for _, k in members], dtype=np.float32)
+            block = np.array([scores[k : k + n] for _, k in members], dtype=np.float32)
             probs = torch.softmax(torch.from_numpy(block), dim=1)[:, 0].tolist()
             for (i, _), p in zip(members, probs):
                 out[i] = p
@@ -153,8 +159,9 @@ def split_means(per_uid: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def official_predictions(rows: list[dict[str, Any]], items: list[ChoiceItem],
-                         with_prob: bool) -> dict[str, Any]:
+def official_predictions(
+    rows: list[dict[str, Any]], items: list[ChoiceItem], with_prob: bool
+) -> dict[str, Any]:
     """predictions.json as the 2025 pipeline writes it: {uid: {"predictions": [{"id", "pred"}]}}
     where pred is the chosen completion text (and "prob" for WUG under Spearman)."""
     out: dict[str, Any] = {}
@@ -166,8 +173,9 @@ def official_predictions(rows: list[dict[str, Any]], items: list[ChoiceItem],
     return out
 
 
-def report_sections(task: Task, rows: list[dict[str, Any]], items: list[ChoiceItem],
-                    metric: str) -> dict[str, dict[str, float]]:
+def report_sections(
+    task: Task, rows: list[dict[str, Any]], items: list[ChoiceItem], metric: str
+) -> dict[str, dict[str, float]]:
     """The sections of best_temperature_report.txt: one per metadata key (official order)."""
     if metric == "spearman":
         return {"UID": {"avg": spearman(rows)}}
@@ -189,8 +197,9 @@ def report_text(sections: dict[str, dict[str, float]], average: float, metric: s
     return "\n".join(lines) + "\n"
 
 
-def summarize_choice(task: Task, items: list[ChoiceItem], scores: list[float],
-                     metric: str) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+def summarize_choice(
+    task: Task, items: list[ChoiceItem], scores: list[float], metric: str
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
     """Prediction rows, the summary fields (score, per_uid, n_items, metric) and the official
     files {name: content} of a choice task."""
     rows = prediction_rows(items, scores)
@@ -201,7 +210,9 @@ def summarize_choice(task: Task, items: list[ChoiceItem], scores: list[float],
         per_uid = accuracy_by(rows, [r["uid"] for r in rows])
         score = task.aggregate(per_uid)
     sections = report_sections(task, rows, items, metric)
-    official = {"predictions.json": official_predictions(rows, items, metric == "spearman"),
-                "best_temperature_report.txt": report_text(sections, score, metric)}
+    official = {
+        "predictions.json": official_predictions(rows, items, metric == "spearman"),
+        "best_temperature_report.txt": report_text(sections, score, metric),
+    }
     fields = {"score": score, "per_uid": per_uid, "n_items": len(rows), "metric": metric}
     return rows, fields, official

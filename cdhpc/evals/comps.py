@@ -24,9 +24,22 @@ def parse(record: dict[str, Any], path: Path) -> ChoiceItem:
             raise ValueError(f"field {f!r} must be a string, got {record[f]!r}")
     good, bad, phrase = (record[f] for f in fields)
     uid = UIDS.get(path.stem, "wugs_dist_in_between")
-    return ChoiceItem(uid, (good + " ", bad + " "), (phrase, phrase), {"UID": uid},
-                      shown=(f"{good} {phrase}", f"{bad} {phrase}"))
+    return ChoiceItem(
+        uid,
+        (good + " ", bad + " "),
+        (phrase, phrase),
+        {"UID": uid},
+        shown=(f"{good} {phrase}", f"{bad} {phrase}"),
+    )
 
 
-TASK = Task("comps", VERSION, "choice", "full_eval/comps", "full_eval/comps", "*.jsonl",
-            ("prefix_acceptable", "prefix_unacceptable", "property_phrase"), parse)
+TASK = Task(
+    "comps",
+    VERSION,
+    "choice",
+    "full_eval/comps",
+    "full_eval/comps",
+    "*.jsonl",
+    ("prefix_acceptable", "prefix_unacceptable", "property_phrase"),
+    parse,
+)

@@ -11,10 +11,30 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-
 # pandas.read_csv's default missing-value strings: the official readers see such a cell as NaN
-PANDAS_NA = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
-                       "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"})
+PANDAS_NA = frozenset(
+    {
+        "",
+        "#N/A",
+        "#N/A N/A",
+        "#NA",
+        "-1.#IND",
+        "-1.#QNAN",
+        "-NaN",
+        "-nan",
+        "1.#IND",
+        "1.#QNAN",
+        "<NA>",
+        "N/A",
+        "NA",
+        "NULL",
+        "NaN",
+        "None",
+        "n/a",
+        "nan",
+        "null",
+    }
+)
 
 
 def is_na(value: str | None) -> bool:
@@ -39,17 +59,21 @@ def check_size(path: Path) -> None:
     """EvalDataError when `path` is larger than MAX_FILE_BYTES (checked before reading it)."""
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
-        raise EvalDataError(f"{path}: {size:,} bytes; evaluation files are limited to "
-                            f"{MAX_FILE_BYTES:,} bytes (2 GiB): is this the right file?")
+        raise EvalDataError(
+            f"{path}: {size:,} bytes; evaluation files are limited to "
+            f"{MAX_FILE_BYTES:,} bytes (2 GiB): is this the right file?"
+        )
 
 
 def _decoded(path: Path, line_no: int, line: str) -> str:
     """`line` itself, or EvalDataError naming the line, column and byte UTF-8 cannot decode."""
     bad = _UNDECODABLE.search(line)
     if bad:
-        raise EvalDataError(f"{path}:{line_no}: undecodable byte 0x{ord(bad.group()) - 0xDC00:02x} at "
-                            f"column {bad.start() + 1}; evaluation files must be UTF-8 (re-save the "
-                            "file as UTF-8)")
+        raise EvalDataError(
+            f"{path}:{line_no}: undecodable byte 0x{ord(bad.group()) - 0xDC00:02x} at "
+            f"column {bad.start() + 1}; evaluation files must be UTF-8 (re-save the "
+            "file as UTF-8)"
+        )
     return line
 
 
@@ -62,8 +86,10 @@ def read_lines(path: Path, newline: str | None = None) -> Iterator[tuple[int, st
     with path.open(encoding="utf-8", errors="surrogateescape", newline=newline) as f:
         for line_no, line in enumerate(iter(lambda: f.readline(MAX_LINE_CHARS + 1), ""), start=1):
             if len(line) > MAX_LINE_CHARS:
-                raise EvalDataError(f"{path}:{line_no}: line longer than {MAX_LINE_CHARS:,} characters "
-                                    "(the limit for one record or text line); is this the right file?")
+                raise EvalDataError(
+                    f"{path}:{line_no}: line longer than {MAX_LINE_CHARS:,} characters "
+                    "(the limit for one record or text line); is this the right file?"
+                )
             yield line_no, _decoded(path, line_no, line)
 
 
@@ -77,9 +103,11 @@ def read_text(path: Path) -> str:
     except UnicodeDecodeError as err:
         line_start = data.rfind(b"\n", 0, err.start) + 1
         line_no = data.count(b"\n", 0, err.start) + 1
-        raise EvalDataError(f"{path}:{line_no}: undecodable byte 0x{data[err.start]:02x} at byte offset "
-                            f"{err.start} (column {err.start - line_start + 1}); evaluation files must "
-                            "be UTF-8 (re-save the file as UTF-8)") from None
+        raise EvalDataError(
+            f"{path}:{line_no}: undecodable byte 0x{data[err.start]:02x} at byte offset "
+            f"{err.start} (column {err.start - line_start + 1}); evaluation files must "
+            "be UTF-8 (re-save the file as UTF-8)"
+        ) from None
 
 
 def read_records(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[str, Any]]]:
@@ -94,15 +122,17 @@ def read_records(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise EvalDataError(f"{path}:{line_no}: bad JSON ({err.msg} at column {err.colno}); "
-                                "each line must be one JSON object") from None
+            raise EvalDataError(
+                f"{path}:{line_no}: bad JSON ({err.msg} at column {err.colno}); "
+                "each line must be one JSON object"
+            ) from None
         if not isinstance(record, dict):
-            raise EvalDataError(f"{path}:{line_no}: expected a JSON object, got "
-                                f"{type(record).__name__}")
+            raise EvalDataError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
         missing = [k for k in required if k not in record]
         if missing:
-            raise EvalDataError(f"{path}:{line_no}: missing field(s) {missing}; records of this "
-                                f"task need {list(required)}")
+            raise EvalDataError(
+                f"{path}:{line_no}: missing field(s) {missing}; records of this task need {list(required)}"
+            )
         records.append((line_no, record))
     if not records:
         raise EvalDataError(f"{path}: empty file; expected one JSON record per line")
@@ -121,7 +151,8 @@ def json_type(value: Any) -> str:
     if isinstance(value, bool):
         return "boolean"
     return {int: "number", float: "number", str: "string", list: "array", dict: "object"}.get(
-        type(value), type(value).__name__)
+        type(value), type(value).__name__
+    )
 
 
 def check_text_fields(path: Path, line_no: int, record: dict[str, Any], fields: tuple[str, ...]) -> None:
@@ -133,9 +164,11 @@ def check_text_fields(path: Path, line_no: int, record: dict[str, Any], fields: 
         if not isinstance(value, str):
             shown = json.dumps(value)
             shown = shown if len(shown) <= 60 else shown[:57] + "..."
-            raise EvalDataError(f"{path}:{line_no}: field {name!r} must be a string (the text "
-                                f"scored), got {json_type(value)} {shown}; write the text in quotes "
-                                "or drop the record")
+            raise EvalDataError(
+                f"{path}:{line_no}: field {name!r} must be a string (the text "
+                f"scored), got {json_type(value)} {shown}; write the text in quotes "
+                "or drop the record"
+            )
 
 
 def read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
@@ -152,12 +185,15 @@ def read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
             if not header:
                 raise EvalDataError(f"{path}: empty file; expected a CSV header with {list(required)}")
             if missing:
-                raise EvalDataError(f"{path}:1: CSV header lacks column(s) {missing}; "
-                                    f"required: {list(required)}")
+                raise EvalDataError(
+                    f"{path}:1: CSV header lacks column(s) {missing}; required: {list(required)}"
+                )
             rows = list(reader)
         except csv.Error as err:
-            raise EvalDataError(f"{path}:{reader.line_num}: bad CSV ({err}); a field may hold at most "
-                                f"{MAX_LINE_CHARS:,} characters") from None
+            raise EvalDataError(
+                f"{path}:{reader.line_num}: bad CSV ({err}); a field may hold at most "
+                f"{MAX_LINE_CHARS:,} characters"
+            ) from None
     finally:
         csv.field_size_limit(limit)
     if not rows:
@@ -177,8 +213,7 @@ def parse_float(value: str, path: Path, line_no: int, column: str) -> float:
     try:
         return float(text)
     except ValueError:
-        raise EvalDataError(f"{path}:{line_no}: column {column!r} must be a number, "
-                            f"got {value!r}") from None
+        raise EvalDataError(f"{path}:{line_no}: column {column!r} must be a number, got {value!r}") from None
 
 
 def read_documents(path: Path) -> list[str]:
@@ -214,8 +249,10 @@ def data_sha256(files: list[Path], root: Path) -> str:
 def list_files(directory: Path, pattern: str) -> list[Path]:
     """Files matching `pattern` in `directory`, sorted; a missing directory or no match fails."""
     if not directory.is_dir():
-        raise EvalDataError(f"{directory}: no such directory; expected the task's evaluation data "
-                            "there (see cdhpc.toydata for the layout)")
+        raise EvalDataError(
+            f"{directory}: no such directory; expected the task's evaluation data "
+            "there (see cdhpc.toydata for the layout)"
+        )
     files = sorted(p for p in directory.glob(pattern) if p.is_file())
     if not files:
         raise EvalDataError(f"{directory}: no files matching {pattern!r}")

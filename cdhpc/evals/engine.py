@@ -30,15 +30,14 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Iterator
-from itertools import chain
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 from cdhpc.evals import SCORING
 from cdhpc.evals.data import EvalDataError
 from cdhpc.evals.packing import ROW_TOKENS, PackedRow, pack_sequences
-
 
 
 @dataclass(frozen=True)
@@ -55,9 +54,11 @@ class ContextLengthError(EvalDataError):
 
     def __init__(self, rows: Any, lengths: Any, limit: int) -> None:
         self.rows, self.lengths, self.limit = [int(r) for r in rows], [int(n) for n in lengths], limit
-        super().__init__(f"{len(self.rows)} token sequence(s) longer than the model's context of "
-                         f"{limit} positions (max_position_embeddings); the longest has "
-                         f"{max(self.lengths)} tokens")
+        super().__init__(
+            f"{len(self.rows)} token sequence(s) longer than the model's context of "
+            f"{limit} positions (max_position_embeddings); the longest has "
+            f"{max(self.lengths)} tokens"
+        )
 
 
 def context_limit(model: Any) -> int | None:
@@ -94,8 +95,13 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def encode_requests(tokenizer: Any, requests: list[ScoreRequest], scoring: str = "official",
-                    max_tokens: int | None = None, truncate: bool = False) -> tuple[Any, Any]:
+def encode_requests(
+    tokenizer: Any,
+    requests: list[ScoreRequest],
+    scoring: str = "official",
+    max_tokens: int | None = None,
+    truncate: bool = False,
+) -> tuple[Any, Any]:
     """(requests x width) token ids of each request's text, -1 past each end (one tokenizer call
     for all), and the mask of the scored tokens, under the `scoring` rule (module docstring).
 
@@ -111,19 +117,26 @@ def encode_requests(tokenizer: Any, requests: list[ScoreRequest], scoring: str =
         raise ValueError(f"scoring {scoring!r}: allowed are {', '.join(SCORING)}")
     official = scoring == "official"
     if not official and tokenizer.bos_token_id is None:
-        raise ValueError("scoring 'joint' prepends BOS but the tokenizer has no bos_token; "
-                         "use scoring 'official' or set bos_token")
+        raise ValueError(
+            "scoring 'joint' prepends BOS but the tokenizer has no bos_token; "
+            "use scoring 'official' or set bos_token"
+        )
     n = len(requests)
     with gc_paused():
-        enc = tokenizer([r.context + r.continuation for r in requests], add_special_tokens=official,
-                        return_offsets_mapping=True)
+        enc = tokenizer(
+            [r.context + r.continuation for r in requests],
+            add_special_tokens=official,
+            return_offsets_mapping=True,
+        )
         lens = np.fromiter(map(len, enc["input_ids"]), dtype=np.int64, count=n)
         total = int(lens.sum())
         ids = np.fromiter(chain.from_iterable(enc["input_ids"]), dtype=np.int64, count=total)
-        ends = np.fromiter((end for offsets in enc["offset_mapping"] for _, end in offsets),
-                           dtype=np.int64, count=total)
-        first = np.fromiter((offsets[0][0] if offsets else 0 for offsets in enc["offset_mapping"]),
-                            dtype=np.int64, count=n)
+        ends = np.fromiter(
+            (end for offsets in enc["offset_mapping"] for _, end in offsets), dtype=np.int64, count=total
+        )
+        first = np.fromiter(
+            (offsets[0][0] if offsets else 0 for offsets in enc["offset_mapping"]), dtype=np.int64, count=n
+        )
     threshold = np.fromiter((len(r.context) for r in requests), dtype=np.int64, count=n)
     lead = 0 if official else 1  # joint: a BOS column in front of the text's tokens
     if max_tokens is not None:
@@ -142,8 +155,9 @@ def encode_requests(tokenizer: Any, requests: list[ScoreRequest], scoring: str =
     return full, scored
 
 
-def _fit_context(lens: Any, ids: Any, ends: Any, lead: int, max_tokens: int,
-                 truncate: bool) -> tuple[Any, Any, Any]:
+def _fit_context(
+    lens: Any, ids: Any, ends: Any, lead: int, max_tokens: int, truncate: bool
+) -> tuple[Any, Any, Any]:
     """Row lengths and flat token ids / character ends with every row within `max_tokens` (+
     `lead` columns in front): ContextLengthError, or with `truncate` each row's first tokens cut."""
     import numpy as np
@@ -159,27 +173,41 @@ def _fit_context(lens: Any, ids: Any, ends: Any, lead: int, max_tokens: int,
     return lens - cut, ids[keep], ends[keep]
 
 
-def pack_requests(tokenizer: Any, requests: list[ScoreRequest], scoring: str = "official",
-                  row_tokens: int = ROW_TOKENS) -> list[PackedRow]:
+def pack_requests(
+    tokenizer: Any, requests: list[ScoreRequest], scoring: str = "official", row_tokens: int = ROW_TOKENS
+) -> list[PackedRow]:
     """Encode every request (`encode_requests`) and pack them (`pack_sequences`)."""
     return pack_sequences(*encode_requests(tokenizer, requests, scoring), row_tokens)
 
 
-def score_candidates(model: Any, tokenizer: Any, requests: list[ScoreRequest], *,
-                     scoring: str = "official", batch_size: int = 64, device: str = "cpu",
-                     row_tokens: int = ROW_TOKENS) -> list[float]:
+def score_candidates(
+    model: Any,
+    tokenizer: Any,
+    requests: list[ScoreRequest],
+    *,
+    scoring: str = "official",
+    batch_size: int = 64,
+    device: str = "cpu",
+    row_tokens: int = ROW_TOKENS,
+) -> list[float]:
     """log P(continuation | context) of each request: the SUM of the log-probs (nats) of the
     tokens the `scoring` rule scores, no length normalisation. Same order as `requests`.
     `batch_size` is in packed rows (of about `row_tokens` tokens each)."""
     if not requests:
         return []
     full, scored = encode_requests(tokenizer, requests, scoring, max_tokens=context_limit(model))
-    return score_sequences(model, full, scored, batch_size=batch_size, device=device,
-                           row_tokens=row_tokens)
+    return score_sequences(model, full, scored, batch_size=batch_size, device=device, row_tokens=row_tokens)
 
 
-def score_sequences(model: Any, full: Any, scored: Any, *, batch_size: int = 64,
-                    device: str = "cpu", row_tokens: int = ROW_TOKENS) -> list[float]:
+def score_sequences(
+    model: Any,
+    full: Any,
+    scored: Any,
+    *,
+    batch_size: int = 64,
+    device: str = "cpu",
+    row_tokens: int = ROW_TOKENS,
+) -> list[float]:
     """Sum of the log-probs (nats) of the scored tokens of each sequence ((n x width) token ids,
     -1 past each end; `scored` the (n x width) mask, never position 0). Same order as the rows.
     A sequence longer than the model's context raises ContextLengthError (rows: its index).
@@ -196,14 +224,14 @@ def block_losses(model: Any, blocks: Any, *, batch_size: int = 8, device: str = 
     the L-1 tokens after the first, given everything before them in the block."""
     import torch
 
-    from cdhpc.evals.batches import to_device, head_budget, head_logprobs, plan_head
+    from cdhpc.evals.batches import head_budget, head_logprobs, plan_head, to_device
 
     base = getattr(model, model.base_model_prefix)
     head = model.get_output_embeddings()
     out = []
     with torch.inference_mode():
         for s in range(0, blocks.shape[0], batch_size):
-            rows = blocks[s:s + batch_size]
+            rows = blocks[s : s + batch_size]
             targets = rows[:, 1:].reshape(-1).numpy()
             plan, _ = plan_head(range(len(targets)), targets, head.weight.shape[0], head_budget(device))
             hidden = base(input_ids=to_device(rows, device), use_cache=False).last_hidden_state[:, :-1]

@@ -16,8 +16,9 @@ VERSION = "entity_tracking-2025.2"  # 2: the official scoring rule (tokenizer-de
 def parse(record: dict[str, Any], path: Path) -> ChoiceItem:
     """An entity-tracking item; the file stem must name one of the official splits."""
     if path.stem not in ENTITY_SPLITS:
-        raise ValueError(f"file stem {path.stem!r} is not an entity-tracking split; "
-                         f"allowed: {list(ENTITY_SPLITS)}")
+        raise ValueError(
+            f"file stem {path.stem!r} is not an entity-tracking split; allowed: {list(ENTITY_SPLITS)}"
+        )
     options = record["options"]
     if not isinstance(options, list) or not all(isinstance(o, str) for o in options):
         raise ValueError(f"field 'options' must be a list of strings, got {options!r}")
@@ -26,6 +27,14 @@ def parse(record: dict[str, Any], path: Path) -> ChoiceItem:
     return ChoiceItem(uid, (prefix,) * len(options), tuple(options), {"UID": uid})
 
 
-TASK = Task("entity_tracking", VERSION, "choice", "full_eval/entity_tracking",
-            "fast_eval/entity_tracking_fast", "*.jsonl", ("input_prefix", "options", "numops"),
-            parse, entity_tracking_score)
+TASK = Task(
+    "entity_tracking",
+    VERSION,
+    "choice",
+    "full_eval/entity_tracking",
+    "fast_eval/entity_tracking_fast",
+    "*.jsonl",
+    ("input_prefix", "options", "numops"),
+    parse,
+    entity_tracking_score,
+)

@@ -12,8 +12,7 @@ from cdhpc.evals.task import ChoiceItem, Task
 VERSION = "ewok-2025.2"  # 2: the official scoring rule (tokenizer-decided BOS) by default
 
 # optional report categories of the official reader (record field -> report section)
-_EXTRA = {"ContextType": "context_type", "ContextDiff": "context_contrast",
-          "TargetDiff": "target_contrast"}
+_EXTRA = {"ContextType": "context_type", "ContextDiff": "context_contrast", "TargetDiff": "target_contrast"}
 
 
 def parse(record: dict[str, Any], path: Path) -> ChoiceItem:
@@ -25,5 +24,13 @@ def parse(record: dict[str, Any], path: Path) -> ChoiceItem:
     return ChoiceItem(meta["UID"], (context, context), targets, meta)
 
 
-TASK = Task("ewok", VERSION, "choice", "full_eval/ewok_filtered", "fast_eval/ewok_fast",
-            "*.jsonl", ("Domain", "Context1", "Context2", "Target1", "Target2"), parse)
+TASK = Task(
+    "ewok",
+    VERSION,
+    "choice",
+    "full_eval/ewok_filtered",
+    "fast_eval/ewok_fast",
+    "*.jsonl",
+    ("Domain", "Context1", "Context2", "Target1", "Target2"),
+    parse,
+)

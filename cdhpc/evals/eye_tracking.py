@@ -9,5 +9,13 @@ from cdhpc.evals.task import Task
 
 VERSION = "eye_tracking-2025.2"  # 2: official per-piece scoring by default
 
-TASK = Task("eye_tracking", VERSION, "reading", "full_eval/reading", "fast_eval/reading",
-            "reading_data.csv", REQUIRED_EYE, metric="delta_r2")
+TASK = Task(
+    "eye_tracking",
+    VERSION,
+    "reading",
+    "full_eval/reading",
+    "fast_eval/reading",
+    "reading_data.csv",
+    REQUIRED_EYE,
+    metric="delta_r2",
+)

@@ -20,7 +20,7 @@ MAX_SAFETENSORS_HEADER = 100_000_000  # bytes; the safetensors library refuses l
 def _one_line(err: BaseException, limit: int = 300) -> str:
     """An exception's text on one line, at most `limit` characters, with its type."""
     text = " ".join(str(err).split())
-    text = text if len(text) <= limit else text[:limit - 3] + "..."
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
@@ -30,8 +30,9 @@ def _check_safetensors(path: Path) -> None:
     size = path.stat().st_size
 
     def corrupt(problem: str) -> EvalDataError:
-        return EvalDataError(f"{path}: corrupt safetensors file ({problem}); save or download the "
-                             "weights again")
+        return EvalDataError(
+            f"{path}: corrupt safetensors file ({problem}); save or download the weights again"
+        )
 
     with path.open("rb") as f:
         head = f.read(8)
@@ -42,8 +43,9 @@ def _check_safetensors(path: Path) -> None:
             raise corrupt(f"the header claims {n:,} bytes, the file has {size:,}")
         try:
             header = json.loads(f.read(n))
-            end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
-                      default=0)
+            end = max(
+                (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0
+            )
         except (ValueError, TypeError, KeyError, IndexError, AttributeError):
             raise corrupt("the header is not a JSON table of tensors") from None
     if 8 + n + end > size:
@@ -58,11 +60,14 @@ def _check_model_files(model_dir: Path) -> None:
         try:
             data = json.loads(config.read_bytes())
         except (ValueError, UnicodeDecodeError) as err:
-            raise EvalDataError(f"{config}: not valid JSON ({_one_line(err)}); expected the model's "
-                                "HF config, as save_pretrained writes it") from None
+            raise EvalDataError(
+                f"{config}: not valid JSON ({_one_line(err)}); expected the model's "
+                "HF config, as save_pretrained writes it"
+            ) from None
         if not isinstance(data, dict):
-            raise EvalDataError(f"{config}: expected a JSON object (the model's HF config), got "
-                                f"{type(data).__name__}")
+            raise EvalDataError(
+                f"{config}: expected a JSON object (the model's HF config), got {type(data).__name__}"
+            )
     for path in sorted(model_dir.glob("*.safetensors")):
         _check_safetensors(path)
 
@@ -95,8 +100,10 @@ def load_causal_lm(model_dir: Path, device: str, dtype: str = "float32") -> Any:
         raise ValueError(f"dtype {dtype!r}: allowed are {', '.join(DTYPES)}")
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
-        raise EvalDataError(f"{model_dir}: no such model directory (expected an HF causal LM "
-                            "folder with config.json, weights and tokenizer files)")
+        raise EvalDataError(
+            f"{model_dir}: no such model directory (expected an HF causal LM "
+            "folder with config.json, weights and tokenizer files)"
+        )
     _check_model_files(model_dir)  # before the heavy imports: a broken file fails in well under a second
     import pickle
 
@@ -106,7 +113,14 @@ def load_causal_lm(model_dir: Path, device: str, dtype: str = "float32") -> Any:
 
     try:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
-    except (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError,
-            pickle.UnpicklingError) as err:
+    except (
+        OSError,
+        ValueError,
+        RuntimeError,
+        KeyError,
+        TypeError,
+        SafetensorError,
+        pickle.UnpicklingError,
+    ) as err:
         raise EvalDataError(f"{model_dir}: cannot load the model ({_one_line(err)})") from None
     return model.to(device).eval()

@@ -16,8 +16,9 @@ def jsonl_text(rows: list[dict[str, Any]]) -> str:
     return "".join(json.dumps(r) + "\n" for r in rows)
 
 
-def write_outputs(out_dir: Path, rows: list[dict[str, Any]], official: dict[str, Any],
-                  summary: dict[str, Any]) -> None:
+def write_outputs(
+    out_dir: Path, rows: list[dict[str, Any]], official: dict[str, Any], summary: dict[str, Any]
+) -> None:
     """predictions.jsonl, the official files (dicts as JSON, str as text), then summary.json."""
     out_dir.mkdir(parents=True, exist_ok=True)
     # a stale summary must not vouch for the files being replaced

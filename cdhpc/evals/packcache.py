@@ -35,8 +35,15 @@ log = logging.getLogger("cdhpc")
 
 FORMAT = 1
 """Version of the pack layout and of the host work that makes it; bump it when either changes."""
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-                   "merges.txt", "tokenizer.model", "added_tokens.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "added_tokens.json",
+)
 MEMO_BYTES = 1 << 30
 """Bytes of packs one process keeps in memory (full BLiMP's pack is about 60 MB)."""
 
@@ -67,16 +74,24 @@ def _version(package: str) -> str:
         return "none"
 
 
-def pack_fields(base: dict[str, Any], model_dir: Path, max_tokens: int | None,
-                row_tokens: int) -> dict[str, Any] | None:
+def pack_fields(
+    base: dict[str, Any], model_dir: Path, max_tokens: int | None, row_tokens: int
+) -> dict[str, Any] | None:
     """The key fields of one pack: `base` (task, version, data_sha256, scoring, truncate,
     batch_size) plus the tokenizer's identity, the context and the row size; None when the
     tokenizer files cannot be identified."""
     tok = tokenizer_hash(model_dir)
     if tok is None:
         return None
-    return {**base, "format": FORMAT, "tokenizer_sha256": tok, "tokenizers": _version("tokenizers"),
-            "transformers": _version("transformers"), "max_tokens": max_tokens, "row_tokens": row_tokens}
+    return {
+        **base,
+        "format": FORMAT,
+        "tokenizer_sha256": tok,
+        "tokenizers": _version("tokenizers"),
+        "transformers": _version("transformers"),
+        "max_tokens": max_tokens,
+        "row_tokens": row_tokens,
+    }
 
 
 def pack_key(key_fields: dict[str, Any]) -> str:
@@ -89,8 +104,12 @@ def _to_bytes(pack: PreparedPack, key_fields: dict[str, Any]) -> bytes:
 
     buf = io.BytesIO()
     text = {"key": json.dumps(key_fields, sort_keys=True), "meta": json.dumps(pack.meta, sort_keys=True)}
-    np.savez(buf, n_requests=np.int64(pack.n_requests), **pack.arrays(),
-             **{k: np.frombuffer(v.encode(), dtype=np.uint8) for k, v in text.items()})
+    np.savez(
+        buf,
+        n_requests=np.int64(pack.n_requests),
+        **pack.arrays(),
+        **{k: np.frombuffer(v.encode(), dtype=np.uint8) for k, v in text.items()},
+    )
     return buf.getvalue()
 
 
@@ -109,8 +128,11 @@ def read_pack(path: Path, key_fields: dict[str, Any]) -> PreparedPack | None:
             if stored != json.loads(json.dumps(key_fields)):
                 log.warning("pack cache %s: made for other key fields; rebuilt", path)
                 return None
-            pack = PreparedPack(n_requests=int(z["n_requests"]), meta=json.loads(z["meta"].tobytes()),
-                                **{name: z[name] for name in PreparedPack.ARRAYS})
+            pack = PreparedPack(
+                n_requests=int(z["n_requests"]),
+                meta=json.loads(z["meta"].tobytes()),
+                **{name: z[name] for name in PreparedPack.ARRAYS},
+            )
         if any(a.dtype.kind != "i" for a in pack.arrays().values()):
             raise ValueError("arrays are not integer")
         pack.check()
@@ -157,8 +179,13 @@ class PackCache:
         self._own: dict[str, PreparedPack] = {}
         self.hits = self.builds = 0
 
-    def get(self, model_dir: Path, max_tokens: int | None, build: Callable[[], PreparedPack],
-            row_tokens: int = ROW_TOKENS) -> PreparedPack:
+    def get(
+        self,
+        model_dir: Path,
+        max_tokens: int | None,
+        build: Callable[[], PreparedPack],
+        row_tokens: int = ROW_TOKENS,
+    ) -> PreparedPack:
         """The pack for the tokenizer in `model_dir`: from this evaluation, this process, the
         disk, or `build()` (then stored)."""
         key_fields = pack_fields(self.base, model_dir, max_tokens, row_tokens)
@@ -185,8 +212,8 @@ class PackCache:
 
     def _store(self, key: str, key_fields: dict[str, Any], pack: PreparedPack) -> None:
         """Write the pack atomically; a failed write (disk full, read-only) only costs a rebuild."""
-        from cdhpc.base.paths import inside
         from cdhpc.base.atomicio import atomic_write_bytes
+        from cdhpc.base.paths import inside
 
         path = inside(self.directory, f"{key}.npz")
         try:

@@ -82,7 +82,16 @@ def pack_sequences(full: Any, scored: Any, row_tokens: int = ROW_TOKENS) -> list
     by_pair = np.argsort(member_pair, kind="stable")
     member_pair, member_req = member_pair[by_pair], keep[order[pk[by_pair]]]
     member_cut = np.searchsorted(member_pair, pair_cut)
-    return [PackedRow(node_ids[n0:n1], node_depths[n0:n1], pair_node[p0:p1] - n0,
-                      pair_target[p0:p1], member_req[m0:m1], member_pair[m0:m1] - p0)
-            for n0, n1, p0, p1, m0, m1 in zip(node_cut, node_cut[1:], pair_cut, pair_cut[1:],
-                                              member_cut, member_cut[1:])]
+    return [
+        PackedRow(
+            node_ids[n0:n1],
+            node_depths[n0:n1],
+            pair_node[p0:p1] - n0,
+            pair_target[p0:p1],
+            member_req[m0:m1],
+            member_pair[m0:m1] - p0,
+        )
+        for n0, n1, p0, p1, m0, m1 in zip(
+            node_cut, node_cut[1:], pair_cut, pair_cut[1:], member_cut, member_cut[1:]
+        )
+    ]

@@ -35,7 +35,7 @@ def heldout_ids(tokenizer: Any, files: list[Path]) -> list[int]:
 def cut_blocks(ids: list[int], block: int) -> list[list[int]]:
     """Consecutive blocks of `block` tokens; the trailing remainder is dropped unless no full
     block exists (then the remainder, if it has >= 2 tokens, is the one block)."""
-    full = [ids[s:s + block] for s in range(0, len(ids) - block + 1, block)]
+    full = [ids[s : s + block] for s in range(0, len(ids) - block + 1, block)]
     if full:
         return full
     if len(ids) < 2:
@@ -43,13 +43,20 @@ def cut_blocks(ids: list[int], block: int) -> list[list[int]]:
     return [ids]
 
 
-def summarize_perplexity(losses: list[float], block: int) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+def summarize_perplexity(
+    losses: list[float], block: int
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
     """Per-block rows, summary fields (score = ppl) and no official files (none exist)."""
     mean = sum(losses) / len(losses)
     rows = [{"uid": "heldout", "item_id": i, "mean_loss": loss} for i, loss in enumerate(losses)]
-    fields = {"score": math.exp(mean), "per_uid": {"heldout": math.exp(mean)},
-              "n_items": len(losses), "metric": "perplexity", "block_tokens": block,
-              "mean_loss": mean}
+    fields = {
+        "score": math.exp(mean),
+        "per_uid": {"heldout": math.exp(mean)},
+        "n_items": len(losses),
+        "metric": "perplexity",
+        "block_tokens": block,
+        "mean_loss": mean,
+    }
     return rows, fields, {}
 
 

@@ -41,18 +41,24 @@ def load_rows(path: Path, kind: str) -> tuple[list[dict[str, str]], dict[str, np
     required = REQUIRED_EYE if kind == "eye_tracking" else REQUIRED_SPR
     rows = read_csv(path, required)
     header = rows[0].keys()
-    numeric = [c for c in dict.fromkeys(required + VARIABLES + ("prev_length",))
-               if c in header and c not in TEXT_COLUMNS]
-    columns = {c: np.array([parse_float(r[c], path, i + 2, c) for i, r in enumerate(rows)])
-               for c in numeric}
+    numeric = [
+        c
+        for c in dict.fromkeys(required + VARIABLES + ("prev_length",))
+        if c in header and c not in TEXT_COLUMNS
+    ]
+    columns = {c: np.array([parse_float(r[c], path, i + 2, c) for i, r in enumerate(rows)]) for c in numeric}
     for i, r in enumerate(rows):
         if is_na(r["word"]):
-            raise EvalDataError(f"{path}:{i + 2}: column 'word' is empty or NA ({r['word']!r}); "
-                                "every row needs the word it times")
+            raise EvalDataError(
+                f"{path}:{i + 2}: column 'word' is empty or NA ({r['word']!r}); "
+                "every row needs the word it times"
+            )
     return rows, columns
 
 
-def word_pairs(rows: list[dict[str, str]], scoring: str) -> tuple[list[tuple[str, str]], list[int], list[int]]:
+def word_pairs(
+    rows: list[dict[str, str]], scoring: str
+) -> tuple[list[tuple[str, str]], list[int], list[int]]:
     """Distinct (context, word) pairs and, per row, the index of its word's pair and of its
     previous word's (-1: no previous word). Official: an empty item is the text "None"."""
     index: dict[tuple[str, str], int] = {}
@@ -62,8 +68,10 @@ def word_pairs(rows: list[dict[str, str]], scoring: str) -> tuple[list[tuple[str
         return index.setdefault((context, word), len(index))
 
     word_idx = [ref(r["item"], r["word"]) for r in rows]
-    prev_idx = [-1 if is_na(r.get("prev_item")) or is_na(r.get("prev_word")) else ref(r["prev_item"], r["prev_word"])
-                for r in rows]
+    prev_idx = [
+        -1 if is_na(r.get("prev_item")) or is_na(r.get("prev_word")) else ref(r["prev_item"], r["prev_word"])
+        for r in rows
+    ]
     return list(index), word_idx, prev_idx
 
 
@@ -108,16 +116,19 @@ def official_sequences(tokenizer: Any, pairs: list[tuple[str, str]]) -> tuple[An
     scored = np.zeros((len(enc), width), dtype=bool)
     for i, (ids, target) in enumerate(zip(enc, targets)):
         if not ids:
-            raise EvalDataError(f"reading context {contexts[i]!r} tokenizes to nothing: no position "
-                                "predicts the word (the official rule needs a context)")
-        full[i, :len(ids)] = ids
+            raise EvalDataError(
+                f"reading context {contexts[i]!r} tokenizes to nothing: no position "
+                "predicts the word (the official rule needs a context)"
+            )
+        full[i, : len(ids)] = ids
         full[i, len(ids)] = target
         scored[i, len(ids)] = True
     return full, scored, np.asarray(owner, dtype=np.int64)
 
 
-def reading_pack(tokenizer: Any, pairs: list[tuple[str, str]], scoring: str, *, batch_size: int,
-                 max_tokens: int | None) -> Any:
+def reading_pack(
+    tokenizer: Any, pairs: list[tuple[str, str]], scoring: str, *, batch_size: int, max_tokens: int | None
+) -> Any:
     """The prepared batches (cdhpc.evals.batches.PreparedPack) of every (context, word) pair under
     the scoring rule: the host work, which the pack cache keeps. Official: one sequence per word
     piece, the pair of each in meta["owner"]. A sequence longer than `max_tokens` raises
@@ -129,8 +140,9 @@ def reading_pack(tokenizer: Any, pairs: list[tuple[str, str]], scoring: str, *, 
         full, scored, owner = official_sequences(tokenizer, pairs)
         check_context(full, max_tokens)
         return prepare_pack(full, scored, batch_size, meta={"owner": owner.tolist()})
-    full, scored = encode_requests(tokenizer, [joint_request(c, w) for c, w in pairs], "joint",
-                                   max_tokens=max_tokens)
+    full, scored = encode_requests(
+        tokenizer, [joint_request(c, w) for c, w in pairs], "joint", max_tokens=max_tokens
+    )
     return prepare_pack(full, scored, batch_size)
 
 
@@ -146,8 +158,9 @@ def pack_surprisals(model: Any, pack: Any, n_pairs: int, device: str) -> np.ndar
     return -np.bincount(np.asarray(owner, dtype=np.int64), weights=logp, minlength=n_pairs)
 
 
-def pair_surprisals(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], scoring: str, *,
-                    batch_size: int, device: str) -> np.ndarray:
+def pair_surprisals(
+    model: Any, tokenizer: Any, pairs: list[tuple[str, str]], scoring: str, *, batch_size: int, device: str
+) -> np.ndarray:
     """Surprisal (nats) of each (context, word) pair under the scoring rule (no pack cache)."""
     from cdhpc.evals.engine import context_limit
 
@@ -155,9 +168,15 @@ def pair_surprisals(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], sc
     return pack_surprisals(model, pack, len(pairs), device)
 
 
-def summarize_reading(kind: str, rows: list[dict[str, str]], columns: dict[str, np.ndarray],
-                      pairs: list[tuple[str, str]], surprisal: np.ndarray, word_idx: list[int],
-                      prev_idx: list[int]) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+def summarize_reading(
+    kind: str,
+    rows: list[dict[str, str]],
+    columns: dict[str, np.ndarray],
+    pairs: list[tuple[str, str]],
+    surprisal: np.ndarray,
+    word_idx: list[int],
+    prev_idx: list[int],
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
     """Per-word rows (predictions.jsonl), summary fields and the official reading/ files."""
     pred = surprisal[np.asarray(word_idx)]
     prev = np.array([surprisal[i] if i >= 0 else math.nan for i in prev_idx])
@@ -165,20 +184,42 @@ def summarize_reading(kind: str, rows: list[dict[str, str]], columns: dict[str, 
     score = result.eye_tracking if kind == "eye_tracking" else result.self_paced
     per_measure = {m: v for m, v in result.per_measure.items() if (m == SPR_MEASURE) == (kind == "reading")}
     contexts = [pairs[i][0] for i in word_idx]
-    out_rows = [{"uid": kind, "item_id": i, "item": r["item"], "word": r["word"],
-                 "surprisal": float(pred[i]), "prev_surprisal": None if math.isnan(prev[i]) else float(prev[i])}
-                for i, r in enumerate(rows)]
+    out_rows = [
+        {
+            "uid": kind,
+            "item_id": i,
+            "item": r["item"],
+            "word": r["word"],
+            "surprisal": float(pred[i]),
+            "prev_surprisal": None if math.isnan(prev[i]) else float(prev[i]),
+        }
+        for i, r in enumerate(rows)
+    ]
     official = {
-        "prediction.jsonl": "".join(_json_line({"Index": i, "Sentence": contexts[i], "Word": r["word"],
-                                                "Logprob": float(pred[i]), "Prev_Logprob": float(prev[i])})
-                                    for i, r in enumerate(rows)),
-        "predictions.json": {"reading": {"predictions": [{"id": i, "pred": float(pred[i]), "prev_pred": float(prev[i])}
-                                                         for i in range(len(rows))]}},
+        "prediction.jsonl": "".join(
+            _json_line(
+                {
+                    "Index": i,
+                    "Sentence": contexts[i],
+                    "Word": r["word"],
+                    "Logprob": float(pred[i]),
+                    "Prev_Logprob": float(prev[i]),
+                }
+            )
+            for i, r in enumerate(rows)
+        ),
+        "predictions.json": {
+            "reading": {
+                "predictions": [
+                    {"id": i, "pred": float(pred[i]), "prev_pred": float(prev[i])} for i in range(len(rows))
+                ]
+            }
+        },
         "correlations.txt": "".join(f"{m}\t{v:.4f}\n" for m, v in result.correlations.items()),
         "predictive_power.jsonl": "".join(map(_json_line, result.power)),
         "predictive_power_spillover.jsonl": "".join(map(_json_line, result.power_spillover)),
         "report.txt": f"EYE TRACKING SCORE: {result.eye_tracking:.2f}\n"
-                      f"SELF-PACED READING SCORE: {result.self_paced:.2f}\n",
+        f"SELF-PACED READING SCORE: {result.self_paced:.2f}\n",
     }
     fields = {"score": score, "per_uid": per_measure, "n_items": len(rows), "metric": "delta_r2"}
     return out_rows, fields, official
@@ -190,5 +231,13 @@ def _json_line(obj: dict) -> str:
     return json.dumps(obj) + "\n"  # NaN as NaN, as the official files (Python's json) write it
 
 
-TASK = Task("reading", VERSION, "reading", "full_eval/reading", "fast_eval/reading",
-            "reading_data.csv", REQUIRED_SPR, metric="delta_r2")
+TASK = Task(
+    "reading",
+    VERSION,
+    "reading",
+    "full_eval/reading",
+    "fast_eval/reading",
+    "reading_data.csv",
+    REQUIRED_SPR,
+    metric="delta_r2",
+)

@@ -15,8 +15,8 @@ and scipy; statistics in float64.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import numpy as np
 
@@ -74,16 +74,20 @@ def _complete(columns: Mapping[str, np.ndarray], names: tuple[str, ...]) -> np.n
     return rows
 
 
-def fit_measure(columns: Mapping[str, np.ndarray], measure: str, base: tuple[str, ...],
-                ) -> tuple[OlsFit, OlsFit]:
+def fit_measure(
+    columns: Mapping[str, np.ndarray],
+    measure: str,
+    base: tuple[str, ...],
+) -> tuple[OlsFit, OlsFit]:
     """(baseline fit, model fit) of one measure; `columns` holds the measure, the baseline
     predictors and `pred` (surprisal). Each fit drops its own incomplete rows."""
     y = np.asarray(columns[measure], dtype=float)
     base_rows = _complete(columns, (measure,) + base)
     model_rows = _complete(columns, (measure, "pred") + base)
     baseline = ols(y[base_rows], _design(columns, base, base_rows))
-    x_model = np.column_stack([_design(columns, base, model_rows),
-                               np.asarray(columns["pred"], dtype=float)[model_rows]])
+    x_model = np.column_stack(
+        [_design(columns, base, model_rows), np.asarray(columns["pred"], dtype=float)[model_rows]]
+    )
     return baseline, ols(y[model_rows], x_model)
 
 
@@ -94,10 +98,16 @@ def delta_r2(baseline: OlsFit, model: OlsFit) -> float:
 
 def power_row(measure: str, baseline: OlsFit, model: OlsFit) -> dict[str, float | str]:
     """One line of predictive_power(_spillover).jsonl, with the official keys."""
-    return {"Predicted variable": measure, "Coefficient": model.coef,
-            "Number of standard deviations": model.t, "P-value": model.p, "R2": model.rsquared,
-            "Change in R2 from baseline": model.rsquared - baseline.rsquared, "AIC": model.aic,
-            "Change in AIC from baseline": model.aic - baseline.aic}
+    return {
+        "Predicted variable": measure,
+        "Coefficient": model.coef,
+        "Number of standard deviations": model.t,
+        "P-value": model.p,
+        "R2": model.rsquared,
+        "Change in R2 from baseline": model.rsquared - baseline.rsquared,
+        "AIC": model.aic,
+        "Change in AIC from baseline": model.aic - baseline.aic,
+    }
 
 
 @dataclass(frozen=True)
@@ -112,8 +122,11 @@ class ReadingResult:
     correlations: dict[str, float]
 
 
-def reading_scores(columns: Mapping[str, np.ndarray], pred: np.ndarray, prev_pred: np.ndarray,
-                   ) -> ReadingResult:
+def reading_scores(
+    columns: Mapping[str, np.ndarray],
+    pred: np.ndarray,
+    prev_pred: np.ndarray,
+) -> ReadingResult:
     """Fit every measure present as the official reading/run.py does (eye tracking and SPR)."""
     cols = dict(columns)
     cols["pred"], cols["prev_pred"] = np.asarray(pred, dtype=float), np.asarray(prev_pred, dtype=float)
@@ -130,8 +143,14 @@ def reading_scores(columns: Mapping[str, np.ndarray], pred: np.ndarray, prev_pre
         if v == SPR_MEASURE:
             per[v] = delta_r2(base, model)
     eye = [per[m] for m in EYE_MEASURES if m in per]
-    return ReadingResult(sum(eye) / len(eye) if eye else math.nan, per.get(SPR_MEASURE, math.nan), per,
-                         power, spill, {v: pearson_complete(cols["pred"], cols[v]) for v in present})
+    return ReadingResult(
+        sum(eye) / len(eye) if eye else math.nan,
+        per.get(SPR_MEASURE, math.nan),
+        per,
+        power,
+        spill,
+        {v: pearson_complete(cols["pred"], cols[v]) for v in present},
+    )
 
 
 def pearson_complete(x: np.ndarray, y: np.ndarray) -> float:

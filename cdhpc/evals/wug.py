@@ -18,6 +18,7 @@ METRICS = ("spearman", "accuracy")
 
 def parser(uid: str):
     """The record parser of a WUG task whose official UID is `uid`."""
+
     def parse(record: dict[str, Any], path: Path) -> ChoiceItem:
         """A WUG record: `sentences` holds the candidates separated by tabs, `ratio` a number."""
         sentences = record["sentences"]
@@ -29,9 +30,18 @@ def parser(uid: str):
             raise ValueError(f"field 'ratio' must be a number, got {record['ratio']!r}") from None
         parts = tuple(sentences.split("\t"))
         return ChoiceItem(uid, ("",) * len(parts), parts, {"UID": uid}, ratio)
+
     return parse
 
 
-TASK = Task("wug", VERSION, "choice", "full_eval/wug_adj_nominalization",
-            "fast_eval/wug_adj_nominalization", "*.jsonl", ("sentences", "ratio"), parser("wug_adj"),
-            metric="spearman")
+TASK = Task(
+    "wug",
+    VERSION,
+    "choice",
+    "full_eval/wug_adj_nominalization",
+    "fast_eval/wug_adj_nominalization",
+    "*.jsonl",
+    ("sentences", "ratio"),
+    parser("wug_adj"),
+    metric="spearman",
+)

@@ -9,5 +9,14 @@ from cdhpc.evals.wug import parser
 
 VERSION = "wug_past-2025.1"
 
-TASK = Task("wug_past", VERSION, "choice", "full_eval/wug_past_tense", "fast_eval/wug_past_tense",
-            "*.jsonl", ("sentences", "ratio"), parser("wug_past"), metric="spearman")
+TASK = Task(
+    "wug_past",
+    VERSION,
+    "choice",
+    "full_eval/wug_past_tense",
+    "fast_eval/wug_past_tense",
+    "*.jsonl",
+    ("sentences", "ratio"),
+    parser("wug_past"),
+    metric="spearman",
+)

@@ -29,7 +29,9 @@ def sync_manifest(m, workdir: Path, plan: Plan) -> None:
     (the workdir's plan.json, or `plan` before one is written) and ingest what changed, logging
     what could not be ingested."""
     recorded = Workdir(workdir).plan
-    m.register_plan(json.loads(recorded.read_text())["steps"] if recorded.is_file() else [s.to_dict() for s in plan.steps])
+    m.register_plan(
+        json.loads(recorded.read_text())["steps"] if recorded.is_file() else [s.to_dict() for s in plan.steps]
+    )
     report_bad(m.ingest().bad)
 
 

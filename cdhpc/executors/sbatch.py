@@ -9,9 +9,10 @@ import json
 import math
 import re
 import shlex
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from cdhpc.config.profile import ClusterProfile
 from cdhpc.sweep.plan import Plan, StepSpec
@@ -45,8 +46,13 @@ class ArraySpec:
         return [s.key for pack in self.packs for s in pack]
 
 
-def plan_arrays(plan: Plan, todo: set[str], live: dict[str, JobRef], max_array_size: int,
-                resources: dict[str, dict] | None = None) -> list[ArraySpec]:
+def plan_arrays(
+    plan: Plan,
+    todo: set[str],
+    live: dict[str, JobRef],
+    max_array_size: int,
+    resources: dict[str, dict] | None = None,
+) -> list[ArraySpec]:
     """Pure: the arrays that run the steps `todo`, upstream arrays first. Steps wait for the jobs
     of inputs that are live (`live`: key -> job) or submitted in the same go; done inputs are not
     waited for. Steps of one stage with the same upstream jobs and resources share an array,
@@ -62,16 +68,23 @@ def plan_arrays(plan: Plan, todo: set[str], live: dict[str, JobRef], max_array_s
             raise ValueError(f"steps {[s.name for s in pending[:5]]} wait for inputs outside the plan")
         groups: dict[tuple, list[StepSpec]] = {}
         for s in ready:
-            after = sorted({str(assigned[k]): assigned[k] for k in s.inputs.values() if k in assigned}.items())
+            after = sorted(
+                {str(assigned[k]): assigned[k] for k in s.inputs.values() if k in assigned}.items()
+            )
             res = resources.get(s.key, s.resources)
-            groups.setdefault((s.stage, tuple(a for a, _ in after), json.dumps(res, sort_keys=True)), []).append(s)
+            groups.setdefault(
+                (s.stage, tuple(a for a, _ in after), json.dumps(res, sort_keys=True)), []
+            ).append(s)
         for (stage, _, res_json), steps in groups.items():
             res = json.loads(res_json)
-            after = sorted({str(assigned[k]): assigned[k] for k in steps[0].inputs.values() if k in assigned}.values(), key=str)
+            after = sorted(
+                {str(assigned[k]): assigned[k] for k in steps[0].inputs.values() if k in assigned}.values(),
+                key=str,
+            )
             per_job = res.get("steps_per_job", 1)
-            packs = [steps[i:i + per_job] for i in range(0, len(steps), per_job)]
+            packs = [steps[i : i + per_job] for i in range(0, len(steps), per_job)]
             for lo in range(0, len(packs), max_array_size):
-                chunk = packs[lo:lo + max_array_size]
+                chunk = packs[lo : lo + max_array_size]
                 a = ArraySpec(stage, chunk, after, res, ref=f"@{len(arrays)}")
                 arrays.append(a)
                 for i, pack in enumerate(chunk):
@@ -100,7 +113,9 @@ class UnsafeSbatch(ValueError):
     """A job name or sbatch script that a value could have changed: nothing is submitted."""
 
 
-JOB_NAME_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")  # sweep names' rule; safe in squeue/sacct --name lists
+JOB_NAME_PART = re.compile(
+    r"[A-Za-z0-9][A-Za-z0-9_.+-]*"
+)  # sweep names' rule; safe in squeue/sacct --name lists
 
 
 def job_name(sweep: str, stage: str, keys: list[str], salt: str) -> str:
@@ -108,14 +123,17 @@ def job_name(sweep: str, stage: str, keys: list[str], salt: str) -> str:
     by name after a launcher died between sbatch and writing the job records."""
     for what, part in (("sweep name", sweep), ("stage", stage)):
         if not JOB_NAME_PART.fullmatch(part):
-            raise UnsafeSbatch(f"{what} {part!r} cannot be part of a SLURM job name (allowed: letters, digits "
-                               "and _ . + -, starting with a letter or digit)")
+            raise UnsafeSbatch(
+                f"{what} {part!r} cannot be part of a SLURM job name (allowed: letters, digits "
+                "and _ . + -, starting with a letter or digit)"
+            )
     digest = hashlib.sha256(json.dumps([keys, salt]).encode()).hexdigest()[:10]
     return f"cdhpc.{sweep}.{stage}.{digest}"
 
 
-def sbatch_parameters(array: ArraySpec, profile: ClusterProfile, name: str, dependency: str | None,
-                      log_level: str | None = None) -> dict[str, Any]:
+def sbatch_parameters(
+    array: ArraySpec, profile: ClusterProfile, name: str, dependency: str | None, log_level: str | None = None
+) -> dict[str, Any]:
     """Pure: submitit SlurmExecutor parameters of one array (the sbatch lines it renders).
     `log_level` (a cdhpc.base.verbosity level) is exported to the job even where a profile exports
     no environment (``--export=NONE``)."""
@@ -146,7 +164,9 @@ def sbatch_parameters(array: ArraySpec, profile: ClusterProfile, name: str, depe
             params[key] = getattr(profile, key)
     if dependency:
         params["dependency"] = dependency
-        params["additional_parameters"]["kill-on-invalid-dep"] = "yes"  # a failed input cancels its dependents
+        params["additional_parameters"]["kill-on-invalid-dep"] = (
+            "yes"  # a failed input cancels its dependents
+        )
     extra = {**profile.sbatch, **(stage.sbatch if stage is not None else {})}
     params["additional_parameters"].update(extra.pop("additional_parameters", {}))
     return params | extra
@@ -155,8 +175,17 @@ def sbatch_parameters(array: ArraySpec, profile: ClusterProfile, name: str, depe
 # ----------------------------------------------------------------------------- pure: the script
 SBATCH_FLAG = re.compile(r"#SBATCH --([A-Za-z][A-Za-z0-9-]*)(=.*)?")
 SUBMITIT_FLAGS = {"signal", "output", "error", "open-mode", "array", "job-name", "time", "nodes", "wckey"}
-NOT_FLAGS = {"array_parallelism", "additional_parameters", "setup", "teardown", "signal_delay_s", "stderr_to_stdout",
-             "srun_args", "use_srun", "num_gpus"}  # submitit parameters that are no #SBATCH line of their own
+NOT_FLAGS = {
+    "array_parallelism",
+    "additional_parameters",
+    "setup",
+    "teardown",
+    "signal_delay_s",
+    "stderr_to_stdout",
+    "srun_args",
+    "use_srun",
+    "num_gpus",
+}  # submitit parameters that are no #SBATCH line of their own
 
 
 def sbatch_script(params: dict[str, Any], folder: str | Path, n_jobs: int, command: str | None = None) -> str:
@@ -173,9 +202,12 @@ def check_sbatch_script(text: str, params: dict[str, Any], name: str) -> None:
     line of `text` is accounted for: the shebang, one ``#SBATCH --key=value`` line per parameter
     (each key once, a key submitit or a parameter sets), the `setup` lines, submitit's command
     block and the `teardown` lines, in submitit's order and number."""
+
     def refuse(why: str) -> UnsafeSbatch:
-        return UnsafeSbatch(f"refusing to submit {name}: {why}; nothing was submitted for it "
-                            "(fix the value in the cluster profile or the sweep)")
+        return UnsafeSbatch(
+            f"refusing to submit {name}: {why}; nothing was submitted for it "
+            "(fix the value in the cluster profile or the sweep)"
+        )
 
     for key, value in _strings(params):
         if any(not c.isprintable() for c in value):
@@ -185,8 +217,9 @@ def check_sbatch_script(text: str, params: dict[str, Any], name: str) -> None:
         flags["gpus-per-node"] = None
     for key, value in [*params.items(), *(params.get("additional_parameters") or {}).items()]:
         if value is not None and key not in NOT_FLAGS:
-            flags[key.replace("_", "-")] = f"#SBATCH --{key.replace('_', '-')}" + ("" if value is True else
-                                                                                     f"={shlex.quote(str(value))}")
+            flags[key.replace("_", "-")] = f"#SBATCH --{key.replace('_', '-')}" + (
+                "" if value is True else f"={shlex.quote(str(value))}"
+            )
     lines = text.split("\n")
     end = lines.index("", 3) if lines[:3] == ["#!/bin/bash", "", "# Parameters"] and "" in lines[3:] else 0
     if not end:
@@ -199,13 +232,18 @@ def check_sbatch_script(text: str, params: dict[str, Any], name: str) -> None:
             raise refuse(f"line {n} of its sbatch script, {line!r}, is not the line of one parameter")
         seen.add(key)
     setup, teardown = params.get("setup"), params.get("teardown")
-    tail = ((["", "# setup", *setup] if setup is not None else []) + ["", "# command", "export SUBMITIT_EXECUTOR=slurm",
-            None, ""] + (["", "# teardown", *teardown] if teardown is not None else []))
+    tail = (
+        (["", "# setup", *setup] if setup is not None else [])
+        + ["", "# command", "export SUBMITIT_EXECUTOR=slurm", None, ""]
+        + (["", "# teardown", *teardown] if teardown is not None else [])
+    )
     rest = lines[end:]
     wrong = len(rest) != len(tail) or any(want is not None and want != got for want, got in zip(tail, rest))
     if wrong or rest[tail.index(None)].lstrip().startswith("#"):
-        raise refuse("after its #SBATCH lines, its sbatch script is not submitit's setup, command and teardown "
-                     "lines (a value started a line of its own)")
+        raise refuse(
+            "after its #SBATCH lines, its sbatch script is not submitit's setup, command and teardown "
+            "lines (a value started a line of its own)"
+        )
 
 
 def _strings(value: Any, key: str = "") -> Iterable[tuple[str, str]]:
@@ -219,4 +257,3 @@ def _strings(value: Any, key: str = "") -> Iterable[tuple[str, str]]:
     elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
             yield from _strings(v, f"{key}[{i}]")
-

@@ -18,22 +18,36 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from cdhpc.sweep.jobrecords import JobRecord, job_record_path
 from cdhpc.sweep.plan import Plan, StepSpec
 from cdhpc.sweep.receipts import ReceiptError, read_receipt, receipt_path
+
+# the step-state rule (re-exported): cdhpc.sweep.stepstate imports no plan or config, so `cdhpc status`
+# starts fast
+from cdhpc.sweep.stepstate import (  # noqa: F401
+    BLOCKED,
+    DONE,
+    FAILED,
+    LIVE_JOB_STATES,
+    MISSING,
+    QUEUED,
+    QUEUED_JOB_STATES,
+    RUNNING,
+    classify,
+    job_alive,
+    outputs_intact,
+    pid_alive,
+    step_done,
+    step_states,
+)
 from cdhpc.sweep.workdir import Workdir
-# the step-state rule (re-exported): cdhpc.sweep.stepstate imports no plan or config, so `cdhpc status` starts fast
-from cdhpc.sweep.stepstate import (BLOCKED, DONE, FAILED, LIVE_JOB_STATES, MISSING, QUEUED,  # noqa: F401
-                             QUEUED_JOB_STATES, RUNNING, classify, job_alive, outputs_intact, pid_alive, step_done,
-                             step_states)
 
 log = logging.getLogger("cdhpc")
-
-
 
 
 @dataclass
@@ -76,8 +90,15 @@ def stop_local_job(pid: int) -> None:
 class LocalScheduler:
     """Runs steps as submitit local jobs, at most `max_parallel` at once, inputs first."""
 
-    def __init__(self, workdir: Path, *, max_parallel: int, retries: int, poll_s: float,
-                 on_change: Callable[[dict[str, str]], None] | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        max_parallel: int,
+        retries: int,
+        poll_s: float,
+        on_change: Callable[[dict[str, str]], None] | None = None,
+    ):
         self.workdir = workdir
         self.max_parallel = max_parallel
         self.retries = retries
@@ -89,8 +110,11 @@ class LocalScheduler:
         by_key = plan.by_key()
         state = dict(states)
         attempts = {k: (jobs[k]["attempt"] or 0) if k in jobs else 0 for k in by_key}
-        running: list[_Running] = [_Running([by_key[k]], None, jobs[k]["job_id"], attempts[k])
-                                   for k, s in state.items() if s in (RUNNING, QUEUED)]
+        running: list[_Running] = [
+            _Running([by_key[k]], None, jobs[k]["job_id"], attempts[k])
+            for k, s in state.items()
+            if s in (RUNNING, QUEUED)
+        ]
         for k, s in state.items():
             if s in (FAILED, MISSING):
                 state[k] = MISSING
@@ -110,22 +134,34 @@ class LocalScheduler:
         finally:
             if main:
                 signal.signal(signal.SIGTERM, previous)
-        return RunSummary(done=[k for k, s in state.items() if s == DONE],
-                          failed=[k for k, s in state.items() if s == FAILED],
-                          blocked=[k for k, s in state.items() if s == BLOCKED])
+        return RunSummary(
+            done=[k for k, s in state.items() if s == DONE],
+            failed=[k for k, s in state.items() if s == FAILED],
+            blocked=[k for k, s in state.items() if s == BLOCKED],
+        )
 
     def _block(self, plan: Plan, state: dict[str, str]) -> None:
         for spec in plan.steps:  # dependency order: blocking propagates in one pass
-            if state[spec.key] == MISSING and any(state.get(k) in (FAILED, BLOCKED) for k in spec.inputs.values()):
+            if state[spec.key] == MISSING and any(
+                state.get(k) in (FAILED, BLOCKED) for k in spec.inputs.values()
+            ):
                 state[spec.key] = BLOCKED
 
     def _ready(self, plan: Plan, state: dict[str, str]) -> Iterable[StepSpec]:
-        return (s for s in plan.steps if state[s.key] == MISSING and all(state.get(k) == DONE for k in s.inputs.values()))
+        return (
+            s
+            for s in plan.steps
+            if state[s.key] == MISSING and all(state.get(k) == DONE for k in s.inputs.values())
+        )
 
-    def _submit(self, plan: Plan, state: dict[str, str], running: list[_Running], attempts: dict[str, int]) -> None:
+    def _submit(
+        self, plan: Plan, state: dict[str, str], running: list[_Running], attempts: dict[str, int]
+    ) -> None:
         ready = list(self._ready(plan, state))
         while ready and len(running) < self.max_parallel:
-            pack = [s for s in ready if s.stage == ready[0].stage][: ready[0].resources.get("steps_per_job", 1)]
+            pack = [s for s in ready if s.stage == ready[0].stage][
+                : ready[0].resources.get("steps_per_job", 1)
+            ]
             ready = [s for s in ready if s not in pack]
             for s in pack:
                 attempts[s.key] += 1
@@ -145,8 +181,11 @@ class LocalScheduler:
         stage = pack[0].stage
         executor = submitit.LocalExecutor(folder=Workdir(self.workdir).logs(stage))
         res = pack[0].resources
-        executor.update_parameters(timeout_min=res.get("timeout_min", 60) * len(pack),
-                                   tasks_per_node=res.get("tasks_per_node", 1), gpus_per_node=res.get("gpus_per_node", 0))
+        executor.update_parameters(
+            timeout_min=res.get("timeout_min", 60) * len(pack),
+            tasks_per_node=res.get("tasks_per_node", 1),
+            gpus_per_node=res.get("gpus_per_node", 0),
+        )
         os.environ["OMP_NUM_THREADS"] = str(res.get("cpus_per_task", 1))  # inherited by the job process
         for s in pack:  # a stale receipt (outputs changed) must not let the job skip the step
             receipt_path(self.workdir, s.stage, s.name, s.key).unlink(missing_ok=True)
@@ -165,8 +204,13 @@ class LocalScheduler:
             cancelled = any(self._cancelled(s) for s in r.specs)  # a cancelled job stops its whole pack
             for s in r.specs:
                 ok = step_done(self.workdir, s.stage, s.name, s.key)
-                self._record(s, r.job_id, "COMPLETED" if ok else "CANCELLED" if cancelled else "FAILED", r.attempt,
-                             r.job.paths if r.job else None)
+                self._record(
+                    s,
+                    r.job_id,
+                    "COMPLETED" if ok else "CANCELLED" if cancelled else "FAILED",
+                    r.attempt,
+                    r.job.paths if r.job else None,
+                )
                 if ok:
                     state[s.key] = DONE
                 elif cancelled:  # by the user (cdhpc cancel, kill): no retry; the next launch resumes it
@@ -176,8 +220,12 @@ class LocalScheduler:
                     log.warning("step %s/%s failed (attempt %d); retrying", s.stage, s.name, attempts[s.key])
                     state[s.key] = MISSING
                 else:
-                    log.error("step %s/%s failed; see its receipt and %s", s.stage, s.name,
-                              r.job.paths.stdout if r.job else "its log")
+                    log.error(
+                        "step %s/%s failed; see its receipt and %s",
+                        s.stage,
+                        s.name,
+                        r.job.paths.stdout if r.job else "its log",
+                    )
                     state[s.key] = FAILED
 
     def _cancelled(self, spec: StepSpec) -> bool:
@@ -186,7 +234,10 @@ class LocalScheduler:
         try:
             if path.is_file() and JobRecord.read(path).state == "CANCELLED":
                 return True
-            return read_receipt(receipt_path(self.workdir, spec.stage, spec.name, spec.key)).status == "cancelled"
+            return (
+                read_receipt(receipt_path(self.workdir, spec.stage, spec.name, spec.key)).status
+                == "cancelled"
+            )
         except (OSError, ValueError, ReceiptError):
             return False
 
@@ -196,10 +247,21 @@ class LocalScheduler:
         now = time.time()
         try:
             submitted = JobRecord.read(path).submitted if path.is_file() and job_state != "RUNNING" else now
-            JobRecord(spec.key, "local", str(job_id), job_state, attempt, submitted, now,
-                      stdout=str(paths.stdout) if paths else None, stderr=str(paths.stderr) if paths else None).write(path)
+            JobRecord(
+                spec.key,
+                "local",
+                str(job_id),
+                job_state,
+                attempt,
+                submitted,
+                now,
+                stdout=str(paths.stdout) if paths else None,
+                stderr=str(paths.stderr) if paths else None,
+            ).write(path)
         except (OSError, ValueError) as e:
-            log.error("step %s/%s: could not write its job record (%s): %s", spec.stage, spec.name, job_state, e)
+            log.error(
+                "step %s/%s: could not write its job record (%s): %s", spec.stage, spec.name, job_state, e
+            )
 
     def _cancel(self, running: list[_Running], wait_s: float = 10.0) -> None:
         """Stop every running job (`stop_local_job`), wait for them to end, and record their steps
@@ -213,5 +275,7 @@ class LocalScheduler:
         for r in running:
             for s in r.specs:
                 ok = step_done(self.workdir, s.stage, s.name, s.key)
-                self._record(s, r.job_id, "COMPLETED" if ok else "CANCELLED", r.attempt, r.job.paths if r.job else None)
+                self._record(
+                    s, r.job_id, "COMPLETED" if ok else "CANCELLED", r.attempt, r.job.paths if r.job else None
+                )
         log.warning("cancelled %d running job(s); launching the sweep again resumes them", len(running))

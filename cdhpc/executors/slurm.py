@@ -26,7 +26,8 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
+from collections.abc import Callable, Iterable
 
 from cdhpc.base.verbosity import env_level
 from cdhpc.config.profile import ClusterProfile

@@ -19,8 +19,19 @@ import subprocess
 from dataclasses import dataclass
 
 MARGIN_FRACTION = 0.05  # of the tightest limit, kept free: other tools, a relaunch's own continuation
-FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
-            "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT", "REVOKED"}  # states that no longer count against MaxSubmitJobs
+FINISHED = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "OUT_OF_MEMORY",
+    "NODE_FAIL",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "SPECIAL_EXIT",
+    "REVOKED",
+}  # states that no longer count against MaxSubmitJobs
 
 
 @dataclass(frozen=True)
@@ -64,13 +75,17 @@ class Limits:
 
         def show(x: int | None, none: str = "unknown") -> str:
             return none if x is None else str(x)
+
         acct = "none" if self.accounting else "unknown"
         budget = self.budget()
-        return (f"MaxArraySize {show(self.max_array_size)}, MaxJobCount {show(self.max_job_count)} "
-                f"({self.held_all} held), MaxSubmitJobs {show(self.max_submit, acct)}"
-                f"{f' ({self.submit_source})' if self.submit_source else ''}, MaxJobs {show(self.max_running, acct)}; "
-                f"{self.queued_mine} of your jobs queued or running; budget "
-                f"{'unlimited' if budget is None else f'{budget} job(s) (margin {self.margin()})'}")
+        return (
+            f"MaxArraySize {show(self.max_array_size)}, MaxJobCount {show(self.max_job_count)} "
+            f"({self.held_all} held), MaxSubmitJobs {show(self.max_submit, acct)}"
+            f"{f' ({self.submit_source})' if self.submit_source else ''}, MaxJobs "
+            f"{show(self.max_running, acct)}; "
+            f"{self.queued_mine} of your jobs queued or running; budget "
+            f"{'unlimited' if budget is None else f'{budget} job(s) (margin {self.margin()})'}"
+        )
 
 
 # ----------------------------------------------------------------------------- pure: parsing
@@ -130,9 +145,16 @@ def parse_queue(text: str, user: str) -> tuple[int, int]:
     return mine, held
 
 
-def combine(config: dict[str, int | None], assoc: tuple[int | None, int | None, list[str]],
-            qos: tuple[int | None, int | None], queue: tuple[int, int], override: int | None,
-            read: bool = True, accounting: bool = True, qos_names: list[str] | None = None) -> Limits:
+def combine(
+    config: dict[str, int | None],
+    assoc: tuple[int | None, int | None, list[str]],
+    qos: tuple[int | None, int | None],
+    queue: tuple[int, int],
+    override: int | None,
+    read: bool = True,
+    accounting: bool = True,
+    qos_names: list[str] | None = None,
+) -> Limits:
     """Pure: the Limits from the parsed answers; the profile's `override` wins over what was read.
     `qos_names`: the QOS the jobs get (default: the association's)."""
     submit = _min([assoc[0], qos[0]])
@@ -140,8 +162,17 @@ def combine(config: dict[str, int | None], assoc: tuple[int | None, int | None, 
     source = ("association" if submit == assoc[0] else f"QOS {names}") if submit is not None else ""
     if override is not None:
         submit, source = override, "profile max_submitted_jobs"
-    return Limits(config["MaxArraySize"], config["MaxJobCount"], submit, _min([assoc[1], qos[1]]), source,
-                  queue[0], queue[1], read, accounting)
+    return Limits(
+        config["MaxArraySize"],
+        config["MaxJobCount"],
+        submit,
+        _min([assoc[1], qos[1]]),
+        source,
+        queue[0],
+        queue[1],
+        read,
+        accounting,
+    )
 
 
 # ----------------------------------------------------------------------------- shell
@@ -160,16 +191,35 @@ def read_limits(profile, user: str | None = None) -> Limits:
     override = getattr(profile, "max_submitted_jobs", None)
     config_text = _ask(["scontrol", "show", "config"])
     config = parse_config(config_text or "")
-    assoc_text = _ask(["sacctmgr", "-n", "-P", "show", "assoc", f"where user={user}",
-                       "format=Account,MaxSubmit,MaxJobs,QOS,DefaultQOS"])
+    assoc_text = _ask(
+        [
+            "sacctmgr",
+            "-n",
+            "-P",
+            "show",
+            "assoc",
+            f"where user={user}",
+            "format=Account,MaxSubmit,MaxJobs,QOS,DefaultQOS",
+        ]
+    )
     assoc = parse_assoc(assoc_text or "", getattr(profile, "account", None))
     names = [q for q in (getattr(profile, "qos", None) or "").split(",") if q] or assoc[2]
-    qos_text = _ask(["sacctmgr", "-n", "-P", "show", "qos", "format=Name,MaxSubmitPU,MaxJobsPU"]) if names else None
+    qos_text = (
+        _ask(["sacctmgr", "-n", "-P", "show", "qos", "format=Name,MaxSubmitPU,MaxJobsPU"]) if names else None
+    )
     qos = parse_qos(qos_text or "", names)
     queue_text = _ask(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%u|%T"])
     queue = parse_queue(queue_text or "", user)
-    return combine(config, assoc, qos, queue, override, read=config_text is not None or queue_text is not None,
-                   accounting=assoc_text is not None, qos_names=names)
+    return combine(
+        config,
+        assoc,
+        qos,
+        queue,
+        override,
+        read=config_text is not None or queue_text is not None,
+        accounting=assoc_text is not None,
+        qos_names=names,
+    )
 
 
 def waves_needed(jobs_per_array: list[int], budget: int | None) -> int | None:

@@ -48,8 +48,10 @@ def cut_wave(arrays: list, room: int | None) -> tuple[list, int]:
         n = len(a.packs)
         if used + n > room:
             if room - used > 0:
-                wave.append(type(a)(a.stage, a.packs[:room - used], a.after, a.resources, a.ref))
-            left = sum(len(p) for p in a.packs[max(0, room - used):]) + sum(len(b.keys) for b in arrays[i + 1:])
+                wave.append(type(a)(a.stage, a.packs[: room - used], a.after, a.resources, a.ref))
+            left = sum(len(p) for p in a.packs[max(0, room - used) :]) + sum(
+                len(b.keys) for b in arrays[i + 1 :]
+            )
             return wave, left
         wave.append(a)
         used += n
@@ -81,7 +83,8 @@ def wave_line(doc: dict | None) -> str | None:
     if doc.get("continuation"):
         after = doc.get("after") or []
         shown = " ".join(after[-3:]) + (f" (+{len(after) - 3})" if len(after) > 3 else "")
-        return f"{head}: {doc.get('left', '?')} step(s) wait for the next wave, job {doc['continuation']} after job(s) {shown}"
+        waiting = f"{doc.get('left', '?')} step(s) wait for the next wave"
+        return f"{head}: {waiting}, job {doc['continuation']} after job(s) {shown}"
     return f"{head}: {doc.get('note') or 'last wave submitted'}"
 
 
@@ -104,13 +107,22 @@ class ContinueSweep:
 
     def command(self) -> list[str]:
         w = Workdir(self.workdir)
-        return self.argv or [sys.executable, "-m", "cdhpc.launch", str(w.resolved_config), f"workdir={w.root}",
-                             "--missing-only"]
+        return self.argv or [
+            sys.executable,
+            "-m",
+            "cdhpc.launch",
+            str(w.resolved_config),
+            f"workdir={w.root}",
+            "--missing-only",
+        ]
 
     def __call__(self) -> int:
         # sbatch from inside a job would pass this job's SLURM_* settings on to the next wave
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SUBMITIT_"))
-               or k == "SLURM_CONF"}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("SLURM_", "SBATCH_", "SUBMITIT_")) or k == "SLURM_CONF"
+        }
         env[OWN_JOB_ENV] = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID", "")
         for attempt in range(LOCK_RETRIES + 1):
             done = subprocess.run(self.command(), env=env, capture_output=True, text=True)
@@ -123,7 +135,9 @@ class ContinueSweep:
             time.sleep(30)  # a user's launch holds the workdir: it finishes in seconds to minutes
         # the job ends FAILED (sacct shows it; its log has the launch's output): no next wave until a launch
         last = (done.stderr.strip().splitlines() or ["(no output)"])[-1][:300]
-        note_failed(Path(self.workdir), env[OWN_JOB_ENV], f"the sweep's launch exited {done.returncode}: {last}")
+        note_failed(
+            Path(self.workdir), env[OWN_JOB_ENV], f"the sweep's launch exited {done.returncode}: {last}"
+        )
         raise RuntimeError(f"the sweep's launch exited {done.returncode}: {done.stderr.strip()[-500:]}")
 
 
@@ -134,16 +148,25 @@ def note_failed(workdir: Path, job_id: str, why: str) -> None:
 
     doc = read_waves(workdir)
     if doc and str(doc.get("continuation")) == job_id:
-        atomic_write_json(Workdir(workdir).waves, {**doc, "continuation": None,
-                                                 "note": f"continuation job {job_id} failed ({why}); launch again"})
+        atomic_write_json(
+            Workdir(workdir).waves,
+            {**doc, "continuation": None, "note": f"continuation job {job_id} failed ({why}); launch again"},
+        )
 
 
 def continuation_parameters(profile: Any, sweep: str, after: list[str], begin_s: int = 0) -> dict[str, Any]:
     """Pure: submitit parameters of the continuation job: the profile's partition, account and
     QOS (values checked when the profile loaded), 1 CPU, small memory, a short time limit."""
-    params: dict[str, Any] = {"job_name": f"cdhpc.{sweep}.continue", "time": CONTINUE_MINUTES, "nodes": 1,
-                              "ntasks_per_node": 1, "cpus_per_task": 1, "mem": CONTINUE_MEM,
-                              "signal_delay_s": 30, "additional_parameters": {}}
+    params: dict[str, Any] = {
+        "job_name": f"cdhpc.{sweep}.continue",
+        "time": CONTINUE_MINUTES,
+        "nodes": 1,
+        "ntasks_per_node": 1,
+        "cpus_per_task": 1,
+        "mem": CONTINUE_MEM,
+        "signal_delay_s": 30,
+        "additional_parameters": {},
+    }
     for key in ("partition", "account", "qos"):
         if getattr(profile, key, None):
             params[key] = getattr(profile, key)
@@ -154,21 +177,25 @@ def continuation_parameters(profile: Any, sweep: str, after: list[str], begin_s:
     return params
 
 
-def submit_continuation(workdir: Path, profile: Any, sweep: str, after: list[str], begin_s: int = 0,
-                        argv: list[str] | None = None) -> str:
+def submit_continuation(
+    workdir: Path, profile: Any, sweep: str, after: list[str], begin_s: int = 0, argv: list[str] | None = None
+) -> str:
     """sbatch the continuation (script checked first); returns its job id."""
     import submitit
 
-    from cdhpc.executors.sbatch import check_sbatch_script, job_name, sbatch_script
     from cdhpc.base.thirdparty import executor_command
+    from cdhpc.executors.sbatch import check_sbatch_script, job_name, sbatch_script
 
     job_name(sweep, "continue", [], "")  # raises UnsafeSbatch for a sweep name that cannot be a job name
     params = continuation_parameters(profile, sweep, after, begin_s)
     folder = Workdir(workdir).continuation_logs
     executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=0)
     executor.update_parameters(**params)
-    check_sbatch_script(sbatch_script(executor.parameters, executor.folder, 1, executor_command(executor)),
-                        params, params["job_name"])
+    check_sbatch_script(
+        sbatch_script(executor.parameters, executor.folder, 1, executor_command(executor)),
+        params,
+        params["job_name"],
+    )
     return str(executor.submit(ContinueSweep(str(workdir), argv)).job_id)
 
 
@@ -179,8 +206,9 @@ def cancel_old(doc: dict | None) -> None:
         subprocess.run(["scancel", str(old)], capture_output=True, check=False)
 
 
-def next_wave(workdir: Path, profile: Any, sweep: str, sub: Any, live_ids: list[str],
-              argv: list[str] | None = None) -> dict | None:
+def next_wave(
+    workdir: Path, profile: Any, sweep: str, sub: Any, live_ids: list[str], argv: list[str] | None = None
+) -> dict | None:
     """After a launch's submission: when steps are left (`sub.left`), submit the continuation
     (after this wave and the sweep's live jobs; with nothing to wait for, in 10 minutes); record
     the wave in waves.json; cancel the continuation the new one replaces. Returns the record
@@ -188,22 +216,44 @@ def next_wave(workdir: Path, profile: Any, sweep: str, sub: Any, live_ids: list[
     old = read_waves(workdir)
     if not sub.left and not old:
         return None
-    doc: dict[str, Any] = {"wave": max(1, (old or {}).get("wave", 0) + (1 if sub.jobs else 0)), "left": sub.left,
-                           "updated": time.time(), "continuation": None, "history": (old or {}).get("history", [])}
+    doc: dict[str, Any] = {
+        "wave": max(1, (old or {}).get("wave", 0) + (1 if sub.jobs else 0)),
+        "left": sub.left,
+        "updated": time.time(),
+        "continuation": None,
+        "history": (old or {}).get("history", []),
+    }
     cancel_old(old)
     if sub.left:
         after = after_ids(sub.job_ids, live_ids)
         doc["continuation"] = submit_continuation(workdir, profile, sweep, after, 0 if after else 600, argv)
         doc["after"] = after
-        log.info("wave %d: %d step(s) left for the next wave; continuation job %s runs the launch again after %s",
-                 doc["wave"], sub.left, doc["continuation"], f"job(s) {' '.join(after[-5:])}" if after else "10 minutes")
+        log.info(
+            "wave %d: %d step(s) left for the next wave; continuation job %s runs the launch again after %s",
+            doc["wave"],
+            sub.left,
+            doc["continuation"],
+            f"job(s) {' '.join(after[-5:])}" if after else "10 minutes",
+        )
     else:
         doc["note"] = "last wave submitted" if sub.jobs or not old.get("note") else old["note"]
-    # one entry a launch: what it submitted and the continuation it left (the waves' story, for status and tests)
-    doc["history"] = [*doc["history"], {"wave": doc["wave"], "jobs": sub.jobs, "steps": sub.steps, "left": sub.left,
-                                        "continuation": doc["continuation"], "by": os.environ.get(OWN_JOB_ENV) or None,
-                                        "at": doc["updated"]}]
-    from cdhpc.base.atomicio import atomic_write_json  # not at import: status --once reads waves without pydantic
+    # one entry a launch: what it submitted and the continuation it left (the waves' story, for status and
+    # tests)
+    doc["history"] = [
+        *doc["history"],
+        {
+            "wave": doc["wave"],
+            "jobs": sub.jobs,
+            "steps": sub.steps,
+            "left": sub.left,
+            "continuation": doc["continuation"],
+            "by": os.environ.get(OWN_JOB_ENV) or None,
+            "at": doc["updated"],
+        },
+    ]
+    from cdhpc.base.atomicio import (
+        atomic_write_json,  # not at import: status --once reads waves without pydantic
+    )
 
     atomic_write_json(Workdir(workdir).waves, doc)
     return doc

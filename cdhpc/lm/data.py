@@ -15,9 +15,9 @@ Every document is stored as ``<s> ids </s>``. torch is never imported here.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -68,8 +68,15 @@ def read_documents(path_or_dir: str | Path, doc_sep: str = "blank_line") -> Iter
                 yield "\n".join(lines)
 
 
-def train_tokenizer(train_dir: Path, out_dir: Path, *, vocab_size: int, min_frequency: int = 2,
-                    doc_sep: str = "blank_line", seed: int = 42) -> dict:
+def train_tokenizer(
+    train_dir: Path,
+    out_dir: Path,
+    *,
+    vocab_size: int,
+    min_frequency: int = 2,
+    doc_sep: str = "blank_line",
+    seed: int = 42,
+) -> dict:
     """Train the SentencePiece-style BPE tokenizer (NFKC, specials ``<unk> <s> </s> <pad>`` = 0-3)
     on the documents under ``train_dir`` and save it as a HF tokenizer directory in ``out_dir``.
 
@@ -86,21 +93,31 @@ def train_tokenizer(train_dir: Path, out_dir: Path, *, vocab_size: int, min_freq
     if vocab_size <= len(SPECIALS):
         raise ValueError(f"vocab_size={vocab_size}: must exceed the {len(SPECIALS)} special tokens")
     bpe = SentencePieceBPETokenizer(unk_token="<unk>")
-    bpe.train_from_iterator(read_documents(train_dir, doc_sep), vocab_size=vocab_size,
-                            min_frequency=min_frequency, special_tokens=list(SPECIALS),
-                            show_progress=False)
+    bpe.train_from_iterator(
+        read_documents(train_dir, doc_sep),
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIALS),
+        show_progress=False,
+    )
     core = bpe_tokenizer(bpe)  # the tokenizers.Tokenizer inside the implementation wrapper
     assert [core.token_to_id(t) for t in SPECIALS] == [UNK_ID, BOS_ID, EOS_ID, PAD_ID]
     core.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", BOS_ID)])
-    hf = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<s>",
-                                 eos_token="</s>", pad_token="<pad>")
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", BOS_ID)]
+    )
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=core, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         hf.save_pretrained(str(tmp))
     files = {p.name: sha256_file(p) for p in sorted(out_dir.iterdir()) if p.is_file()}
-    return {"vocab_size": core.get_vocab_size(), "seed": seed, "files": files,
-            "tokenizer_sha256": files.get("tokenizer.json")}
+    return {
+        "vocab_size": core.get_vocab_size(),
+        "seed": seed,
+        "files": files,
+        "tokenizer_sha256": files.get("tokenizer.json"),
+    }
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -117,7 +134,7 @@ def _wrap_docs(id_lists: list[list[int]], dtype: np.dtype) -> tuple[np.ndarray, 
     flat[starts] = BOS_ID
     flat[ends - 1] = EOS_ID
     for start, ids in zip(starts.tolist(), id_lists):
-        flat[start + 1:start + 1 + len(ids)] = ids
+        flat[start + 1 : start + 1 + len(ids)] = ids
     return flat, lengths
 
 
@@ -140,8 +157,13 @@ class _ArrayWriter:
         lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         np.save(self.tmp / "docs.npy", offsets)
-        full = {**meta, "dtype": self.dtype.str, "n_tokens": int(offsets[-1]),
-                "n_docs": int(len(lengths)), "vocab_size": self.vocab_size}
+        full = {
+            **meta,
+            "dtype": self.dtype.str,
+            "n_tokens": int(offsets[-1]),
+            "n_docs": int(len(lengths)),
+            "vocab_size": self.vocab_size,
+        }
         (self.tmp / "meta.json").write_text(json.dumps(full, indent=2, sort_keys=True))
         return full
 
@@ -191,8 +213,9 @@ def encode_split(tokenizer_dir: Path, src: Path, out: Path, *, doc_sep: str = "b
                 writer.add(*_wrap_docs([e.ids for e in encodings], writer.dtype))
         finally:
             writer.handle.close()
-        return writer.finish({"doc_sep": doc_sep, "inputs_sha256": inputs,
-                              "tokenizer_sha256": sha256_file(tokenizer_json)})
+        return writer.finish(
+            {"doc_sep": doc_sep, "inputs_sha256": inputs, "tokenizer_sha256": sha256_file(tokenizer_json)}
+        )
 
 
 class TokenArray:
@@ -202,14 +225,19 @@ class TokenArray:
         self.tokens, self.offsets, self.meta = tokens, offsets, meta
 
     @classmethod
-    def open(cls, directory: str | Path) -> "TokenArray":
+    def open(cls, directory: str | Path) -> TokenArray:
         directory = Path(directory)
         meta_path = directory / "meta.json"
         if not meta_path.is_file():
             raise FileNotFoundError(f"{meta_path}: missing (not a token array directory)")
         meta = json.loads(meta_path.read_text())
-        tokens = np.memmap(directory / "tokens.bin", dtype=np.dtype(meta["dtype"]), mode="r",
-                           shape=(meta["n_tokens"],)) if meta["n_tokens"] else np.zeros(0, meta["dtype"])
+        tokens = (
+            np.memmap(
+                directory / "tokens.bin", dtype=np.dtype(meta["dtype"]), mode="r", shape=(meta["n_tokens"],)
+            )
+            if meta["n_tokens"]
+            else np.zeros(0, meta["dtype"])
+        )
         offsets = np.load(directory / "docs.npy", mmap_mode="r")
         return cls(tokens, offsets, meta)
 
@@ -223,7 +251,7 @@ class TokenArray:
 
     def document(self, i: int) -> np.ndarray:
         """Token ids of document ``i`` (including its ``<s>``/``</s>``)."""
-        return np.asarray(self.tokens[int(self.offsets[i]):int(self.offsets[i + 1])])
+        return np.asarray(self.tokens[int(self.offsets[i]) : int(self.offsets[i + 1])])
 
     def windows(self, starts: np.ndarray, length: int) -> np.ndarray:
         """int64 array ``[len(starts), length]`` of the tokens at ``starts[i] : starts[i] + length``."""
@@ -257,9 +285,18 @@ class MixedBatches:
     ``[(a*W + r)*m, (a*W + r + 1)*m)`` for ``W`` ranks and micro-batch ``m``.
     """
 
-    def __init__(self, real: TokenArray, synthetic: TokenArray | None = None, *, global_batch: int,
-                 seq_len: int, seed: int, share: float = 0.0, micro_batch: int | None = None,
-                 rounding: str = "exact"):
+    def __init__(
+        self,
+        real: TokenArray,
+        synthetic: TokenArray | None = None,
+        *,
+        global_batch: int,
+        seq_len: int,
+        seed: int,
+        share: float = 0.0,
+        micro_batch: int | None = None,
+        rounding: str = "exact",
+    ):
         if rounding not in ROUNDINGS:
             raise ValueError(f"mix rounding={rounding!r}: allowed values are {', '.join(ROUNDINGS)}")
         if not 0.0 <= share <= 1.0:
@@ -295,7 +332,7 @@ class MixedBatches:
             for begin in range(0, g, self.micro_batch):
                 mask[begin + rng.permutation(self.micro_batch)[:k]] = True
         else:
-            mask[rng.permutation(g)[:self.n_synthetic(step)]] = True
+            mask[rng.permutation(g)[: self.n_synthetic(step)]] = True
         starts = self.real.sample_starts(rng, g, length)
         if self.synthetic is not None and mask.any():
             starts = np.where(mask, self.synthetic.sample_starts(rng, g, length), starts)
@@ -319,10 +356,14 @@ class MixedBatches:
         rows are read from disk."""
         per_round = self.micro_batch * world_size
         if self.global_batch % per_round:
-            raise ValueError(f"global_batch={self.global_batch} is not a multiple of micro_batch "
-                             f"x world_size = {self.micro_batch} x {world_size}")
+            raise ValueError(
+                f"global_batch={self.global_batch} is not a multiple of micro_batch "
+                f"x world_size = {self.micro_batch} x {world_size}"
+            )
         mask, starts = self._draw(step)
         m = self.micro_batch
-        rows = [slice((a * world_size + rank) * m, (a * world_size + rank + 1) * m)
-                for a in range(self.global_batch // per_round)]
+        rows = [
+            slice((a * world_size + rank) * m, (a * world_size + rank + 1) * m)
+            for a in range(self.global_batch // per_round)
+        ]
         return [self._rows(mask[s], starts[s]) for s in rows]

@@ -12,7 +12,8 @@ computed from the logits: ``pG(x) >= alpha * max pG  <=>  zG(x)/T - max zG/T >= 
 
 Speed notes (measured on the 2-core CPU this was written on): boolean-mask kernels
 (``masked_fill``, ``torch.where``) cost ~20x an arithmetic pass over ``[B, V]``, ``log`` ~10x and ``exp``
-of very negative inputs up to 40x, so masks are built arithmetically (``sign``/``clamp``/``minimum``), each model gets one
+of very negative inputs up to 40x, so masks are built arithmetically (``sign``/``clamp``/``minimum``), each
+model gets one
 softmax, and with ``lam == 1`` the two floored logs are fused into one log of a ratio.
 """
 
@@ -65,8 +66,11 @@ class DecodingParams:
             (self.tail == float("-inf") or math.isfinite(self.tail), "tail", "-inf or a finite number"),
             (self.top_k is None or self.top_k >= 1, "top_k", "None or an integer >= 1"),
             (self.top_p is None or 0.0 < self.top_p <= 1.0, "top_p", "None or a number in (0, 1]"),
-            (not (self.strict_head and self.alpha == 1.0), "alpha",
-             "a number in (0, 1) with strict_head (alpha=1 and a strict head leave no token)"),
+            (
+                not (self.strict_head and self.alpha == 1.0),
+                "alpha",
+                "a number in (0, 1) with strict_head (alpha=1 and a strict head leave no token)",
+            ),
         ]
         for ok, key, allowed in checks:
             if not ok:
@@ -241,10 +245,13 @@ def cd_weights(expert_logits: Tensor, amateur_logits: Tensor, p: DecodingParams)
     return ratio.mul_(outside.neg().add_(1.0)).add_(outside.mul_(tail))
 
 
-def next_tokens(expert_logits: Tensor, amateur_logits: Tensor | None, p: DecodingParams,
-                generator: torch.Generator) -> Tensor:
+def next_tokens(
+    expert_logits: Tensor, amateur_logits: Tensor | None, p: DecodingParams, generator: torch.Generator
+) -> Tensor:
     """One full decoding step: method scores, truncation, one sampled token per row (int64 [B])."""
     if p.mode == "cd" and p.top_k is None and p.top_p is None and p.eps > 0 and p.lam == 1.0:
-        return sample_weights(cd_weights(expert_logits, amateur_logits, p), generator)  # same law, fewer passes
+        return sample_weights(
+            cd_weights(expert_logits, amateur_logits, p), generator
+        )  # same law, fewer passes
     scores = truncate(method_scores(expert_logits, amateur_logits, p), p.top_k, p.top_p)
     return sample(scores, generator)

@@ -1,5 +1,6 @@
 """Training metrics: ``metrics.jsonl`` beside a pretrain step's ``checkpoints/``, one JSON line per
-optimizer step, and the readers of it (the status views' tail: ``cdhpc.ui.training``; the export's ``training.png``:
+optimizer step, and the readers of it (the status views' tail: ``cdhpc.ui.training``; the export's
+``training.png``:
 ``cdhpc.results.figures``).
 
 A line: ``step``, ``tokens`` (seen so far), ``loss`` (mean over the step's micro-batches and
@@ -19,14 +20,26 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 METRICS_FILE = "metrics.jsonl"
 CSV_FILE = "metrics.csv"
-CSV_COLUMNS = ("step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s", "mfu", "matmul_utilisation",
-               "val_loss", "val_ppl", "time")
+CSV_COLUMNS = (
+    "step",
+    "tokens",
+    "loss",
+    "lr",
+    "grad_norm",
+    "tokens_per_s",
+    "mfu",
+    "matmul_utilisation",
+    "val_loss",
+    "val_ppl",
+    "time",
+)
 TAIL_BYTES = 16 * 1024  # the status views read at most this much of a metrics file
 
 
@@ -62,8 +75,11 @@ def keep_through(path: Path, step: int, csv: bool = False) -> int:
         return 0
     lines = text.split("\n")[:-1]  # the part after the last newline is a torn line: dropped
     parse = _csv_step if csv else _json_step
-    kept = [ln for ln in lines if (s := parse(ln)) is not None and s <= step
-            or csv and ln == ",".join(CSV_COLUMNS)]
+    kept = [
+        ln
+        for ln in lines
+        if (s := parse(ln)) is not None and s <= step or csv and ln == ",".join(CSV_COLUMNS)
+    ]
     new = "".join(f"{ln}\n" for ln in kept)
     if new != text:
         atomic_write_text(path, new)
@@ -93,7 +109,9 @@ class MetricsLog:
             _append(self.csv_path, ",".join(CSV_COLUMNS) + "\n")
 
     def write(self, records: Iterable[Mapping[str, Any]]) -> None:
-        records = [{k: finite(v) if k not in ("step", "tokens") else int(v) for k, v in r.items()} for r in records]
+        records = [
+            {k: finite(v) if k not in ("step", "tokens") else int(v) for k, v in r.items()} for r in records
+        ]
         if not records:
             return
         _append(self.path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in records))
@@ -155,8 +173,6 @@ def pretrain_metrics_path(workdir: Path, name: str, key: str) -> Path:
     return inside(workdir, "pretrain", component(f"{name}-{key[:8]}"), METRICS_FILE)
 
 
-
-
 @dataclass(frozen=True)
 class TrainingCurve:
     """One run's metrics for the plot: its name, its table label (method, `@q` when several)."""
@@ -178,5 +194,7 @@ def training_curves(workdir: Path, eval_specs: Iterable[Mapping[str, Any]]) -> l
         p, key = s["params"], s["inputs"].get("model")  # every planned evaluate step has one
         if key is not None and key not in seen:
             path = pretrain_metrics_path(workdir, p["run"], key)
-            seen[key] = TrainingCurve(p["run"], labels[(p["method"], p["synthetic_share"])], read_metrics(path))
+            seen[key] = TrainingCurve(
+                p["run"], labels[(p["method"], p["synthetic_share"])], read_metrics(path)
+            )
     return list(seen.values())

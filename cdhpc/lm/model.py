@@ -58,17 +58,26 @@ def llama_config(preset: ModelPreset | str, vocab_size: int, *, attn_implementat
 
     shape = get_preset(preset)
     config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=shape.hidden, intermediate_size=shape.mlp,
-        num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
-        num_key_value_heads=shape.heads, max_position_embeddings=shape.context,
+        vocab_size=vocab_size,
+        hidden_size=shape.hidden,
+        intermediate_size=shape.mlp,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.heads,
+        max_position_embeddings=shape.context,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-        tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=3)
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+    )
     set_attn_implementation(config, attn_implementation)
     return config
 
 
-def build_model(preset: ModelPreset | str, vocab_size: int, *, dtype=None,
-                attn_implementation: str = "sdpa", seed: int):
+def build_model(
+    preset: ModelPreset | str, vocab_size: int, *, dtype=None, attn_implementation: str = "sdpa", seed: int
+):
     """A freshly initialised ``LlamaForCausalLM`` of the preset's shape. The weights depend on
     ``seed`` only (the global torch RNG is left untouched); ``dtype`` defaults to fp32."""
     import torch
@@ -91,15 +100,19 @@ def flops_per_token(preset: ModelPreset | str, vocab_size: int, seq_len: int) ->
     return 6.0 * matmul_params + 12.0 * shape.layers * shape.heads * head_dim * seq_len
 
 
-def mfu(tokens_per_s: float, preset: ModelPreset | str, vocab_size: int, seq_len: int,
-        peak_flops_per_s: float) -> float:
+def mfu(
+    tokens_per_s: float, preset: ModelPreset | str, vocab_size: int, seq_len: int, peak_flops_per_s: float
+) -> float:
     """Model FLOPs utilisation: achieved training FLOP/s over the peak FLOP/s (both per whole job)."""
     return tokens_per_s * flops_per_token(preset, vocab_size, seq_len) / peak_flops_per_s
 
 
 # Dense (no sparsity) tensor-core peaks in FLOP/s from the vendors' data sheets (SXM parts).
-GPU_PEAK_FLOPS = {"H200": {"bf16": 989e12, "fp32": 494e12}, "H100": {"bf16": 989e12, "fp32": 494e12},
-                  "A100": {"bf16": 312e12, "fp32": 156e12}}
+GPU_PEAK_FLOPS = {
+    "H200": {"bf16": 989e12, "fp32": 494e12},
+    "H100": {"bf16": 989e12, "fp32": 494e12},
+    "A100": {"bf16": 312e12, "fp32": 156e12},
+}
 
 
 def peak_flops(device: str = "cpu", precision: str = "bf16") -> float:

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cdhpc.lm.decoding import DecodingParams, next_tokens
 from cdhpc.base.keys import derive_seed  # one seed derivation for the whole sweep
+from cdhpc.lm.decoding import DecodingParams, next_tokens
 
 
 @dataclass(frozen=True)
@@ -68,22 +68,33 @@ class ModelWeights:
         layers = []
         for layer in model.model.layers:
             att, mlp = layer.self_attn, layer.mlp
-            layers.append(_Layer(
-                ln_in=put(layer.input_layernorm.weight),
-                qkv=put(torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight])),
-                qkv_bias=opt(_cat_bias(att.q_proj, att.k_proj, att.v_proj)),
-                o=put(att.o_proj.weight), o_bias=opt(att.o_proj.bias),
-                ln_post=put(layer.post_attention_layernorm.weight),
-                gate_up=put(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])),
-                gate_up_bias=opt(_cat_bias(mlp.gate_proj, mlp.up_proj)),
-                down=put(mlp.down_proj.weight), down_bias=opt(mlp.down_proj.bias)))
+            layers.append(
+                _Layer(
+                    ln_in=put(layer.input_layernorm.weight),
+                    qkv=put(torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight])),
+                    qkv_bias=opt(_cat_bias(att.q_proj, att.k_proj, att.v_proj)),
+                    o=put(att.o_proj.weight),
+                    o_bias=opt(att.o_proj.bias),
+                    ln_post=put(layer.post_attention_layernorm.weight),
+                    gate_up=put(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])),
+                    gate_up_bias=opt(_cat_bias(mlp.gate_proj, mlp.up_proj)),
+                    down=put(mlp.down_proj.weight),
+                    down_bias=opt(mlp.down_proj.bias),
+                )
+            )
         heads = cfg.num_attention_heads
-        return cls(embed=put(model.model.embed_tokens.weight), layers=tuple(layers),
-                   norm=put(model.model.norm.weight), lm_head=put(model.lm_head.weight),
-                   rotary=model.model.rotary_emb, heads=heads,
-                   kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
-                   head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
-                   rms_eps=cfg.rms_norm_eps, max_positions=cfg.max_position_embeddings)
+        return cls(
+            embed=put(model.model.embed_tokens.weight),
+            layers=tuple(layers),
+            norm=put(model.model.norm.weight),
+            lm_head=put(model.lm_head.weight),
+            rotary=model.model.rotary_emb,
+            heads=heads,
+            kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
+            head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // heads,
+            rms_eps=cfg.rms_norm_eps,
+            max_positions=cfg.max_position_embeddings,
+        )
 
     @property
     def vocab_size(self) -> int:
@@ -124,8 +135,10 @@ class LlamaRunner:
         """Allocate the caches and the per-row rotary tables and key-validity mask."""
         w, dev, dt = self.w, self.w.embed.device, self.w.embed.dtype
         if total > w.max_positions:
-            raise ValueError(f"prompt + new_tokens = {total} positions; the model's "
-                             f"max_position_embeddings is {w.max_positions}: shorten either")
+            raise ValueError(
+                f"prompt + new_tokens = {total} positions; the model's "
+                f"max_position_embeddings is {w.max_positions}: shorten either"
+            )
         shape = (batch, w.kv_heads, total, w.head_dim)
         self.k_cache = [torch.empty(shape, device=dev, dtype=dt) for _ in w.layers]
         self.v_cache = [torch.empty(shape, device=dev, dtype=dt) for _ in w.layers]
@@ -138,8 +151,9 @@ class LlamaRunner:
         self.sin = table_sin[0][positions][:, None]
         self.filled = 0
 
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
-                gen: torch.Generator | None) -> Tensor:
+    def _attend(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, gen: torch.Generator | None
+    ) -> Tensor:
         """Attention of ``q`` over the filled cache; ``mask`` None means "all keys" for one query
         and causal for a prompt."""
         gqa = {"enable_gqa": True} if self.w.kv_heads != self.w.heads else {}
@@ -152,7 +166,7 @@ class LlamaRunner:
         if gqa:
             rep = self.w.heads // self.w.kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        att = (q @ k.transpose(-1, -2)) * self.w.head_dim ** -0.5
+        att = (q @ k.transpose(-1, -2)) * self.w.head_dim**-0.5
         att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1, dtype=torch.float32).to(q.dtype)
         keep = torch.rand(att.shape, device=att.device, generator=gen) >= self.dropout
         return (att * keep / (1.0 - self.dropout)) @ v
@@ -165,7 +179,9 @@ class LlamaRunner:
         q, k, v = h.split([w.heads * w.head_dim, w.kv_heads * w.head_dim, w.kv_heads * w.head_dim], -1)
         cos, sin = self.cos[:, :, start:end], self.sin[:, :, start:end]
         q = _rope(q.view(b, t, w.heads, w.head_dim).transpose(1, 2), cos, sin)
-        self.k_cache[i][:, :, start:end] = _rope(k.view(b, t, w.kv_heads, w.head_dim).transpose(1, 2), cos, sin)
+        self.k_cache[i][:, :, start:end] = _rope(
+            k.view(b, t, w.kv_heads, w.head_dim).transpose(1, 2), cos, sin
+        )
         self.v_cache[i][:, :, start:end] = v.view(b, t, w.kv_heads, w.head_dim).transpose(1, 2)
         o = self._attend(q, self.k_cache[i][:, :, :end], self.v_cache[i][:, :, :end], mask, gen)
         x = x + F.linear(o.transpose(1, 2).reshape(b, t, -1), lw.o, lw.o_bias)
@@ -214,8 +230,9 @@ def _check_prompts(prompts: list[list[int]], vocab_size: int) -> None:
             raise ValueError(f"prompts[{i}] has token id {bad[0]}; allowed: 0 <= id < {vocab_size}")
 
 
-def build_runners(expert: Any, amateur: Any, params: DecodingParams, *,
-                  amateur_dropout: float | None, device: str) -> list[LlamaRunner]:
+def build_runners(
+    expert: Any, amateur: Any, params: DecodingParams, *, amateur_dropout: float | None, device: str
+) -> list[LlamaRunner]:
     """``[expert]`` or ``[expert, amateur]`` runners; bf16 weights on GPU, fp32 on CPU.
 
     CD needs exactly one amateur: a model, or ``amateur_dropout`` (the expert with attention
@@ -223,12 +240,16 @@ def build_runners(expert: Any, amateur: Any, params: DecodingParams, *,
     """
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     if params.needs_amateur and (amateur is None) == (amateur_dropout is None):
-        raise ValueError("decoding.mode 'cd' needs exactly one amateur: a model or amateur_dropout; "
-                         f"got amateur={'a model' if amateur is not None else None}, "
-                         f"amateur_dropout={amateur_dropout!r}")
+        raise ValueError(
+            "decoding.mode 'cd' needs exactly one amateur: a model or amateur_dropout; "
+            f"got amateur={'a model' if amateur is not None else None}, "
+            f"amateur_dropout={amateur_dropout!r}"
+        )
     if not params.needs_amateur and (amateur is not None or amateur_dropout is not None):
-        raise ValueError(f"decoding.mode {params.mode!r} uses no amateur; pass amateur=None and "
-                         f"amateur_dropout=None (got amateur_dropout={amateur_dropout!r})")
+        raise ValueError(
+            f"decoding.mode {params.mode!r} uses no amateur; pass amateur=None and "
+            f"amateur_dropout=None (got amateur_dropout={amateur_dropout!r})"
+        )
     expert_w = ModelWeights.from_hf(expert, dtype, device)
     runners = [LlamaRunner(expert_w)]
     if amateur_dropout is not None:
@@ -236,14 +257,24 @@ def build_runners(expert: Any, amateur: Any, params: DecodingParams, *,
     elif amateur is not None:
         amateur_w = ModelWeights.from_hf(amateur, dtype, device)
         if amateur_w.vocab_size != expert_w.vocab_size:
-            raise ValueError(f"amateur vocab_size {amateur_w.vocab_size} != expert vocab_size "
-                             f"{expert_w.vocab_size}; CD needs one shared tokenizer")
+            raise ValueError(
+                f"amateur vocab_size {amateur_w.vocab_size} != expert vocab_size "
+                f"{expert_w.vocab_size}; CD needs one shared tokenizer"
+            )
         runners.append(LlamaRunner(amateur_w))
     return runners
 
 
-def generate_batch(runners: list[LlamaRunner], prompts: list[list[int]], params: DecodingParams, *,
-                   new_tokens: int, seed: int, pad_id: int, device: str) -> Tensor:
+def generate_batch(
+    runners: list[LlamaRunner],
+    prompts: list[list[int]],
+    params: DecodingParams,
+    *,
+    new_tokens: int,
+    seed: int,
+    pad_id: int,
+    device: str,
+) -> Tensor:
     """Generated ids ``[len(prompts), new_tokens]`` (int64, CPU) for one batch of prompts.
 
     Token sampling and dropout masks draw from two generators seeded from ``seed`` only.
@@ -263,9 +294,19 @@ def generate_batch(runners: list[LlamaRunner], prompts: list[list[int]], params:
         return out.cpu()
 
 
-def generate(expert: Any, amateur: Any, prompts: list[list[int]], params: DecodingParams, *,
-             new_tokens: int, seed: int, batch_size: int = 64, pad_id: int = 3,
-             amateur_dropout: float | None = None, device: str = "cpu") -> Iterator[tuple[list[int], Tensor]]:
+def generate(
+    expert: Any,
+    amateur: Any,
+    prompts: list[list[int]],
+    params: DecodingParams,
+    *,
+    new_tokens: int,
+    seed: int,
+    batch_size: int = 64,
+    pad_id: int = 3,
+    amateur_dropout: float | None = None,
+    device: str = "cpu",
+) -> Iterator[tuple[list[int], Tensor]]:
     """Yields (indices into ``prompts``, generated ids ``[b, new_tokens]`` on CPU) per batch, in order.
 
     ``expert``/``amateur`` are HF ``LlamaForCausalLM`` (amateur None for ``sample``/``vhead``, or
@@ -278,6 +319,13 @@ def generate(expert: Any, amateur: Any, prompts: list[list[int]], params: Decodi
     _check_prompts(prompts, runners[0].w.vocab_size)
     for i, lo in enumerate(range(0, len(prompts), batch_size)):
         index = list(range(lo, min(lo + batch_size, len(prompts))))
-        ids = generate_batch(runners, [prompts[j] for j in index], params, new_tokens=new_tokens,
-                             seed=derive_seed(seed, "batch", i), pad_id=pad_id, device=device)
+        ids = generate_batch(
+            runners,
+            [prompts[j] for j in index],
+            params,
+            new_tokens=new_tokens,
+            seed=derive_seed(seed, "batch", i),
+            pad_id=pad_id,
+            device=device,
+        )
         yield index, ids

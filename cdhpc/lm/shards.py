@@ -36,17 +36,25 @@ from cdhpc.base.atomicio import atomic_write_bytes, atomic_write_json, sha256_fi
 if TYPE_CHECKING:  # torch is imported only when generating
     from cdhpc.lm.decoding import DecodingParams
 
-SCHEMA = pa.schema([
-    ("prompt_index", pa.int64()),
-    ("sample_index", pa.int32()),
-    ("text", pa.list_(pa.string())),
-    ("input_ids", pa.list_(pa.int32())),
-    ("prompt_ids", pa.list_(pa.int32())),
-])
+SCHEMA = pa.schema(
+    [
+        ("prompt_index", pa.int64()),
+        ("sample_index", pa.int32()),
+        ("text", pa.list_(pa.string())),
+        ("input_ids", pa.list_(pa.int32())),
+        ("prompt_ids", pa.list_(pa.int32())),
+    ]
+)
 # Fixed writer options: the same rows always give the same bytes (Parquet stores no timestamp).
-_PARQUET = {"compression": "zstd", "compression_level": 3, "use_dictionary": False,
-            "write_statistics": True, "version": "2.6", "data_page_version": "1.0",
-            "row_group_size": 1 << 20}
+_PARQUET = {
+    "compression": "zstd",
+    "compression_level": 3,
+    "use_dictionary": False,
+    "write_statistics": True,
+    "version": "2.6",
+    "data_page_version": "1.0",
+    "row_group_size": 1 << 20,
+}
 
 
 def split_documents(ids: list[int], special_ids: set[int]) -> list[list[int]]:
@@ -64,8 +72,13 @@ def split_documents(ids: list[int], special_ids: set[int]) -> list[list[int]]:
     return docs
 
 
-def sample_texts(prompt: list[int], generated: list[int], special_ids: set[int],
-                 keep_prompt: bool, decode: Callable[[list[int]], str]) -> list[str]:
+def sample_texts(
+    prompt: list[int],
+    generated: list[int],
+    special_ids: set[int],
+    keep_prompt: bool,
+    decode: Callable[[list[int]], str],
+) -> list[str]:
     """Decoded documents of one sample; whitespace-only documents are dropped."""
     ids = list(prompt) + list(generated) if keep_prompt else list(generated)
     texts = [decode(doc) for doc in split_documents(ids, special_ids)]
@@ -102,16 +115,24 @@ def write_table_atomic(table: pa.Table, path: Path) -> dict[str, Any]:
 
 def matches(path: Path, recorded: dict[str, Any] | None) -> bool:
     """``path`` holds exactly the bytes ``recorded`` (sha256 and size) describes."""
-    return (recorded is not None and path.is_file() and path.stat().st_size == recorded["bytes"]
-            and sha256_file(path) == recorded["sha256"])
+    return (
+        recorded is not None
+        and path.is_file()
+        and path.stat().st_size == recorded["bytes"]
+        and sha256_file(path) == recorded["sha256"]
+    )
 
 
 def shard_layout(prompts: list[list[int]], opts: dict[str, Any]) -> str:
     """A hash of what shapes the parts' bytes, the step key aside: prompts, seed, sizes, chunking
     and batching (options, outside the key) and the device kind (CUDA samples in bfloat16)."""
     described = {k: v for k, v in opts.items() if k not in ("decode", "device", "special_ids", "params")}
-    described |= {"prompts": [[int(t) for t in p] for p in prompts], "special_ids": sorted(opts["special_ids"]),
-                  "params": repr(opts["params"]), "device": str(opts["device"]).split(":")[0]}
+    described |= {
+        "prompts": [[int(t) for t in p] for p in prompts],
+        "special_ids": sorted(opts["special_ids"]),
+        "params": repr(opts["params"]),
+        "device": str(opts["device"]).split(":")[0],
+    }
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
 
@@ -126,8 +147,9 @@ def read_progress(out: Path, layout: str) -> dict[str, Any]:
     return {"layout": layout, "parts": progress.get("parts", {}), "shard": progress.get("shard")}
 
 
-def _chunk_table(expert: Any, amateur: Any, prompts: list[list[int]], lo: int, hi: int,
-                 opts: dict[str, Any]) -> pa.Table:
+def _chunk_table(
+    expert: Any, amateur: Any, prompts: list[list[int]], lo: int, hi: int, opts: dict[str, Any]
+) -> pa.Table:
     """Generate the samples of prompts ``lo:hi`` (seed from ``(seed, chunk)``) as a table."""
     from cdhpc.base.keys import derive_seed
     from cdhpc.lm.sampler import generate
@@ -135,17 +157,30 @@ def _chunk_table(expert: Any, amateur: Any, prompts: list[list[int]], lo: int, h
     n = opts["continuations"]
     pairs = [(pi, si) for pi in range(lo, hi) for si in range(n)]
     generated: list[list[int]] = [[] for _ in pairs]
-    for index, ids in generate(expert, amateur, [prompts[pi] for pi, _ in pairs], opts["params"],
-                               new_tokens=opts["new_tokens"], batch_size=opts["batch_size"],
-                               seed=derive_seed(opts["seed"], "chunk", lo // opts["chunk_prompts"]),
-                               amateur_dropout=opts["amateur_dropout"], device=opts["device"]):
+    for index, ids in generate(
+        expert,
+        amateur,
+        [prompts[pi] for pi, _ in pairs],
+        opts["params"],
+        new_tokens=opts["new_tokens"],
+        batch_size=opts["batch_size"],
+        seed=derive_seed(opts["seed"], "chunk", lo // opts["chunk_prompts"]),
+        amateur_dropout=opts["amateur_dropout"],
+        device=opts["device"],
+    ):
         for row, seq in zip(index, ids.tolist()):
             generated[row] = seq
-    texts = [sample_texts(prompts[pi], gen, opts["special_ids"], opts["keep_prompt"], opts["decode"])
-             for (pi, _), gen in zip(pairs, generated)]
-    columns = {"prompt_index": [pi for pi, _ in pairs], "sample_index": [si for _, si in pairs],
-               "text": texts, "input_ids": generated,
-               "prompt_ids": [list(prompts[pi]) for pi, _ in pairs]}
+    texts = [
+        sample_texts(prompts[pi], gen, opts["special_ids"], opts["keep_prompt"], opts["decode"])
+        for (pi, _), gen in zip(pairs, generated)
+    ]
+    columns = {
+        "prompt_index": [pi for pi, _ in pairs],
+        "sample_index": [si for _, si in pairs],
+        "text": texts,
+        "input_ids": generated,
+        "prompt_ids": [list(prompts[pi]) for pi, _ in pairs],
+    }
     return pa.Table.from_pydict(columns, schema=SCHEMA)
 
 
@@ -153,17 +188,34 @@ def shard_stats(out: Path) -> dict[str, Any]:
     """Counts, size and sha256 of a finished shard file."""
     table = pq.read_table(out, columns=["text", "input_ids"])
     digest = hashlib.sha256(out.read_bytes()).hexdigest()
-    return {"samples": table.num_rows,
-            "generated_tokens": int(pc.sum(pc.list_value_length(table["input_ids"])).as_py() or 0),
-            "text_documents": int(pc.sum(pc.list_value_length(table["text"])).as_py() or 0),
-            "bytes": out.stat().st_size, "sha256": digest}
+    return {
+        "samples": table.num_rows,
+        "generated_tokens": int(pc.sum(pc.list_value_length(table["input_ids"])).as_py() or 0),
+        "text_documents": int(pc.sum(pc.list_value_length(table["text"])).as_py() or 0),
+        "bytes": out.stat().st_size,
+        "sha256": digest,
+    }
 
 
-def write_shard(expert: Any, amateur: Any, prompts: list[list[int]], out: Path, *,
-                params: DecodingParams, seed: int, continuations: int, new_tokens: int,
-                batch_size: int, chunk_prompts: int, special_ids: set[int], keep_prompt: bool,
-                decode: Callable[[list[int]], str], amateur_dropout: float | None = None,
-                device: str = "cpu", log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def write_shard(
+    expert: Any,
+    amateur: Any,
+    prompts: list[list[int]],
+    out: Path,
+    *,
+    params: DecodingParams,
+    seed: int,
+    continuations: int,
+    new_tokens: int,
+    batch_size: int,
+    chunk_prompts: int,
+    special_ids: set[int],
+    keep_prompt: bool,
+    decode: Callable[[list[int]], str],
+    amateur_dropout: float | None = None,
+    device: str = "cpu",
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Generate (or finish) shard ``out`` (see the module docstring); returns its stats.
 
     Stats: samples, generated_tokens, text_documents, bytes, sha256 (of the final file), chunks,
@@ -173,10 +225,19 @@ def write_shard(expert: Any, amateur: Any, prompts: list[list[int]], out: Path, 
         raise ValueError(f"continuations={continuations}, chunk_prompts={chunk_prompts}; both must be >= 1")
     out = Path(out)
     n_chunks = -(-len(prompts) // chunk_prompts)
-    opts = {"params": params, "seed": seed, "continuations": continuations, "new_tokens": new_tokens,
-            "batch_size": batch_size, "chunk_prompts": chunk_prompts, "special_ids": set(special_ids),
-            "keep_prompt": keep_prompt, "decode": decode, "amateur_dropout": amateur_dropout,
-            "device": device}
+    opts = {
+        "params": params,
+        "seed": seed,
+        "continuations": continuations,
+        "new_tokens": new_tokens,
+        "batch_size": batch_size,
+        "chunk_prompts": chunk_prompts,
+        "special_ids": set(special_ids),
+        "keep_prompt": keep_prompt,
+        "decode": decode,
+        "amateur_dropout": amateur_dropout,
+        "device": device,
+    }
     progress = read_progress(out, shard_layout(prompts, opts))
     done, tokens, seconds = 0, 0, 0.0
     if not matches(out, progress["shard"]):
@@ -188,18 +249,27 @@ def write_shard(expert: Any, amateur: Any, prompts: list[list[int]], out: Path, 
                 continue
             start = time.perf_counter()
             lo, hi = c * chunk_prompts, min((c + 1) * chunk_prompts, len(prompts))
-            progress["parts"][str(c)] = write_table_atomic(_chunk_table(expert, amateur, prompts, lo, hi, opts),
-                                                           part_path(out, c))
+            progress["parts"][str(c)] = write_table_atomic(
+                _chunk_table(expert, amateur, prompts, lo, hi, opts), part_path(out, c)
+            )
             atomic_write_json(progress_path(out), progress)
             seconds += time.perf_counter() - start
             done, tokens = done + 1, tokens + (hi - lo) * continuations * new_tokens
             if log:
                 log(f"{out.name}: chunk {c + 1}/{n_chunks} written ({(hi - lo) * continuations} samples)")
         tables = [pq.read_table(part_path(out, c), schema=SCHEMA) for c in range(n_chunks)]
-        progress["shard"] = write_table_atomic(pa.concat_tables(tables) if tables else SCHEMA.empty_table(), out)
+        progress["shard"] = write_table_atomic(
+            pa.concat_tables(tables) if tables else SCHEMA.empty_table(), out
+        )
         atomic_write_json(progress_path(out), progress | {"parts": {}})
     shutil.rmtree(parts_dir(out), ignore_errors=True)
     stats = shard_stats(out)
-    stats.update({"chunks": n_chunks, "chunks_generated": done, "generate_s": round(seconds, 3),
-                  "tokens_per_s": round(tokens / seconds, 1) if seconds else None})
+    stats.update(
+        {
+            "chunks": n_chunks,
+            "chunks_generated": done,
+            "generate_s": round(seconds, 3),
+            "tokens_per_s": round(tokens / seconds, 1) if seconds else None,
+        }
+    )
     return stats

@@ -12,26 +12,42 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 TRACKERS = ("tensorboard", "wandb", "csv")
 PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}  # report_to name -> module it needs
-SCALARS = {"loss": "train/loss", "lr": "train/lr", "grad_norm": "train/grad_norm",
-           "tokens_per_s": "train/tokens_per_s", "mfu": "train/mfu", "matmul_utilisation": "train/matmul_utilisation",
-           "tokens": "train/tokens", "val_loss": "val/loss", "val_ppl": "val/ppl"}
+SCALARS = {
+    "loss": "train/loss",
+    "lr": "train/lr",
+    "grad_norm": "train/grad_norm",
+    "tokens_per_s": "train/tokens_per_s",
+    "mfu": "train/mfu",
+    "matmul_utilisation": "train/matmul_utilisation",
+    "tokens": "train/tokens",
+    "val_loss": "val/loss",
+    "val_ppl": "val/ppl",
+}
 
 
 def missing_packages(report_to: Sequence[str]) -> list[tuple[str, str]]:
     """(tracker, package) for each tracker asked for whose package is not importable."""
-    return [(name, PACKAGES[name]) for name in report_to
-            if name in PACKAGES and importlib.util.find_spec(PACKAGES[name]) is None]
+    return [
+        (name, PACKAGES[name])
+        for name in report_to
+        if name in PACKAGES and importlib.util.find_spec(PACKAGES[name]) is None
+    ]
 
 
 def run_tags(run: Mapping[str, Any]) -> dict[str, str]:
     """The tags every tracker gets: sweep, run, method (``amateur`` for a small amateur), seed."""
-    return {"sweep": str(run.get("sweep") or ""), "run": str(run.get("run") or ""),
-            "method": str(run.get("method") or "amateur"), "seed": str(run.get("seed", ""))}
+    return {
+        "sweep": str(run.get("sweep") or ""),
+        "run": str(run.get("run") or ""),
+        "method": str(run.get("method") or "amateur"),
+        "seed": str(run.get("seed", "")),
+    }
 
 
 class TensorBoardTracker:
@@ -66,20 +82,30 @@ class WandbTracker:
         import wandb
 
         tags = run_tags(run)
-        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "cdhpc"), group=tags["sweep"] or None,
-                              name=tags["run"], id=str(run["key"]), resume="allow", dir=str(out_dir),
-                              tags=[f"{k}:{v}"[:64] for k, v in tags.items() if k != "run" and v],
-                              config=dict(run.get("params") or {}))
+        self.run = wandb.init(
+            project=os.environ.get("WANDB_PROJECT", "cdhpc"),
+            group=tags["sweep"] or None,
+            name=tags["run"],
+            id=str(run["key"]),
+            resume="allow",
+            dir=str(out_dir),
+            tags=[f"{k}:{v}"[:64] for k, v in tags.items() if k != "run" and v],
+            config=dict(run.get("params") or {}),
+        )
 
     def log(self, records: Sequence[Mapping[str, Any]]) -> None:
         for r in records:
-            self.run.log({tag: r[key] for key, tag in SCALARS.items() if r.get(key) is not None}, step=r["step"])
+            self.run.log(
+                {tag: r[key] for key, tag in SCALARS.items() if r.get(key) is not None}, step=r["step"]
+            )
 
     def close(self) -> None:
         self.run.finish()
 
 
-def open_trackers(report_to: Sequence[str], out_dir: Path, resume_step: int, run: Mapping[str, Any]) -> list[Any]:
+def open_trackers(
+    report_to: Sequence[str], out_dir: Path, resume_step: int, run: Mapping[str, Any]
+) -> list[Any]:
     """The trackers ``report_to`` names (csv excluded: MetricsLog writes it)."""
     out: list[Any] = []
     if "tensorboard" in report_to:

@@ -14,7 +14,8 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 
 from cdhpc.lm.data import MixedBatches, TokenArray
 from cdhpc.lm.model import ModelPreset, build_model, flops_per_token, get_preset, peak_flops

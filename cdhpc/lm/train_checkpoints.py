@@ -16,8 +16,9 @@ if TYPE_CHECKING:
     from cdhpc.lm.train import TrainSpec
 
 
-def save_hf(engine, spec: TrainSpec, step: int, rank: int, tokenizer_dir: Path, out_dir: Path,
-             metrics: dict) -> dict:
+def save_hf(
+    engine, spec: TrainSpec, step: int, rank: int, tokenizer_dir: Path, out_dir: Path, metrics: dict
+) -> dict:
     """``out_dir/checkpoints/step_<step>``: written by rank 0 in a temp dir, then renamed."""
     import torch.distributed as dist
 
@@ -35,7 +36,9 @@ def save_hf(engine, spec: TrainSpec, step: int, rank: int, tokenizer_dir: Path, 
             if item.is_file():
                 shutil.copy2(item, tmp / item.name)
         # no absolute path inside: a workdir must stay movable and its bytes location-independent
-        (tmp / "val.json").write_text(json.dumps({k: v for k, v in record.items() if k != "path"} | {"spec": asdict(spec)}, indent=2))
+        (tmp / "val.json").write_text(
+            json.dumps({k: v for k, v in record.items() if k != "path"} | {"spec": asdict(spec)}, indent=2)
+        )
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
     dist.barrier()
@@ -47,15 +50,15 @@ def save_ds(engine, ds_dir: Path, step: int, rank: int, world_size: int) -> None
     import torch
     import torch.distributed as dist
 
-    engine.save_checkpoint(str(ds_dir), tag=f"step_{step}",
-                           client_state={"cdhpc_step": step, "torch_rng": torch.get_rng_state()})
+    engine.save_checkpoint(
+        str(ds_dir), tag=f"step_{step}", client_state={"cdhpc_step": step, "torch_rng": torch.get_rng_state()}
+    )
     dist.barrier()
     if rank == 0:
         for old in ds_dir.glob("step_*"):
             if old.is_dir() and old.name != f"step_{step}":
                 shutil.rmtree(old)
-        progress = {"step": step, "world_size": world_size,
-                    "zero_stage": engine.zero_optimization_stage()}
+        progress = {"step": step, "world_size": world_size, "zero_stage": engine.zero_optimization_stage()}
         (ds_dir / "progress.json.tmp").write_text(json.dumps(progress))
         os.replace(ds_dir / "progress.json.tmp", ds_dir / "progress.json")
     dist.barrier()
@@ -70,13 +73,18 @@ def resume(engine, ds_dir: Path, world_size: int) -> int:
     progress_file = ds_dir / "progress.json"
     saved = json.loads(progress_file.read_text()) if progress_file.is_file() else {}
     if saved.get("zero_stage", 0) > 0 and saved.get("world_size") != world_size:
-        raise RuntimeError(f"{progress_file}: ZeRO checkpoint written by {saved.get('world_size')} "
-                           f"ranks cannot resume on {world_size}; run with the same world size")
+        raise RuntimeError(
+            f"{progress_file}: ZeRO checkpoint written by {saved.get('world_size')} "
+            f"ranks cannot resume on {world_size}; run with the same world size"
+        )
     _, client = engine.load_checkpoint(str(ds_dir))
     torch.set_rng_state(client["torch_rng"])
     return int(client["cdhpc_step"])
 
 
 def existing_checkpoints(out_dir: Path) -> list[dict]:
-    records = [{**json.loads(p.read_text()), "path": str(p.parent)} for p in (out_dir / "checkpoints").glob("step_*/val.json")]
+    records = [
+        {**json.loads(p.read_text()), "path": str(p.parent)}
+        for p in (out_dir / "checkpoints").glob("step_*/val.json")
+    ]
     return sorted(({k: v for k, v in r.items() if k != "spec"} for r in records), key=lambda r: r["step"])

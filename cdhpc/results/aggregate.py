@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -26,8 +27,13 @@ def items_per_uid(task: str, rows: list[dict[str, Any]], metric: str = "accuracy
     return {task: len(rows)}
 
 
-def task_vector(task: str, rows: list[dict[str, Any]], idx: Mapping[str, np.ndarray],
-                columns: Mapping[str, np.ndarray] | None = None, metric: str = "accuracy") -> np.ndarray:
+def task_vector(
+    task: str,
+    rows: list[dict[str, Any]],
+    idx: Mapping[str, np.ndarray],
+    columns: Mapping[str, np.ndarray] | None = None,
+    metric: str = "accuracy",
+) -> np.ndarray:
     """Bootstrap vector (B,) of one evaluate step's score on the given index sets (point indices
     give the point value). `columns`: the reading CSV's numeric columns (regression tasks);
     `metric` spearman: WUG as the rank correlation of P(candidate 0) with the human ratio."""
@@ -35,8 +41,11 @@ def task_vector(task: str, rows: list[dict[str, Any]], idx: Mapping[str, np.ndar
         return stats.spearman_bootstrap([r["prob"] for r in rows], [r["ratio"] for r in rows], idx[task])
     if task == "aoa":  # words resampled; the official Pearson r of model vs child AoA on each draw
         nan = float("nan")
-        return stats.pearson_bootstrap([nan if r["model_aoa"] is None else r["model_aoa"] for r in rows],
-                                       [nan if r["child_aoa"] is None else r["child_aoa"] for r in rows], idx[task])
+        return stats.pearson_bootstrap(
+            [nan if r["model_aoa"] is None else r["model_aoa"] for r in rows],
+            [nan if r["child_aoa"] is None else r["child_aoa"] for r in rows],
+            idx[task],
+        )
     if task in CHOICE_TASKS:
         correct: dict[str, list[bool]] = defaultdict(list)
         for r in rows:
@@ -45,8 +54,9 @@ def task_vector(task: str, rows: list[dict[str, Any]], idx: Mapping[str, np.ndar
     if task in REGRESSION_TASKS:
         cols = dict(columns or {})
         cols["surprisal"] = np.array([r["surprisal"] for r in rows], dtype=np.float64)
-        cols["prev_surprisal"] = np.array([math.nan if r["prev_surprisal"] is None else r["prev_surprisal"]
-                                           for r in rows], dtype=np.float64)
+        cols["prev_surprisal"] = np.array(
+            [math.nan if r["prev_surprisal"] is None else r["prev_surprisal"] for r in rows], dtype=np.float64
+        )
         return stats.regression_bootstrap(cols, idx[task], task)
     if task == "perplexity":
         return stats.perplexity_bootstrap(np.array([r["mean_loss"] for r in rows]), idx[task])

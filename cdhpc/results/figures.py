@@ -5,13 +5,24 @@ the functions that draw."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from cdhpc.results.report import (Key, PaperTable, TABLE_TASKS, _title, partial_line, points_from_scores,
-    render_latex, render_markdown, render_paper_csv, render_scores_long)
+from cdhpc.results.report import (
+    TABLE_TASKS,
+    Key,
+    PaperTable,
+    _title,
+    partial_line,
+    points_from_scores,
+    render_latex,
+    render_markdown,
+    render_paper_csv,
+    render_scores_long,
+)
 
 
 # ----------------------------------------------------------------------------- plots and writers
@@ -35,13 +46,19 @@ def plot_delta_rel(table: PaperTable, path: Path, partial: str | None = None) ->
         width = 0.8 / max(1, len(methods))
         for i, m in enumerate(methods):
             cells = [table.cells.get((m, t)) for t in table.tasks]
-            xs = [j + (i - (len(methods) - 1) / 2) * width for j, c in enumerate(cells) if c is not None and c.rel is not None]
+            xs = [
+                j + (i - (len(methods) - 1) / 2) * width
+                for j, c in enumerate(cells)
+                if c is not None and c.rel is not None
+            ]
             got = [c for c in cells if c is not None and c.rel is not None]
             rel = np.array([c.rel for c in got])
             err = np.array([[c.rel - c.rel_ci_low, c.rel_ci_high - c.rel] for c in got]).T.reshape(2, -1)
             ax.bar(xs, rel, width, yerr=np.clip(err, 0, None), capsize=2, label=m)
         ax.axhline(0, color="black", linewidth=0.8)
-        ax.set_xticks(range(len(table.tasks)), [_title(t, table.metrics) for t in table.tasks], rotation=30, ha="right")
+        ax.set_xticks(
+            range(len(table.tasks)), [_title(t, table.metrics) for t in table.tasks], rotation=30, ha="right"
+        )
         ax.set_ylabel(f"relative improvement vs {table.baseline} (%)")
         ax.legend(fontsize="small")
         if partial is not None:
@@ -52,8 +69,9 @@ def plot_delta_rel(table: PaperTable, path: Path, partial: str | None = None) ->
     return path
 
 
-def plot_curves(points: Mapping[Key, float], path: Path, tasks: Sequence[str] | None = None,
-                partial: str | None = None) -> Path:
+def plot_curves(
+    points: Mapping[Key, float], path: Path, tasks: Sequence[str] | None = None, partial: str | None = None
+) -> Path:
     """``curves.png``: per task, each method's score vs checkpoint step (mean over seeds, band =
     min..max over seeds). Method names are plain text; `partial` titles the figure."""
     import matplotlib
@@ -61,8 +79,11 @@ def plot_curves(points: Mapping[Key, float], path: Path, tasks: Sequence[str] | 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = list(tasks or [t for t in TABLE_TASKS if t != "aoa" and any(k[3] == t for k in points)]
-                 or sorted({k[3] for k in points if k[3] != "aoa"}))  # aoa: one value per run, no curve
+    tasks = list(
+        tasks
+        or [t for t in TABLE_TASKS if t != "aoa" and any(k[3] == t for k in points)]
+        or sorted({k[3] for k in points if k[3] != "aoa"})
+    )  # aoa: one value per run, no curve
     cols = min(4, max(1, len(tasks)))
     rows = -(-len(tasks) // cols)
     with matplotlib.rc_context(_plain_text()):
@@ -75,10 +96,12 @@ def plot_curves(points: Mapping[Key, float], path: Path, tasks: Sequence[str] | 
                         by_step.setdefault(step, []).append(v)
                 steps = sorted(by_step)
                 ax.plot(steps, [np.mean(by_step[s]) for s in steps], marker="o", markersize=3, label=method)
-                ax.fill_between(steps, [min(by_step[s]) for s in steps], [max(by_step[s]) for s in steps], alpha=0.15)
+                ax.fill_between(
+                    steps, [min(by_step[s]) for s in steps], [max(by_step[s]) for s in steps], alpha=0.15
+                )
             ax.set_title(_title(task))
             ax.set_xlabel("step")
-        for ax in axes.ravel()[len(tasks):]:
+        for ax in axes.ravel()[len(tasks) :]:
             ax.set_visible(False)
         axes.ravel()[0].legend(fontsize="small")
         if partial is not None:
@@ -90,8 +113,11 @@ def plot_curves(points: Mapping[Key, float], path: Path, tasks: Sequence[str] | 
 
 
 def write_report(
-    out_dir: Path, table: PaperTable, records: Iterable[Mapping[str, object]] | None = None,
-    names: Mapping[str, str] | None = None, partial: str | None = None,
+    out_dir: Path,
+    table: PaperTable,
+    records: Iterable[Mapping[str, object]] | None = None,
+    names: Mapping[str, str] | None = None,
+    partial: str | None = None,
 ) -> list[Path]:
     """Write ``paper_table.{csv,md,tex}``, ``delta_rel.png`` and, given score records,
     ``scores_long.csv`` and ``curves.png`` into ``out_dir``; returns the paths written.
@@ -132,7 +158,9 @@ def plot_training(curves: Sequence[Any], path: Path, partial: str | None = None)
     import matplotlib.ticker
 
     methods = list(dict.fromkeys(c.method for c in curves))
-    colours = {m: plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")(i % 20) for i, m in enumerate(methods)}
+    colours = {
+        m: plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")(i % 20) for i, m in enumerate(methods)
+    }
     with matplotlib.rc_context(_plain_text()):
         fig, (loss_ax, ppl_ax) = plt.subplots(1, 2, figsize=(11, 4))
         labelled: set[str] = set()
@@ -141,13 +169,30 @@ def plot_training(curves: Sequence[Any], path: Path, partial: str | None = None)
             labelled.add(c.method)
             train = [r for r in c.records if r.get("loss") is not None]
             val = [r for r in c.records if r.get("val_ppl") is not None]
-            loss_ax.plot([r["tokens"] for r in train], [r["loss"] for r in train], color=colours[c.method],
-                         linewidth=0.8, alpha=0.8, label=label)
-            ppl_ax.plot([r["tokens"] for r in val], [r["val_ppl"] for r in val], color=colours[c.method],
-                        marker="o", markersize=3, linewidth=1, label=label)
+            loss_ax.plot(
+                [r["tokens"] for r in train],
+                [r["loss"] for r in train],
+                color=colours[c.method],
+                linewidth=0.8,
+                alpha=0.8,
+                label=label,
+            )
+            ppl_ax.plot(
+                [r["tokens"] for r in val],
+                [r["val_ppl"] for r in val],
+                color=colours[c.method],
+                marker="o",
+                markersize=3,
+                linewidth=1,
+                label=label,
+            )
         loss_ax.set(xlabel="tokens seen", ylabel="training loss", title="training loss")
-        ppl_ax.set(xlabel="tokens seen", ylabel="validation perplexity", title="validation perplexity (held-out split)",
-                   yscale="log")
+        ppl_ax.set(
+            xlabel="tokens seen",
+            ylabel="validation perplexity",
+            title="validation perplexity (held-out split)",
+            yscale="log",
+        )
         plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")  # log ticks without mathtext
         ppl_ax.yaxis.set_major_formatter(plain)
         ppl_ax.yaxis.set_minor_formatter(plain)

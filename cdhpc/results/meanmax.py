@@ -5,8 +5,8 @@ per seed, mean over seeds), ``compare`` (paired test against the baseline, optio
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Hashable, Mapping, Sequence
 
 import numpy as np
 
@@ -42,7 +42,10 @@ def mean_max(
     best: dict[str, dict[Hashable, int]] = {}
     for method, seed, step in sorted(point, key=lambda k: (k[0], str(k[1]), k[2])):
         chosen = best.setdefault(method, {}).get(seed)
-        value, current = point[(method, seed, step)], None if chosen is None else point[(method, seed, chosen)]
+        value, current = (
+            point[(method, seed, step)],
+            None if chosen is None else point[(method, seed, chosen)],
+        )
         if current is None or (value > current if higher_is_better else value < current):
             best[method][seed] = step
     out = {}

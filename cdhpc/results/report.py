@@ -11,21 +11,39 @@ from __future__ import annotations
 
 import numbers
 import re
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Hashable, Iterable, Literal, Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 
 from cdhpc.results import meanmax, stats
 
-
-TABLE_TASKS = ("perplexity", "blimp", "blimp_supplement", "entity_tracking", "ewok", "wug", "reading",
-               "eye_tracking", "wug_past", "comps", "aoa")
+TABLE_TASKS = (
+    "perplexity",
+    "blimp",
+    "blimp_supplement",
+    "entity_tracking",
+    "ewok",
+    "wug",
+    "reading",
+    "eye_tracking",
+    "wug_past",
+    "comps",
+    "aoa",
+)
 """Column order of the paper's main table (its eight columns first, then the later BabyLM tasks)."""
 TASK_TITLES = {
-    "perplexity": "Perplexity", "blimp": "BLiMP", "blimp_supplement": "BLiMP Supp.",
-    "entity_tracking": "Entity Tracking", "ewok": "EWoK", "wug": "WUG",
-    "reading": "Reading", "eye_tracking": "Eye Tracking", "wug_past": "WUG Past", "comps": "COMPS",
+    "perplexity": "Perplexity",
+    "blimp": "BLiMP",
+    "blimp_supplement": "BLiMP Supp.",
+    "entity_tracking": "Entity Tracking",
+    "ewok": "EWoK",
+    "wug": "WUG",
+    "reading": "Reading",
+    "eye_tracking": "Eye Tracking",
+    "wug_past": "WUG Past",
+    "comps": "COMPS",
     "aoa": "AoA",
 }
 METRIC_MARKS = {"accuracy": "acc.", "spearman": "ρ", "pearson": "r"}
@@ -67,11 +85,18 @@ class PaperTable:
 
 # ----------------------------------------------------------------------------- aggregation
 def _task_cells(
-    results: Mapping[str, meanmax.MeanMaxResult], task: str, baseline: str, lower: bool,
-    ties: stats.Ties, ci: float, rng: np.random.Generator | None,
+    results: Mapping[str, meanmax.MeanMaxResult],
+    task: str,
+    baseline: str,
+    lower: bool,
+    ties: stats.Ties,
+    ci: float,
+    rng: np.random.Generator | None,
 ) -> dict[str, Cell]:
     if baseline not in results:
-        raise KeyError(f"task {task!r}: no scores for the baseline method {baseline!r}; methods: {sorted(results)}")
+        raise KeyError(
+            f"task {task!r}: no scores for the baseline method {baseline!r}; methods: {sorted(results)}"
+        )
     base = results[baseline]
     cells = {baseline: Cell(base.value, base.pm)}
     tails = [50 * (1 - ci), 50 * (1 + ci)]
@@ -93,7 +118,9 @@ def _task_cells(
     return cells
 
 
-def _correct(cells: dict[tuple[str, str], Cell], correction: Correction, ci: float) -> dict[tuple[str, str], Cell]:
+def _correct(
+    cells: dict[tuple[str, str], Cell], correction: Correction, ci: float
+) -> dict[tuple[str, str], Cell]:
     """Adjust every p-value of the table as one family; significance becomes adjusted p < (1-ci)/2."""
     if correction == "none":
         return cells
@@ -105,7 +132,17 @@ def _correct(cells: dict[tuple[str, str], Cell], correction: Correction, ci: flo
     out = dict(cells)
     for key, p in zip(keys, adjusted):
         c = cells[key]
-        out[key] = Cell(c.value, c.pm, bool(p < (1 - ci) / 2), float(p), c.ci_low, c.ci_high, c.rel, c.rel_ci_low, c.rel_ci_high)
+        out[key] = Cell(
+            c.value,
+            c.pm,
+            bool(p < (1 - ci) / 2),
+            float(p),
+            c.ci_low,
+            c.ci_high,
+            c.rel,
+            c.rel_ci_low,
+            c.rel_ci_high,
+        )
     return out
 
 
@@ -136,7 +173,9 @@ def build_paper_table(
     for task in tasks:
         keys = [k for k in points if k[3] == task]
         task_vectors = {k[:3]: vectors[k] for k in keys}
-        results = meanmax.mean_max(task_vectors, {k[:3]: points[k] for k in keys}, task not in lower_is_better)
+        results = meanmax.mean_max(
+            task_vectors, {k[:3]: points[k] for k in keys}, task not in lower_is_better
+        )
         if not results:
             continue
         task_cells = _task_cells(results, task, baseline, task in lower_is_better, ties, ci, rng)
@@ -149,7 +188,11 @@ def build_paper_table(
     complete = {m: v for m, v in values.items() if all(t in v for t in paper)}
     if baseline in complete and any(complete[baseline][t] <= 0 for t in paper):
         complete = {}  # a relative change against a baseline <= 0 is undefined: no muDeltaREL
-    mu = meanmax.mu_delta_rel(complete, baseline, paper, lower_is_better) if paper and baseline in complete else {}
+    mu = (
+        meanmax.mu_delta_rel(complete, baseline, paper, lower_is_better)
+        if paper and baseline in complete
+        else {}
+    )
     return PaperTable(order, tuple(tasks), cells, mu, baseline, tuple(lower_is_better), dict(metrics or {}))
 
 
@@ -206,7 +249,11 @@ def render_paper_csv(table: PaperTable, partial: str | None = None) -> str:
         row: list[object] = [m, table.mu_delta_rel.get(m)]
         for t in table.tasks:
             c = table.cells.get((m, t))
-            row += [None] * 6 if c is None else [c.value, c.pm, c.significant if c.p is not None else None, c.p, c.ci_low, c.ci_high]
+            row += (
+                [None] * 6
+                if c is None
+                else [c.value, c.pm, c.significant if c.p is not None else None, c.p, c.ci_low, c.ci_high]
+            )
         rows.append(row)
     return _csv(paper_table_header(table.tasks), rows, partial)
 
@@ -220,7 +267,9 @@ def render_scores_long(records: Iterable[Mapping[str, object]], partial: str | N
         if missing:
             raise KeyError(f"score record {i} lacks {missing}; has {sorted(r)}")
         rows.append([r[c] for c in SCORES_LONG_COLUMNS])
-    rows.sort(key=lambda row: tuple((0, v, "") if isinstance(v, numbers.Real) else (1, 0, str(v)) for v in row))
+    rows.sort(
+        key=lambda row: tuple((0, v, "") if isinstance(v, numbers.Real) else (1, 0, str(v)) for v in row)
+    )
     return _csv(SCORES_LONG_COLUMNS, rows, partial)
 
 
@@ -272,8 +321,9 @@ def partial_line(partial: str) -> str:
     return f"PARTIAL: {partial}; mean-max over the checkpoints evaluated so far"
 
 
-def render_markdown(table: PaperTable, names: Mapping[str, str] | None = None,
-                    partial: str | None = None) -> str:
+def render_markdown(
+    table: PaperTable, names: Mapping[str, str] | None = None, partial: str | None = None
+) -> str:
     """The table in Markdown: "value ± pm", ``\\*`` when significant, best per column in bold.
     Method names are text (`markdown_escape`); `partial` puts `partial_line` before the table."""
     names = names or {}
@@ -297,8 +347,13 @@ def render_markdown(table: PaperTable, names: Mapping[str, str] | None = None,
 
 
 _LATEX_SPECIAL = {c: "\\" + c for c in "&%$#_{}"} | {
-    "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}",
-    "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}"}
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "\\": r"\textbackslash{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+    "|": r"\textbar{}",
+}
 
 
 def latex_escape(text: str) -> str:
@@ -308,17 +363,24 @@ def latex_escape(text: str) -> str:
     return "".join(_LATEX_SPECIAL.get(ch, ch if ch.isprintable() else " ") for ch in text)
 
 
-def render_latex(table: PaperTable, names: Mapping[str, str] | None = None,
-                 partial: str | None = None) -> str:
+def render_latex(
+    table: PaperTable, names: Mapping[str, str] | None = None, partial: str | None = None
+) -> str:
     """The table as a booktabs ``tabular``: ``$v \\pm pm$``, ``^{*}`` when significant, bold best.
     `partial`: a comment line and a first row, both `partial_line`, so a typeset draft shows it."""
     names = names or {}
     arrows = [r"$\downarrow$" if t in table.lower_is_better else r"$\uparrow$" for t in table.tasks]
-    header = ["Name", r"$\mu\Delta_{\mathrm{REL}}$ $\uparrow$"] + [f"{_title(t, table.metrics, latex=True)} {a}" for t, a in zip(table.tasks, arrows)]
+    header = ["Name", r"$\mu\Delta_{\mathrm{REL}}$ $\uparrow$"] + [
+        f"{_title(t, table.metrics, latex=True)} {a}" for t, a in zip(table.tasks, arrows)
+    ]
     lines = [r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule"]
     if partial is not None:
         mark = latex_escape(partial_line(partial))
-        lines = [f"% {mark}"] + lines + [rf"\multicolumn{{{len(header)}}}{{l}}{{\textbf{{{mark}}}}} \\", r"\midrule"]
+        lines = (
+            [f"% {mark}"]
+            + lines
+            + [rf"\multicolumn{{{len(header)}}}{{l}}{{\textbf{{{mark}}}}} \\", r"\midrule"]
+        )
     lines += [" & ".join(header) + r" \\", r"\midrule"]
     best = {t: _best(table, t) for t in table.tasks}
     for m in table.methods:
@@ -335,5 +397,3 @@ def render_latex(table: PaperTable, names: Mapping[str, str] | None = None,
             row.append(f"${body}" + ("^{*}" if c.significant else "") + "$")
         lines.append(" & ".join(row) + r" \\")
     return "\n".join(lines + [r"\bottomrule", r"\end{tabular}"]) + "\n"
-
-

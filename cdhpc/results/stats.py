@@ -8,7 +8,8 @@
   perplexity (exp of the mean resampled block loss), reading / eye tracking (refit of the OLS
   delta-R^2 on resampled rows, batched as weighted least squares). Passing
   ``point_indices(...)`` instead of drawn indices gives the point estimate (``B = 1``).
-- In ``cdhpc.results.meanmax``: ``mean_max`` (best checkpoint per seed, mean over seeds), ``compare`` (paired test vs the
+- In ``cdhpc.results.meanmax``: ``mean_max`` (best checkpoint per seed, mean over seeds), ``compare`` (paired
+test vs the
   baseline), ``mu_delta_rel``, and beyond the paper ``holm``, ``benjamini_hochberg`` and a
   two-level (seeds, then items) bootstrap in ``compare``.
 
@@ -19,11 +20,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import combinations
-from typing import Literal, Mapping, Sequence
-import numpy as np
+from typing import Literal
 
+import numpy as np
 
 PAPER_TASKS = ("blimp", "blimp_supplement", "entity_tracking", "ewok", "wug", "reading", "eye_tracking")
 """The seven tasks muDeltaREL averages over (perplexity excluded), docs/method.md §8.4."""
@@ -103,7 +105,9 @@ def accuracy_bootstrap(correct_by_uid: Mapping[str, np.ndarray], idx: Mapping[st
     over UIDs of each UID's accuracy on its resampled items (BabyLM's macro mean)."""
     missing, extra = set(correct_by_uid) - set(idx), set(idx) - set(correct_by_uid)
     if missing or extra:
-        raise ValueError(f"UIDs without index sets: {sorted(missing)}; index sets without scores: {sorted(extra)}")
+        raise ValueError(
+            f"UIDs without index sets: {sorted(missing)}; index sets without scores: {sorted(extra)}"
+        )
     if not correct_by_uid:
         raise ValueError("accuracy_bootstrap needs at least one UID")
     resamples = {np.shape(i)[0] for i in idx.values()}
@@ -211,7 +215,9 @@ def _counts(idx: np.ndarray, n: int) -> np.ndarray:
     return flat.reshape(idx.shape[0], n).astype(np.float64)
 
 
-def _weighted_r2(gram: np.ndarray, xy: np.ndarray, yy: np.ndarray, sy: np.ndarray, w: np.ndarray) -> np.ndarray:
+def _weighted_r2(
+    gram: np.ndarray, xy: np.ndarray, yy: np.ndarray, sy: np.ndarray, w: np.ndarray
+) -> np.ndarray:
     try:
         beta = np.linalg.solve(gram, xy[..., None])[..., 0]
     except np.linalg.LinAlgError:  # a degenerate resample: minimum-norm solution instead
@@ -282,5 +288,3 @@ def regression_bootstrap(
     if task == "reading":
         return delta_r2_bootstrap(columns, idx, READING_MEASURE, READING_PREDICTORS)
     raise ValueError(f"regression task must be 'reading' or 'eye_tracking', got {task!r}")
-
-

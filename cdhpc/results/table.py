@@ -5,8 +5,9 @@ predictions: the aggregate stage (jobs/aggregate.py) reads them from the workdir
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from cdhpc.base.names import method_labels
 from cdhpc.results import stats
@@ -43,11 +44,29 @@ def build_table(evaluations: list[Evaluation], params: Mapping[str, Any]):
         vectors[key] = task_vector(task, e.rows, idx[task][1], e.columns, e.metric)
         points[key] = float(task_vector(task, e.rows, stats.point_indices(n_by_uid), e.columns, e.metric)[0])
         metrics[task] = e.metric
-        records.append({"run": p["run"], "method": key[0], "seed": p["seed"], "step": p["step"], "task": task,
-                        "score": points[key], "metric": e.metric, "task_version": e.task_version})
+        records.append(
+            {
+                "run": p["run"],
+                "method": key[0],
+                "seed": p["seed"],
+                "step": p["step"],
+                "task": task,
+                "score": points[key],
+                "metric": e.metric,
+                "task_version": e.task_version,
+            }
+        )
     order = {m: i for i, m in enumerate(params["methods"])}  # the config's order, shares ascending
     methods = [labels[k] for k in sorted(labels, key=lambda k: (order[k[0]], k[1]))]
-    table = build_paper_table(vectors, points, baseline=cfg["baseline"], tasks=params["tasks"], methods=methods,
-                              ties=cfg["ties"], correction=cfg["correction"], delta_tasks=params.get("delta_tasks"),
-                              metrics=metrics)
+    table = build_paper_table(
+        vectors,
+        points,
+        baseline=cfg["baseline"],
+        tasks=params["tasks"],
+        methods=methods,
+        ties=cfg["ties"],
+        correction=cfg["correction"],
+        delta_tasks=params.get("delta_tasks"),
+        metrics=metrics,
+    )
     return table, records

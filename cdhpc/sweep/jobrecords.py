@@ -1,7 +1,7 @@
-"""Job records: the JSON the executor keeps per step about its job, ``workdir/jobs/<stage>/<name>-<key8>.json``
-(docs/design.md §1, §9). One type, `JobRecord`, with its path, read, write and in-place update;
-written by the executors (local and SLURM) and by a local step's job (``jobs.mark_job_record``),
-indexed by the manifest (`FIELDS`), read by the status views."""
+"""Job records: the JSON the executor keeps per step about its job,
+``workdir/jobs/<stage>/<name>-<key8>.json`` (docs/design.md §1, §9). One type, `JobRecord`, with
+its path, read, write and in-place update; written by the executors (local and SLURM) and by a
+local step's job (``jobs.mark_job_record``), indexed by the manifest (`FIELDS`), read by the status views."""
 
 from __future__ import annotations
 

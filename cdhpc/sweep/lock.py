@@ -63,10 +63,13 @@ def parse_holder(text: str) -> LockHolder | None:
 def busy_message(workdir: Path, holder: LockHolder | None) -> str:
     """Pure (up to the local time zone): the one line a second launcher prints."""
     if holder is None:
-        return f"cdhpc: {workdir} is in use by another process (it holds {Workdir(workdir).lock}); wait for it or stop it"
+        lock = Workdir(workdir).lock
+        return f"cdhpc: {workdir} is in use by another process (it holds {lock}); wait for it or stop it"
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.since))
-    return (f"cdhpc: {workdir} is in use by pid {holder.pid} on {holder.host} since {since} ({holder.command}); "
-            "wait for it or stop it")
+    return (
+        f"cdhpc: {workdir} is in use by pid {holder.pid} on {holder.host} since {since} ({holder.command}); "
+        "wait for it or stop it"
+    )
 
 
 class WorkdirError(Exception):
@@ -104,7 +107,9 @@ class WorkdirLock:
         if held is not None:  # this process already holds it (e.g. a launcher healing its manifest)
             self._outer = held
             return self
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)  # umask decides; jobs never inherit it
+        fd = os.open(
+            self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666
+        )  # umask decides; jobs never inherit it
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -117,9 +122,19 @@ class WorkdirLock:
         try:
             old = parse_holder(_read(fd))
             if old is not None:  # a clean release empties the file: its holder was killed
-                log.info("cdhpc: taking over %s, left by pid %d on %s (%s), which ended without releasing it",
-                         self.path, old.pid, old.host, old.command)
-            record = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time(), "command": self.command}
+                log.info(
+                    "cdhpc: taking over %s, left by pid %d on %s (%s), which ended without releasing it",
+                    self.path,
+                    old.pid,
+                    old.host,
+                    old.command,
+                )
+            record = {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "since": time.time(),
+                "command": self.command,
+            }
             os.ftruncate(fd, 0)
             os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
         except BaseException:
@@ -167,9 +182,11 @@ def _wait_for_record(fd: int, wait_s: float = 1.0) -> LockHolder | None:
 ADVICE = {
     errno.EACCES: "no permission: run as the workdir's owner or fix its permissions",
     errno.EPERM: "not permitted: run as the workdir's owner or fix its permissions",
-    errno.EROFS: "the filesystem is read-only: use a writable copy of the workdir (cdhpc status and report work read-only)",
+    errno.EROFS: "the filesystem is read-only: use a writable copy of the workdir "
+    "(cdhpc status and report work read-only)",
     errno.ENOSPC: "the disk is full: free space, then run the same command again (re-running is safe)",
-    errno.EDQUOT: "the disk quota is exceeded: free space, then run the same command again (re-running is safe)",
+    errno.EDQUOT: "the disk quota is exceeded: free space, then run the same command again "
+    "(re-running is safe)",
 }
 
 

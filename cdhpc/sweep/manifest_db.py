@@ -38,15 +38,28 @@ CREATE TABLE IF NOT EXISTS jobs (key TEXT PRIMARY KEY, executor TEXT, job_id TEX
 CREATE INDEX IF NOT EXISTS steps_stage ON steps (stage);
 CREATE INDEX IF NOT EXISTS steps_heads ON steps (ord, key, stage, name, gpus);
 """
-SCHEMA_NAMES = {"steps", "stamps", "receipts", "outputs", "checkpoints", "shards", "scores", "jobs", "steps_stage", "steps_heads"}
+SCHEMA_NAMES = {
+    "steps",
+    "stamps",
+    "receipts",
+    "outputs",
+    "checkpoints",
+    "shards",
+    "scores",
+    "jobs",
+    "steps_stage",
+    "steps_heads",
+}
 
 CORRUPT_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
-UNWRITABLE_CODES = {5: "another process is writing it: wait for it, then run the same command again",  # BUSY
-                    6: "another process is writing it: wait for it, then run the same command again",  # LOCKED
-                    8: "it cannot be written: check the permissions and the filesystem of the workdir",  # READONLY
-                    10: "disk I/O error: check the filesystem of the workdir",  # IOERR
-                    13: "the disk is full: free space, then run the same command again (re-running is safe)",  # FULL
-                    14: "it cannot be opened for writing: check the permissions of the workdir"}  # CANTOPEN
+UNWRITABLE_CODES = {
+    5: "another process is writing it: wait for it, then run the same command again",  # BUSY
+    6: "another process is writing it: wait for it, then run the same command again",  # LOCKED
+    8: "it cannot be written: check the permissions and the filesystem of the workdir",  # READONLY
+    10: "disk I/O error: check the filesystem of the workdir",  # IOERR
+    13: "the disk is full: free space, then run the same command again (re-running is safe)",  # FULL
+    14: "it cannot be opened for writing: check the permissions of the workdir",
+}  # CANTOPEN
 
 
 class ManifestError(Exception):
@@ -98,7 +111,9 @@ def writable(path: Path) -> bool:
 
 
 def unusable(path: Path, e: sqlite3.Error) -> ManifestError:
-    advice = UNWRITABLE_CODES.get(sqlite_code(e), "it is corrupt: run cdhpc manifest rebuild (it is rebuilt from the receipts)")
+    advice = UNWRITABLE_CODES.get(
+        sqlite_code(e), "it is corrupt: run cdhpc manifest rebuild (it is rebuilt from the receipts)"
+    )
     return ManifestError(f"cdhpc: {path}: {e}; {advice}")
 
 

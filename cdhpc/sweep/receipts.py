@@ -69,8 +69,14 @@ def describe_outputs(workdir: str | Path, paths: list[Path]) -> list[OutputFile]
     out = []
     for f in files:
         st = f.stat()
-        out.append(OutputFile(path=str(f.relative_to(workdir)), sha256=sha256_file(f), bytes=st.st_size,
-                              mtime_ns=st.st_mtime_ns))
+        out.append(
+            OutputFile(
+                path=str(f.relative_to(workdir)),
+                sha256=sha256_file(f),
+                bytes=st.st_size,
+                mtime_ns=st.st_mtime_ns,
+            )
+        )
     return out
 
 
@@ -86,6 +92,8 @@ def read_receipt(path: str | Path) -> Receipt:
     except ValidationError as e:
         first = e.errors(include_url=False)[0]
         where = ".".join(map(str, first["loc"]))
-        raise ReceiptError(f"{path}: not a valid receipt ({first['msg']}{f' at {where}' if where else ''})") from None
+        raise ReceiptError(
+            f"{path}: not a valid receipt ({first['msg']}{f' at {where}' if where else ''})"
+        ) from None
     except OSError as e:
         raise ReceiptError(f"{path}: cannot read receipt ({e.strerror})") from None

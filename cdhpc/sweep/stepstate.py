@@ -18,8 +18,20 @@ from typing import Any
 log = logging.getLogger("cdhpc")
 
 DONE, FAILED, RUNNING, QUEUED, MISSING, BLOCKED = "done", "failed", "running", "queued", "missing", "blocked"
-LIVE_JOB_STATES = ("PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "CONFIGURING",
-                   "COMPLETING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT")
+LIVE_JOB_STATES = (
+    "PENDING",
+    "RUNNING",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "RESV_DEL_HOLD",
+    "CONFIGURING",
+    "COMPLETING",
+    "SUSPENDED",
+    "RESIZING",
+    "SIGNALING",
+    "STAGE_OUT",
+)
 QUEUED_JOB_STATES = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD")
 _LIVE = frozenset(LIVE_JOB_STATES)  # membership tests, once per step
 
@@ -85,8 +97,11 @@ def step_done(workdir: str | os.PathLike, stage: str, name: str, key: str) -> bo
     except ReceiptError:
         return False
     root = str(workdir)
-    return r.status == "ok" and r.key == key and all(output_ok(root, o.path, o.sha256, o.bytes, o.mtime_ns)
-                                                     for o in r.outputs)
+    return (
+        r.status == "ok"
+        and r.key == key
+        and all(output_ok(root, o.path, o.sha256, o.bytes, o.mtime_ns) for o in r.outputs)
+    )
 
 
 def outputs_intact(root: str, outputs: Iterable[Any], rehash: bool = False) -> bool:
@@ -137,9 +152,15 @@ def _size_mtime(stat: Callable[[str], os.stat_result], path: str) -> tuple[int, 
         return None
 
 
-def step_states(workdir: Path, plan: Any, receipts: dict[str, Any], jobs: dict[str, Any],
-                outputs_of: Callable[[str], list[Any]], rehash: bool = False,
-                intact: dict[str, bool] | None = None) -> dict[str, str]:
+def step_states(
+    workdir: Path,
+    plan: Any,
+    receipts: dict[str, Any],
+    jobs: dict[str, Any],
+    outputs_of: Callable[[str], list[Any]],
+    rehash: bool = False,
+    intact: dict[str, bool] | None = None,
+) -> dict[str, str]:
     """State of every planned step (a Plan, or step keys) by `classify`; done steps have every
     output still intact (re-hashed where an mtime changed, or all with `rehash`). `intact` is the
     status UI's cache (key -> outputs intact at the last check): steps it holds are not checked
@@ -155,7 +176,11 @@ def step_states(workdir: Path, plan: Any, receipts: dict[str, Any], jobs: dict[s
             if key not in checked:
                 checked[key] = outputs_intact(root, outputs_of(key), rehash)
                 if intact is None and not checked[key]:
-                    log.warning("step %s/%s: outputs changed since its receipt; it will run again", r["stage"], r["name"])
+                    log.warning(
+                        "step %s/%s: outputs changed since its receipt; it will run again",
+                        r["stage"],
+                        r["name"],
+                    )
             good = checked[key] or None
         states[key] = classify(r, good, j, job_alive(j))
     return states

@@ -69,9 +69,11 @@ def cancel_steps(snap: Snapshot, keys: list[str]) -> list[str]:
                 live_elements[array] = live_elements.get(array, 0) + 1
         ids = scancel_ids(slurm, live_elements)
         for i in range(0, len(ids), SCANCEL_BATCH):
-            subprocess.run(["scancel", *ids[i:i + SCANCEL_BATCH]], check=False, capture_output=True)
+            subprocess.run(["scancel", *ids[i : i + SCANCEL_BATCH]], check=False, capture_output=True)
         n = sum(len(members["slurm", job_id]) for job_id in slurm)
-        what = f"slurm job {ids[0]}" if len(slurm) == 1 else f"{len(slurm)} slurm jobs ({len(ids)} scancel ids)"
+        what = (
+            f"slurm job {ids[0]}" if len(slurm) == 1 else f"{len(slurm)} slurm jobs ({len(ids)} scancel ids)"
+        )
         messages.append(f"cancelled {what} ({n} step(s)); status shows them once SLURM reports it")
         messages += cancel_continuation(snap.workdir)
     return messages
@@ -87,9 +89,17 @@ def cancel_continuation(workdir: Path) -> list[str]:
     if not doc or not doc.get("continuation"):
         return []
     subprocess.run(["scancel", str(doc["continuation"])], check=False, capture_output=True)
-    atomic_write_json(Workdir(workdir).waves, {**doc, "continuation": None,
-                                               "note": f"continuation {doc['continuation']} cancelled by cdhpc cancel"})
-    return [f"cancelled the continuation job {doc['continuation']}: no further wave is submitted until a launch"]
+    atomic_write_json(
+        Workdir(workdir).waves,
+        {
+            **doc,
+            "continuation": None,
+            "note": f"continuation {doc['continuation']} cancelled by cdhpc cancel",
+        },
+    )
+    return [
+        f"cancelled the continuation job {doc['continuation']}: no further wave is submitted until a launch"
+    ]
 
 
 def retry_command(workdir: Path, verbose: bool = False) -> list[str]:

@@ -25,8 +25,12 @@ DEFAULTS = {
     "sample_tokens_per_s": 150_000.0,  # one model instead of two: twice the CD rate (assumed)
     "eval_blimp_s": 10.0,  # the evaluation target: full BLiMP with host work, 12x768
 }
-KINDS = {"train_flops_per_s": "training", "cd_tokens_per_s": "CD sampling",
-         "sample_tokens_per_s": "plain sampling", "eval_blimp_s": "evaluation"}
+KINDS = {
+    "train_flops_per_s": "training",
+    "cd_tokens_per_s": "CD sampling",
+    "sample_tokens_per_s": "plain sampling",
+    "eval_blimp_s": "evaluation",
+}
 
 
 @dataclass(frozen=True)
@@ -40,9 +44,12 @@ class Rates:
 
 
 def default_rates() -> Rates:
-    return Rates(**DEFAULTS, preset=CAL_PRESET,
-                 source="documented defaults (docs/gpu.md: the targets on one H100/H200); "
-                        "--calibration gpu.jsonl uses measured figures")
+    return Rates(
+        **DEFAULTS,
+        preset=CAL_PRESET,
+        source="documented defaults (docs/gpu.md: the targets on one H100/H200); "
+        "--calibration gpu.jsonl uses measured figures",
+    )
 
 
 def rates_from_calibration(path: Path) -> Rates:
@@ -55,15 +62,19 @@ def rates_from_calibration(path: Path) -> Rates:
     if "train_tokens_per_s" in figs:
         ctx = figs["train_tokens_per_s"]["context"]
         measured["train_flops_per_s"] = figs["train_tokens_per_s"]["value"] * flops_per_token(
-            ctx.get("preset") or CAL_PRESET, int(ctx.get("vocab_size") or CAL_VOCAB), int(ctx.get("seq_len") or CAL_SEQ))
+            ctx.get("preset") or CAL_PRESET,
+            int(ctx.get("vocab_size") or CAL_VOCAB),
+            int(ctx.get("seq_len") or CAL_SEQ),
+        )
     for name in ("cd_tokens_per_s", "sample_tokens_per_s", "eval_blimp_s"):
         if name in figs:
             measured[name] = figs[name]["value"]
     if not measured:
         raise_missing(path)
     first = next(iter(figs.values()))
-    source = (f"measured, from {path} ({first['device']}, {first['date']}) for "
-              + ", ".join(KINDS[k] for k in KINDS if k in measured))
+    source = f"measured, from {path} ({first['device']}, {first['date']}) for " + ", ".join(
+        KINDS[k] for k in KINDS if k in measured
+    )
     rest = [KINDS[k] for k in KINDS if k not in measured]
     if rest:
         source += "; documented defaults for " + ", ".join(rest) + " (not in the file)"
@@ -73,8 +84,10 @@ def rates_from_calibration(path: Path) -> Rates:
 def raise_missing(path: Path) -> None:
     from cdhpc.ui.gpufigures import CalibrationError
 
-    raise CalibrationError(f"{path}: none of train_tokens_per_s, cd_tokens_per_s, sample_tokens_per_s, "
-                           "eval_blimp_s has a value; run `bash .ci/gpu` on a GPU node to measure them")
+    raise CalibrationError(
+        f"{path}: none of train_tokens_per_s, cd_tokens_per_s, sample_tokens_per_s, "
+        "eval_blimp_s has a value; run `bash .ci/gpu` on a GPU node to measure them"
+    )
 
 
 def _matmul_params(preset: ModelPreset | str, vocab: int) -> int:
@@ -91,12 +104,19 @@ def step_hours(step, cfg, rates: Rates) -> float:
     if step.stage == "pretrain":
         t = p["train"]
         tokens = t["steps"] * t["global_batch"] * t["seq_len"]
-        return tokens * flops_per_token(ModelPreset(**p["preset"]), p["vocab_size"], t["seq_len"]) / rates.train_flops_per_s / 3600
+        return (
+            tokens
+            * flops_per_token(ModelPreset(**p["preset"]), p["vocab_size"], t["seq_len"])
+            / rates.train_flops_per_s
+            / 3600
+        )
     if step.stage == "generate":
         tokens = (p["prompts"][1] - p["prompts"][0]) * p["continuations"] * p["new_tokens"]
         rate = rates.cd_tokens_per_s if p["decoding"]["mode"] == "cd" else rates.sample_tokens_per_s
         vocab = cfg.tokenizer.vocab_size
-        scale = _matmul_params(rates.preset, CAL_VOCAB) / _matmul_params(cfg.presets()[cfg.pretrain.model], vocab)
+        scale = _matmul_params(rates.preset, CAL_VOCAB) / _matmul_params(
+            cfg.presets()[cfg.pretrain.model], vocab
+        )
         return gpus * tokens / (rate * scale) / 3600
     if step.stage == "evaluate":
         return gpus * rates.eval_blimp_s / 3600

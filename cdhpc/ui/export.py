@@ -38,7 +38,10 @@ def export(workdir: Path, write: bool) -> int:
         return 1
     table, records = build_table(workdir, receipts, agg["params"])
     if len(receipts) < planned:
-        print(f"PARTIAL: {len(receipts)} of {planned} evaluate steps done; mean-max over the checkpoints evaluated so far\n")
+        print(
+            f"PARTIAL: {len(receipts)} of {planned} evaluate steps done; mean-max over the checkpoints "
+            "evaluated so far\n"
+        )
     print(render_markdown(table))
     if write:  # the report is rendered outside the workdir, then published as results/ in one rename
         with tempfile.TemporaryDirectory(prefix="cdhpc-export-") as out:

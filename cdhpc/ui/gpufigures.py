@@ -90,28 +90,54 @@ def last_json(text: str) -> dict:
 
 
 def from_train(r: dict) -> dict[str, tuple[Any, dict]]:
-    ctx = {k: r.get(k) for k in ("preset", "vocab_size", "seq_len", "micro_batch", "accumulation",
-                                  "precision", "compile", "peak_flops")} | {"plain_tokens_per_s": r["peer"]}
-    return {"train_tokens_per_s": (r["ours"], ctx), "train_mfu": (r["mfu_ours"], ctx),
-            "train_ratio_vs_plain": (r["ratio"], ctx)}
+    ctx = {
+        k: r.get(k)
+        for k in (
+            "preset",
+            "vocab_size",
+            "seq_len",
+            "micro_batch",
+            "accumulation",
+            "precision",
+            "compile",
+            "peak_flops",
+        )
+    } | {"plain_tokens_per_s": r["peer"]}
+    return {
+        "train_tokens_per_s": (r["ours"], ctx),
+        "train_mfu": (r["mfu_ours"], ctx),
+        "train_ratio_vs_plain": (r["ratio"], ctx),
+    }
 
 
 def from_sampler(r: dict) -> dict[str, tuple[Any, dict]]:
     row = max(r["rows"], key=lambda x: x["batch"])  # the batch the CD target is stated for
     ctx = {k: row.get(k) for k in ("preset", "vocab", "params_m", "batch", "new_tokens", "prompt_len")}
-    out = {"cd_tokens_per_s": (row["ours_cd_tokens_per_s"], ctx),
-           "sample_tokens_per_s": (row["ours_vanilla_tokens_per_s"], ctx)}
+    out = {
+        "cd_tokens_per_s": (row["ours_cd_tokens_per_s"], ctx),
+        "sample_tokens_per_s": (row["ours_vanilla_tokens_per_s"], ctx),
+    }
     if "speedup_cd" in row:
-        out["cd_speedup_vs_hf"] = (row["speedup_cd"], ctx | {"hf_cd_tokens_per_s": row["reference_cd_tokens_per_s"]})
+        out["cd_speedup_vs_hf"] = (
+            row["speedup_cd"],
+            ctx | {"hf_cd_tokens_per_s": row["reference_cd_tokens_per_s"]},
+        )
     return out
 
 
 def from_eval(r: dict) -> dict[str, tuple[Any, dict]]:
     """Seconds for BLIMP_PAIRS pairs (scaled linearly when the bench scored another number)."""
-    ctx = {"pairs": r["pairs"], "measured_s": r["ours_s"], "scaled": r["pairs"] != BLIMP_PAIRS,
-           "model": r.get("model"), "reference_s": r.get("peer_s")}
-    return {"eval_blimp_s": (r["ours_s"] * BLIMP_PAIRS / r["pairs"], ctx),
-            "eval_same_decisions": (bool(r["identical_decisions"]), ctx)}
+    ctx = {
+        "pairs": r["pairs"],
+        "measured_s": r["ours_s"],
+        "scaled": r["pairs"] != BLIMP_PAIRS,
+        "model": r.get("model"),
+        "reference_s": r.get("peer_s"),
+    }
+    return {
+        "eval_blimp_s": (r["ours_s"] * BLIMP_PAIRS / r["pairs"], ctx),
+        "eval_same_decisions": (bool(r["identical_decisions"]), ctx),
+    }
 
 
 def from_junit(path: Path) -> dict[str, tuple[Any, dict]]:
@@ -119,8 +145,12 @@ def from_junit(path: Path) -> dict[str, tuple[Any, dict]]:
     root = ET.parse(path).getroot()
     suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
     n = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
-    failed = [f"{c.get('classname')}::{c.get('name')}" for s in suites for c in s.iter("testcase")
-              if c.find("failure") is not None or c.find("error") is not None]
+    failed = [
+        f"{c.get('classname')}::{c.get('name')}"
+        for s in suites
+        for c in s.iter("testcase")
+        if c.find("failure") is not None or c.find("error") is not None
+    ]
     passed = n["tests"] - n["failures"] - n["errors"] - n["skipped"]
     return {"gpu_tests": (passed, n | {"failed": failed})}
 
@@ -131,11 +161,20 @@ def from_sweep(workdir: Path, seconds: float) -> dict[str, tuple[Any, dict]]:
     steps = json.loads(Workdir(workdir).plan.read_text())["steps"]
     receipts = [json.loads(p.read_text()) for p in Workdir(workdir).receipts.glob("*/*.json")]
     ok = {r["key"] for r in receipts if r.get("status") == "ok"}
-    devices = sorted({str(r.get("metrics", {}).get("device")) for r in receipts if r.get("stage") == "pretrain"})
-    gen_rates = [r["metrics"]["tokens_per_s"] for r in receipts
-                 if r.get("stage") == "generate" and "tokens_per_s" in r.get("metrics", {})]
-    ctx = {"steps": len(steps), "ok": sum(s["key"] in ok for s in steps), "pretrain_devices": devices,
-           "generate_tokens_per_s_mean": sum(gen_rates) / len(gen_rates) if gen_rates else None}
+    devices = sorted(
+        {str(r.get("metrics", {}).get("device")) for r in receipts if r.get("stage") == "pretrain"}
+    )
+    gen_rates = [
+        r["metrics"]["tokens_per_s"]
+        for r in receipts
+        if r.get("stage") == "generate" and "tokens_per_s" in r.get("metrics", {})
+    ]
+    ctx = {
+        "steps": len(steps),
+        "ok": sum(s["key"] in ok for s in steps),
+        "pretrain_devices": devices,
+        "generate_tokens_per_s_mean": sum(gen_rates) / len(gen_rates) if gen_rates else None,
+    }
     all_ok = ctx["ok"] == len(steps) and bool(devices) and all(d.startswith("cuda") for d in devices)
     return {"tiny_sweep_s": (seconds, ctx), "tiny_sweep_ok": (all_ok, ctx)}
 
@@ -147,9 +186,18 @@ def figure_lines(part: str, status: str, values: dict[str, tuple[Any, dict]], me
         fig = FIGURES[name]
         value, ctx = values.get(name, (None, {}))
         met = fig.met(value, ctx) if status == "ok" else (False if fig.op else None)
-        lines.append({"figure": name, "value": value, "unit": fig.unit, "target": fig.target_text(),
-                      "met": met, "status": status if name in values or status != "ok" else "missing",
-                      **meta, "context": ctx})
+        lines.append(
+            {
+                "figure": name,
+                "value": value,
+                "unit": fig.unit,
+                "target": fig.target_text(),
+                "met": met,
+                "status": status if name in values or status != "ok" else "missing",
+                **meta,
+                "context": ctx,
+            }
+        )
     return lines
 
 
@@ -183,8 +231,17 @@ def _shown(value: Any) -> str:
 def render_table(lines: list[dict]) -> str:
     """Plain text: figure, value, unit, target, met, status (one row per line of gpu.jsonl)."""
     rows = [("figure", "value", "unit", "target", "met", "status")]
-    rows += [(x["figure"], _shown(x["value"]), x["unit"], x["target"] or "-",
-              "-" if x["met"] is None else ("MET" if x["met"] else "NOT MET"), x["status"]) for x in lines]
+    rows += [
+        (
+            x["figure"],
+            _shown(x["value"]),
+            x["unit"],
+            x["target"] or "-",
+            "-" if x["met"] is None else ("MET" if x["met"] else "NOT MET"),
+            x["status"],
+        )
+        for x in lines
+    ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
@@ -203,7 +260,9 @@ def read_calibration(path: Path) -> dict[str, dict]:
     try:
         text = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as e:
-        raise CalibrationError(f"{path}: cannot read the calibration file ({e.__class__.__name__}: {e})") from None
+        raise CalibrationError(
+            f"{path}: cannot read the calibration file ({e.__class__.__name__}: {e})"
+        ) from None
     found: dict[str, dict] = {}
     for no, raw in enumerate(text.splitlines(), 1):
         if raw.strip():
@@ -211,8 +270,10 @@ def read_calibration(path: Path) -> dict[str, dict]:
             if line is not None:
                 found[line["figure"]] = line
     if not found:
-        raise CalibrationError(f"{path}: no usable figure; expected lines of `bash .ci/gpu`'s gpu.jsonl "
-                               f"with one of {', '.join(sorted(NUMERIC))}")
+        raise CalibrationError(
+            f"{path}: no usable figure; expected lines of `bash .ci/gpu`'s gpu.jsonl "
+            f"with one of {', '.join(sorted(NUMERIC))}"
+        )
     return found
 
 
@@ -221,19 +282,31 @@ def _calibration_line(path: Path, no: int, raw: str) -> dict | None:
     try:
         obj = json.loads(raw)
     except ValueError as e:
-        raise CalibrationError(f"{where}: not JSON ({e.msg}); each line is one JSON object of gpu.jsonl") from None
+        raise CalibrationError(
+            f"{where}: not JSON ({e.msg}); each line is one JSON object of gpu.jsonl"
+        ) from None
     if not isinstance(obj, dict) or not isinstance(obj.get("figure"), str):
         raise CalibrationError(f"{where}: expected a JSON object with a string 'figure', got {raw[:60]!r}")
     name, value = obj["figure"], obj.get("value")
     if name not in NUMERIC or value is None:
         return None  # other figures (tests, booleans) and parts that did not finish
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise CalibrationError(f"{where}: figure {name!r} has value {value!r}; allowed: a finite number > 0")
     ctx = obj.get("context", {})
     if not isinstance(ctx, dict):
         raise CalibrationError(f"{where}: figure {name!r}: 'context' must be a JSON object, got {ctx!r}")
-    return {"figure": name, "value": float(value), "context": ctx, "device": str(obj.get("device", "?")),
-            "date": str(obj.get("date", "?"))}
+    return {
+        "figure": name,
+        "value": float(value),
+        "context": ctx,
+        "device": str(obj.get("device", "?")),
+        "date": str(obj.get("date", "?")),
+    }
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -267,7 +340,12 @@ def main(argv: list[str] | None = None) -> int:
             values = extract(args.part, args)
         except (OSError, ValueError, KeyError, TypeError, ET.ParseError) as e:
             status = status if status != "ok" else f"no result ({e.__class__.__name__}: {e})"[:200]
-    meta = {"command": args.command, "device": args.device, "date": args.date, "seconds": round(args.seconds, 1)}
+    meta = {
+        "command": args.command,
+        "device": args.device,
+        "date": args.date,
+        "seconds": round(args.seconds, 1),
+    }
     append_lines(args.out, figure_lines(args.part, status, values, meta))
     return 0
 

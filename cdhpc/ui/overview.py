@@ -92,10 +92,22 @@ def stage_overview(snap: Snapshot) -> list[StageRow]:
     for stage in [st for st in STAGES if st in sums] + sorted(set(sums) - set(STAGES)):
         acc = sums[stage]
         total, live = sum(acc.counts.values()), acc.counts["running"] + acc.counts["queued"] > 0
-        elapsed = max(0.0, (snap.now if live or not acc.ends else max(acc.ends)) - min(acc.starts)) if acc.starts else 0.0
-        out.append(StageRow(stage, acc.counts, total, elapsed,
-                            remaining_estimate_s(acc.runtimes_s, total - len(acc.runtimes_s), acc.counts["running"]),
-                            acc.tokens, acc.gpu_s / 3600))
+        elapsed = (
+            max(0.0, (snap.now if live or not acc.ends else max(acc.ends)) - min(acc.starts))
+            if acc.starts
+            else 0.0
+        )
+        out.append(
+            StageRow(
+                stage,
+                acc.counts,
+                total,
+                elapsed,
+                remaining_estimate_s(acc.runtimes_s, total - len(acc.runtimes_s), acc.counts["running"]),
+                acc.tokens,
+                acc.gpu_s / 3600,
+            )
+        )
     return out
 
 

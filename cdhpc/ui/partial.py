@@ -28,9 +28,9 @@ class PartialTable:
 
     @property
     def complete(self) -> bool:
-        return all(n == planned for _, n, planned in self.cells.values()) and len(self.cells) == len(self.methods) * len(self.tasks)
-
-
+        return all(n == planned for _, n, planned in self.cells.values()) and len(self.cells) == len(
+            self.methods
+        ) * len(self.tasks)
 
 
 def partial_table(snap: Snapshot) -> PartialTable:
@@ -54,8 +54,10 @@ def partial_table(snap: Snapshot) -> PartialTable:
         better = old is None or (score < old[1] if p["task"] in LOWER_IS_BETTER else score > old[1])
         if better:
             seeds[p["seed"]] = (p["step"], score)
-    cells = {cell: (sum(v for _, v in seeds.values()) / len(seeds), scored[cell], planned[cell])
-             for cell, seeds in best.items()}
+    cells = {
+        cell: (sum(v for _, v in seeds.values()) / len(seeds), scored[cell], planned[cell])
+        for cell, seeds in best.items()
+    }
     methods = tuple(dict.fromkeys(c[0] for c in planned))
     tasks = tuple(dict.fromkeys(c[1] for c in planned))
     return PartialTable(methods, tasks, cells)

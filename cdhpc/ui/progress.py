@@ -20,8 +20,14 @@ class StageProgress:
 
         self.stage_of = {s.key: s.stage for s in plan.steps}
         totals = Counter(self.stage_of.values())
-        self.progress = Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[extra]}"), TimeElapsedColumn(), console=Console(stderr=True))
+        self.progress = Progress(
+            TextColumn("{task.description:<10}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[extra]}"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+        )
         self.tasks = {stage: self.progress.add_task(stage, total=n, extra="") for stage, n in totals.items()}
         root = logging.getLogger()
         self._saved = root.handlers[:]

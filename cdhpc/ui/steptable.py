@@ -46,13 +46,28 @@ def step_rows(snap: Snapshot) -> list[StepRow]:
     for s in snap.steps:
         key, state = s["key"], snap.states[s["key"]]
         r, j = snap.receipts.get(key), snap.jobs.get(key)
-        job = "" if j is None else str(j["job_id"]) + ("" if j["array_index"] is None else f"_{j['array_index']}")
+        job = (
+            ""
+            if j is None
+            else str(j["job_id"]) + ("" if j["array_index"] is None else f"_{j['array_index']}")
+        )
         runtime = r["runtime_s"] if r is not None and state not in ("running", "queued") else None
         if runtime is None and j is not None and state in ("running", "queued") and j["submitted"]:
             runtime = max(0.0, snap.now - j["submitted"])
         attempts = (j["attempt"] if j is not None else None) or (r["attempt"] if r is not None else 0)
-        rows.append(StepRow(key, s["stage"], s["name"], state, job, attempts or 0,
-                            (r["host"] or "") if r is not None else "", runtime, _metric(s["stage"], key, snap)))
+        rows.append(
+            StepRow(
+                key,
+                s["stage"],
+                s["name"],
+                state,
+                job,
+                attempts or 0,
+                (r["host"] or "") if r is not None else "",
+                runtime,
+                _metric(s["stage"], key, snap),
+            )
+        )
     return rows
 
 

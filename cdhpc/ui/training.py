@@ -3,9 +3,10 @@ age), for `cdhpc status --once` and the TUI (read from ``cdhpc.lm.metrics``)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from cdhpc.lm.metrics import METRICS_FILE, latest_metrics
 from cdhpc.sweep.workdir import Workdir
@@ -39,15 +40,20 @@ def step_progress(workdir: Path, step: Mapping[str, Any], now: float) -> Trainin
         return None
     steps = (step.get("params") or {}).get("train", {}).get("steps")
     age = max(0.0, now - record["time"]) if isinstance(record.get("time"), (int, float)) else None
-    return TrainingProgress(step["key"], step["name"], record["step"], steps, record.get("loss"),
-                            record.get("tokens_per_s"), age)
+    return TrainingProgress(
+        step["key"], step["name"], record["step"], steps, record.get("loss"), record.get("tokens_per_s"), age
+    )
 
 
-def running_progress(workdir: Path, steps: Iterable[Mapping[str, Any]], states: Mapping[str, str],
-                     now: float) -> list[TrainingProgress]:
+def running_progress(
+    workdir: Path, steps: Iterable[Mapping[str, Any]], states: Mapping[str, str], now: float
+) -> list[TrainingProgress]:
     """``step_progress`` of every running pretrain step that has written a line."""
-    out = (step_progress(workdir, s, now) for s in steps
-           if s["stage"] == "pretrain" and states.get(s["key"]) == "running")
+    out = (
+        step_progress(workdir, s, now)
+        for s in steps
+        if s["stage"] == "pretrain" and states.get(s["key"]) == "running"
+    )
     return [p for p in out if p is not None]
 
 

@@ -87,8 +87,14 @@ def detail_text(snap: Snapshot, key: str) -> str:
     """Pure: a step's spec, receipt row and outputs as text."""
     spec = next(s for s in snap.steps if s["key"] == key)
     r = snap.receipts.get(key)
-    parts = [f"{spec['stage']}/{spec['name']}  key {key}  state {snap.states[key]}", "", "spec:",
-             json.dumps(spec, indent=1, sort_keys=True), "", "receipt:"]
+    parts = [
+        f"{spec['stage']}/{spec['name']}  key {key}  state {snap.states[key]}",
+        "",
+        "spec:",
+        json.dumps(spec, indent=1, sort_keys=True),
+        "",
+        "receipt:",
+    ]
     if r is None:
         parts.append("  (none yet)")
     else:
@@ -116,8 +122,11 @@ class DetailScreen(Screen[None]):
     """One step: spec, receipt, outputs, a pretrain step's latest step/loss/tokens per s (from its
     metrics.jsonl, refreshed with the log), and a live tail of its stdout or stderr (`l` toggles)."""
 
-    BINDINGS = [Binding("escape,q", "app.pop_screen", "back"), Binding("l", "toggle_log", "stdout/stderr"),
-                Binding("c", "app.cancel_step", "cancel step")]
+    BINDINGS = [
+        Binding("escape,q", "app.pop_screen", "back"),
+        Binding("l", "toggle_log", "stdout/stderr"),
+        Binding("c", "app.cancel_step", "cancel step"),
+    ]
 
     def __init__(self, snap: Snapshot, key: str, poll_s: float = 0.5):
         super().__init__()
@@ -152,7 +161,9 @@ class DetailScreen(Screen[None]):
 
     def _show_stream(self) -> None:
         path = self.paths[self.stream]
-        self.query_one("#log-title", Label).update(f"{self.stream}: {path or 'no log recorded'}   (l: toggle)")
+        self.query_one("#log-title", Label).update(
+            f"{self.stream}: {path or 'no log recorded'}   (l: toggle)"
+        )
         self.query_one("#log", Log).clear()
         self.poll_log()
 

@@ -26,26 +26,45 @@ from pathlib import Path
 
 from cdhpc.corpora.toy import tasks as toytasks
 from cdhpc.corpora.toy.corpus import _n_words, corpus_split, render_docs
-from cdhpc.corpora.toy.evalsets import (BLIMP_UIDS, ENTITY_FILES, EWOK_DOMAINS, _unique, bigram_counts,
-    blimp_records, entity_records, reading_rows, render_csv, supplement_records, wug_records)
+from cdhpc.corpora.toy.evalsets import (
+    BLIMP_UIDS,
+    ENTITY_FILES,
+    EWOK_DOMAINS,
+    _unique,
+    bigram_counts,
+    blimp_records,
+    entity_records,
+    reading_rows,
+    render_csv,
+    supplement_records,
+    wug_records,
+)
 from cdhpc.corpora.toy.lexicon import HYPERNYMS, NOMINAL_ADJS, NOUNS, STORY_ADJS, THINGS, VERBS
-
 
 # ------------------------------------------------------------ assembling and writing ----------
 # task -> (full_eval folder, fast_eval folder or None: no fast version); fast sets are every other
 # item of the full set.
-EVAL_DIRS = {"blimp": ("blimp_filtered", "blimp_fast"),
-             "supplement": ("supplement_filtered", "supplement_fast"),
-             "ewok": ("ewok_filtered", "ewok_fast"),
-             "entity": ("entity_tracking", "entity_tracking_fast"),
-             "wug": ("wug_adj_nominalization", "wug_adj_nominalization"),
-             "reading": ("reading", "reading"),
-             "wug_past": ("wug_past_tense", "wug_past_tense"),
-             "comps": ("comps", None),
-             "aoa": ("aoa", None)}
+EVAL_DIRS = {
+    "blimp": ("blimp_filtered", "blimp_fast"),
+    "supplement": ("supplement_filtered", "supplement_fast"),
+    "ewok": ("ewok_filtered", "ewok_fast"),
+    "entity": ("entity_tracking", "entity_tracking_fast"),
+    "wug": ("wug_adj_nominalization", "wug_adj_nominalization"),
+    "reading": ("reading", "reading"),
+    "wug_past": ("wug_past_tense", "wug_past_tense"),
+    "comps": ("comps", None),
+    "aoa": ("aoa", None),
+}
 SUPPLEMENT_FILES = ("hypernym", "subject_aux_inversion")
-AOA_LEXICON = sorted(set(NOUNS) | set(THINGS) | set(VERBS) | set(STORY_ADJS) | set(NOMINAL_ADJS)
-                     | set(HYPERNYMS) | {w for words in HYPERNYMS.values() for w in words})
+AOA_LEXICON = sorted(
+    set(NOUNS)
+    | set(THINGS)
+    | set(VERBS)
+    | set(STORY_ADJS)
+    | set(NOMINAL_ADJS)
+    | set(HYPERNYMS)
+    | {w for words in HYPERNYMS.values() for w in words}
+)
 
 
 def aoa_docs(seed: int) -> list[list[str]]:
@@ -55,8 +74,10 @@ def aoa_docs(seed: int) -> list[list[str]]:
 
 def eval_sets(seed: int, uni: Counter, bi: Counter) -> list[tuple[str, str, list]]:
     """(task, file name, full records) for every evaluation file; one RNG stream per file."""
+
     def rng(name: str) -> random.Random:
         return random.Random(f"cdhpc-toy:{seed}:eval:{name}")
+
     out = [("blimp", f"{u}.jsonl", blimp_records(rng(u), u, 100)) for u in BLIMP_UIDS]
     out += [("supplement", f"{n}.jsonl", supplement_records(rng(n), n, 100)) for n in SUPPLEMENT_FILES]
     out += [("ewok", f"{d}.jsonl", _unique(rng(d), 100, make)) for d, make in EWOK_DOMAINS.items()]
@@ -101,12 +122,15 @@ def build_toy(seed: int, train_docs: int, seed_docs: int, test_docs: int) -> tup
 
 def _check_target(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out}: exists and is not an empty directory; toydata only writes a "
-                              "fresh tree (remove it or pass another path)")
+        raise FileExistsError(
+            f"{out}: exists and is not an empty directory; toydata only writes a "
+            "fresh tree (remove it or pass another path)"
+        )
 
 
-def write_toy(out: Path, seed: int = 0, *, train_docs: int = 6000, seed_docs: int = 300,
-              test_docs: int = 300) -> dict:
+def write_toy(
+    out: Path, seed: int = 0, *, train_docs: int = 6000, seed_docs: int = 300, test_docs: int = 300
+) -> dict:
     """Writes out/corpus/... and out/evaluation_data/...; returns counts (docs/words per split and
     source, items per eval file). Deterministic: same seed -> byte-identical files. Atomic enough:
     write into a temp dir next to `out` and rename it into place at the end.
@@ -147,8 +171,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     try:
-        counts = write_toy(args.out, args.seed, train_docs=args.train_docs, seed_docs=args.seed_docs,
-                           test_docs=args.test_docs)
+        counts = write_toy(
+            args.out,
+            args.seed,
+            train_docs=args.train_docs,
+            seed_docs=args.seed_docs,
+            test_docs=args.test_docs,
+        )
     except (FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

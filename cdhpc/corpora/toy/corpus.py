@@ -6,18 +6,41 @@ from __future__ import annotations
 import random
 
 from cdhpc.corpora.toy import tasks as toytasks
-from cdhpc.corpora.toy.lexicon import (ANIMALS, HYPERNYMS, NAMES, NOMINAL_ADJS, NOUNS, PEOPLE, SOURCES,
-    STORY_ADJS, THINGS, TRANSITIVE, WUG_PROMPT, WUG_TRAIN_STEMS, _article, _cap, _noun_form, _reflexive,
-    _verb_form, _vp, agreement_sentence, nominalize)
-
+from cdhpc.corpora.toy.lexicon import (
+    ANIMALS,
+    HYPERNYMS,
+    NAMES,
+    NOMINAL_ADJS,
+    NOUNS,
+    PEOPLE,
+    SOURCES,
+    STORY_ADJS,
+    THINGS,
+    TRANSITIVE,
+    WUG_PROMPT,
+    WUG_TRAIN_STEMS,
+    _article,
+    _cap,
+    _noun_form,
+    _reflexive,
+    _verb_form,
+    _vp,
+    agreement_sentence,
+    nominalize,
+)
 
 # ------------------------------------------------------------ world knowledge + other phenomena --
-SIZE_CONTEXTS = ["The {s} hid behind the {b}.", "The {b} carried the {s} on its back.",
-                 "The {s} sat in the shadow of the {b}."]
-SOCIAL = [("boss", "subordinate", ["{a} gives orders to {b}.", "{b} takes orders from {a}."]),
-          ("teacher", "student", ["{a} teaches {b}.", "{b} learns from {a}."]),
-          ("parent", "child", ["{a} raised {b}.", "{b} was raised by {a}."]),
-          ("landlord", "tenant", ["{a} collects rent from {b}.", "{b} pays rent to {a}."])]
+SIZE_CONTEXTS = [
+    "The {s} hid behind the {b}.",
+    "The {b} carried the {s} on its back.",
+    "The {s} sat in the shadow of the {b}.",
+]
+SOCIAL = [
+    ("boss", "subordinate", ["{a} gives orders to {b}.", "{b} takes orders from {a}."]),
+    ("teacher", "student", ["{a} teaches {b}.", "{b} learns from {a}."]),
+    ("parent", "child", ["{a} raised {b}.", "{b} was raised by {a}."]),
+    ("landlord", "tenant", ["{a} collects rent from {b}.", "{b} pays rent to {a}."]),
+]
 
 
 def _size_pair(rng: random.Random) -> tuple[str, str]:
@@ -105,8 +128,9 @@ def _describe(items: list[str]) -> str:
     return " and ".join(f"the {o}" for o in sorted(items)) if items else "nothing"
 
 
-def _box_op(rng: random.Random, boxes: list[list[str]], spare: list[str], contents: bool
-            ) -> tuple[str, set[int]] | None:
+def _box_op(
+    rng: random.Random, boxes: list[list[str]], spare: list[str], contents: bool
+) -> tuple[str, set[int]] | None:
     """Apply one random operation in place; returns (its sentence, the boxes it touched)."""
     kind = rng.choice(["put", "remove", "move"] + (["contents"] if contents else []))
     full = [i for i, b in enumerate(boxes) if b]
@@ -131,12 +155,14 @@ def _box_op(rng: random.Random, boxes: list[list[str]], spare: list[str], conten
     return f"Move {what} to Box {b}.", {a, b}
 
 
-def box_puzzle(rng: random.Random, objects: list[str], n_ops: int, contents: bool
-               ) -> tuple[str, list[list[str]], list[int]]:
+def box_puzzle(
+    rng: random.Random, objects: list[str], n_ops: int, contents: bool
+) -> tuple[str, list[list[str]], list[int]]:
     """(initial state + operations text, final boxes, operations touching each box)."""
     pool = rng.sample(objects, min(len(objects), 14))
-    boxes = [[pool.pop() for _ in range(min(len(pool), rng.choice([0, 1, 1, 2, 2, 3])))]
-             for _ in range(N_BOXES)]
+    boxes = [
+        [pool.pop() for _ in range(min(len(pool), rng.choice([0, 1, 1, 2, 2, 3])))] for _ in range(N_BOXES)
+    ]
     spare = [o for o in objects if not any(o in b for b in boxes)]
     text = ", ".join(f"Box {i} contains {_describe(b)}" for i, b in enumerate(boxes)) + "."
     touched, done = [0] * N_BOXES, 0
@@ -158,7 +184,7 @@ def _box_options(rng: random.Random, boxes: list[list[str]], q: int, objects: li
         cands = [_describe(b) for i, b in enumerate(boxes) if i != q and b]
         for _ in range(8):
             k, new = rng.randrange(len(target)), rng.choice([o for o in objects if o not in target])
-            cands.append(_describe(target[:k] + [new] + target[k + 1:]))
+            cands.append(_describe(target[:k] + [new] + target[k + 1 :]))
     else:
         cands = [f"the {o}" for b in boxes for o in b]
     rng.shuffle(cands)
@@ -213,8 +239,10 @@ def wiki_doc(rng: random.Random) -> list[str]:
     """An encyclopedia-like document of facts, plus, sometimes, a block of lessons (nominalisation,
     past tense, property inheritance)."""
     gens = [world_sentence, agreement_sentence, aux_sentence, nominal_sentence, toytasks.property_sentence]
-    lines = [" ".join(rng.choices(gens, [5, 2, 1, 1, 1])[0](rng) for _ in range(rng.randint(2, 5)))
-             for _ in range(rng.randint(2, 4))]
+    lines = [
+        " ".join(rng.choices(gens, [5, 2, 1, 1, 1])[0](rng) for _ in range(rng.randint(2, 5)))
+        for _ in range(rng.randint(2, 4))
+    ]
     if rng.random() < 0.35:
         lessons = [wug_lesson, toytasks.past_lesson, toytasks.comps_lesson]
         lines += [rng.choices(lessons, [2, 1, 1])[0](rng) for _ in range(rng.randint(3, 6))]
@@ -267,5 +295,3 @@ def corpus_split(seed: int, split: str, n_docs: int) -> dict[str, list[list[str]
 def render_docs(docs: list[list[str]]) -> str:
     """The prepared-corpus text: lines of a document, documents separated by one empty line."""
     return "\n\n".join("\n".join(d) for d in docs) + "\n" if docs else ""
-
-

@@ -10,13 +10,44 @@ import math
 import random
 from collections import Counter
 
-from cdhpc.corpora.toy.corpus import (AMBIREF_OBJECTS, MAX_ENTITY_WORDS, N_BOXES, SIZE_CONTEXTS, SOCIAL,
-    _box_options, _hypernym_pair, _size_pair, _size_target, _social_target, _with_article, box_puzzle,
-    world_sentence)
-from cdhpc.corpora.toy.lexicon import (ANIMALS, HYPERNYMS, IRREGULAR, NAMES, PEOPLE, REFLEXIVE, STORY_ADJS,
-    THINGS, TRANSITIVE, WUG_EVAL_STEMS, WUG_PROMPT, _cap, _flip, _join, _noun_form, _reflexive, _subject,
-    _verb_form, agreement_parts, agreement_sentence, nominalize)
-
+from cdhpc.corpora.toy.corpus import (
+    AMBIREF_OBJECTS,
+    MAX_ENTITY_WORDS,
+    N_BOXES,
+    SIZE_CONTEXTS,
+    SOCIAL,
+    _box_options,
+    _hypernym_pair,
+    _size_pair,
+    _size_target,
+    _social_target,
+    _with_article,
+    box_puzzle,
+    world_sentence,
+)
+from cdhpc.corpora.toy.lexicon import (
+    ANIMALS,
+    HYPERNYMS,
+    IRREGULAR,
+    NAMES,
+    PEOPLE,
+    REFLEXIVE,
+    STORY_ADJS,
+    THINGS,
+    TRANSITIVE,
+    WUG_EVAL_STEMS,
+    WUG_PROMPT,
+    _cap,
+    _flip,
+    _join,
+    _noun_form,
+    _reflexive,
+    _subject,
+    _verb_form,
+    agreement_parts,
+    agreement_sentence,
+    nominalize,
+)
 
 # ------------------------------------------------------------ evaluation sets ----------------
 REGULAR = [n for n in PEOPLE + ANIMALS if n not in IRREGULAR]
@@ -27,6 +58,7 @@ def _sva_pair(shape: str, nouns: list[str]):
         number = rng.choice(["sg", "pl"])
         subj, verb, tail = agreement_parts(rng, shape, number, nouns)
         return _join(subj, _verb_form(verb, number), tail), _join(subj, _verb_form(verb, _flip(number)), tail)
+
     return pair
 
 
@@ -38,6 +70,7 @@ def _det_noun_pair(adj_p: float):
         verb = _verb_form(rng.choice(TRANSITIVE), "sg", rng.choice(["present", "past"]))
         head = f"{rng.choice(list(NAMES))} {verb}"
         return tuple(_join(head, det, adj, _noun_form(noun, n)) for n in (number, _flip(number)))
+
     return pair
 
 
@@ -52,13 +85,17 @@ def _anaphor_pair(by: str):
         bad = rng.choice([r for r, (n, _) in REFLEXIVE.items() if (n == number) == same_number and r != good])
         verb = _verb_form(rng.choice(TRANSITIVE), number, rng.choice(["present", "past"]))
         return _join(subj, verb, good), _join(subj, verb, bad)
+
     return pair
 
 
 # UID -> (linguistics_term, pair maker); field is "morphology" for all, as in BLiMP.
 BLIMP_UIDS = {
     "regular_plural_subject_verb_agreement_1": ("subject_verb_agreement", _sva_pair("simple", REGULAR)),
-    "irregular_plural_subject_verb_agreement_1": ("subject_verb_agreement", _sva_pair("simple", list(IRREGULAR))),
+    "irregular_plural_subject_verb_agreement_1": (
+        "subject_verb_agreement",
+        _sva_pair("simple", list(IRREGULAR)),
+    ),
     "distractor_agreement_relational_noun": ("subject_verb_agreement", _sva_pair("pp", None)),
     "distractor_agreement_relative_clause": ("subject_verb_agreement", _sva_pair("rc", None)),
     "determiner_noun_agreement_1": ("determiner_noun_agreement", _det_noun_pair(0.0)),
@@ -88,10 +125,20 @@ def blimp_records(rng: random.Random, uid: str, n: int) -> list[dict]:
     for i, (good, bad) in enumerate(_unique(rng, n, make)):
         g, b = good.split(), bad.split()
         one_word = len(g) == len(b) and sum(x != y for x, y in zip(g, b)) == 1
-        recs.append({"sentence_good": good, "sentence_bad": bad, "field": "morphology",
-                     "linguistics_term": term, "UID": uid, "simple_LM_method": True,
-                     "one_prefix_method": one_word, "two_prefix_method": False,
-                     "lexically_identical": False, "pairID": str(i)})
+        recs.append(
+            {
+                "sentence_good": good,
+                "sentence_bad": bad,
+                "field": "morphology",
+                "linguistics_term": term,
+                "UID": uid,
+                "simple_LM_method": True,
+                "one_prefix_method": one_word,
+                "two_prefix_method": False,
+                "lexically_identical": False,
+                "pairID": str(i),
+            }
+        )
     return recs
 
 
@@ -101,8 +148,11 @@ def _hypernym_item(rng: random.Random) -> tuple:
     link = rng.choice(["If {w} has {x}, then {w} has {y}.", "{w} has {x}, so {w} has {y}."])
     contrast = rng.choice(["hypernym_and_base/converse", "hypernym_and_base/other"])
     good = link.format(w=who, x=_with_article(hypo), y=_with_article(hyper))
-    bad = (link.format(w=who, x=_with_article(hyper), y=_with_article(hypo)) if contrast.endswith("converse")
-           else link.format(w=who, x=_with_article(hypo), y=_with_article(other)))
+    bad = (
+        link.format(w=who, x=_with_article(hyper), y=_with_article(hypo))
+        if contrast.endswith("converse")
+        else link.format(w=who, x=_with_article(hypo), y=_with_article(other))
+    )
     return sorted(HYPERNYMS).index(hyper), contrast, good, bad
 
 
@@ -116,10 +166,21 @@ def supplement_records(rng: random.Random, name: str, n: int) -> list[dict]:
     """`hypernym` (row, contrast) and `subject_aux_inversion` (row, ambiguous, template), each
     with pair_ID, sentence_good, sentence_bad, as the real supplement files carry."""
     if name == "hypernym":
-        return [{"pair_ID": i, "row": row, "contrast": c, "sentence_good": g, "sentence_bad": b}
-                for i, (row, c, g, b) in enumerate(_unique(rng, n, _hypernym_item))]
-    return [{"pair_ID": i, "row": 0, "ambiguous": False, "template": f"1_RC_unambig_{num}",
-             "sentence_good": g, "sentence_bad": b} for i, (num, g, b) in enumerate(_unique(rng, n, _aux_item))]
+        return [
+            {"pair_ID": i, "row": row, "contrast": c, "sentence_good": g, "sentence_bad": b}
+            for i, (row, c, g, b) in enumerate(_unique(rng, n, _hypernym_item))
+        ]
+    return [
+        {
+            "pair_ID": i,
+            "row": 0,
+            "ambiguous": False,
+            "template": f"1_RC_unambig_{num}",
+            "sentence_good": g,
+            "sentence_bad": b,
+        }
+        for i, (num, g, b) in enumerate(_unique(rng, n, _aux_item))
+    ]
 
 
 def _ewok_physical(rng: random.Random) -> dict:
@@ -128,10 +189,18 @@ def _ewok_physical(rng: random.Random) -> dict:
     diff = rng.choice(["variable swap", "concept swap"])
     swapped_form = form if diff == "variable swap" else {"bigger": "smaller", "smaller": "bigger"}[form]
     other = _size_target(b, s, swapped_form)
-    return {"Domain": "physical-relations", "ConceptA": "bigger", "ConceptB": "smaller",
-            "ContextType": "direct", "ContextDiff": "variable swap", "TargetDiff": diff,
-            "Context1": ctx.format(s=s, b=b), "Context2": ctx.format(s=b, b=s),
-            "Target1": _size_target(s, b, form), "Target2": other}
+    return {
+        "Domain": "physical-relations",
+        "ConceptA": "bigger",
+        "ConceptB": "smaller",
+        "ContextType": "direct",
+        "ContextDiff": "variable swap",
+        "TargetDiff": diff,
+        "Context1": ctx.format(s=s, b=b),
+        "Context2": ctx.format(s=b, b=s),
+        "Target1": _size_target(s, b, form),
+        "Target2": other,
+    }
 
 
 def _ewok_social(rng: random.Random) -> dict:
@@ -142,16 +211,27 @@ def _ewok_social(rng: random.Random) -> dict:
         other = _social_target(concept, b, a, role)
     else:
         other = f"{a} is {b}'s {concept[1]}." if role == 0 else f"{b} is {a}'s {concept[0]}."
-    return {"Domain": "social-relations", "ConceptA": concept[0], "ConceptB": concept[1],
-            "ContextType": "direct", "ContextDiff": "variable swap", "TargetDiff": diff,
-            "Context1": ctx.format(a=a, b=b), "Context2": ctx.format(a=b, b=a),
-            "Target1": _social_target(concept, a, b, role), "Target2": other}
+    return {
+        "Domain": "social-relations",
+        "ConceptA": concept[0],
+        "ConceptB": concept[1],
+        "ContextType": "direct",
+        "ContextDiff": "variable swap",
+        "TargetDiff": diff,
+        "Context1": ctx.format(a=a, b=b),
+        "Context2": ctx.format(a=b, b=a),
+        "Target1": _social_target(concept, a, b, role),
+        "Target2": other,
+    }
 
 
 EWOK_DOMAINS = {"physical-relations": _ewok_physical, "social-relations": _ewok_social}
 # file -> (objects, whether "Move the contents of Box a to Box b." operations occur)
-ENTITY_FILES = {"regular": (THINGS, False), "ambiref": (AMBIREF_OBJECTS, False),
-                "move_contents": (THINGS, True)}
+ENTITY_FILES = {
+    "regular": (THINGS, False),
+    "ambiref": (AMBIREF_OBJECTS, False),
+    "move_contents": (THINGS, True),
+}
 
 
 def _entity_item(rng: random.Random, objects: list[str], contents: bool, numops: int) -> dict:
@@ -189,10 +269,33 @@ def wug_records(rng: random.Random, n: int) -> list[dict]:
 
 
 # ------------------------------------------------------------ reading / eye tracking ---------
-READING_COLUMNS = ["", "item", "word", "word2", "sentence", "context_length", "sent_id", "item_id",
-                   "list", "Subtlex_log10", "length", "RTfirstfix", "RTfirstpass", "RTgopast",
-                   "RTrightbound", "self_paced_reading_time", "ELAN", "LAN", "N400", "P600",
-                   "EPNP", "PNP", "prev_word", "prev_item", "prev_length"]
+READING_COLUMNS = [
+    "",
+    "item",
+    "word",
+    "word2",
+    "sentence",
+    "context_length",
+    "sent_id",
+    "item_id",
+    "list",
+    "Subtlex_log10",
+    "length",
+    "RTfirstfix",
+    "RTfirstpass",
+    "RTgopast",
+    "RTrightbound",
+    "self_paced_reading_time",
+    "ELAN",
+    "LAN",
+    "N400",
+    "P600",
+    "EPNP",
+    "PNP",
+    "prev_word",
+    "prev_item",
+    "prev_length",
+]
 
 
 def _norm(word: str) -> str:
@@ -222,8 +325,9 @@ def _zscores(xs: list[float]) -> list[float]:
     return [(x - mean) / sd for x in xs]
 
 
-def _reading_measures(rng: random.Random, length: int, freq_z: float, surp_z: float,
-                      prev_z: float) -> list[float]:
+def _reading_measures(
+    rng: random.Random, length: int, freq_z: float, surp_z: float, prev_z: float
+) -> list[float]:
     """Simulated RTs (ms) and ERP amplitudes: length and frequency effects plus a surprisal
     effect that a baseline of frequency/length/context length cannot explain."""
     g = rng.gauss
@@ -239,8 +343,10 @@ def _reading_measures(rng: random.Random, length: int, freq_z: float, surp_z: fl
 def reading_rows(rng: random.Random, n_sentences: int, uni: Counter, bi: Counter) -> list[list]:
     """Rows of reading_data.csv: one per non-initial word of each sentence, in order. As in the
     real file, `item` is the words before `word` (its context) and `sent_id` the sentence."""
+
     def first_sentence(r: random.Random) -> str:
         return r.choice([agreement_sentence, world_sentence])(r).split(". ")[0].rstrip(".") + "."
+
     sents = _unique(rng, n_sentences, first_sentence)
     words = [(s_id, pos, s.split()) for s_id, s in enumerate(sents) for pos in range(1, len(s.split()))]
     surp = [_surprisal_bits(uni, bi, _norm(w[pos - 1]), _norm(w[pos])) for _, pos, w in words]
@@ -249,9 +355,23 @@ def reading_rows(rng: random.Random, n_sentences: int, uni: Counter, bi: Counter
     for k, (s_id, pos, w) in enumerate(words):
         prev_z = surp_z[k - 1] if pos > 1 else 0.0
         prev = [w[pos - 1], " ".join(w[: pos - 1]), len(w[pos - 1])] if pos > 1 else ["", "", -1]
-        rows.append([k, " ".join(w[:pos]), w[pos], _norm(w[pos]).upper(), " ".join(w), pos, s_id, k, 1,
-                     round(math.log10(uni[_norm(w[pos])] + 1), 4), len(w[pos]),
-                     *_reading_measures(rng, len(w[pos]), freq_z[k], surp_z[k], prev_z), *prev])
+        rows.append(
+            [
+                k,
+                " ".join(w[:pos]),
+                w[pos],
+                _norm(w[pos]).upper(),
+                " ".join(w),
+                pos,
+                s_id,
+                k,
+                1,
+                round(math.log10(uni[_norm(w[pos])] + 1), 4),
+                len(w[pos]),
+                *_reading_measures(rng, len(w[pos]), freq_z[k], surp_z[k], prev_z),
+                *prev,
+            ]
+        )
     return rows
 
 
@@ -261,5 +381,3 @@ def render_csv(rows: list[list]) -> str:
     writer.writerow(READING_COLUMNS)
     writer.writerows(rows)
     return buf.getvalue()
-
-

@@ -3,9 +3,17 @@ sentence (the toy eval sets' minimal pairs are checked with it). Pure."""
 
 from __future__ import annotations
 
-from cdhpc.corpora.toy.lexicon import (DET_NUMBER, NAMES, NOMINAL_ADJS, NOUNS, PLURAL_TO_SG, PREPS, REFLEXIVE,
-    STORY_ADJS, VERBS)
-
+from cdhpc.corpora.toy.lexicon import (
+    DET_NUMBER,
+    NAMES,
+    NOMINAL_ADJS,
+    NOUNS,
+    PLURAL_TO_SG,
+    PREPS,
+    REFLEXIVE,
+    STORY_ADJS,
+    VERBS,
+)
 
 # ------------------------------------------------------------ grammaticality checker --------
 _NAMES_LC = {n.lower(): g for n, g in NAMES.items()}
@@ -31,7 +39,9 @@ def _parse_np(toks: list[str], i: int) -> tuple[str, str | None, int, list[str]]
         return None
     number = "sg" if toks[j] in NOUNS else "pl"
     want = DET_NUMBER[toks[i]]
-    errs = [] if want in (None, number) else [f"determiner '{toks[i]}' ({want}) with {number} noun '{toks[j]}'"]
+    errs = (
+        [] if want in (None, number) else [f"determiner '{toks[i]}' ({want}) with {number} noun '{toks[j]}'"]
+    )
     return number, NOUNS[PLURAL_TO_SG.get(toks[j], toks[j])][1], j + 1, errs
 
 
@@ -92,5 +102,3 @@ def agreement_violations(sentence: str) -> list[str] | None:
         i = inner[2] + 1
     rest = _predicate_errors(toks, i, number, gender)
     return None if rest is None else errs + rest
-
-

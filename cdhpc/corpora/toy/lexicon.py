@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 
-
 # ---------------------------------------------------------------- lexicon (the hidden world) --
 # singular plural gender(m/f/n/-) class; animals are listed in ascending size (the world's order).
 _NOUNS = """boy boys m person|girl girls f person|man men m person|woman women f person
@@ -21,12 +20,49 @@ PLURAL_TO_SG = {pl: sg for sg, (pl, _, _) in NOUNS.items()}
 IRREGULAR = ("man", "woman", "child", "mouse")
 ANIMALS = [n for n, v in NOUNS.items() if v[2] == "animal"]  # ascending size
 PEOPLE = [n for n, v in NOUNS.items() if v[2] == "person"]
-HYPERNYMS = {"animal": ANIMALS[2:9], "fruit": ["apple", "pear", "plum", "cherry"],
-             "flower": ["rose", "tulip", "daisy"], "toy": ["ball", "kite", "doll"]}
-THINGS = ["ball", "key", "book", "cup", "hat", "map", "coin", "shoe", "kite", "doll", "bell",
-          "lamp", "ring", "spoon", "sock", "stone", "shell", "leaf", "apple", "pear", "plum"]
-NAMES = {"Tom": "m", "Sam": "m", "Ben": "m", "Max": "m", "Leo": "m", "Jack": "m",
-         "Anna": "f", "Mia": "f", "Emma": "f", "Zoe": "f", "Lucy": "f", "Ella": "f"}
+HYPERNYMS = {
+    "animal": ANIMALS[2:9],
+    "fruit": ["apple", "pear", "plum", "cherry"],
+    "flower": ["rose", "tulip", "daisy"],
+    "toy": ["ball", "kite", "doll"],
+}
+THINGS = [
+    "ball",
+    "key",
+    "book",
+    "cup",
+    "hat",
+    "map",
+    "coin",
+    "shoe",
+    "kite",
+    "doll",
+    "bell",
+    "lamp",
+    "ring",
+    "spoon",
+    "sock",
+    "stone",
+    "shell",
+    "leaf",
+    "apple",
+    "pear",
+    "plum",
+]
+NAMES = {
+    "Tom": "m",
+    "Sam": "m",
+    "Ben": "m",
+    "Max": "m",
+    "Leo": "m",
+    "Jack": "m",
+    "Anna": "f",
+    "Mia": "f",
+    "Emma": "f",
+    "Zoe": "f",
+    "Lucy": "f",
+    "Ella": "f",
+}
 _VERBS = """sleep sleeps slept i|run runs ran i|sing sings sang i|jump jumps jumped i|smile smiles
 smiled i|laugh laughs laughed i|play plays played i|swim swims swam i|see sees saw t|like likes
 liked t|help helps helped t|watch watches watched t|wash washes washed t|hurt hurts hurt t|love
@@ -38,18 +74,59 @@ TRANSITIVE = [v for v, f in VERBS.items() if f[2] == "t"]
 AGREEING_I = [v for v in INTRANSITIVE if VERBS[v][1] != v]
 AGREEING_T = [v for v in TRANSITIVE if VERBS[v][1] != v]
 PLAIN_ADJS = ["big", "small", "little", "old", "young", "red", "blue", "green"]
-NOMINAL_ADJS = ["kind", "dark", "sad", "calm", "soft", "quick", "bright", "happy", "silly", "lazy",
-                "foolish", "selfish", "childish", "stable", "visible", "formal", "normal",
-                "active", "brave", "wise", "warm", "strong", "curious"]
+NOMINAL_ADJS = [
+    "kind",
+    "dark",
+    "sad",
+    "calm",
+    "soft",
+    "quick",
+    "bright",
+    "happy",
+    "silly",
+    "lazy",
+    "foolish",
+    "selfish",
+    "childish",
+    "stable",
+    "visible",
+    "formal",
+    "normal",
+    "active",
+    "brave",
+    "wise",
+    "warm",
+    "strong",
+    "curious",
+]
 STORY_ADJS = PLAIN_ADJS + ["kind", "sad", "calm", "happy", "brave", "wise", "silly", "lazy"]
-NOMINAL_EXCEPTIONS = {"brave": "bravery", "wise": "wisdom", "warm": "warmth",
-                      "strong": "strength", "curious": "curiosity"}
-DET_NUMBER = {"this": "sg", "that": "sg", "every": "sg", "a": "sg", "an": "sg", "these": "pl",
-              "those": "pl", "some": "pl", "many": "pl", "the": None}
+NOMINAL_EXCEPTIONS = {
+    "brave": "bravery",
+    "wise": "wisdom",
+    "warm": "warmth",
+    "strong": "strength",
+    "curious": "curiosity",
+}
+DET_NUMBER = {
+    "this": "sg",
+    "that": "sg",
+    "every": "sg",
+    "a": "sg",
+    "an": "sg",
+    "these": "pl",
+    "those": "pl",
+    "some": "pl",
+    "many": "pl",
+    "the": None,
+}
 DETS = {"sg": ("the", "this", "that", "every", "a"), "pl": ("the", "these", "those", "some", "many")}
 PREPS = ("near", "behind", "beside", "with")
-REFLEXIVE = {"himself": ("sg", "m"), "herself": ("sg", "f"), "itself": ("sg", "n"),
-             "themselves": ("pl", None)}
+REFLEXIVE = {
+    "himself": ("sg", "m"),
+    "herself": ("sg", "f"),
+    "itself": ("sg", "n"),
+    "themselves": ("pl", None),
+}
 SOURCES = {"stories": 0.5, "wiki": 0.3, "puzzles": 0.2}  # share of documents per split
 WUG_PROMPT = "Create a noun out of the following adjective:"
 
@@ -67,8 +144,28 @@ def nominalize(adj: str) -> str:
 
 def _wug_stems() -> tuple[list[str], list[str]]:
     """Seed-independent pseudo-adjective stems: 80 for the corpus, 100 (disjoint) for WUG."""
-    syl = ["bra", "mo", "ti", "zel", "cor", "fen", "lu", "pim", "das", "gro", "vi", "nak", "sul",
-           "tre", "bo", "kel", "ra", "spo", "min", "tav"]
+    syl = [
+        "bra",
+        "mo",
+        "ti",
+        "zel",
+        "cor",
+        "fen",
+        "lu",
+        "pim",
+        "das",
+        "gro",
+        "vi",
+        "nak",
+        "sul",
+        "tre",
+        "bo",
+        "kel",
+        "ra",
+        "spo",
+        "min",
+        "tav",
+    ]
     stems = sorted({a + b for a in syl for b in syl if a != b})
     random.Random("cdhpc-toy-wug").shuffle(stems)
     return stems[:80], stems[80:180]
@@ -106,8 +203,13 @@ def _reflexive(number: str, gender: str | None, rng: random.Random) -> str:
     return {"m": "himself", "f": "herself", "n": "itself"}[gender]
 
 
-def _np(rng: random.Random, number: str, nouns: list[str] | None = None, adj_p: float = 0.3,
-        det: str | None = None) -> tuple[str, str | None]:
+def _np(
+    rng: random.Random,
+    number: str,
+    nouns: list[str] | None = None,
+    adj_p: float = 0.3,
+    det: str | None = None,
+) -> tuple[str, str | None]:
     """A determiner phrase agreeing in number; returns (text, gender of the head noun)."""
     noun = rng.choice(nouns or PEOPLE + ANIMALS)
     words = ([rng.choice(STORY_ADJS)] if rng.random() < adj_p else []) + [_noun_form(noun, number)]
@@ -133,8 +235,9 @@ def _vp(rng: random.Random, number: str, tense: str = "present") -> str:
     return f"{be[number, tense]} {rng.choice(STORY_ADJS)}"
 
 
-def agreement_parts(rng: random.Random, shape: str, number: str, nouns: list[str] | None = None
-                    ) -> tuple[str, str, str]:
+def agreement_parts(
+    rng: random.Random, shape: str, number: str, nouns: list[str] | None = None
+) -> tuple[str, str, str]:
     """(subject phrase incl. PP/RC distractor, main verb lemma, verb tail) for one agreement
     sentence; the distractor noun always has the opposite number, as in BLiMP."""
     subj = _subject(rng, number, nouns)[0] if shape == "simple" else _np(rng, number, nouns)[0]
@@ -164,5 +267,3 @@ def agreement_sentence(rng: random.Random) -> str:
         return _join(_subject(rng, number)[0], _vp(rng, number, rng.choice(["present", "past"])))
     subj, verb, tail = agreement_parts(rng, shape, number)
     return _join(subj, _verb_form(verb, number), tail)
-
-

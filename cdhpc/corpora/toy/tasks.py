@@ -53,13 +53,14 @@ IRREGULAR_RHYMES = ("ing", "ink", "eep", "ind")
 REGULAR_RHYMES = ("ump", "ash", "alk", "ock", "elp")
 # Vowel change of the (dispreferred) analogical form for regular rhymes: blump -> blamp.
 _VOWEL_SHIFT = {"u": "a", "a": "u", "o": "a", "e": "o", "i": "a"}
-_ONSETS = ("bl br cl cr dr fl fr gl gr pl pr sk sn sp spl st str tr tw zw gw vr shl thr sm kl dw "
-           "sc").split()
+_ONSETS = ("bl br cl cr dr fl fr gl gr pl pr sk sn sp spl st str tr tw zw gw vr shl thr sm kl dw sc").split()
 # Onset+rhyme strings that are English words (or toy verbs): never nonce verbs.
-_ENGLISH = set("""bling bring cling fling sting string blink brink clink drink plink skink stink
+_ENGLISH = set(
+    """bling bring cling fling sting string blink brink clink drink plink skink stink
 bleep creep steep blind grind clump crump flump frump grump plump stump trump brash clash crash
 flash plash smash splash stash thrash trash stalk block clock crock flock frock smock stock shlock
-blash""".split())
+blash""".split()
+)
 
 
 def rhyme(verb: str) -> str:
@@ -90,7 +91,7 @@ def analogical_past(verb: str) -> str:
     onset = verb[: -len(r)]
     gang = [v for v in PAST_VERBS if rhyme(v) == r and not _is_regular(v)]
     if gang:
-        past_rhymes = Counter(PAST_VERBS[v][0][len(v) - len(r):] for v in gang)
+        past_rhymes = Counter(PAST_VERBS[v][0][len(v) - len(r) :] for v in gang)
         return onset + past_rhymes.most_common(1)[0][0]
     return onset + _VOWEL_SHIFT[r[0]] + r[1:]
 
@@ -177,12 +178,48 @@ PROPERTIES: dict[str, tuple[str, ...]] = {
 }
 FACTS = [(p, c) for p, cs in PROPERTIES.items() for c in cs]
 # file stem -> distraction_type (the official reader's UIDs: base, wugs, wugs_dist_before, ...)
-COMPS_FILES = {"comps_base": "none", "comps_wugs": "none", "comps_wugs_dist-before": "before",
-               "comps_wugs_dist-in-between": "in-between"}
-COMPS_TRAIN_WUGS = ("tib", "blap", "zorb", "gip", "wem", "frel", "kug", "vop", "muz", "sloob", "teb",
-                    "yeck", "narf", "hif", "pov", "dorn")
-COMPS_EVAL_WUGS = ("wug", "dax", "fep", "blick", "zup", "tove", "mib", "kwim", "pilk", "lorp", "nuz",
-                   "yorb", "jeft", "snib", "vung", "gorm")
+COMPS_FILES = {
+    "comps_base": "none",
+    "comps_wugs": "none",
+    "comps_wugs_dist-before": "before",
+    "comps_wugs_dist-in-between": "in-between",
+}
+COMPS_TRAIN_WUGS = (
+    "tib",
+    "blap",
+    "zorb",
+    "gip",
+    "wem",
+    "frel",
+    "kug",
+    "vop",
+    "muz",
+    "sloob",
+    "teb",
+    "yeck",
+    "narf",
+    "hif",
+    "pov",
+    "dorn",
+)
+COMPS_EVAL_WUGS = (
+    "wug",
+    "dax",
+    "fep",
+    "blick",
+    "zup",
+    "tove",
+    "mib",
+    "kwim",
+    "pilk",
+    "lorp",
+    "nuz",
+    "yorb",
+    "jeft",
+    "snib",
+    "vung",
+    "gorm",
+)
 
 
 def _plural_phrase(prop: str) -> str:
@@ -207,9 +244,11 @@ def _negatives(prop: str, concept: str) -> dict[str, list[str]]:
     (shares another property), random (another class)."""
     lacking = [c for c in CONCEPTS if c not in PROPERTIES[prop]]
     cls, props = CONCEPTS[concept][1], concept_properties(concept)
-    out = {"taxonomic": [c for c in lacking if CONCEPTS[c][1] == cls],
-           "overlap": [c for c in lacking if concept_properties(c) & props],
-           "random": [c for c in lacking if CONCEPTS[c][1] != cls]}
+    out = {
+        "taxonomic": [c for c in lacking if CONCEPTS[c][1] == cls],
+        "overlap": [c for c in lacking if concept_properties(c) & props],
+        "random": [c for c in lacking if CONCEPTS[c][1] != cls],
+    }
     return {k: v for k, v in out.items() if v}
 
 
@@ -230,16 +269,28 @@ def comps_records(rng: random.Random, name: str, n: int) -> list[dict]:
     distraction, recs = COMPS_FILES[name], []
     for i, (prop, good, kind, cands) in enumerate(options[:n]):
         bad = rng.choice(cands)
-        rec = {"id": i, "property": prop, "acceptable_concept": good, "unacceptable_concept": bad,
-               "negative_sample_type": kind, "similarity": _similarity(good, bad)}
+        rec = {
+            "id": i,
+            "property": prop,
+            "acceptable_concept": good,
+            "unacceptable_concept": bad,
+            "negative_sample_type": kind,
+            "similarity": _similarity(good, bad),
+        }
         if name == "comps_base":
             prefixes = (_cap(_with_article(good)), _cap(_with_article(bad)))
         else:
             wug, other = rng.sample(COMPS_EVAL_WUGS, 2)
-            prefixes = (_wug_prefix(wug, good, other, bad, distraction),
-                        _wug_prefix(wug, bad, other, good, distraction))
-        rec |= {"prefix_acceptable": prefixes[0], "prefix_unacceptable": prefixes[1],
-                "property_phrase": prop + ".", "distraction_type": distraction}
+            prefixes = (
+                _wug_prefix(wug, good, other, bad, distraction),
+                _wug_prefix(wug, bad, other, good, distraction),
+            )
+        rec |= {
+            "prefix_acceptable": prefixes[0],
+            "prefix_unacceptable": prefixes[1],
+            "property_phrase": prop + ".",
+            "distraction_type": distraction,
+        }
         if name != "comps_base":
             rec["nonsense_words"] = [wug] if distraction == "none" else [wug, other]
         recs.append(rec)
@@ -253,8 +304,9 @@ def property_sentence(rng: random.Random, who: str | None = None) -> str:
     sg = f"{_cap(_with_article(concept))} {prop}."
     if who is not None:
         return f"{who} saw {_with_article(concept)}. {sg}"
-    return rng.choice([f"{_cap(CONCEPTS[concept][0])} {_plural_phrase(prop)}.", sg,
-                       f"Every {concept} {prop}."])
+    return rng.choice(
+        [f"{_cap(CONCEPTS[concept][0])} {_plural_phrase(prop)}.", sg, f"Every {concept} {prop}."]
+    )
 
 
 def comps_lesson(rng: random.Random) -> str:
@@ -291,15 +343,23 @@ def _cdi_row(rng: random.Random, word: str, freq_z: float) -> list:
     (the child AoA, months) is earlier for frequent words, plus noise; sometimes one cell empty."""
     midpoint = min(28.0, max(18.0, 23.0 - 2.5 * freq_z + rng.gauss(0, 1.0)))
     slope = rng.uniform(0.55, 0.95)
-    row: list = [word] + [round(min(1.0, max(0.0, 1 / (1 + math.exp(-slope * (age - midpoint)))
-                                             + rng.gauss(0, 0.025))), 3) for age in CDI_AGES]
+    row: list = [word] + [
+        round(min(1.0, max(0.0, 1 / (1 + math.exp(-slope * (age - midpoint))) + rng.gauss(0, 0.025))), 3)
+        for age in CDI_AGES
+    ]
     if rng.random() < 0.08:
         row[1 + rng.randrange(len(CDI_AGES))] = None
     return row
 
 
-def aoa_sets(rng: random.Random, docs: list[list[str]], counts: Counter, lexicon: list[str],
-             n_words: int = 60, n_contexts: int = 8) -> tuple[dict, list[list]]:
+def aoa_sets(
+    rng: random.Random,
+    docs: list[list[str]],
+    counts: Counter,
+    lexicon: list[str],
+    n_words: int = 60,
+    n_contexts: int = 8,
+) -> tuple[dict, list[list]]:
     """(cdi_childes.json content, cdi_human.csv rows) for `n_words` lexicon words spread evenly
     over training frequency (`counts`: normalised word counts of the training text). Each word
     gets up to `n_contexts` contexts from `docs`; `word_in_context_stats` hold the word's training
@@ -311,8 +371,11 @@ def aoa_sets(rng: random.Random, docs: list[list[str]], counts: Counter, lexicon
     words = sorted(ranked[round(i * (len(ranked) - 1) / max(1, k - 1))] for i in range(k))
     childes = {}
     for w in words:
-        stats = {"count": counts[w], "frequency": round(counts[w] / total, 8),
-                 "log_freq_per_million": round(math.log10(counts[w] * 1e6 / total), 4)}
+        stats = {
+            "count": counts[w],
+            "frequency": round(counts[w] / total, 8),
+            "log_freq_per_million": round(math.log10(counts[w] * 1e6 / total), 4),
+        }
         picked = sorted(rng.sample(range(len(found[w])), min(n_contexts, len(found[w]))))
         childes[w] = [{"context": found[w][i], "word_in_context_stats": stats} for i in picked]
     logs = [math.log(counts[w]) for w in words]
