@@ -83,7 +83,9 @@ def publish(
 
     write_report(out_dir, table, records, partial=partial)
     if eval_specs:
-        plot_training(training_curves(workdir, eval_specs), out_dir / "training.png", partial)
+        wd = Workdir(workdir)
+        curves = training_curves(lambda name, key: wd.step_dir("pretrain", name, key), eval_specs)
+        plot_training(curves, out_dir / "training.png", partial)
     with atomic_dir(Workdir(workdir).results) as tmp:
         for f in out_dir.iterdir():
             shutil.copy2(f, tmp / f.name)

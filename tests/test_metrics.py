@@ -176,7 +176,7 @@ def test_training_curves_label_runs_as_the_table_does(tmp_path):
         ev("cd-q0.3-s1", "cd", 0.3, "1" * 16, 60),
         ev("cd-q0.5-s1", "cd", 0.5, "2" * 16, 60),
     ]
-    curves = training_curves(tmp_path, specs)
+    curves = training_curves(lambda name, key: tmp_path / "pretrain" / f"{name}-{key[:8]}", specs)
     assert [(c.run, c.method, len(c.records)) for c in curves] == [
         ("baseline-s1", "baseline", 0),
         ("cd-q0.3-s1", "cd@q0.3", 2),

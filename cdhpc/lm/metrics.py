@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,15 +164,6 @@ def latest_metrics(path: Path, tail_bytes: int = TAIL_BYTES) -> dict[str, Any] |
     return None
 
 
-def pretrain_metrics_path(workdir: Path, name: str, key: str) -> Path:
-    """metrics.jsonl of the pretrain step ``name`` with key ``key`` (its output directory). The
-    workdir layout's owner is ``cdhpc.sweep.workdir``, which this library package may not import
-    (docs/design.md §3): this repeats its ``<stage>/<name>-<key8>`` rule for the one stage it reads."""
-    from cdhpc.base.paths import component, inside
-
-    return inside(workdir, "pretrain", component(f"{name}-{key[:8]}"), METRICS_FILE)
-
-
 @dataclass(frozen=True)
 class TrainingCurve:
     """One run's metrics for the plot: its name, its table label (method, `@q` when several)."""
@@ -182,9 +173,13 @@ class TrainingCurve:
     records: list[dict[str, Any]]
 
 
-def training_curves(workdir: Path, eval_specs: Iterable[Mapping[str, Any]]) -> list[TrainingCurve]:
+def training_curves(
+    run_dir: Callable[[str, str], Path], eval_specs: Iterable[Mapping[str, Any]]
+) -> list[TrainingCurve]:
     """The curves of the runs that evaluate steps read (each run once, in first-seen order),
-    labelled as the table's rows are. Runs without a metrics.jsonl (yet) have no records."""
+    labelled as the table's rows are. Runs without a metrics.jsonl (yet) have no records.
+    `run_dir(name, key)`: the pretrain step's output folder (the workdir layout's owner,
+    ``cdhpc.sweep.workdir``, which this library package may not import, gives it)."""
     from cdhpc.base.names import method_labels
 
     specs = list(eval_specs)
@@ -193,7 +188,7 @@ def training_curves(workdir: Path, eval_specs: Iterable[Mapping[str, Any]]) -> l
     for s in specs:
         p, key = s["params"], s["inputs"].get("model")  # every planned evaluate step has one
         if key is not None and key not in seen:
-            path = pretrain_metrics_path(workdir, p["run"], key)
+            path = run_dir(p["run"], key) / METRICS_FILE
             seen[key] = TrainingCurve(
                 p["run"], labels[(p["method"], p["synthetic_share"])], read_metrics(path)
             )
