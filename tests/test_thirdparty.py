@@ -284,10 +284,10 @@ def test_dataset_fingerprint_follows_the_content():
 
 ZERO3 = textwrap.dedent("""
     import torch, deepspeed
-    from cdhpc.lm.train import _init_distributed
+    from cdhpc.lm.train_engine import init_distributed
     from cdhpc.base.thirdparty import zero3_state_dict
 
-    _init_distributed()
+    init_distributed()
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)
     want = {k: v.clone() for k, v in model.state_dict().items()}
