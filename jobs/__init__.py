@@ -6,38 +6,42 @@ own outputs atomically, and its receipt last. It never opens the manifest.
 
 A step that runs (again) starts from a clean output directory: only what its stage resumes from,
 verified by the stage (``resumable(ctx)`` beside its entry), is kept. A local step stops on
-SIGTERM or SIGINT and says so in its receipt (status "cancelled") and job record (CANCELLED).
+SIGTERM or SIGINT and says so in its receipt (status "cancelled") and job record (CANCELLED);
+the signal handling is ``cdhpc.base.jobsignals``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import logging
 import os
 import platform
 import shutil
-import signal
 import subprocess
-import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable
 
 import submitit
 
 from cdhpc import __version__
+from cdhpc.base.jobsignals import (
+    StepCancelled,
+    ignore_signals_once_done,
+    run_past_last_requeue,
+    stop_on_signals,
+    uninterrupted,
+)
 from cdhpc.sweep.plan import StepSpec
-from cdhpc.sweep.workdir import Workdir
 from cdhpc.sweep.receipts import Receipt, describe_outputs, read_receipt, write_receipt
 from cdhpc.sweep.stepstate import step_done
-from cdhpc.base.thirdparty import requeue_handler, requeues_left
+from cdhpc.sweep.workdir import Workdir
 
 log = logging.getLogger("cdhpc")
 PACKAGES = ("torch", "transformers", "deepspeed", "tokenizers", "submitit", "numpy")
@@ -67,7 +71,9 @@ class StepContext:
             r = read_receipt(path)
             if r.key == key and r.status == "ok":
                 return r
-        raise FileNotFoundError(f"input {role!r} (step key {key}) has no ok receipt under {self.workdir}/receipts")
+        raise FileNotFoundError(
+            f"input {role!r} (step key {key}) has no ok receipt under {self.workdir}/receipts"
+        )
 
     def input_dir(self, role: str) -> Path:
         return StepSpec.from_dict(self.input_receipt(role).spec).out_dir(self.workdir)
@@ -99,12 +105,22 @@ def clean_out_dir(ctx: StepContext) -> None:
     keep = {Path(p) for p in hook(ctx)} if hook else set()
     removed = remove_except(ctx.out_dir, keep)
     if removed:
-        log.info("step %s/%s: removed %d untrusted path(s) of an earlier attempt: %s", ctx.spec.stage, ctx.spec.name,
-                 len(removed), ", ".join(str(p.relative_to(ctx.out_dir)) for p in removed[:5]))
+        log.info(
+            "step %s/%s: removed %d untrusted path(s) of an earlier attempt: %s",
+            ctx.spec.stage,
+            ctx.spec.name,
+            len(removed),
+            ", ".join(str(p.relative_to(ctx.out_dir)) for p in removed[:5]),
+        )
     kept = sorted(str(p.relative_to(ctx.out_dir)) for p in keep if p.exists())
     if kept:
-        log.info("step %s/%s: resuming from %d verified path(s): %s", ctx.spec.stage, ctx.spec.name, len(kept),
-                 ", ".join(kept[:5]))
+        log.info(
+            "step %s/%s: resuming from %d verified path(s): %s",
+            ctx.spec.stage,
+            ctx.spec.name,
+            len(kept),
+            ", ".join(kept[:5]),
+        )
 
 
 def remove_except(root: Path, keep: set[Path]) -> list[Path]:
@@ -140,19 +156,30 @@ def git_commit() -> str:
     """HEAD of the checkout cdhpc runs from, with +dirty; 'unknown' for an installed copy."""
     root = Path(__file__).resolve().parent.parent
     try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
         if head.returncode:
             return "unknown"
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return head.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 
 def slurm_ids() -> dict[str, str]:
-    names = {"job_id": "SLURM_JOB_ID", "array_job_id": "SLURM_ARRAY_JOB_ID", "array_index": "SLURM_ARRAY_TASK_ID",
-             "node": "SLURMD_NODENAME", "local_job_id": "SUBMITIT_LOCAL_JOB_ID"}
+    names = {
+        "job_id": "SLURM_JOB_ID",
+        "array_job_id": "SLURM_ARRAY_JOB_ID",
+        "array_index": "SLURM_ARRAY_TASK_ID",
+        "node": "SLURMD_NODENAME",
+        "local_job_id": "SUBMITIT_LOCAL_JOB_ID",
+    }
     return {k: os.environ[v] for k, v in names.items() if v in os.environ}
 
 
@@ -179,8 +206,13 @@ def distributed_env() -> dict[str, str]:
     env = submitit.JobEnvironment()
     master = env.hostnames[0] if env.num_nodes > 1 else "127.0.0.1"
     port = 20000 + int("".join(c for c in str(env.job_id) if c.isdigit()) or 0) % 20000
-    return {"RANK": str(env.global_rank), "LOCAL_RANK": str(env.local_rank), "WORLD_SIZE": str(env.num_tasks),
-            "MASTER_ADDR": master, "MASTER_PORT": str(port)}
+    return {
+        "RANK": str(env.global_rank),
+        "LOCAL_RANK": str(env.local_rank),
+        "WORLD_SIZE": str(env.num_tasks),
+        "MASTER_ADDR": master,
+        "MASTER_PORT": str(port),
+    }
 
 
 def run_step(workdir: Path, spec: StepSpec, attempt: int = 1) -> Receipt | None:
@@ -196,18 +228,39 @@ def run_step(workdir: Path, spec: StepSpec, attempt: int = 1) -> Receipt | None:
     ctx = StepContext(spec, workdir, attempt)
     log.info("step %s/%s key=%s attempt=%d", spec.stage, spec.name, spec.key, attempt)
     log.info("spec %s", json.dumps(spec.to_dict(), sort_keys=True))
-    log.info("versions %s host=%s cpus=%s CUDA_VISIBLE_DEVICES=%s", json.dumps(versions()), platform.node(),
-             os.cpu_count(), os.environ.get("CUDA_VISIBLE_DEVICES", ""))
-    base = dict(key=spec.key, stage=spec.stage, name=spec.name, spec=spec.to_dict(), versions=versions(),
-                host=platform.node(), slurm=slurm_ids(), attempt=attempt, logs=log_paths())
+    log.info(
+        "versions %s host=%s cpus=%s CUDA_VISIBLE_DEVICES=%s",
+        json.dumps(versions()),
+        platform.node(),
+        os.cpu_count(),
+        os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+    )
+    base = dict(
+        key=spec.key,
+        stage=spec.stage,
+        name=spec.name,
+        spec=spec.to_dict(),
+        versions=versions(),
+        host=platform.node(),
+        slurm=slurm_ids(),
+        attempt=attempt,
+        logs=log_paths(),
+    )
     started = time.time()
     try:
         clean_out_dir(ctx)
         result = resolve_entry(spec)(ctx)
         outputs = result.outputs if result.outputs is not None else [ctx.out_dir]
         share_outputs(outputs)
-        receipt = Receipt(status="ok", outputs=describe_outputs(workdir, outputs), metrics=result.metrics,
-                          rows=result.rows, started=started, finished=time.time(), **base)
+        receipt = Receipt(
+            status="ok",
+            outputs=describe_outputs(workdir, outputs),
+            metrics=result.metrics,
+            rows=result.rows,
+            started=started,
+            finished=time.time(),
+            **base,
+        )
         write_receipt(workdir, receipt)
     except BaseException as e:  # noqa: BLE001 - every end (error, ENOSPC, SIGTERM) is recorded, then raised
         with uninterrupted():
@@ -236,8 +289,15 @@ def record_end(workdir: Path, spec: StepSpec, error: BaseException, fields: dict
     the receipt's fields known at the start (key, spec, versions, started, ...)."""
     status = "cancelled" if isinstance(error, (StepCancelled, KeyboardInterrupt)) else "failed"
     try:
-        write_receipt(workdir, Receipt(status=status, error="".join(traceback.format_exception(error)),
-                                       finished=time.time(), **fields))
+        write_receipt(
+            workdir,
+            Receipt(
+                status=status,
+                error="".join(traceback.format_exception(error)),
+                finished=time.time(),
+                **fields,
+            ),
+        )
     except Exception as e:  # noqa: BLE001 - e.g. OSError ENOSPC: the step's own error is the one to raise
         log.error("step %s/%s: could not write its %s receipt: %s", spec.stage, spec.name, status, e)
     if not isinstance(error, SystemExit):  # submitit's requeue exits: the job goes on
@@ -288,8 +348,12 @@ class StepJob(submitit.helpers.Checkpointable):
                 with uninterrupted():  # this step is marked already unless the signal came between steps
                     for rest in specs[i:]:
                         mark_job_record(workdir, rest, "CANCELLED")
-                    log.warning("step %s/%s cancelled; %d later step(s) of this job not run", spec.stage, spec.name,
-                                len(specs) - i - 1)
+                    log.warning(
+                        "step %s/%s cancelled; %d later step(s) of this job not run",
+                        spec.stage,
+                        spec.name,
+                        len(specs) - i - 1,
+                    )
                 raise
             except Exception:  # siblings in a pack are independent: run them, then fail the job
                 log.exception("step %s/%s failed", spec.stage, spec.name)
@@ -298,89 +362,6 @@ class StepJob(submitit.helpers.Checkpointable):
             raise RuntimeError(f"{len(failed)} of {len(self.specs)} steps failed: {', '.join(failed)}")
         ignore_signals_once_done()
         return [d["key"] for d in self.specs]
-
-
-class StepCancelled(BaseException):
-    """SIGTERM or SIGINT reached a step's process: it stops where it is and its receipt says
-    cancelled. A BaseException, as KeyboardInterrupt, so that `except Exception` does not catch it."""
-
-
-_recording_end = False  # set while a step writes how it ended: a second signal must not cut that short
-
-
-@contextlib.contextmanager
-def uninterrupted():
-    """Signals that would cancel the step are logged and ignored inside this block."""
-    global _recording_end
-    before, _recording_end = _recording_end, True
-    try:
-        yield
-    finally:
-        _recording_end = before
-
-
-def _cancel_step(signum: int, frame: Any) -> None:
-    name = signal.Signals(signum).name
-    if _recording_end:
-        log.warning("%s received while the step records how it ended: ignored", name)
-        return
-    log.warning("%s received: stopping the step; it resumes from its last checkpoint when run again", name)
-    raise StepCancelled(f"cancelled by {name}")
-
-
-def stop_on_signals() -> list[signal.Signals]:
-    """Make SIGINT, and SIGTERM unless on SLURM, stop the step: StepCancelled is raised at the
-    next Python instruction of the main thread. Returns the signals taken over.
-
-    submitit's jobs log and ignore SIGTERM ("Bypassing signal SIGTERM"), which on SLURM is what
-    lets a preempted job checkpoint and requeue: SLURM sends SIGTERM there before the USR2 that
-    submitit answers with checkpoint() and a requeue (submitit's preemption drill sends the same
-    two). So on SLURM SIGTERM stays bypassed (scancel ends the job after KillWait and sacct says
-    CANCELLED) and USR2 is untouched everywhere. A local job gets no second signal: ``cdhpc cancel``
-    and a stopped launcher send SIGTERM to its submitit controller, which passes it on
-    (scheduler.stop_local_job), Ctrl-C in a terminal sends SIGINT, and ``kill`` SIGTERM."""
-    if threading.current_thread() is not threading.main_thread():
-        return []
-    try:
-        cluster = submitit.JobEnvironment().name()
-    except RuntimeError:  # not a submitit job (a direct call)
-        cluster = None
-    signals = [signal.SIGINT] + ([] if cluster == "slurm" else [signal.SIGTERM])
-    for signum in signals:
-        signal.signal(signum, _cancel_step)
-    return signals
-
-
-def ignore_signals_once_done() -> None:
-    """Completion wins over a late signal: every step's receipt is written, so a time limit's
-    USR2 or a TERM that arrives while the job exits must not make submitit checkpoint and requeue
-    it or kill it (sacct would say FAILED and SLURM would cancel its dependents). SIG_IGN, not a
-    Python handler, so that it holds through the interpreter's shutdown too."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-    for signum in (signal.SIGUSR2, signal.SIGTERM):
-        signal.signal(signum, signal.SIG_IGN)
-    log.info("all steps of this job are done: USR2 and TERM are ignored from here on")
-
-
-def run_past_last_requeue() -> None:
-    """Once a job has no requeue left (the profile's max_requeues), submitit's USR2 handler
-    would end it with an error as its time limit nears. Keep computing instead: the step may
-    still finish, and otherwise SLURM ends it at the limit and says TIMEOUT, which is what the
-    manifest should show. Preemption (not near the limit) is always requeued. Raises
-    ThirdPartyChanged, at the job's start, if submitit's requeue countdown is gone."""
-    handler = signal.getsignal(signal.SIGUSR2)
-    owner = requeue_handler(handler)  # submitit's SignalHandler, None outside a submitit job
-    if owner is None:
-        return
-
-    def on_usr2(signum: int, frame: Any) -> None:
-        if owner.has_timed_out() and requeues_left(owner) <= 0:
-            log.warning("time limit near and no requeue left: running on until SLURM's limit")
-            return
-        handler(signum, frame)
-
-    signal.signal(signal.SIGUSR2, on_usr2)
 
 
 def configure_job_logging() -> None:

@@ -183,7 +183,7 @@ def test_fit_context_refuses_or_cuts_from_the_left():
 def test_a_candidate_too_long_is_named_by_file_line_uid_and_index():
     from cdhpc.evals import get_task
     from cdhpc.evals.engine import ContextLengthError
-    from cdhpc.evals.run import _choice_too_long
+    from cdhpc.evals.scoring import _choice_too_long
     from cdhpc.evals.task import ChoiceItem
 
     items = [

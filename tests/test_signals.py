@@ -19,11 +19,12 @@ import psutil
 import pytest
 
 from cdhpc.base.atomicio import atomic_write_text
+from cdhpc.base.jobsignals import StepCancelled, stop_on_signals
 from cdhpc.sweep.jobrecords import JobRecord, job_record_path
 from cdhpc.sweep.plan import Plan, StepSpec, content_key
 from cdhpc.sweep.receipts import read_receipt, receipt_path
 from cdhpc.ui.launch import execute
-from jobs import StepCancelled, StepContext, StepResult, run_step, stop_on_signals
+from jobs import StepContext, StepResult, run_step
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent

@@ -129,8 +129,8 @@ def test_requeue_handler_finds_submitits_countdown(tmp_path, monkeypatch):
 
 
 def test_submitit_ends_a_timed_out_job_at_countdown_zero_and_requeues_above(tmp_path, monkeypatch):
-    """The rule jobs.run_past_last_requeue anticipates: timed out with countdown 0, submitit's
-    handler ends the job; with a requeue left it requeues (exit)."""
+    """The rule cdhpc.base.jobsignals.run_past_last_requeue anticipates: timed out with countdown 0,
+    submitit's handler ends the job; with a requeue left it requeues (exit)."""
     from submitit.core.utils import UncompletedJobError
 
     last = submitit_usr2_handler(tmp_path, monkeypatch, Resumable(), max_requeues=0, timeout_min=0)
@@ -142,7 +142,7 @@ def test_submitit_ends_a_timed_out_job_at_countdown_zero_and_requeues_above(tmp_
 
 
 def test_run_past_last_requeue_runs_on_only_when_no_requeue_is_left(tmp_path, monkeypatch, restore_signals):
-    from jobs import run_past_last_requeue
+    from cdhpc.base.jobsignals import run_past_last_requeue
 
     for requeues, expect_exit in ((0, False), (1, True)):
         handler = submitit_usr2_handler(
@@ -284,10 +284,10 @@ def test_dataset_fingerprint_follows_the_content():
 
 ZERO3 = textwrap.dedent("""
     import torch, deepspeed
-    from cdhpc.lm.train import _init_distributed
+    from cdhpc.lm.train_engine import init_distributed
     from cdhpc.base.thirdparty import zero3_state_dict
 
-    _init_distributed()
+    init_distributed()
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)
     want = {k: v.clone() for k, v in model.state_dict().items()}

@@ -17,7 +17,8 @@ import pytest
 
 from cdhpc.lm import data
 from cdhpc.lm.model import PRESETS, ModelPreset, build_model, flops_per_token, llama_config, mfu
-from cdhpc.lm.train import TrainSpec, deepspeed_config, distributed_env, grad_accumulation, lr_at
+from cdhpc.lm.train import TrainSpec
+from cdhpc.lm.train_engine import deepspeed_config, distributed_env, grad_accumulation, lr_at
 
 REPO = Path(__file__).resolve().parents[1]
 NOUNS, ADJS, VERBS = ["cat", "dog", "bird", "fish"], ["big", "small", "red"], ["sees", "likes", "chases"]

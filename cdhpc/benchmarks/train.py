@@ -62,7 +62,7 @@ class _PlainLoop:
         import torch
 
         from cdhpc.lm.model import build_model
-        from cdhpc.lm.train import lr_at
+        from cdhpc.lm.train_engine import lr_at
 
         self.model = build_model(spec.preset, spec.vocab_size, seed=spec.seed).to(device)
         if spec.compile and device.startswith("cuda"):
@@ -113,13 +113,13 @@ def run(argv: list[str]) -> dict:
 
     from cdhpc.lm.data import MixedBatches, TokenArray, write_token_array
     from cdhpc.lm.model import mfu, peak_flops
-    from cdhpc.lm.train import _init_distributed, build_engine, train_step
+    from cdhpc.lm.train_engine import build_engine, init_distributed, train_step
 
     args = _args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device visible")
     spec = _spec(args)
-    device, _, world_size = _init_distributed()
+    device, _, world_size = init_distributed()
     with tempfile.TemporaryDirectory() as tmp:
         rng = np.random.default_rng(0)
         write_token_array(

@@ -14,16 +14,18 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from cdhpc.evals import SCORING, TASK_NAMES, WUG_METRICS, get_task, task_metric
+from cdhpc.evals import SCORING, TASK_NAMES, WUG_METRICS, get_task
 from cdhpc.evals.data import EvalDataError, data_sha256, list_files
 from cdhpc.evals.output import write_outputs
+from cdhpc.evals.scoring import aoa_too_long, score
 from cdhpc.evals.task import Task
 
 log = logging.getLogger("cdhpc")
 
 
-def _task_files(task: Task, data_dir: Path | None, fast: bool,
-                heldout_dir: Path | None) -> tuple[list[Path], Path]:
+def _task_files(
+    task: Task, data_dir: Path | None, fast: bool, heldout_dir: Path | None
+) -> tuple[list[Path], Path]:
     """The files a task reads and the root their checksum paths are relative to."""
     if task.kind == "perplexity":
         if heldout_dir is None:
@@ -76,146 +78,18 @@ class EvalOptions:
             raise ValueError(f"batch_size {self.batch_size}: must be >= 1")
 
 
-def _score(task: Task, prepared: Any, model: Any, tokenizer: Any, opt: EvalOptions, files: list[Path],
-           packs: Any) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
-    """Prediction rows, summary fields and official files of one task on one model. `tokenizer`:
-    () -> the model's tokenizer (loaded on first use: a pack read from the cache needs none);
-    `packs`: (max_tokens, build) -> the task's PreparedPack from the pack cache, or built."""
-    if task.kind == "choice":
-        from cdhpc.evals.choice import summarize_choice
-
-        items, sources = prepared
-        scores, n_truncated = _choice_scores(task, items, sources, model, tokenizer, opt, packs)
-        rows, fields, official = summarize_choice(task, items, scores, task_metric(task.name, opt.wug_metric))
-        return rows, {**fields, "n_truncated": n_truncated}, official
-    if task.kind == "reading":
-        return _reading(task, prepared, model, tokenizer, opt, files, packs)
-    import torch
-
-    from cdhpc.evals.engine import block_losses
-    from cdhpc.evals.perplexity import MAX_BLOCK, cut_blocks, heldout_ids, summarize_perplexity
-
-    block = min(MAX_BLOCK, int(model.config.max_position_embeddings))
-    blocks = torch.tensor(cut_blocks(heldout_ids(tokenizer(), prepared), block))
-    losses = block_losses(model, blocks, batch_size=max(1, opt.batch_size // 8), device=opt.device)
-    return summarize_perplexity(losses, blocks.shape[1])
-
-
-def _reading(task: Task, prepared: Any, model: Any, tokenizer: Any, opt: EvalOptions, files: list[Path],
-             packs: Any) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
-    """Reading / eye tracking on one model, its word pieces packed once per tokenizer (`packs`)."""
-    from cdhpc.evals.engine import ContextLengthError, context_limit
-    from cdhpc.evals.reading import pack_surprisals, reading_pack, summarize_reading, word_pairs
-
-    rows, columns = prepared
-    pairs, word_idx, prev_idx = word_pairs(rows, opt.scoring)
-    limit = context_limit(model)
-    try:
-        pack = packs(limit, lambda: reading_pack(tokenizer(), pairs, opt.scoring, batch_size=opt.batch_size,
-                                                 max_tokens=limit))
-    except ContextLengthError as err:
-        raise EvalDataError(_reading_too_long(err, files[0], task.name, rows, pairs, word_idx,
-                                              prev_idx, tokenizer(), opt.scoring)) from None
-    surprisal = pack_surprisals(model, pack, len(pairs), opt.device)
-    return summarize_reading(task.name, rows, columns, pairs, surprisal, word_idx, prev_idx)
-
-
-def _choice_scores(task: Task, items: list, sources: list[tuple[Path, int]], model: Any, tokenizer: Any,
-                   opt: EvalOptions, packs: Any) -> tuple[list[float], int]:
-    """Every candidate's log-prob and how many candidates were cut to fit the model's context
-    (0 unless opt.truncate; without it a candidate that does not fit is an error naming it)."""
-    from cdhpc.evals.batches import score_pack
-    from cdhpc.evals.engine import context_limit
-
-    limit = context_limit(model)
-    pack = packs(limit, lambda: _choice_pack(task, items, sources, tokenizer(), opt, limit))
-    cut = pack.meta.get("truncated")
-    if cut:
-        log.warning("%s: %d of %d candidates are longer than the model's context of %d positions "
-                    "(longest: %d tokens), cut from the left (--truncate); first: %s", task.name,
-                    cut["n"], cut["of"], limit, cut["longest"], _choice_place(cut["first"], items, sources))
-    return score_pack(model, pack, opt.device), cut["n"] if cut else 0
-
-
-def _choice_pack(task: Task, items: list, sources: list[tuple[Path, int]], tokenizer: Any,
-                 opt: EvalOptions, limit: int | None) -> Any:
-    """The prepared batches of every candidate (the host work the pack cache keeps); its meta
-    says what was truncated (opt.truncate), so a pack read back logs the same warning."""
-    from cdhpc.evals.batches import prepare_pack
-    from cdhpc.evals.choice import item_requests
-    from cdhpc.evals.engine import ContextLengthError, encode_requests
-
-    requests = item_requests(items)
-    try:
-        full, scored = encode_requests(tokenizer, requests, opt.scoring, max_tokens=limit)
-        meta = {}
-    except ContextLengthError as err:
-        if not opt.truncate:
-            raise EvalDataError(_choice_too_long(err, task, items, sources)) from None
-        meta = {"truncated": {"n": len(err.rows), "of": len(requests), "longest": max(err.lengths),
-                              "first": err.rows[0]}}
-        full, scored = encode_requests(tokenizer, requests, opt.scoring, max_tokens=limit, truncate=True)
-    return prepare_pack(full, scored, opt.batch_size, meta=meta)
-
-
-def _choice_place(request: int, items: list, sources: list[tuple[Path, int]]) -> str:
-    """Where candidate `request` (in item_requests order) comes from: file:line, item id, index."""
-    from cdhpc.evals.choice import item_ids
-
-    k = request
-    for i, item in enumerate(items):
-        if k < len(item.continuations):
-            path, line_no = sources[i]
-            return (f"{path}:{line_no}: item {item_ids(items)[i]} (uid {item.uid!r}, item index {i}), "
-                    f"candidate {k}")
-        k -= len(item.continuations)
-    raise AssertionError(f"request {request} beyond the {len(items)} items")
-
-
-def _choice_too_long(err: Any, task: Task, items: list, sources: list[tuple[Path, int]]) -> str:
-    """The error of a candidate longer than the model's context: where it is, its length, the fix."""
-    more = f" ({len(err.rows) - 1} more candidate(s) of {task.name} are too long)" if len(err.rows) > 1 else ""
-    return (f"{_choice_place(err.rows[0], items, sources)}: {err.lengths[0]} tokens (context + "
-            f"continuation, special tokens included), but the model's context is {err.limit} positions "
-            f"(max_position_embeddings){more}; shorten the item, use a model with a longer context, or "
-            "pass --truncate (EvalOptions.truncate) to cut it from the left")
-
-
-def _reading_too_long(err: Any, path: Path, kind: str, rows: list[dict[str, str]], pairs: list,
-                      word_idx: list[int], prev_idx: list[int], tokenizer: Any, scoring: str) -> str:
-    """The error of a reading context longer than the model's context, naming its first row."""
-    pair = err.rows[0]
-    if scoring == "official":  # one sequence per word piece: which pair it belongs to
-        from cdhpc.evals.reading import official_sequences
-
-        pair = int(official_sequences(tokenizer, pairs)[2][pair])
-    row = next(i for i in range(len(rows)) if pair in (word_idx[i], prev_idx[i]))
-    which = "word" if word_idx[row] == pair else "prev_word"
-    return (f"{path}:{row + 2}: reading row {row} (uid {kind!r}, item {row}): {which} "
-            f"{pairs[pair][1]!r} with the text before it is {err.lengths[0]} tokens (special tokens "
-            f"included), but the model's context is {err.limit} positions (max_position_embeddings); "
-            "shorten the text or use a model with a longer context (--truncate applies to the "
-            "sentence tasks only)")
-
-
-def _aoa_too_long(err: Any, files: list[Path], data: Any) -> str:
-    """The error of an AoA word in a context longer than the model's context, naming both."""
-    k = err.rows[0]
-    for word, contexts in zip(data.words, data.contexts):
-        if k < len(contexts):
-            path = next(f for f in files if f.name == "cdi_childes.json")
-            return (f"{path}: word {word!r}, context {k}: {err.lengths[0]} tokens (context + word, "
-                    f"special tokens included), but the model's context is {err.limit} positions "
-                    "(max_position_embeddings); shorten the context or use a model with a longer "
-                    "context (--truncate applies to the sentence tasks only)")
-        k -= len(contexts)
-    raise AssertionError(f"request {err.rows[0]} beyond the aoa requests")
-
-
-def evaluate_task(model_dir: Path, task: str, data_dir: Path | None, out_dir: Path, *,
-                  fast: bool = False, heldout_dir: Path | None = None,
-                  options: EvalOptions = EvalOptions(), steps: list[int] | None = None,
-                  cache_dir: Path | None = None) -> dict:
+def evaluate_task(
+    model_dir: Path,
+    task: str,
+    data_dir: Path | None,
+    out_dir: Path,
+    *,
+    fast: bool = False,
+    heldout_dir: Path | None = None,
+    options: EvalOptions = EvalOptions(),
+    steps: list[int] | None = None,
+    cache_dir: Path | None = None,
+) -> dict:
     """Score the HF causal LM in `model_dir` on `task` (aoa: the checkpoint folders in
     `model_dir`, those of `steps` when given); write predictions.jsonl, the official files and
     summary.json (last) into `out_dir`. Returns the summary. `cache_dir`: where the tokenized and
@@ -238,18 +112,27 @@ def evaluate_task(model_dir: Path, task: str, data_dir: Path | None, out_dir: Pa
         checksum = data_sha256(files, root)
         key = (spec.name, spec.version, checksum, tuple(map(str, files)))  # paths: errors name them
         prepared = memo_data(key, partial(_prepare, spec, files))
-    cache = PackCache(cache_dir, {"task": spec.name, "version": spec.version, "data_sha256": checksum,
-                                  "scoring": options.scoring, "truncate": options.truncate,
-                                  "batch_size": options.batch_size})
+    cache = PackCache(
+        cache_dir,
+        {
+            "task": spec.name,
+            "version": spec.version,
+            "data_sha256": checksum,
+            "scoring": options.scoring,
+            "truncate": options.truncate,
+            "batch_size": options.batch_size,
+        },
+    )
     if spec.kind == "aoa":
         from cdhpc.evals.aoa_run import checkpoint_dirs, score_checkpoints
         from cdhpc.evals.engine import ContextLengthError
 
         try:
-            rows, fields, official = score_checkpoints(checkpoint_dirs(Path(model_dir), steps), prepared,
-                                                       options, cache)
+            rows, fields, official = score_checkpoints(
+                checkpoint_dirs(Path(model_dir), steps), prepared, options, cache
+            )
         except ContextLengthError as err:
-            raise EvalDataError(_aoa_too_long(err, files, prepared)) from None
+            raise EvalDataError(aoa_too_long(err, files, prepared)) from None
     else:
         from functools import cache as once
 
@@ -258,44 +141,79 @@ def evaluate_task(model_dir: Path, task: str, data_dir: Path | None, out_dir: Pa
         model = load_causal_lm(Path(model_dir), options.device, options.dtype)
         tokenizer = once(partial(load_tokenizer, Path(model_dir)))  # only when a pack is built
         packs = partial(cache.get, Path(model_dir))
-        rows, fields, official = _score(spec, prepared, model, tokenizer, options, files, packs)
+        rows, fields, official = score(spec, prepared, model, tokenizer, options, files, packs)
     if cache.directory is not None:
         log.info("%s: pack cache %s: %d read, %d built", spec.name, cache.directory, cache.hits, cache.builds)
     fields.setdefault("n_truncated", 0)  # candidates cut to the model's context (options.truncate)
-    summary = {"task": spec.name, "version": spec.version, "data_sha256": checksum,
-               **fields, "fast": fast, "model_dir": str(model_dir), "scoring": options.scoring,
-               "dtype": options.dtype, "truncate": options.truncate,
-               "files": [str(f.relative_to(root)) for f in files]}
+    summary = {
+        "task": spec.name,
+        "version": spec.version,
+        "data_sha256": checksum,
+        **fields,
+        "fast": fast,
+        "model_dir": str(model_dir),
+        "scoring": options.scoring,
+        "dtype": options.dtype,
+        "truncate": options.truncate,
+        "files": [str(f.relative_to(root)) for f in files],
+    }
     write_outputs(Path(out_dir), rows, official, summary)
     return summary
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="cdhpc eval", description="Evaluate any HF causal LM on the BabyLM 2025 zero-shot tasks; "
-        "the defaults reproduce the official pipeline item for item (docs/evaluation.md).")
-    p.add_argument("--model", required=True, type=Path,
-                   help="HF causal LM directory (aoa: a folder of checkpoint folders named by step, e.g. step_500)")
+        prog="cdhpc eval",
+        description="Evaluate any HF causal LM on the BabyLM 2025 zero-shot tasks; "
+        "the defaults reproduce the official pipeline item for item (docs/evaluation.md).",
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        type=Path,
+        help="HF causal LM directory (aoa: a folder of checkpoint folders named by step, e.g. step_500)",
+    )
     p.add_argument("--tasks", required=True, help=f"comma-separated, from: {','.join(TASK_NAMES)}")
     p.add_argument("--data", type=Path, help="the evaluation_data directory (full_eval/, fast_eval/)")
     p.add_argument("--out", required=True, type=Path, help="output directory (one folder per task)")
     p.add_argument("--fast", action="store_true", help="use the fast_eval subsets")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    p.add_argument("--batch-size", type=int, default=64, help="packed rows (about 64 tokens each) per forward pass")
+    p.add_argument(
+        "--batch-size", type=int, default=64, help="packed rows (about 64 tokens each) per forward pass"
+    )
     p.add_argument("--heldout", type=Path, help="held-out split directory (perplexity)")
-    p.add_argument("--scoring", default="official", choices=SCORING,
-                   help="official: the pipeline's tokens, BOS and reading rules (default); joint: ours")
-    p.add_argument("--wug-metric", default="spearman", choices=WUG_METRICS,
-                   help="wug: Spearman's rho with the human ratio (official, default) or accuracy (the paper)")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                   help="weights and activations: float32 (as the official pipeline, default) or bfloat16")
-    p.add_argument("--cache", type=Path, default=None,
-                   help="keep the tokenized and packed requests in this directory and reuse them for every "
-                   "checkpoint with the same tokenizer (default: not kept)")
-    p.add_argument("--truncate", action="store_true",
-                   help="a sentence-task candidate longer than the model's context (max_position_embeddings, "
-                   "special tokens included) is cut from the left, with a warning, and counted in "
-                   "summary.json as n_truncated; default: such an item is an error naming it")
+    p.add_argument(
+        "--scoring",
+        default="official",
+        choices=SCORING,
+        help="official: the pipeline's tokens, BOS and reading rules (default); joint: ours",
+    )
+    p.add_argument(
+        "--wug-metric",
+        default="spearman",
+        choices=WUG_METRICS,
+        help="wug: Spearman's rho with the human ratio (official, default) or accuracy (the paper)",
+    )
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="weights and activations: float32 (as the official pipeline, default) or bfloat16",
+    )
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="keep the tokenized and packed requests in this directory and reuse them for every "
+        "checkpoint with the same tokenizer (default: not kept)",
+    )
+    p.add_argument(
+        "--truncate",
+        action="store_true",
+        help="a sentence-task candidate longer than the model's context (max_position_embeddings, "
+        "special tokens included) is cut from the left, with a warning, and counted in "
+        "summary.json as n_truncated; default: such an item is an error naming it",
+    )
     return p
 
 
@@ -304,14 +222,23 @@ def main_eval(argv: list[str]) -> int:
     each task into OUT/<task>/, prints one line per task; 2 on a user error."""
     args = _parser().parse_args(argv)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    options = EvalOptions(args.scoring, args.wug_metric, args.dtype, args.device, args.batch_size,
-                          args.truncate)
+    options = EvalOptions(
+        args.scoring, args.wug_metric, args.dtype, args.device, args.batch_size, args.truncate
+    )
     try:
         for name in tasks:
             get_task(name)
         for name in tasks:
-            s = evaluate_task(args.model, name, args.data, args.out / name, fast=args.fast,
-                              heldout_dir=args.heldout, options=options, cache_dir=args.cache)
+            s = evaluate_task(
+                args.model,
+                name,
+                args.data,
+                args.out / name,
+                fast=args.fast,
+                heldout_dir=args.heldout,
+                options=options,
+                cache_dir=args.cache,
+            )
             cut = f"\ttruncated={s['n_truncated']}" if s["n_truncated"] else ""
             print(f"{name}\t{s['metric']}\t{s['score']:.4f}\tn={s['n_items']}{cut}")
     except (EvalDataError, ValueError, OSError) as err:

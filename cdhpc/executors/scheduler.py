@@ -79,7 +79,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 def stop_local_job(pid: int) -> None:
     """Stop a local job: SIGINT to its submitit controller (as LocalJob.cancel: it passes SIGINT
     on to the step, which records itself cancelled, and SIGKILLs it a second later), then SIGTERM,
-    which the controller passes on too (jobs.stop_on_signals). The SIGTERM is for a launcher
+    which the controller passes on too (base.jobsignals.stop_on_signals). The SIGTERM is for a launcher
     started in the background by a shell without job control (`nohup ... &`): its jobs start with
     SIGINT ignored, and the controller would never hear the SIGINT."""
     for signum in (signal.SIGINT, signal.SIGTERM):
