@@ -17,7 +17,7 @@ from typing import Any
 from cdhpc.evals import SCORING, TASK_NAMES, WUG_METRICS, get_task
 from cdhpc.evals.data import EvalDataError, data_sha256, list_files
 from cdhpc.evals.output import write_outputs
-from cdhpc.evals.scoring import aoa_too_long, score
+from cdhpc.evals.scoring import aoa_too_long, score_task
 from cdhpc.evals.task import Task
 
 log = logging.getLogger("cdhpc")
@@ -141,7 +141,7 @@ def evaluate_task(
         model = load_causal_lm(Path(model_dir), options.device, options.dtype)
         tokenizer = once(partial(load_tokenizer, Path(model_dir)))  # only when a pack is built
         packs = partial(cache.get, Path(model_dir))
-        rows, fields, official = score(spec, prepared, model, tokenizer, options, files, packs)
+        rows, fields, official = score_task(spec, prepared, model, tokenizer, options, files, packs)
     if cache.directory is not None:
         log.info("%s: pack cache %s: %d read, %d built", spec.name, cache.directory, cache.hits, cache.builds)
     fields.setdefault("n_truncated", 0)  # candidates cut to the model's context (options.truncate)

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("cdhpc")
 
 
-def score(
+def score_task(
     task: Task, prepared: Any, model: Any, tokenizer: Any, opt: EvalOptions, files: list[Path], packs: Any
 ) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
     """Prediction rows, summary fields and official files of one task on one model. `tokenizer`:
