@@ -15,7 +15,6 @@ import pytest
 
 from cdhpc.config import ConfigError, load_config
 from cdhpc.config.profile import ClusterProfile, apply_profile, load_profile
-from cdhpc.executors.launch_slurm import more_memory
 from cdhpc.executors.sbatch import (
     ArraySpec,
     JobRef,
@@ -25,7 +24,8 @@ from cdhpc.executors.sbatch import (
     sbatch_parameters,
     sbatch_script,
 )
-from cdhpc.executors.slurm import LEFT_QUEUE, SlurmScheduler, expand_job_id, parse_states, record_state
+from cdhpc.executors.slurm import SlurmScheduler, more_memory
+from cdhpc.executors.slurm_queue import LEFT_QUEUE, expand_job_id, parse_states, record_state
 from cdhpc.sweep.plan import Plan, StepSpec, plan_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -246,7 +246,7 @@ def test_an_intents_job_is_adopted_with_its_pickles_and_cancelled_without(tmp_pa
     a, b = step("a", "evaluate"), step("b", "evaluate")
     sched = SlurmScheduler(tmp_path, ClusterProfile(), "t")
     cancelled = []
-    monkeypatch.setattr("cdhpc.executors.slurm._run", lambda cmd, timeout_s=60: cancelled.append(cmd))
+    monkeypatch.setattr("cdhpc.executors.slurm.run_slurm", lambda cmd, timeout_s=60: cancelled.append(cmd))
     monkeypatch.setattr(
         "cdhpc.executors.slurm.find_jobs_by_name", lambda names: {n: ["77_0", "77_1"] for n in names}
     )

@@ -162,7 +162,7 @@ class FakeSlurm:
         self.continuations: list[list[str]] = []
         monkeypatch.setattr("cdhpc.executors.slurm.SlurmScheduler._sbatch", self.submit)
         monkeypatch.setattr(
-            "cdhpc.executors.slurm.query_states", lambda ids, wanted=(): (dict(self.jobs), True)
+            "cdhpc.executors.slurm_queue.query_states", lambda ids, wanted=(): (dict(self.jobs), True)
         )
         monkeypatch.setattr("cdhpc.executors.waves.submit_continuation", self.cont)
         monkeypatch.setattr("cdhpc.executors.waves.cancel_old", lambda doc: None)

@@ -231,7 +231,7 @@ def slurm_poll_parse_s(n_steps: int, live_share: float = 0.2) -> float:
     """Our own time in one SLURM poll of a sweep with `live_share` of its steps queued or running
     as array elements: parsing sacct's answer and deciding each record's state (s; sacct's own
     run time is the controller's, not ours)."""
-    from cdhpc.executors.slurm import parse_states, record_state
+    from cdhpc.executors.slurm_queue import parse_states, record_state
 
     n = int(n_steps * live_share)
     answer = "\n".join(f"{7000 + i // 100}_{i % 100}|{'RUNNING' if i % 3 else 'PENDING'}" for i in range(n))

@@ -106,8 +106,9 @@ def submit_plan(
     from cdhpc.executors.outcome import outputs_lookup, report_bad, sync_manifest
     from cdhpc.executors.sbatch import JobRef
     from cdhpc.executors.scheduler import FAILED, MISSING, job_alive, step_states
-    from cdhpc.executors.slurm import SlurmScheduler, refresh_job_records
+    from cdhpc.executors.slurm import SlurmScheduler, more_memory
     from cdhpc.executors.slurm_limits import read_limits
+    from cdhpc.executors.slurm_queue import refresh_job_records
     from cdhpc.sweep.manifest import Manifest
 
     limits = limits if limits is not None else read_limits(profile)
@@ -169,18 +170,3 @@ def submit_plan(
             len(failed),
         )
     return states, sub, live
-
-
-def more_memory(plan: Plan, todo: set[str], jobs: dict, profile: ClusterProfile) -> dict[str, dict]:
-    """Pure: resources of the steps to submit whose last job ran out of memory, with the memory
-    of that job times the profile's oom_mem_factor (capped at max_mem_gb)."""
-    out = {}
-    for s in plan.steps:
-        j = jobs.get(s.key)
-        if s.key in todo and j is not None and j["state"] == "OUT_OF_MEMORY":
-            mem = (j["mem_gb"] or s.resources["mem_gb"]) * profile.oom_mem_factor
-            if profile.max_mem_gb is not None:
-                mem = min(mem, profile.max_mem_gb)
-            log.warning("step %s/%s ran out of memory; resubmitting it with %.1f GB", s.stage, s.name, mem)
-            out[s.key] = {**s.resources, "mem_gb": mem}
-    return out

@@ -136,7 +136,7 @@ class SnapshotReader:
         live = [j for j in self._rows.get("jobs", {}).values() if j["executor"] == "slurm" and j["state"] in LIVE_JOB_STATES]
         if not live:
             return 0
-        from cdhpc.executors.slurm import refresh_job_records  # only now: it imports the SLURM profile models
+        from cdhpc.executors.slurm_queue import refresh_job_records  # only now: it imports the SLURM profile models
 
         try:
             return refresh_job_records(self.workdir, live)
