@@ -40,7 +40,7 @@ def _workdir(arg: str) -> Path:
 def cmd_status(args: argparse.Namespace) -> int:
     workdir = _workdir(args.sweep)
     if args.once or not sys.stdout.isatty():
-        from cdhpc.ui.status import print_status
+        from cdhpc.ui.plain import print_status
 
         return print_status(workdir)
     from cdhpc.ui.tui import run_app

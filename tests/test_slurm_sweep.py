@@ -483,7 +483,8 @@ def test_status_ui_follows_slurm_jobs_and_tails_their_logs(cluster_up, tmp_path)
     running then done through its own sacct polls, and the detail screen's tail of the job log."""
     import asyncio
 
-    from cdhpc.ui.tui import DetailScreen, StatusApp
+    from cdhpc.ui.tui import StatusApp
+    from cdhpc.ui.tui_screens import DetailScreen
 
     steps = [
         step(f"u{i}", {"add": i, "sleep_s": 8}, stage="select") for i in range(2)

@@ -235,7 +235,7 @@ def test_bench_status_prints_one_json_line_comparing_ours_with_the_peer():
 
 
 def test_failure_line_says_why_a_step_with_a_good_receipt_failed():
-    from cdhpc.ui.status import failure_line
+    from cdhpc.ui.plain import failure_line
 
     assert "outputs changed" in failure_line({"status": "ok", "error": None})
     assert failure_line(None).startswith("no receipt")

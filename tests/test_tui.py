@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from cdhpc.benchmarks.status import build_workdir, write_step
-from cdhpc.ui.tui import ConfirmScreen, DetailScreen, LogTail, StatusApp, TextScreen, retry_command
+from cdhpc.ui.actions import retry_command
+from cdhpc.ui.tui import StatusApp
+from cdhpc.ui.tui_screens import ConfirmScreen, DetailScreen, LogTail, TextScreen
 
 ROOT = Path(__file__).resolve().parents[1]
 

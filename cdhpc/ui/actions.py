@@ -3,6 +3,7 @@ jobs of chosen steps (local or SLURM), and the launch command that retries faile
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -108,3 +109,26 @@ def retry_command(workdir: Path, verbose: bool = False) -> list[str]:
     the workdir's lock itself; the caller must not hold it."""
     cmd = [sys.executable, "-m", "cdhpc.launch", str(Workdir(workdir).resolved_config), f"workdir={workdir}"]
     return cmd + ["--verbose"] if verbose else cmd
+
+
+def start_retry(workdir: Path) -> tuple[subprocess.Popen, Path]:
+    """Start `retry_command` in the background, in its own session (it outlives this UI), with
+    its output in workdir/logs/retry-<unix time>.log. Returns the process and the log path."""
+    import cdhpc
+
+    log = Workdir(workdir).retry_log(int(time.time()))
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    root = str(Path(cdhpc.__file__).resolve().parent.parent)  # where `cdhpc` and `jobs` import from
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            retry_command(workdir),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+            cwd=workdir,
+        )
+    return proc, log

@@ -1,6 +1,7 @@
 """The data behind ``cdhpc status``: one shell that reads a workdir into a ``Snapshot`` (ingest
-only what changed, then one query per table), and pure functions from a snapshot to the rows the
-plain table (``--once``) and the terminal UI (``cdhpc.ui.tui``) show.
+only what changed, then one query per table: `cdhpc.sweep.manifest_reads`), and the pure views of
+a snapshot that the plain table (``--once``, `cdhpc.ui.plain`) and the terminal UI (``cdhpc.ui.tui``)
+show.
 """
 
 from __future__ import annotations
@@ -8,16 +9,23 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field, replace
-from operator import itemgetter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cdhpc.sweep.manifest_reads import (
+    BULK_KEYS,
+    data_version,
+    file_stamps,
+    moved_output_rows,
+    receipt_rows,
+    status_rows,
+)
 from cdhpc.sweep.workdir import Workdir
+
 # the pure views of a snapshot, re-exported: cdhpc.ui.status is where the CLI, TUI and tests find them
 from cdhpc.ui.overview import StageRow, format_duration, remaining_estimate_s, stage_counts, stage_overview  # noqa: F401
 from cdhpc.ui.partial import LOWER_IS_BETTER, PartialTable, partial_table  # noqa: F401
-from cdhpc.base.names import method_labels  # noqa: F401
 from cdhpc.ui.steptable import SORT_COLUMNS, STATES, StepRow, filter_rows, sort_rows, step_rows  # noqa: F401
 
 
@@ -26,7 +34,9 @@ class Snapshot:
     """One consistent view of a sweep: its plan, each step's state, and the manifest rows."""
 
     workdir: Path
-    steps: list[Any]  # plan.json's step dicts in dependency order (heads: key, stage, name, gpus; SnapshotReader.specs)
+    steps: list[
+        Any
+    ]  # plan.json's step dicts in dependency order (heads: key, stage, name, gpus; SnapshotReader.specs)
     states: dict[str, str]  # key -> one of STATES
     receipts: dict[str, Any] = field(default_factory=dict)  # key -> receipts row (a mapping)
     jobs: dict[str, Any] = field(default_factory=dict)  # key -> jobs row (a mapping)
@@ -101,9 +111,7 @@ class SnapshotReader:
 
     def receipts_of(self, keys: list[str]) -> dict[str, Any]:
         """Every column of the given steps' receipt rows (a light snapshot's lack errors and logs)."""
-        if not keys:
-            return {}
-        return _by_key(self.manifest().db.execute(f"SELECT * FROM receipts{_where(keys)}", keys).fetchall())
+        return receipt_rows(self.manifest().db, keys)
 
     def specs_of(self, keys: list[str]) -> list[dict[str, Any]]:
         """The full spec dicts of the given steps (from the manifest when `specs=False`)."""
@@ -133,14 +141,23 @@ class SnapshotReader:
         if now - self._last_poll < self.slurm_poll_s:
             return 0
         self._last_poll = now
-        live = [j for j in self._rows.get("jobs", {}).values() if j["executor"] == "slurm" and j["state"] in LIVE_JOB_STATES]
+        live = [
+            j
+            for j in self._rows.get("jobs", {}).values()
+            if j["executor"] == "slurm" and j["state"] in LIVE_JOB_STATES
+        ]
         if not live:
             return 0
-        from cdhpc.executors.slurm_queue import refresh_job_records  # only now: it imports the SLURM profile models
+        from cdhpc.executors.slurm_queue import (
+            refresh_job_records,  # only now: it imports the SLURM profile models
+        )
 
         try:
             return refresh_job_records(self.workdir, live)
-        except (RuntimeError, OSError) as e:  # SLURM unreachable, or a read-only workdir: the last known states
+        except (
+            RuntimeError,
+            OSError,
+        ) as e:  # SLURM unreachable, or a read-only workdir: the last known states
             self.slurm_error = str(e)
             return 0
 
@@ -149,7 +166,7 @@ class SnapshotReader:
 
         m = self.manifest()  # first: it may reset the caches below
         self._load_steps(m, ingest)
-        version = _data_version(m)  # before the rows are compared: a later commit is seen next time
+        version = data_version(m.db)  # before the rows are compared: a later commit is seen next time
         changed = set()
         if self._rows and version != self._version:  # another process ingested since the last read
             if self.specs:
@@ -160,17 +177,32 @@ class SnapshotReader:
             changed |= m.ingest(full=verify).keys
         self._version = version
         if not self._rows:
-            self._rows, self._intact = _query(m, light=not self.specs), {}
+            self._rows, self._intact = status_rows(m.db, light=not self.specs), {}
         elif changed:
             self._requery(m, changed)
         if verify:
             self._intact = {}
         rows = self._rows
         self._check_outputs(m)
-        states = step_states(self.workdir, [s["key"] for s in self._steps], rows["receipts"], rows["jobs"],
-                             m.outputs_of, intact=self._intact)
-        return Snapshot(self.workdir, self._steps, states, rows["receipts"], rows["jobs"], rows["val_ppl"],
-                        rows["tokens"], rows["scores"], time.time())
+        states = step_states(
+            self.workdir,
+            [s["key"] for s in self._steps],
+            rows["receipts"],
+            rows["jobs"],
+            m.outputs_of,
+            intact=self._intact,
+        )
+        return Snapshot(
+            self.workdir,
+            self._steps,
+            states,
+            rows["receipts"],
+            rows["jobs"],
+            rows["val_ppl"],
+            rows["tokens"],
+            rows["scores"],
+            time.time(),
+        )
 
     def _load_steps(self, m: Any, ingest: bool) -> None:
         """The plan's steps, again only when plan.json changed: the manifest's heads while it
@@ -190,8 +222,13 @@ class SnapshotReader:
             m.register_plan(steps, stamp)  # nothing to do where the manifest holds this plan already
         from cdhpc.sweep.manifest_db import step_gpus
 
-        self._steps = steps if self.specs else [{"key": s["key"], "stage": s["stage"], "name": s["name"],
-                                                 "gpus": step_gpus(s)} for s in steps]
+        self._steps = (
+            steps
+            if self.specs
+            else [
+                {"key": s["key"], "stage": s["stage"], "name": s["name"], "gpus": step_gpus(s)} for s in steps
+            ]
+        )
         self._plan_sig = stamp[:2]
 
     def _changed_elsewhere(self, m: Any) -> set[str]:
@@ -199,7 +236,7 @@ class SnapshotReader:
         keys = set()
         for table in ("receipts", "jobs"):
             cached = {k: (r["mtime_ns"], r["size"]) for k, r in self._rows[table].items()}
-            now = {k: (t, n) for k, t, n in m.db.execute(f"SELECT key, mtime_ns, size FROM {table}")}
+            now = file_stamps(m.db, table)
             keys |= {k for k in cached.keys() | now.keys() if cached.get(k) != now.get(k)}
         return keys
 
@@ -211,15 +248,7 @@ class SnapshotReader:
         todo = [k for k, r in self._rows["receipts"].items() if r["status"] == "ok" and k not in self._intact]
         if not todo:
             return
-        cur = m.db.cursor()
-        cur.row_factory = None  # plain tuples: ~40k rows at the paper's size
-        sql = "SELECT rowid, path, bytes, mtime_ns FROM outputs"
-        cur.execute("BEGIN")  # one read: the rowids below name the rows read here
-        try:
-            stamps = cur.execute(sql) if len(todo) > BULK_KEYS else cur.execute(f"{sql}{_where(todo)}", todo)
-            moved = _moved_rows(cur, str(self.workdir), stamps.fetchall())
-        finally:
-            cur.execute("COMMIT")
+        moved = moved_output_rows(m.db, str(self.workdir), todo)
         self._intact.update(dict.fromkeys(todo, True))  # a step without moved outputs is intact
         if moved:
             wanted, checked = set(todo), outputs_intact_by_key(str(self.workdir), moved)
@@ -228,9 +257,9 @@ class SnapshotReader:
     def _requery(self, m: Any, keys: set[str]) -> None:
         """Replace the cached rows of the given steps with the manifest's."""
         if len(keys) > BULK_KEYS:  # one query of every row is faster (and within SQLite's variable limit)
-            self._rows, self._intact = _query(m, light=not self.specs), {}
+            self._rows, self._intact = status_rows(m.db, light=not self.specs), {}
             return
-        fresh = _query(m, sorted(keys), light=not self.specs)
+        fresh = status_rows(m.db, sorted(keys), light=not self.specs)
         for table, rows in self._rows.items():
             for key in keys:
                 rows.pop(key, None)
@@ -252,13 +281,11 @@ def read_plan_steps(workdir: Path, stamped: bool = False) -> Any:
     except FileNotFoundError:
         raise WorkdirError(f"cdhpc: {path} does not exist; launch the sweep once to write it") from None
     except (ValueError, KeyError, TypeError) as e:
-        raise WorkdirError(f"cdhpc: {path} is not the plan a launcher writes ({e}); "
-                           "run the sweep's launch command again to rewrite it (its steps are kept)") from None
+        raise WorkdirError(
+            f"cdhpc: {path} is not the plan a launcher writes ({e}); "
+            "run the sweep's launch command again to rewrite it (its steps are kept)"
+        ) from None
     return (steps, stamp) if stamped else steps
-
-
-def _data_version(m: Any) -> int:
-    return m.db.execute("PRAGMA data_version").fetchone()[0]
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:
@@ -267,131 +294,3 @@ def _file_id(path: Path) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return st.st_dev, st.st_ino
-
-
-RECEIPT_COLUMNS = "key, stage, name, status, started, finished, runtime_s, host, attempt, error, stdout, stderr, mtime_ns, size"
-JOB_COLUMNS = "*"
-# `cdhpc status --once` (SnapshotReader(specs=False)) reads fewer columns (at 46k steps each costs
-# ~5-15 ms): receipt times, what a SLURM poll needs of job records, no file stamps
-LIGHT_RECEIPT_COLUMNS = "key, status, started, finished, runtime_s"  # errors: SnapshotReader.receipts_of
-LIGHT_JOB_COLUMNS = "key, state, executor, submitted, job_id, array_index, path"  # hot first
-BULK_KEYS = 2000  # more changed steps than this: read every row again
-FAILED_SHOWN = 50  # failed steps listed by `cdhpc status --once` (all are counted)
-
-
-def _moved_rows(cur: Any, root: str, stamps: list[tuple]) -> list[tuple]:
-    """The outputs rows (key, path, sha256, bytes, mtime_ns) of those (rowid, path, bytes,
-    mtime_ns) `stamps` whose file is missing or changed size or mtime (`moved_outputs`)."""
-    from cdhpc.sweep.stepstate import moved_outputs
-
-    ids = [stamps[i][0] for i in moved_outputs(root, [s[1] for s in stamps], map(itemgetter(2, 3), stamps))]
-    chunks = [ids[i:i + BULK_KEYS] for i in range(0, len(ids), BULK_KEYS)]  # within SQLite's variable limit
-    sql = "SELECT key, path, sha256, bytes, mtime_ns FROM outputs"
-    return [row for chunk in chunks for row in cur.execute(f"{sql}{_where(chunk, 'rowid')}", chunk)]
-
-
-def _where(keys: list[Any], column: str = "key") -> str:
-    return f" WHERE {column} IN ({','.join('?' * len(keys))})"
-
-
-def _by_key(rows: list[Any]) -> dict[str, Any]:
-    return dict(zip(map(itemgetter(0), rows), rows))  # no Python loop per row
-
-
-def _query(m: Any, keys: list[str] | None = None, light: bool = False) -> dict[str, dict]:
-    """The manifest rows the status views need (of the given steps only, if `keys`)."""
-    where = "" if keys is None else _where(keys)
-    args = keys or []
-    receipt_cols, job_cols = (LIGHT_RECEIPT_COLUMNS, LIGHT_JOB_COLUMNS) if light else (RECEIPT_COLUMNS, JOB_COLUMNS)
-
-    def q(sql: str) -> Any:
-        return m.db.execute(sql.format(where=where), args)
-
-    return {
-        "receipts": _by_key(q(f"SELECT {receipt_cols} FROM receipts{{where}}").fetchall()),
-        "jobs": _by_key(q(f"SELECT {job_cols} FROM jobs{{where}}").fetchall()),
-        "val_ppl": {} if light else dict(q("SELECT key, val_ppl FROM checkpoints{where} ORDER BY key, step")),
-        "tokens": dict(q("SELECT key, SUM(tokens) FROM shards{where} GROUP BY key")),
-        "scores": {} if light else dict(q("SELECT key, score FROM scores{where}")),
-    }
-
-
-def sweep_states(workdir: Path) -> tuple[list[dict], dict[str, str], dict[str, dict]]:
-    """(planned step dicts, state by key, receipt rows by key), after ingesting new receipts."""
-    with SnapshotReader(workdir) as reader:
-        snap = reader.read()
-    return snap.steps, snap.states, snap.receipts
-
-
-# ----------------------------------------------------------------------------- plain mode
-def print_status(workdir: Path) -> int:
-    """``cdhpc status --once``: the per-stage table and the failed steps. Exit 1 if any failed."""
-    import gc
-
-    # ~200k manifest rows, none in a reference cycle: without the collector's passes over them (a
-    # tenth of the time at 46k steps) and freed by their reference counts before it runs again
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        return _print_status(workdir)
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def _print_status(workdir: Path) -> int:
-    from rich.console import Console
-
-    with SnapshotReader(workdir, specs=False) as reader:  # the manifest's step heads: no plan.json parse
-        snap = reader.read()
-        training = reader.specs_of([s["key"] for s in snap.steps
-                                    if s["stage"] == "pretrain" and snap.states[s["key"]] == "running"])
-        failed = [s for s in snap.steps if snap.states[s["key"]] == "failed"]
-        shown = reader.receipts_of([s["key"] for s in failed[:FAILED_SHOWN]])  # with their errors
-    console = Console(width=140)
-    console.print(_overview_table(workdir, snap))
-    if training:  # running pretrain steps: latest step, loss, tokens/s
-        from cdhpc.ui.training import print_training
-
-        print_training(console, replace(snap, steps=training))
-    from cdhpc.executors.waves import read_waves, wave_line
-
-    if (waves := wave_line(read_waves(workdir))) is not None:  # a sweep submitted in waves (cdhpc.executors.waves)
-        console.print(waves, highlight=False)
-    if failed:
-        console.print(_failed_table(failed, shown))
-    return 1 if failed else 0
-
-
-def _overview_table(workdir: Path, snap: Snapshot) -> Any:
-    from rich.table import Table
-
-    table = Table(title=f"{workdir.name}: {len(snap.steps)} steps")
-    for col in ("stage", "done", "running", "queued", "failed", "to run", "total", "elapsed", "remaining", "GPU-h"):
-        table.add_column(col, justify="left" if col == "stage" else "right")
-    for row in stage_overview(snap):
-        c = row.counts
-        table.add_row(row.stage, str(c["done"]), str(c["running"]), str(c["queued"]), str(c["failed"]),
-                      str(c["missing"] + c["blocked"]), str(row.total), format_duration(row.elapsed_s),
-                      format_duration(row.remaining_s), f"{row.gpu_hours:.2f}")
-    return table
-
-
-def _failed_table(failed: list[Any], receipts: dict[str, Any]) -> Any:
-    from rich.table import Table
-
-    table = Table(title=f"{len(failed)} failed step(s)")
-    for col in ("stage", "name", "error", "log"):
-        table.add_column(col)
-    for s in failed[:FAILED_SHOWN]:
-        r = receipts.get(s["key"])
-        table.add_row(s["stage"], s["name"], failure_line(r)[:80], r["stdout"] or "" if r else "")
-    return table
-
-
-def failure_line(receipt: Any) -> str:
-    """Pure: the last line of a failed step's error, or why there is none."""
-    if receipt is not None and receipt["status"] == "ok":  # failed only because its outputs changed since
-        return "its outputs changed after its receipt was written; the next launch runs it again"
-    err = ((receipt["error"] if receipt else None) or "no receipt: the job ended without writing one").strip()
-    return err.splitlines()[-1] if err else "failed without an error message"

@@ -8,7 +8,6 @@ failed steps, ``t`` opens the final results table.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -18,16 +17,33 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header, Input, Static, TabbedContent, TabPane
 
-from cdhpc.ui.actions import LIVE, cancel_steps, retry_command
-from cdhpc.ui.status import (PartialTable, Snapshot, SnapshotReader, StageRow, StepRow, filter_rows, format_duration,
-                          partial_table, sort_rows, stage_overview, step_rows)
-from cdhpc.ui.tui_screens import ConfirmScreen, DetailScreen, LogTail, TextScreen, detail_text  # noqa: F401 (re-exported)
 from cdhpc.executors.waves import read_waves, wave_line
 from cdhpc.sweep.workdir import Workdir
+from cdhpc.ui.actions import LIVE, cancel_steps, retry_command, start_retry
+from cdhpc.ui.status import (
+    PartialTable,
+    Snapshot,
+    SnapshotReader,
+    StageRow,
+    StepRow,
+    filter_rows,
+    format_duration,
+    partial_table,
+    sort_rows,
+    stage_overview,
+    step_rows,
+)
+from cdhpc.ui.tui_screens import ConfirmScreen, DetailScreen, TextScreen
 
 BAR_COLOURS = {"done": "green", "running": "yellow", "queued": "cyan", "failed": "red"}
 STEP_COLUMNS = ("stage", "name", "state", "job", "attempts", "node", "runtime_s", "metric")
-STATE_STYLE = {"done": "green", "running": "yellow", "queued": "cyan", "failed": "bold red", "blocked": "magenta"}
+STATE_STYLE = {
+    "done": "green",
+    "running": "yellow",
+    "queued": "cyan",
+    "failed": "bold red",
+    "blocked": "magenta",
+}
 
 
 def progress_bar(row: StageRow, width: int = 30) -> Text:
@@ -43,28 +59,19 @@ def progress_bar(row: StageRow, width: int = 30) -> Text:
     return bar
 
 
-# ----------------------------------------------------------------------------- actions
-def start_retry(workdir: Path) -> tuple[subprocess.Popen, Path]:
-    """Start `retry_command` in the background, in its own session (it outlives this UI), with
-    its output in workdir/logs/retry-<unix time>.log. Returns the process and the log path."""
-    import cdhpc
-
-    log = Workdir(workdir).retry_log(int(time.time()))
-    log.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    root = str(Path(cdhpc.__file__).resolve().parent.parent)  # where `cdhpc` and `jobs` import from
-    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(retry_command(workdir), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=True, cwd=workdir)
-    return proc, log
-
-
 # ----------------------------------------------------------------------------- the app
 def step_cells(r: StepRow) -> tuple:
     """Pure: a steps-table row's cells."""
-    return (r.stage, r.name, Text(r.state, style=STATE_STYLE.get(r.state, "")), r.job, str(r.attempts or ""),
-            r.node, format_duration(r.runtime_s) if r.runtime_s is not None else "", r.metric)
+    return (
+        r.stage,
+        r.name,
+        Text(r.state, style=STATE_STYLE.get(r.state, "")),
+        r.job,
+        str(r.attempts or ""),
+        r.node,
+        format_duration(r.runtime_s) if r.runtime_s is not None else "",
+        r.metric,
+    )
 
 
 class StatusApp(App[int]):
@@ -82,11 +89,16 @@ class StatusApp(App[int]):
     #log { height: 1fr; border: solid $primary; }
     """
     BINDINGS = [
-        Binding("q", "quit", "quit"), Binding("r", "refresh", "refresh"),
-        Binding("1", "tab('overview')", "overview"), Binding("2", "tab('steps')", "steps"),
-        Binding("3", "tab('results')", "results"), Binding("slash", "filter", "filter"),
-        Binding("s", "sort", "sort"), Binding("c", "cancel_step", "cancel step"),
-        Binding("C", "cancel_stage", "cancel stage"), Binding("R", "retry", "retry failed"),
+        Binding("q", "quit", "quit"),
+        Binding("r", "refresh", "refresh"),
+        Binding("1", "tab('overview')", "overview"),
+        Binding("2", "tab('steps')", "steps"),
+        Binding("3", "tab('results')", "results"),
+        Binding("slash", "filter", "filter"),
+        Binding("s", "sort", "sort"),
+        Binding("c", "cancel_step", "cancel step"),
+        Binding("C", "cancel_stage", "cancel stage"),
+        Binding("R", "retry", "retry failed"),
         Binding("t", "results_table", "results table"),
     ]
 
@@ -106,7 +118,10 @@ class StatusApp(App[int]):
                 yield Static("", id="summary")
                 yield DataTable(id="stages", cursor_type="row")
             with TabPane("Steps", id="steps"):
-                yield Input(placeholder="filter: words in stage/name/job/node; a state (failed, running, ...)", id="filter")
+                yield Input(
+                    placeholder="filter: words in stage/name/job/node; a state (failed, running, ...)",
+                    id="filter",
+                )
                 yield DataTable(id="steps-table", cursor_type="row")
             with TabPane("Results", id="results"):
                 yield Static("", id="results-note")
@@ -115,8 +130,19 @@ class StatusApp(App[int]):
 
     def on_mount(self) -> None:
         self.sub_title = str(self.workdir)
-        self.query_one("#stages", DataTable).add_columns("stage", "progress", "done", "running", "queued", "failed",
-                                                         "total", "elapsed", "remaining", "tokens", "GPU-h")
+        self.query_one("#stages", DataTable).add_columns(
+            "stage",
+            "progress",
+            "done",
+            "running",
+            "queued",
+            "failed",
+            "total",
+            "elapsed",
+            "remaining",
+            "tokens",
+            "GPU-h",
+        )
         steps = self.query_one("#steps-table", DataTable)
         for col in STEP_COLUMNS:
             steps.add_column("runtime" if col == "runtime_s" else col, key=col)
@@ -143,16 +169,27 @@ class StatusApp(App[int]):
         table.clear()
         for r in rows:
             c = r.counts
-            table.add_row(r.stage, progress_bar(r), str(c["done"]), str(c["running"]), str(c["queued"]),
-                          Text(str(c["failed"]), style="bold red" if c["failed"] else ""), str(r.total),
-                          format_duration(r.elapsed_s), format_duration(r.remaining_s),
-                          f"{r.tokens:,}" if r.tokens else "", f"{r.gpu_hours:.2f}", key=r.stage)
+            table.add_row(
+                r.stage,
+                progress_bar(r),
+                str(c["done"]),
+                str(c["running"]),
+                str(c["queued"]),
+                Text(str(c["failed"]), style="bold red" if c["failed"] else ""),
+                str(r.total),
+                format_duration(r.elapsed_s),
+                format_duration(r.remaining_s),
+                f"{r.tokens:,}" if r.tokens else "",
+                f"{r.gpu_hours:.2f}",
+                key=r.stage,
+            )
         done = sum(r.counts["done"] for r in rows)
         tokens, gpu_h = sum(r.tokens for r in rows), sum(r.gpu_hours for r in rows)
         waves = wave_line(read_waves(snap.workdir))  # a sweep submitted in waves (cdhpc.executors.waves)
         self.query_one("#summary", Static).update(
             f"{done}/{len(snap.steps)} steps done   tokens generated {tokens:,}   GPU-hours {gpu_h:.2f}   "
-            f"updated {time.strftime('%H:%M:%S', time.localtime(snap.now))}" + (f"\n{waves}" if waves else ""))
+            f"updated {time.strftime('%H:%M:%S', time.localtime(snap.now))}" + (f"\n{waves}" if waves else "")
+        )
 
     def _show_steps(self) -> None:
         """Rebuild the steps table when its rows changed; the Steps tab is filled only once seen
@@ -186,19 +223,26 @@ class StatusApp(App[int]):
             cells = []
             for task in t.tasks:
                 v = t.cells.get((m, task))
-                cells.append("" if v is None else f"{v[0]:.2f}" + ("" if v[1] == v[2] else f" ({v[1]}/{v[2]})"))
+                cells.append(
+                    "" if v is None else f"{v[0]:.2f}" + ("" if v[1] == v[2] else f" ({v[1]}/{v[2]})")
+                )
             table.add_row(m, *cells)
         scored = sum(v[1] for v in t.cells.values())
         planned = sum(1 for s in self.snap.steps if s["stage"] == "evaluate") if self.snap else 0
         final = self._aggregate_done()
-        note = ("final: aggregation is done; press t for the paper table with ± and significance" if final else
-                f"PARTIAL: {scored}/{planned} evaluate steps scored; mean-max over the checkpoints scored so far "
-                "(point values, no bootstrap); (n/m) = checkpoints x seeds scored of planned")
+        note = (
+            "final: aggregation is done; press t for the paper table with ± and significance"
+            if final
+            else f"PARTIAL: {scored}/{planned} evaluate steps scored; mean-max over the checkpoints scored "
+            "so far (point values, no bootstrap); (n/m) = checkpoints x seeds scored of planned"
+        )
         self.query_one("#results-note", Static).update(Text(note, style="green" if final else "yellow"))
 
     def _aggregate_done(self) -> bool:
         snap = self.snap
-        return snap is not None and any(s["stage"] == "aggregate" and snap.states[s["key"]] == "done" for s in snap.steps)
+        return snap is not None and any(
+            s["stage"] == "aggregate" and snap.states[s["key"]] == "done" for s in snap.steps
+        )
 
     # -- navigation ------------------------------------------------------------------------
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
@@ -284,9 +328,16 @@ class StatusApp(App[int]):
 
     def action_cancel_stage(self) -> None:
         row = self.current_step()
-        stage = row.stage if row else self.query_one("#stages", DataTable).coordinate_to_cell_key(
-            self.query_one("#stages", DataTable).cursor_coordinate).row_key.value
-        keys = [s["key"] for s in self.snap.steps if s["stage"] == stage and self.snap.states[s["key"]] in LIVE]
+        stage = (
+            row.stage
+            if row
+            else self.query_one("#stages", DataTable)
+            .coordinate_to_cell_key(self.query_one("#stages", DataTable).cursor_coordinate)
+            .row_key.value
+        )
+        keys = [
+            s["key"] for s in self.snap.steps if s["stage"] == stage and self.snap.states[s["key"]] in LIVE
+        ]
         self._confirm_cancel(keys, f"stage {stage}")
 
     def action_retry(self) -> None:
@@ -300,13 +351,21 @@ class StatusApp(App[int]):
                 self.retry_proc, log = start_retry(self.workdir)
                 self.notify(f"retrying: launcher pid {self.retry_proc.pid}, log {log}")
 
-        self.push_screen(ConfirmScreen(f"Retry {failed} failed/blocked step(s)? Runs: {' '.join(retry_command(self.workdir))}"), done)
+        self.push_screen(
+            ConfirmScreen(
+                f"Retry {failed} failed/blocked step(s)? Runs: {' '.join(retry_command(self.workdir))}"
+            ),
+            done,
+        )
 
     def action_results_table(self) -> None:
         table = Workdir(self.workdir).results / "paper_table.md"
         if not self._aggregate_done() or not table.is_file():
-            self.notify("the results table appears when the aggregate step is done; see the Results tab for the partial table",
-                        severity="warning")
+            self.notify(
+                "the results table appears when the aggregate step is done; see the Results tab for the "
+                "partial table",
+                severity="warning",
+            )
             return
         self.push_screen(TextScreen(f"results: {table}", table.read_text()))
 
