@@ -56,7 +56,7 @@ def restore_signals():
 
 # ----------------------------------------------------------------------------- submitit
 def test_sbatch_parameter_defaults_lists_what_the_scheduler_sets():
-    from cdhpc.config.profile import OWN_PARAMETERS
+    from cdhpc.config.sbatch_rules import OWN_PARAMETERS
 
     params = thirdparty.sbatch_parameter_defaults()
     missing = set(OWN_PARAMETERS) - set(params)
