@@ -1,18 +1,16 @@
-"""Cross-key checks of a validated sweep: references that must resolve, paths that must exist, names
-that must not collide, and the size of what the sweep plans.
+"""Cross-key checks of a validated sweep: references that must resolve, paths that must exist
+(`cdhpc.config.check_paths`), names that must not collide, and the size of what the sweep plans.
 
 Each check returns Issues located by key path, so the user sees every problem at once.
 """
 
 from __future__ import annotations
 
-import os
-import stat
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cdhpc import STAGES
 from cdhpc.base.names import amateur_run, baseline_run, retrain_run
+from cdhpc.config.check_paths import check_data, check_eval_data, check_workdir
 from cdhpc.config.yamlio import Issue, Loc
 from cdhpc.lm.trackers import missing_packages
 
@@ -28,8 +26,17 @@ def check_references(cfg: SweepConfig) -> list[Issue]:
     schedule = _check_schedule(cfg)
     if schedule:  # the other checks and the planner enumerate the saved checkpoints this bounds
         return schedule
-    return [*_check_workdir(cfg), *_check_data(cfg), *_check_models(cfg), *_check_pretrain(cfg), *_check_good(cfg),
-            *_check_methods(cfg), *_check_eval_and_stats(cfg), *_check_run_names(cfg), *_check_size(cfg)]
+    return [
+        *check_workdir(cfg),
+        *check_data(cfg),
+        *_check_models(cfg),
+        *_check_pretrain(cfg),
+        *_check_good(cfg),
+        *_check_methods(cfg),
+        *_check_eval_and_stats(cfg),
+        *_check_run_names(cfg),
+        *_check_size(cfg),
+    ]
 
 
 def _check_schedule(cfg: SweepConfig) -> list[Issue]:
@@ -37,90 +44,11 @@ def _check_schedule(cfg: SweepConfig) -> list[Issue]:
     saved = -(-p.steps // p.checkpoint_every)
     if saved <= MAX_CHECKPOINTS:
         return []
-    msg = (f"pretrain.steps / checkpoint_every = {saved:,} checkpoints per run; at most {MAX_CHECKPOINTS:,} "
-           f"(checkpoint_every >= {-(-p.steps // MAX_CHECKPOINTS):,})")
+    msg = (
+        f"pretrain.steps / checkpoint_every = {saved:,} checkpoints per run; at most {MAX_CHECKPOINTS:,} "
+        f"(checkpoint_every >= {-(-p.steps // MAX_CHECKPOINTS):,})"
+    )
     return [Issue(("pretrain", "checkpoint_every"), msg, p.checkpoint_every)]
-
-
-def _kind(path: Path) -> tuple[str | None, str | None]:
-    """('dir' | 'other' | None when absent, None), or (None, why the path cannot be looked at)."""
-    try:
-        mode = os.stat(path).st_mode
-    except (FileNotFoundError, NotADirectoryError):
-        return None, None
-    except OSError as e:
-        return None, e.strerror
-    return ("dir" if stat.S_ISDIR(mode) else "other"), None
-
-
-def _check_workdir(cfg: SweepConfig) -> list[Issue]:
-    """The workdir is a directory or absent, and can be created where it is absent."""
-    path = cfg.workdir
-    kind, error = _kind(path)
-    if error:
-        return [Issue(("workdir",), f"cannot be used: {error}", str(path))]
-    if kind == "other":
-        return [Issue(("workdir",), "exists and is not a directory (workdir: a directory, or a path to create)",
-                      str(path))]
-    if kind is None:
-        for parent in path.absolute().parents:
-            kind, error = _kind(parent)
-            if error or kind == "other":
-                why = f": {error}" if error else " is not a directory"
-                return [Issue(("workdir",), f"cannot be created: {parent}{why}", str(path))]
-            if kind == "dir":
-                break
-    return []
-
-
-def _check_data(cfg: SweepConfig) -> list[Issue]:
-    d = cfg.data
-    required = {"prepared": ("corpus_dir",), "tinybabylm": ("babylm_dir", "tinystories")}.get(d.kind, ())
-    issues = []
-    for key in required:
-        path = getattr(d, key)
-        kind, error = _kind(path) if path is not None else (None, None)
-        if path is None:
-            issues.append(Issue(("data", key), f"required when data.kind is {d.kind!r}", has_value=False))
-        elif error:
-            issues.append(Issue(("data", key), f"cannot be read: {error}", str(path)))
-        elif kind is None and key in ("babylm_dir", "tinystories"):  # or a hub id in the HF cache (cdhpc.config.hfdata)
-            issues += _hub_issue(("data", key), path)
-        elif kind is None:
-            issues.append(Issue(("data", key), "path does not exist (give a local file or directory)", str(path),
-                                missing_path=True))
-    if d.kind == "prepared" and d.corpus_dir is not None and _kind(d.corpus_dir)[0] == "dir":
-        for split in ("train", "seed", "test"):
-            if _kind(Path(d.corpus_dir) / split)[0] != "dir":
-                msg = f"prepared corpus has no {split}/ directory (expected train/, seed/, test/ of <source>.txt)"
-                issues.append(Issue(("data", "corpus_dir"), msg, str(d.corpus_dir)))
-    return issues
-
-
-def _hub_id(path: Path) -> bool:
-    from cdhpc.config.hfdata import source_kind
-
-    return source_kind(path) == "hub"
-
-
-def _saved_dataset(path: Path) -> bool:
-    from cdhpc.config.hfdata import saved_dataset
-
-    return saved_dataset(Path(path))
-
-
-def _hub_issue(loc: tuple, path: Path) -> list[Issue]:
-    """None when `path`, not a local path, names a hub dataset in the local HF cache."""
-    from cdhpc.config.hfdata import DataSourceError, hub_snapshot, source_kind
-
-    if source_kind(path) != "hub":
-        return [Issue(loc, "path does not exist (give a local folder, a save_to_disk dataset, or a hub dataset id "
-                      "in the local Hugging Face cache)", str(path), missing_path=True)]
-    try:
-        hub_snapshot(str(path), ".".join(loc))
-    except DataSourceError as e:
-        return [Issue(loc, str(e).split(" is ", 1)[1], str(path), missing_path=True)]
-    return []
 
 
 def _check_models(cfg: SweepConfig) -> list[Issue]:
@@ -140,14 +68,24 @@ def _check_pretrain(cfg: SweepConfig) -> list[Issue]:
     res = cfg.executor.resources_for("pretrain")
     ranks = res.nodes * res.tasks_per_node
     if p.global_batch % (p.micro_batch * ranks):
-        msg = (f"must be a multiple of pretrain.micro_batch x ranks = {p.micro_batch} x {ranks} "
-               f"(executor.resources.pretrain: nodes x tasks_per_node)")
+        msg = (
+            f"must be a multiple of pretrain.micro_batch x ranks = {p.micro_batch} x {ranks} "
+            f"(executor.resources.pretrain: nodes x tasks_per_node)"
+        )
         issues.append(Issue(("pretrain", "global_batch"), msg, p.global_batch))
     if cfg.pretrain.steps < cfg.pretrain.checkpoint_every:
-        issues.append(Issue(("pretrain", "checkpoint_every"), "larger than pretrain.steps", p.checkpoint_every))
+        issues.append(
+            Issue(("pretrain", "checkpoint_every"), "larger than pretrain.steps", p.checkpoint_every)
+        )
     for name, package in missing_packages(p.report_to):
-        issues.append(Issue(("pretrain", "report_to"), f"{name} asked for but the {package} package is not installed: "
-                            f"pip install 'cdhpc[tracking]' (or {package}), or remove it from report_to", name))
+        issues.append(
+            Issue(
+                ("pretrain", "report_to"),
+                f"{name} asked for but the {package} package is not installed: "
+                f"pip install 'cdhpc[tracking]' (or {package}), or remove it from report_to",
+                name,
+            )
+        )
     return issues
 
 
@@ -155,7 +93,9 @@ def _check_preset(cfg: SweepConfig, loc: tuple, name: str | None) -> list[Issue]
     presets = cfg.presets()
     if name is None or name in presets:
         return []
-    return [Issue(loc, f"unknown model preset; known: {', '.join(presets)} (or define it under models:)", name)]
+    return [
+        Issue(loc, f"unknown model preset; known: {', '.join(presets)} (or define it under models:)", name)
+    ]
 
 
 def _saved(cfg: SweepConfig, loc: tuple, step: int | None, what: str) -> list[Issue]:
@@ -164,7 +104,10 @@ def _saved(cfg: SweepConfig, loc: tuple, step: int | None, what: str) -> list[Is
         return [Issue(loc, f"required: {what}", has_value=False)]
     if step not in saved:
         shown = ", ".join(map(str, saved[:6])) + (", ..." if len(saved) > 6 else "")
-        msg = f"no checkpoint is saved at this step (pretrain saves steps {shown}; pretrain.steps = {cfg.pretrain.steps})"
+        msg = (
+            f"no checkpoint is saved at this step (pretrain saves steps {shown}; "
+            f"pretrain.steps = {cfg.pretrain.steps})"
+        )
         return [Issue(loc, msg, step)]
     return []
 
@@ -173,11 +116,19 @@ def _check_good(cfg: SweepConfig) -> list[Issue]:
     g = cfg.select.good
     issues = []
     if g.seed is not None and g.seed not in cfg.pretrain.seeds:
-        issues.append(Issue(("select", "good", "seed"), f"not a baseline run seed (pretrain.seeds: {cfg.pretrain.seeds})", g.seed))
+        issues.append(
+            Issue(
+                ("select", "good", "seed"),
+                f"not a baseline run seed (pretrain.seeds: {cfg.pretrain.seeds})",
+                g.seed,
+            )
+        )
     if g.rule == "fixed":
         if g.seed is None:
             issues.append(Issue(("select", "good", "seed"), "required when rule is 'fixed'", has_value=False))
-        issues += _saved(cfg, ("select", "good", "step"), g.step, "the GOOD checkpoint step when rule is 'fixed'")
+        issues += _saved(
+            cfg, ("select", "good", "step"), g.step, "the GOOD checkpoint step when rule is 'fixed'"
+        )
     return issues
 
 
@@ -187,14 +138,28 @@ def _check_methods(cfg: SweepConfig) -> list[Issue]:
         loc = ("methods", name)
         if m.is_baseline:
             if m.amateur is not None:
-                issues.append(Issue(loc + ("amateur",), "a baseline (no decoding) has no amateur", has_value=False))
+                issues.append(
+                    Issue(loc + ("amateur",), "a baseline (no decoding) has no amateur", has_value=False)
+                )
             continue
         if m.decoding.mode != "cd":
             if m.amateur is not None:
-                issues.append(Issue(loc + ("amateur",), f"only decoding.mode 'cd' uses an amateur (mode is {m.decoding.mode!r})", has_value=False))
+                issues.append(
+                    Issue(
+                        loc + ("amateur",),
+                        f"only decoding.mode 'cd' uses an amateur (mode is {m.decoding.mode!r})",
+                        has_value=False,
+                    )
+                )
             continue
         if m.amateur is None:
-            issues.append(Issue(loc + ("amateur",), "required when decoding.mode is 'cd' (kind: early | small | dropout)", has_value=False))
+            issues.append(
+                Issue(
+                    loc + ("amateur",),
+                    "required when decoding.mode is 'cd' (kind: early | small | dropout)",
+                    has_value=False,
+                )
+            )
             continue
         issues += _check_amateur(cfg, loc + ("amateur",), m.amateur)
     for name, m in cfg.synthetic_methods().items():
@@ -207,8 +172,10 @@ def _check_generation(cfg: SweepConfig, loc: Loc, m) -> list[Issue]:
     g, presets = m.generation, cfg.presets()
     issues = []
     if g.shards > g.n_prompts():
-        msg = (f"more shards than prompts: total_tokens / (continuations x new_tokens) = {g.n_prompts():,} "
-               f"prompts; shards <= {g.n_prompts():,}")
+        msg = (
+            f"more shards than prompts: total_tokens / (continuations x new_tokens) = {g.n_prompts():,} "
+            f"prompts; shards <= {g.n_prompts():,}"
+        )
         issues.append(Issue(loc + ("shards",), msg, g.shards))
     models = [("pretrain.model", cfg.pretrain.model)]
     if m.amateur is not None and m.amateur.kind == "small":
@@ -217,10 +184,15 @@ def _check_generation(cfg: SweepConfig, loc: Loc, m) -> list[Issue]:
         if preset not in presets or g.prompt_tokens + g.new_tokens <= presets[preset].context:
             continue
         context = presets[preset].context
-        room = f"new_tokens <= {context - g.prompt_tokens}" if g.prompt_tokens < context else \
-            f"prompt_tokens < {context}"
-        msg = (f"prompt_tokens + new_tokens = {g.prompt_tokens} + {g.new_tokens} positions; {key} {preset!r} "
-               f"has {context} ({room})")
+        room = (
+            f"new_tokens <= {context - g.prompt_tokens}"
+            if g.prompt_tokens < context
+            else f"prompt_tokens < {context}"
+        )
+        msg = (
+            f"prompt_tokens + new_tokens = {g.prompt_tokens} + {g.new_tokens} positions; {key} {preset!r} "
+            f"has {context} ({room})"
+        )
         issues.append(Issue(loc + ("new_tokens",), msg, g.new_tokens))
         break
     return issues
@@ -231,49 +203,58 @@ def _check_amateur(cfg: SweepConfig, loc: tuple, a) -> list[Issue]:
         return _saved(cfg, loc + ("step",), a.step, "the checkpoint step of the GOOD run")
     if a.kind == "small":
         if a.model is None:
-            return [Issue(loc + ("model",), "required when kind is 'small' (a model preset)", has_value=False)]
+            return [
+                Issue(loc + ("model",), "required when kind is 'small' (a model preset)", has_value=False)
+            ]
         return _check_preset(cfg, loc + ("model",), a.model)
     if a.dropout is None:
-        return [Issue(loc + ("dropout",), "required when kind is 'dropout' (a probability in (0, 1))", has_value=False)]
+        return [
+            Issue(
+                loc + ("dropout",),
+                "required when kind is 'dropout' (a probability in (0, 1))",
+                has_value=False,
+            )
+        ]
     return []
 
 
 def _check_eval_and_stats(cfg: SweepConfig) -> list[Issue]:
     issues = []
     e, s = cfg.eval, cfg.stats
-    kind, error = _kind(e.data_dir) if e.data_dir != "toy" else ("dir", None)
-    if error:
-        issues.append(Issue(("eval", "data_dir"), f"cannot be read: {error}", str(e.data_dir)))
-    elif kind is None and _hub_id(e.data_dir):  # a hub dataset repo in the HF cache (cdhpc.config.hfdata)
-        issues += _hub_issue(("eval", "data_dir"), e.data_dir)
-    elif kind == "dir" and e.data_dir != "toy" and _saved_dataset(e.data_dir):
-        issues.append(Issue(("eval", "data_dir"), "is a save_to_disk dataset; the evaluation data is a folder of "
-                            "task files (evaluation_data/, as the official pipeline reads it): give that folder or "
-                            "a hub dataset id in the local Hugging Face cache", str(e.data_dir)))
-    elif kind != "dir":
-        issues.append(Issue(("eval", "data_dir"), "directory does not exist (the BabyLM evaluation_data dir, or toy)",
-                            str(e.data_dir), missing_path=True))
-    if e.data_dir == "toy" and cfg.data.kind != "toy" and any(t != "perplexity" for t in e.tasks):
-        issues.append(Issue(("eval", "data_dir"), "toy eval data comes with data.kind 'toy'; give the evaluation_data directory", "toy"))
+    issues += check_eval_data(cfg)
     if isinstance(e.checkpoints, list):
         for i, step in enumerate(e.checkpoints):
             issues += _saved(cfg, ("eval", "checkpoints", i), step, "a checkpoint step")
     saved = cfg.pretrain.saved_steps()
     if "aoa" in e.tasks and len(saved) < 3:
-        issues.append(Issue(("eval", "tasks", e.tasks.index("aoa")), "fits a learning curve over a run's saved "
-                            f"checkpoints and needs >= 3; pretrain saves {saved} (lower pretrain.checkpoint_every "
-                            "or drop aoa)", "aoa"))
+        issues.append(
+            Issue(
+                ("eval", "tasks", e.tasks.index("aoa")),
+                "fits a learning curve over a run's saved "
+                f"checkpoints and needs >= 3; pretrain saves {saved} (lower pretrain.checkpoint_every "
+                "or drop aoa)",
+                "aoa",
+            )
+        )
     if s.baseline not in cfg.methods:
-        issues.append(Issue(("stats", "baseline"), f"unknown method; methods: {', '.join(cfg.methods)}", s.baseline))
+        issues.append(
+            Issue(("stats", "baseline"), f"unknown method; methods: {', '.join(cfg.methods)}", s.baseline)
+        )
     elif not cfg.methods[s.baseline].is_baseline:
-        issues.append(Issue(("stats", "baseline"), "must name a method without decoding (real data only)", s.baseline))
+        issues.append(
+            Issue(("stats", "baseline"), "must name a method without decoding (real data only)", s.baseline)
+        )
     for name, m in cfg.methods.items():
         if m.is_baseline and name != s.baseline:
             msg = f"a second method without decoding; the baseline is stats.baseline ({s.baseline!r})"
             issues.append(Issue(("methods", name), msg, has_value=False))
     for i, task in enumerate(s.tasks or ()):
         if task not in e.tasks:
-            issues.append(Issue(("stats", "tasks", i), f"not an evaluated task (eval.tasks: {', '.join(e.tasks)})", task))
+            issues.append(
+                Issue(
+                    ("stats", "tasks", i), f"not an evaluated task (eval.tasks: {', '.join(e.tasks)})", task
+                )
+            )
     return issues
 
 
@@ -313,14 +294,24 @@ def eval_steps_for(cfg: SweepConfig) -> list[int]:
 def planned_steps(cfg: SweepConfig) -> dict[str, int]:
     """Steps per stage that plan_sweep makes of this sweep, counted without making them."""
     synthetic = cfg.synthetic_methods().values()
-    amateurs = {(a.model, a.seed if a.seed is not None else cfg.pretrain.seeds[0])
-                for m in synthetic if (a := m.amateur) is not None and a.kind == "small"}
+    amateurs = {
+        (a.model, a.seed if a.seed is not None else cfg.pretrain.seeds[0])
+        for m in synthetic
+        if (a := m.amateur) is not None and a.kind == "small"
+    }
     runs = len(cfg.pretrain.seeds) + sum(len(cfg.mix_for(m)) * len(cfg.retrain.seeds) for m in synthetic)
     tasks = cfg.eval.tasks
     per_run = len(eval_steps_for(cfg)) * sum(t != "aoa" for t in tasks) + ("aoa" in tasks)
-    counts = {"prepare": 1, "tokenizer": 1, "pretrain": runs + len(amateurs), "select": len(synthetic),
-              "generate": sum(m.generation.shards for m in synthetic), "corpus": len(synthetic),
-              "evaluate": runs * per_run, "aggregate": 1}
+    counts = {
+        "prepare": 1,
+        "tokenizer": 1,
+        "pretrain": runs + len(amateurs),
+        "select": len(synthetic),
+        "generate": sum(m.generation.shards for m in synthetic),
+        "corpus": len(synthetic),
+        "evaluate": runs * per_run,
+        "aggregate": 1,
+    }
     return {stage: counts[stage] for stage in STAGES}
 
 
@@ -330,6 +321,8 @@ def _check_size(cfg: SweepConfig) -> list[Issue]:
     if total <= MAX_PLANNED_STEPS:
         return []
     big = ", ".join(f"{stage} {n:,}" for stage, n in sorted(counts.items(), key=lambda kv: -kv[1])[:3])
-    msg = (f"the sweep plans {total:,} steps ({big}); at most {MAX_PLANNED_STEPS:,}: fewer seeds, shares, "
-           "checkpoints, tasks or shards, or split it into several sweeps")
+    msg = (
+        f"the sweep plans {total:,} steps ({big}); at most {MAX_PLANNED_STEPS:,}: fewer seeds, shares, "
+        "checkpoints, tasks or shards, or split it into several sweeps"
+    )
     return [Issue((), msg, has_value=False)]
