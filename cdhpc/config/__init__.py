@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError
 
+from cdhpc.config.pydantic_errors import format_pydantic_errors, locate
 from cdhpc.config.sections import (
     PAPER_DELTA_TASKS,
     DataConfig,
@@ -30,7 +31,7 @@ from cdhpc.config.sections import (
     Strict,
     TokenizerConfig,
 )
-from cdhpc.config.yamlio import ConfigError, Loc, format_pydantic_errors, load_yaml, locate
+from cdhpc.config.yamlio import ConfigError, Loc, load_yaml
 from cdhpc.lm.model import PRESETS, ModelPreset
 
 

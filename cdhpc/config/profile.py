@@ -25,6 +25,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from cdhpc import STAGES
 from cdhpc.config import SweepConfig
+from cdhpc.config.pydantic_errors import format_pydantic_errors
 from cdhpc.config.sbatch_rules import (
     OWN_PARAMETERS,
     SCALAR,
@@ -36,7 +37,7 @@ from cdhpc.config.sbatch_rules import (
     value_problem,
 )
 from cdhpc.config.sections import ResourcesConfig, Strict, known_stages
-from cdhpc.config.yamlio import ConfigError, Issue, format_pydantic_errors, load_yaml
+from cdhpc.config.yamlio import ConfigError, Issue, load_yaml
 
 
 class StageProfile(Strict):
