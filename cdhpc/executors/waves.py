@@ -106,15 +106,7 @@ class ContinueSweep:
         self.argv = argv  # the launch to run, as arguments (no shell); None: the workdir's sweep
 
     def command(self) -> list[str]:
-        w = Workdir(self.workdir)
-        return self.argv or [
-            sys.executable,
-            "-m",
-            "cdhpc.launch",
-            str(w.resolved_config),
-            f"workdir={w.root}",
-            "--missing-only",
-        ]
+        return self.argv or Workdir(self.workdir).relaunch_command("--missing-only")
 
     def __call__(self) -> int:
         # sbatch from inside a job would pass this job's SLURM_* settings on to the next wave

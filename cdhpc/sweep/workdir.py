@@ -11,6 +11,7 @@ that leaves the workdir. The library packages (lm, corpora, evals, results) may 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,3 +130,17 @@ class Workdir:
     def intent(self, job_name: str) -> Path:
         """``submitting/<job name>.json``: a SLURM submission not yet recorded."""
         return inside(self.root, SUBMITTING, f"{component(job_name)}.json")
+
+    # -- the launch that continues this sweep -----------------------------------------------------
+    def relaunch_command(self, *flags: str) -> list[str]:
+        """The sweep's launch again, as arguments (no shell): this workdir's resolved config,
+        pinned to this workdir (a moved workdir is not confused with where it was created), and
+        `flags` (a retry from the UI: none or --verbose; a continuation job: --missing-only)."""
+        return [
+            sys.executable,
+            "-m",
+            "cdhpc.launch",
+            str(self.resolved_config),
+            f"workdir={self.root}",
+            *flags,
+        ]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -107,8 +106,7 @@ def retry_command(workdir: Path, verbose: bool = False) -> list[str]:
     """Pure: the launch that retries failed steps: the workdir's resolved config, pinned to this
     workdir (so a moved workdir is not confused with where it was created). That launcher takes
     the workdir's lock itself; the caller must not hold it."""
-    cmd = [sys.executable, "-m", "cdhpc.launch", str(Workdir(workdir).resolved_config), f"workdir={workdir}"]
-    return cmd + ["--verbose"] if verbose else cmd
+    return Workdir(workdir).relaunch_command(*(["--verbose"] if verbose else []))
 
 
 def start_retry(workdir: Path) -> tuple[subprocess.Popen, Path]:
