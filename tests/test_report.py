@@ -123,10 +123,10 @@ def test_a_baseline_at_or_below_zero_has_no_relative_change():
 
 
 def test_headers_name_the_metric_of_correlation_columns():
-    assert report._title("wug", {"wug": "accuracy"}) == "WUG (acc.)"
-    assert report._title("wug", {"wug": "spearman"}) == "WUG (ρ)"
-    assert report._title("aoa", {"aoa": "pearson"}) == "AoA (r)"
-    assert report._title("blimp", {"blimp": "accuracy"}) == "BLiMP"
+    assert report.task_title("wug", {"wug": "accuracy"}) == "WUG (acc.)"
+    assert report.task_title("wug", {"wug": "spearman"}) == "WUG (ρ)"
+    assert report.task_title("aoa", {"aoa": "pearson"}) == "AoA (r)"
+    assert report.task_title("blimp", {"blimp": "accuracy"}) == "BLiMP"
 
 
 def test_markdown_marks_best_and_significance():

@@ -15,13 +15,13 @@ from cdhpc.results.report import (
     TABLE_TASKS,
     Key,
     PaperTable,
-    _title,
     partial_line,
     points_from_scores,
     render_latex,
     render_markdown,
     render_paper_csv,
     render_scores_long,
+    task_title,
 )
 
 
@@ -56,9 +56,8 @@ def plot_delta_rel(table: PaperTable, path: Path, partial: str | None = None) ->
             err = np.array([[c.rel - c.rel_ci_low, c.rel_ci_high - c.rel] for c in got]).T.reshape(2, -1)
             ax.bar(xs, rel, width, yerr=np.clip(err, 0, None), capsize=2, label=m)
         ax.axhline(0, color="black", linewidth=0.8)
-        ax.set_xticks(
-            range(len(table.tasks)), [_title(t, table.metrics) for t in table.tasks], rotation=30, ha="right"
-        )
+        titles = [task_title(t, table.metrics) for t in table.tasks]
+        ax.set_xticks(range(len(table.tasks)), titles, rotation=30, ha="right")
         ax.set_ylabel(f"relative improvement vs {table.baseline} (%)")
         ax.legend(fontsize="small")
         if partial is not None:
@@ -99,7 +98,7 @@ def plot_curves(
                 ax.fill_between(
                     steps, [min(by_step[s]) for s in steps], [max(by_step[s]) for s in steps], alpha=0.15
                 )
-            ax.set_title(_title(task))
+            ax.set_title(task_title(task))
             ax.set_xlabel("step")
         for ax in axes.ravel()[len(tasks) :]:
             ax.set_visible(False)

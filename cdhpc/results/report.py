@@ -287,7 +287,7 @@ def _best_mu(table: PaperTable) -> set[str]:
     return {m for m, v in shown.items() if v == max(shown.values())} if shown else set()
 
 
-def _title(task: str, metrics: Mapping[str, str] | None = None, latex: bool = False) -> str:
+def task_title(task: str, metrics: Mapping[str, str] | None = None, latex: bool = False) -> str:
     """A column's title; a correlation or a WUG column names its metric: "WUG (acc.)", "AoA (r)"."""
     title = TASK_TITLES.get(task, task)
     title = latex_escape(title) if latex else title
@@ -328,7 +328,8 @@ def render_markdown(
     Method names are text (`markdown_escape`); `partial` puts `partial_line` before the table."""
     names = names or {}
     arrows = ["↓" if t in table.lower_is_better else "↑" for t in table.tasks]
-    header = ["Name", "μΔREL ↑"] + [f"{_title(t, table.metrics)} {a}" for t, a in zip(table.tasks, arrows)]
+    titles = [f"{task_title(t, table.metrics)} {a}" for t, a in zip(table.tasks, arrows)]
+    header = ["Name", "μΔREL ↑", *titles]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
     best = {t: _best(table, t) for t in table.tasks}
     for m in table.methods:
@@ -371,7 +372,7 @@ def render_latex(
     names = names or {}
     arrows = [r"$\downarrow$" if t in table.lower_is_better else r"$\uparrow$" for t in table.tasks]
     header = ["Name", r"$\mu\Delta_{\mathrm{REL}}$ $\uparrow$"] + [
-        f"{_title(t, table.metrics, latex=True)} {a}" for t, a in zip(table.tasks, arrows)
+        f"{task_title(t, table.metrics, latex=True)} {a}" for t, a in zip(table.tasks, arrows)
     ]
     lines = [r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule"]
     if partial is not None:
