@@ -20,13 +20,17 @@ def _count(ctx: StepContext) -> None:
 
 
 def add(ctx: StepContext) -> StepResult:
-    """value = params.add + the values of every input; optional sleep and failure switch."""
+    """value = params.add + the values of every input; optional sleep, gate file and failure switch."""
     _count(ctx)
     total = ctx.params.get("add", 0)
     for role in ctx.spec.inputs:
         total += int((ctx.input_dir(role) / "value.txt").read_text())
     if ctx.params.get("sleep_s"):
         time.sleep(ctx.params["sleep_s"])
+    gate = ctx.params.get("wait_for")  # hold the step until the test creates this file (at most 4 min)
+    deadline = time.monotonic() + 240
+    while gate and not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.2)
     once = ctx.params.get("fail_once_flag")
     if once and os.path.exists(once):
         os.unlink(once)

@@ -83,7 +83,7 @@ def job_pythonpath(monkeypatch):
     )
 
 
-def step(name: str, add: int, stage: str, **inputs: StepSpec) -> StepSpec:
+def step(name: str, add: int, stage: str, gate: str | None = None, **inputs: StepSpec) -> StepSpec:
     keys = {role: s.key for role, s in inputs.items()}
     res = {
         "nodes": 1,
@@ -94,18 +94,19 @@ def step(name: str, add: int, stage: str, **inputs: StepSpec) -> StepSpec:
         "timeout_min": 5,
         "steps_per_job": 1,
     }
-    params = {"add": add}
+    params = {"add": add} | ({"wait_for": gate} if gate else {})
     return StepSpec(
         stage, name, content_key(stage, name, params, keys), params, keys, {"entry": "stepfns:add"}, res
     )
 
 
-def paper_shaped(width: int = WIDTH) -> tuple[list[StepSpec], dict[str, int]]:
-    """Three layers with crossing edges and a fan-in, and each step's expected value."""
+def paper_shaped(width: int = WIDTH, gate: str | None = None) -> tuple[list[StepSpec], dict[str, int]]:
+    """Three layers with crossing edges and a fan-in, and each step's expected value. `gate`: the
+    fan-in step waits for this file (the sweep cannot finish before the test says so)."""
     prep = [step(f"p{i}", i, "prepare") for i in range(width)]
     train = [step(f"t{i}", 1000, "pretrain", x=prep[i]) for i in range(width)]
     ev = [step(f"e{i}", 10**6, "evaluate", x=train[i], y=train[(i + 1) % width]) for i in range(width)]
-    agg = step("all", 0, "aggregate", **{f"e{i}": e for i, e in enumerate(ev)})
+    agg = step("all", 0, "aggregate", gate, **{f"e{i}": e for i, e in enumerate(ev)})
     value = {f"p{i}": i for i in range(width)} | {f"t{i}": 1000 + i for i in range(width)}
     value |= {f"e{i}": 10**6 + value[f"t{i}"] + value[f"t{(i + 1) % width}"] for i in range(width)}
     value["all"] = sum(value[f"e{i}"] for i in range(width))
@@ -229,7 +230,8 @@ def test_a_sweep_above_the_submit_limit_runs_in_waves_unattended(submit_limit, t
 
 
 def test_follow_tops_up_the_queue_and_ctrl_c_cancels_nothing(submit_limit, tmp_path):
-    steps, value = paper_shaped(FOLLOW_WIDTH)
+    gate = tmp_path / "gate"  # the aggregate step waits for it: Ctrl-C comes while jobs are left
+    steps, value = paper_shaped(FOLLOW_WIDTH, str(gate))
     workdir = tmp_path / "w"
     prepare(workdir, steps)
     with QueueWatch() as watch:
@@ -245,6 +247,7 @@ def test_follow_tops_up_the_queue_and_ctrl_c_cancels_nothing(submit_limit, tmp_p
         left = states(workdir)
         assert "queued" in left.values() or "running" in left.values(), "Ctrl-C left the submitted jobs alone"
         assert "failed" not in left.values()
+        gate.touch()
         again = subprocess.run(harness(workdir, "--follow"), capture_output=True, text=True, timeout=1800)
         assert again.returncode == 0, again.stderr[-3000:]
     assert finished(workdir), "--follow returns when the sweep is done"
