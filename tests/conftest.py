@@ -6,6 +6,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import fcntl
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -34,6 +35,12 @@ WORKER_NICE = 5
 def pytest_configure(config):
     if hasattr(config, "workerinput"):  # a pytest-xdist worker
         os.nice(WORKER_NICE)
+    # A shell starts a background command (`pytest ... &`, nohup) with SIGINT ignored, and every
+    # process it starts inherits that: the tests that stop a launcher or a job with SIGINT (Ctrl-C,
+    # `cdhpc cancel` of a local job) would see it ignored. Tests start their processes as from a
+    # terminal.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _tiny_process() -> None:
