@@ -176,6 +176,7 @@ MinJobAge=3600
 MaxArraySize=1001
 JobRequeue=1
 KillWait=5
+PropagatePrioProcess=1
 InactiveLimit=0
 JobAcctGatherType=jobacct_gather/linux
 MailProg=/bin/true
