@@ -26,10 +26,10 @@ def tiny_paths(tmp_path_factory, worker_id) -> tuple[Path, Path, Path]:
 
 
 # The tiny sweep is the longest chain of a full run (about half of its CPU time, stage after stage):
-# the workers run at a lower priority (niceness +5) and the sweep at theirs minus 5, so it gets the
+# the workers run at a lower priority (niceness +10) and the sweep at theirs minus 10, so it gets the
 # CPU first and the other tests fill in around it. Lowering a niceness takes root (as in CI); without
 # it the sweep shares the CPU equally. The fast layer alone is not affected.
-WORKER_NICE = 5
+WORKER_NICE = 10
 
 
 def pytest_configure(config):
