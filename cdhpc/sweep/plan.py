@@ -13,15 +13,16 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cdhpc import STAGES
 from cdhpc.base.keys import canonical_json, derive_seed
 from cdhpc.base.names import amateur_run, baseline_run, retrain_run
-from cdhpc.config import SweepConfig
-from cdhpc.config.check import eval_steps_for
-from cdhpc.config.sections import MethodConfig
 from cdhpc.sweep.workdir import Workdir, step_dirname
+
+if TYPE_CHECKING:  # the config is imported where a plan is made: a job process only reads StepSpec
+    from cdhpc.config import SweepConfig
+    from cdhpc.config.sections import MethodConfig
 
 # Bump a stage's version when its code changes what it writes: its steps (and descendants) re-run.
 # generate 2: sampler seeds from derive_seed; evaluate 2: the official BabyLM scoring rules by default
@@ -313,6 +314,8 @@ def _plan_evaluate(b: _Builder, prepare: StepSpec, runs: dict[str, StepSpec]) ->
         }
         if e.truncate:  # only when on: the keys of sweeps that never truncate stay as they were
             common["truncate"] = True
+        from cdhpc.config.check import eval_steps_for
+
         for step in eval_steps_for(cfg):
             for task in e.tasks:
                 if task == "aoa":
