@@ -17,12 +17,26 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def tiny_paths(tmp_path_factory, worker_id) -> tuple[Path, Path, Path]:
-    """(workdir, launch record, lock file) of the session's tiny sweep. Under pytest-xdist the
+def shared_paths(tmp_path_factory, worker_id, name: str) -> tuple[Path, Path, Path]:
+    """(workdir, launch record, lock file) of a sweep the session runs once. Under pytest-xdist the
     workers share them (one directory above each worker's own)."""
     root = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
-    (root / "tiny").mkdir(exist_ok=True)
-    return root / "tiny" / "work", root / "tiny" / "launch.json", root / "tiny" / "lock"
+    (root / name).mkdir(exist_ok=True)
+    return root / name / "work", root / name / "launch.json", root / name / "lock"
+
+
+def tiny_paths(tmp_path_factory, worker_id) -> tuple[Path, Path, Path]:
+    return shared_paths(tmp_path_factory, worker_id, "tiny")
+
+
+def write_launch_record(record: Path, out: subprocess.CompletedProcess) -> None:
+    tmp = record.with_suffix(".tmp")
+    tmp.write_text(
+        json.dumps(
+            {"args": out.args, "returncode": out.returncode, "stdout": out.stdout, "stderr": out.stderr}
+        )
+    )
+    tmp.rename(record)
 
 
 # The tiny sweep is the longest chain of a full run (about half of its CPU time, stage after stage):
@@ -76,21 +90,31 @@ def tiny_local(tmp_path_factory, worker_id):
             out = run_tiny(workdir)
             if (workdir / "receipts").is_dir():  # as the sweep left them: other tests rerun steps of it
                 shutil.copytree(workdir / "receipts", tiny_receipts(workdir))
-            tmp = record.with_suffix(".tmp")
-            tmp.write_text(
-                json.dumps(
-                    {
-                        "args": out.args,
-                        "returncode": out.returncode,
-                        "stdout": out.stdout,
-                        "stderr": out.stderr,
-                    }
-                )
-            )
-            tmp.rename(record)
+            write_launch_record(record, out)
     out = subprocess.CompletedProcess(**json.loads(record.read_text()))
     assert out.returncode == 0, out.stderr[-3000:]
     return workdir, out
+
+
+@pytest.fixture(scope="session")
+def small_sweep_reference(tmp_path_factory, worker_id) -> Path:
+    """The workdir of tests/smallsweep.py's sweep run once, uninterrupted, to its generate step:
+    the bytes the kill-and-resume tests must end with. Shared by the workers as the tiny sweep is
+    (the first runs it, the others wait); read it, copy it to change it."""
+    from smallsweep import write_sweep
+
+    workdir, record, lock_path = shared_paths(tmp_path_factory, worker_id, "small")
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not record.is_file():
+            sweep = write_sweep(workdir.parent, workdir.name)
+            args = [sys.executable, "-m", "cdhpc.launch", str(sweep), "--until", "generate"]
+            write_launch_record(
+                record, subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
+            )
+    out = subprocess.CompletedProcess(**json.loads(record.read_text()))
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    return workdir
 
 
 @pytest.fixture(scope="session")

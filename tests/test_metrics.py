@@ -333,36 +333,7 @@ def test_wandb_offline_run_is_written_inside_the_step(prepared, monkeypatch):
     assert steps_of(prepared / "wb" / "metrics.jsonl") == [1, 2, 3, 4, 5, 6]
 
 
-@pytest.mark.slow
-def test_a_killed_and_relaunched_pretrain_step_leaves_one_line_per_step(tmp_path):
-    """SIGKILL the launcher and the pretrain job once metrics.jsonl is past the step of the last
-    DeepSpeed checkpoint, relaunch: the resumed run redoes those steps, each is written once."""
-    from test_resume import kill_step_and_launcher, launch, run_to_end, wait_for, write_sweep
-
-    sweep = write_sweep(tmp_path, "killed")
-    workdir = tmp_path / "killed"
-
-    def past_checkpoint() -> bool:
-        for run in workdir.glob("pretrain/baseline-s1-*"):
-            progress = run / "ds" / "progress.json"
-            if progress.is_file():
-                saved = json.loads(progress.read_text())["step"]
-                return saved < 80 and max(steps_of(run / "metrics.jsonl"), default=0) > saved
-        return False
-
-    launcher = launch(sweep, "pretrain")
-    wait_for(past_checkpoint, launcher)
-    kill_step_and_launcher(launcher, workdir, "pretrain")
-    run_to_end(sweep, "pretrain")
-    log = "".join(p.read_text() for p in (workdir / "logs" / "pretrain").glob("*_log.out"))
-    assert any(f"start_step={n}" in log for n in (20, 40, 60)), "the relaunch did not resume"
-    run = next(workdir.glob("pretrain/baseline-s1-*"))
-    lines = read_metrics(run / "metrics.jsonl")
-    assert [r["step"] for r in lines] == list(range(1, 81))
-    assert [r["step"] for r in lines if "val_ppl" in r] == [20, 40, 60, 80]
-    receipt = json.loads(next(workdir.glob("receipts/pretrain/baseline-s1-*.json")).read_text())
-    assert any(o["path"].endswith("/metrics.jsonl") for o in receipt["outputs"])  # hashed once final
-    assert "matmul_utilisation" in receipt["metrics"] and "mfu" not in receipt["metrics"]
+# A killed and relaunched pretrain step writes each metrics line once: tests/test_resume.py.
 
 
 @pytest.mark.slow

@@ -309,21 +309,12 @@ def test_shard_parts_of_another_layout_are_not_resumed(tmp_path, fake_shard):
     assert other["sha256"] == fake_shard(tmp_path / "direct.parquet", chunk_prompts=3)["sha256"]
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    """test_resume's sweep run to its generate step once: the sweep file (workdir `whole`)."""
-    from test_resume import run_to_end, write_sweep
+def copy_of(reference: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the small sweep's finished workdir (mtimes kept: its steps stay done) and a sweep
+    file for it."""
+    from smallsweep import write_sweep
 
-    sweep = write_sweep(tmp_path_factory.mktemp("rerun"), "whole")
-    run_to_end(sweep, "generate")
-    return sweep
-
-
-def copy_of(finished: Path, tmp_path: Path) -> tuple[Path, Path]:
-    """A copy of the finished workdir (mtimes kept: its steps stay done) and a sweep file for it."""
-    from test_resume import write_sweep
-
-    shutil.copytree(finished.parent / "whole", tmp_path / "copy")
+    shutil.copytree(reference, tmp_path / "copy")
     return write_sweep(tmp_path, "copy"), tmp_path / "copy"
 
 
@@ -333,10 +324,10 @@ def one(paths) -> Path:
 
 
 @pytest.mark.slow
-def test_a_shard_without_its_receipt_is_verified_or_generated_again(finished, tmp_path):
-    from test_resume import run_to_end
+def test_a_shard_without_its_receipt_is_verified_or_generated_again(small_sweep_reference, tmp_path):
+    from smallsweep import run_to_end
 
-    sweep, work = copy_of(finished, tmp_path)
+    sweep, work = copy_of(small_sweep_reference, tmp_path)
     shard = one(work.glob("generate/cd-0000-*/shard.parquet"))
     receipt = one(work.glob("receipts/generate/cd-0000-*.json"))
     reference = shard.read_bytes()
@@ -353,14 +344,14 @@ def test_a_shard_without_its_receipt_is_verified_or_generated_again(finished, tm
 
 
 @pytest.mark.slow
-def test_a_truncated_checkpoint_is_never_resumed_from(finished, tmp_path, monkeypatch):
+def test_a_truncated_checkpoint_is_never_resumed_from(small_sweep_reference, tmp_path, monkeypatch):
     """A truncated HF checkpoint of a finished run, then a truncated DeepSpeed checkpoint of a run
     stopped at step 40: each time the run starts over and ends with the same bytes."""
     from cdhpc.config import load_config
     from cdhpc.sweep.plan import plan_sweep
-    from test_resume import digests, run_to_end
+    from smallsweep import digests, run_to_end
 
-    sweep, work = copy_of(finished, tmp_path)
+    sweep, work = copy_of(small_sweep_reference, tmp_path)
     run_dir = one(work.glob("pretrain/baseline-s1-*"))
     receipt = one(work.glob("receipts/pretrain/baseline-s1-*.json"))
     record = one(work.glob("jobs/pretrain/baseline-s1-*.json"))

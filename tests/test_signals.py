@@ -208,14 +208,15 @@ def test_sigterm_to_the_launcher_cancels_its_local_jobs_and_leaves_them_resumabl
 
 
 @pytest.mark.slow
-def test_sigterm_mid_pretrain_and_mid_shard_then_a_relaunch_gives_identical_outputs(tmp_path):
+def test_sigterm_mid_pretrain_and_mid_shard_then_a_relaunch_gives_identical_outputs(
+    tmp_path, small_sweep_reference
+):
     """Real steps: SIGTERM to the pretrain step after its first DeepSpeed checkpoint, then (on the
     relaunch, which resumes it) to the generate step after two flushed chunks. Each stops within
     seconds as cancelled; the last relaunch ends with the bytes of an uninterrupted sweep."""
-    from test_resume import digests, launch, run_to_end, wait_for, write_sweep
+    from smallsweep import digests, launch, run_to_end, wait_for, write_sweep
 
-    whole, killed = write_sweep(tmp_path, "whole"), write_sweep(tmp_path, "killed")
-    run_to_end(whole, "generate")
+    killed = write_sweep(tmp_path, "killed")
     work = tmp_path / "killed"
     for stage, started, finished in (
         ("pretrain", "pretrain/baseline-s1-*/ds/progress.json", "pretrain/baseline-s1-*/checkpoints/step_80"),
@@ -241,7 +242,7 @@ def test_sigterm_mid_pretrain_and_mid_shard_then_a_relaunch_gives_identical_outp
 
     logs = "".join(p.read_text() for p in (work / "logs" / "pretrain").glob("*_log.out"))
     assert any(f"start_step={n}" in logs for n in (20, 40, 60))  # resumed from its DeepSpeed checkpoint
-    reference = next((tmp_path / "whole").glob("pretrain/baseline-s1-*"))
+    reference = next(small_sweep_reference.glob("pretrain/baseline-s1-*"))
     assert digests(next(work.glob("pretrain/baseline-s1-*")) / "checkpoints") == digests(
         reference / "checkpoints"
     )
@@ -249,7 +250,7 @@ def test_sigterm_mid_pretrain_and_mid_shard_then_a_relaunch_gives_identical_outp
     assert 0 < read_receipt(receipt).metrics["chunks_generated"] < read_receipt(receipt).metrics["chunks"]
     assert (
         next(work.glob("generate/cd-0000-*/shard.parquet")).read_bytes()
-        == next((tmp_path / "whole").glob("generate/cd-0000-*/shard.parquet")).read_bytes()
+        == next(small_sweep_reference.glob("generate/cd-0000-*/shard.parquet")).read_bytes()
     )
 
 
