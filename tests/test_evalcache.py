@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,9 @@ GOLDEN = Path(__file__).parent / "golden" / "babylm2025"
 TASK_DIRS = ("blimp_filtered", "ewok_filtered", "entity_tracking")
 READING = GOLDEN / "evaluation_data" / "full_eval" / "reading" / "reading_data.csv"
 LINES = 8  # of each golden file: enough for several batches, fast to score
+
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -282,3 +288,39 @@ def test_a_job_parses_the_data_once_and_again_when_it_changes(checkpoints, data,
     _eval(own, checkpoints[0], tmp_path / "plain")
     _eval(own, checkpoints[0], tmp_path / "plain")
     assert len(calls) == 4
+
+
+@pytest.mark.slow
+def test_bench_eval_checkpoints_prints_one_json_line_with_both_figures():
+    """The pack cache benchmark as users run it: one JSON line on stdout, the per-checkpoint
+    seconds with and without the cache from this run, their ratio, identical outputs, and the
+    sweep's batch size; no progress bars on stderr."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cdhpc.bench",
+            "eval",
+            "--checkpoints",
+            "2",
+            "--pairs",
+            "200",
+            "--repeats",
+            "1",
+            "--preset",
+            "cpu-small",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    (line,) = out.stdout.splitlines()
+    result = json.loads(line)
+    assert result["bench"] == "eval-checkpoints" and result["checkpoints"] == 2 and result["pairs"] == 200
+    assert result["identical_outputs"] is True and result["batch_size"] == 64
+    per = result["uncached_s_per_checkpoint"], result["cached_s_per_checkpoint"]
+    assert min(per) > 0 and result["ratio"] == pytest.approx(per[0] / per[1])
+    assert "Loading weights" not in out.stderr

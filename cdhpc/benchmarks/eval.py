@@ -176,7 +176,12 @@ def run(argv: list[str]) -> dict:
     ap = argparse.ArgumentParser(prog="python -m cdhpc.bench eval")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--pairs", type=int, default=None, help="default 2000 (cpu), 8000 (cuda)")
-    ap.add_argument("--batch-size", type=int, default=None, help="ours: rows per batch")
+    ap.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="ours: rows per batch (default 32 on cpu, 64 on cuda; --checkpoints: 64, a sweep's default)",
+    )
     ap.add_argument("--repeats", type=int, default=None, help="interleaved runs; fastest kept (default 5)")
     ap.add_argument(
         "--checkpoints",
@@ -303,14 +308,17 @@ def run_checkpoints(args: Any) -> dict:
 
     import numpy as np
     import torch
+    import transformers
 
     from cdhpc.evals import packcache
     from cdhpc.evals.run import EvalOptions
 
     logging.getLogger("transformers").setLevel(logging.ERROR)  # no load-progress lines in the JSON output
+    transformers.utils.logging.disable_progress_bar()  # nor "Loading weights" bars on stderr
     n, preset = args.checkpoints, args.preset or args.device
     pairs_n = args.pairs or 2000
-    options = EvalOptions(device=args.device, batch_size=args.batch_size or 32)
+    # the batch size of a sweep's evaluate steps (the eval section's default), unless given
+    options = EvalOptions(device=args.device, batch_size=args.batch_size or EvalOptions().batch_size)
     root = Path(tempfile.mkdtemp(prefix="cdhpc-bench-evalpack-"))
     try:
         model, tok, words = build(args.device, preset=preset)
