@@ -296,3 +296,24 @@ def _train_with_synthetic(spec: TrainSpec, root: Path, synthetic: Path) -> dict:
     from cdhpc.lm.train import train
 
     return train(spec, log=lambda _m: None, **{**_paths(root, "bf16"), "synthetic_array": synthetic})
+
+
+@pytest.mark.slow
+def test_bench_train_on_cpu_names_its_utilisation_as_the_metrics_do():
+    """`python -m cdhpc.bench train` on a CPU: one JSON line with both rates and their ratio; the
+    utilisation is `matmul_utilisation_*` (a measured matmul peak, not an MFU), never `mfu_*`."""
+    out = subprocess.run(
+        [sys.executable, "-m", "cdhpc.bench", "train", "--steps", "2", "--warmup", "1"]
+        + ["--vocab-size", "1000", "--seq-len", "64"],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert result["bench"] == "train" and result["device"] == "cpu"
+    assert result["ratio"] == pytest.approx(result["ours"] / result["peer"])
+    assert 0 < result["matmul_utilisation_ours"] < 1 and 0 < result["matmul_utilisation_peer"] < 1
+    assert not any(k.startswith("mfu") for k in result)

@@ -113,6 +113,7 @@ def run(argv: list[str]) -> dict:
 
     from cdhpc.lm.data import MixedBatches, TokenArray, write_token_array
     from cdhpc.lm.model import mfu, peak_flops
+    from cdhpc.lm.train import utilisation_key
     from cdhpc.lm.train_engine import build_engine, init_distributed, train_step
 
     args = _args(argv)
@@ -153,6 +154,7 @@ def run(argv: list[str]) -> dict:
     tokens = spec.global_batch * spec.seq_len
     rate = {name: tokens / statistics.median(ts) for name, ts in times.items()}
     peak = peak_flops(device, spec.precision)
+    util = utilisation_key(device)  # mfu on a GPU; on a CPU the peak is a measured matmul rate
     return {
         "bench": "train",
         "device": torch.cuda.get_device_name() if device != "cpu" else "cpu",
@@ -163,8 +165,8 @@ def run(argv: list[str]) -> dict:
         "overhead": 1.0 - rate["ours"] / rate["peer"],
         "peer_keep_grads": rate["peer_keep_grads"],
         "ratio_vs_keep_grads": rate["ours"] / rate["peer_keep_grads"],
-        "mfu_ours": mfu(rate["ours"], spec.preset, spec.vocab_size, spec.seq_len, peak),
-        "mfu_peer": mfu(rate["peer"], spec.preset, spec.vocab_size, spec.seq_len, peak),
+        f"{util}_ours": mfu(rate["ours"], spec.preset, spec.vocab_size, spec.seq_len, peak),
+        f"{util}_peer": mfu(rate["peer"], spec.preset, spec.vocab_size, spec.seq_len, peak),
         "peak_flops": peak,
         "preset": spec.preset,
         "vocab_size": spec.vocab_size,
