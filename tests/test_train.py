@@ -184,6 +184,10 @@ def test_loss_goes_down_and_beats_unigram(prepared):
     assert last["val_ppl"] < 0.8 * unigram, (last["val_ppl"], unigram)
     util = "mfu" if result["device"].startswith("cuda") else "matmul_utilisation"  # a CPU's is no MFU
     assert result["tokens"] == 40 * 8 * 32 and result["tokens_per_s"] > 0 and 0 < result[util] < 1
+    mask = os.umask(0)
+    os.umask(mask)
+    for f in Path(first["path"]).iterdir():  # as the umask gives, at once (not only at the step's end)
+        assert f.stat().st_mode & 0o777 == 0o666 & ~mask, f
     model = AutoModelForCausalLM.from_pretrained(last["path"])  # a real HF directory, reloadable
     assert model.config.vocab_size == 64 and (Path(last["path"]) / "tokenizer.json").is_file()
     assert json.loads((Path(last["path"]) / "val.json").read_text())["val_loss"] == last["val_loss"]

@@ -22,6 +22,7 @@ def save_hf(
     """``out_dir/checkpoints/step_<step>``: written by rank 0 in a temp dir, then renamed."""
     import torch.distributed as dist
 
+    from cdhpc.base.atomicio import follow_umask
     from cdhpc.base.thirdparty import zero3_state_dict
 
     stage3 = engine.zero_optimization_stage() == 3
@@ -39,6 +40,7 @@ def save_hf(
         (tmp / "val.json").write_text(
             json.dumps({k: v for k, v in record.items() if k != "path"} | {"spec": asdict(spec)}, indent=2)
         )
+        follow_umask(tmp)  # safetensors writes 0600: readable by the group while the run goes on
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
     dist.barrier()
