@@ -29,14 +29,23 @@ def tiny_paths(tmp_path_factory, worker_id) -> tuple[Path, Path, Path]:
     return shared_paths(tmp_path_factory, worker_id, "tiny")
 
 
-def write_launch_record(record: Path, out: subprocess.CompletedProcess) -> None:
-    tmp = record.with_suffix(".tmp")
-    tmp.write_text(
-        json.dumps(
-            {"args": out.args, "returncode": out.returncode, "stdout": out.stdout, "stderr": out.stderr}
-        )
-    )
-    tmp.rename(record)
+def launch_once(record: Path, lock_path: Path, launch) -> subprocess.CompletedProcess:
+    """`launch()`'s CompletedProcess, called by the first worker that gets here; the others wait
+    on the lock and read the launch it recorded (a session fixture runs once per xdist worker)."""
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the worker dies
+        if not record.is_file():
+            out = launch()
+            tmp = record.with_suffix(".tmp")
+            fields = {
+                "args": out.args,
+                "returncode": out.returncode,
+                "stdout": out.stdout,
+                "stderr": out.stderr,
+            }
+            tmp.write_text(json.dumps(fields))
+            tmp.rename(record)
+    return subprocess.CompletedProcess(**json.loads(record.read_text()))
 
 
 # The tiny sweep is the longest chain of a full run (about half of its CPU time, stage after stage):
@@ -84,14 +93,14 @@ def tiny_local(tmp_path_factory, worker_id):
     Under pytest-xdist a session fixture runs once per worker: the workers share one directory
     and a lock, the first runs the sweep and records its launch, the others wait and read it."""
     workdir, record, lock_path = tiny_paths(tmp_path_factory, worker_id)
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the worker dies
-        if not record.is_file():
-            out = run_tiny(workdir)
-            if (workdir / "receipts").is_dir():  # as the sweep left them: other tests rerun steps of it
-                shutil.copytree(workdir / "receipts", tiny_receipts(workdir))
-            write_launch_record(record, out)
-    out = subprocess.CompletedProcess(**json.loads(record.read_text()))
+
+    def launch() -> subprocess.CompletedProcess:
+        out = run_tiny(workdir)
+        if (workdir / "receipts").is_dir():  # as the sweep left them: other tests rerun steps of it
+            shutil.copytree(workdir / "receipts", tiny_receipts(workdir))
+        return out
+
+    out = launch_once(record, lock_path, launch)
     assert out.returncode == 0, out.stderr[-3000:]
     return workdir, out
 
@@ -104,15 +113,13 @@ def small_sweep_reference(tmp_path_factory, worker_id) -> Path:
     from smallsweep import write_sweep
 
     workdir, record, lock_path = shared_paths(tmp_path_factory, worker_id, "small")
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not record.is_file():
-            sweep = write_sweep(workdir.parent, workdir.name)
-            args = [sys.executable, "-m", "cdhpc.launch", str(sweep), "--until", "generate"]
-            write_launch_record(
-                record, subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
-            )
-    out = subprocess.CompletedProcess(**json.loads(record.read_text()))
+
+    def launch() -> subprocess.CompletedProcess:
+        sweep = write_sweep(workdir.parent, workdir.name)
+        args = [sys.executable, "-m", "cdhpc.launch", str(sweep), "--until", "generate"]
+        return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+    out = launch_once(record, lock_path, launch)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     return workdir
 
