@@ -255,8 +255,8 @@ def test_tui_in_tmux_follows_a_running_sweep(tmp_path):
             f"workdir={workdir}",
             "pretrain.steps=20",
             "pretrain.checkpoint_every=10",
-            "methods.cd-early-60.amateur.step=10",
-            "methods.cd-early-60-top-k-50.amateur.step=10",
+            "pretrain.seeds=[1]",
+            "methods={baseline: {}}",  # one pretrain run, no amateur: the count goes from 0 to 1
             "eval.tasks=[blimp]",
             "eval.checkpoints=all",
             "retrain.seeds=[1]",
