@@ -1,7 +1,7 @@
 """Waves against the real one-node cluster of slurm/dev-cluster/ (marker: slurm): with
 MaxSubmitJobsPerUser=20 on the sweep's QOS (a QOS `waves20` that this module adds with sacctmgr,
 gives the user and removes after: other sweeps on the cluster, without that QOS, are untouched),
-a sweep of 61 one-job steps (tests/stepfns.py:add) runs to its end in waves: the launcher exits
+a sweep of 91 one-job steps (tests/stepfns.py:add) runs to its end in waves: the launcher exits
 after the first wave, no more than 20 jobs are ever queued, each wave's continuation job submits
 the next, the values prove every edge across waves, and a relaunch in the middle submits nothing
 twice. The same, 37 jobs, with --follow, interrupted once with SIGINT (nothing is cancelled).
@@ -38,7 +38,7 @@ pytestmark = [
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 LIMIT = 20
-WIDTH = 20  # 20 prepare + 20 pretrain + 20 evaluate + 1 aggregate = 61 jobs
+WIDTH = 30  # 30 prepare + 30 pretrain + 30 evaluate + 1 aggregate = 91 jobs: five waves or more
 FOLLOW_WIDTH = 12  # --follow: 37 jobs, still above the limit (it tops the queue up at least once)
 QOS = "waves20"
 PROFILE = {
