@@ -109,7 +109,10 @@ def test_checkpoints_load_with_hf_and_give_the_recorded_validation_loss(sweep):
     tokenizer = AutoTokenizer.from_pretrained(path)
     assert tokenizer("the cat").input_ids[0] == tokenizer.bos_token_id == 1
     val = TokenArray.open(next(workdir.glob("tokenizer/*/tokens/test")))
-    micro, seq_len, batches = 16, 96, 4  # tiny.yaml's pretrain block
+    import yaml
+
+    trained = yaml.safe_load((workdir / "sweep.resolved.yaml").read_text())["pretrain"]  # what the sweep ran
+    micro, seq_len, batches = trained["micro_batch"], trained["seq_len"], trained["val_batches"]
     starts = val.fixed_starts(batches * micro, seq_len + 1)
     losses = []
     with torch.no_grad():
