@@ -16,6 +16,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# pytest keeps each test module with its asserts rewritten in tests/__pycache__ (git ignores it) and
+# reads it back on the next run; with PYTHONDONTWRITEBYTECODE set (this machine sets it) every
+# worker would rewrite the 70 modules on every run, ~3.5 s each. This process only: the jobs and
+# commands the tests start keep the environment's setting.
+sys.dont_write_bytecode = False
+
 
 def shared_paths(tmp_path_factory, worker_id, name: str) -> tuple[Path, Path, Path]:
     """(workdir, launch record, lock file) of a sweep the session runs once. Under pytest-xdist the
@@ -188,11 +194,14 @@ def pytest_collection_modifyitems(config, items):
     """Groups for `--dist loadgroup`: the SLURM tests share one cluster and some reconfigure it
     (slurmdbd stopped, a QOS added), so they run one after the other on one worker; the other tests
     of the tiny sweep change its workdir (a shard deleted, the manifest rebuilt) or need it unchanged."""
+    fast_layer = "not slow" in config.option.markexpr  # pyproject's addopts: -m 'not slow and ...'
     for item in items:
         if item.get_closest_marker("slurm"):
             item.add_marker(pytest.mark.xdist_group("slurm"))
         elif "tiny_local" in item.fixturenames:
             item.add_marker(pytest.mark.xdist_group("tiny"))
+        elif fast_layer and item.module.__name__ in TORCH:
+            item.add_marker(pytest.mark.xdist_group("torch"))
     # The SLURM test that compares with the tiny sweep runs last in its group: meanwhile the other
     # worker runs the tiny sweep, so the SLURM worker does not sit waiting on it. A module's tests
     # stay together (their module-scoped fixture, a SLURM sweep, is built once).
@@ -207,9 +216,22 @@ def pytest_collection_modifyitems(config, items):
         items[i] = item
 
 
+# The fast layer's modules that use torch (and most of them transformers' Llama: ~5 s of imports in
+# a process) go together to one worker, so that the other one never imports them; the full run (CI)
+# has slow tests in these modules, and every worker imports both anyway.
+TORCH = {
+    "test_bf16_cpu",
+    "test_data",
+    "test_decoding",
+    "test_evalcache",
+    "test_evals",
+    "test_sampler",
+    "test_train",
+}
+
 # The heavy groups start first, one per worker; then the longest modules (a minute or more each in
 # CI), so that none of them is left for the end; the rest fills in around them.
-FIRST = ("slurm", "tiny")
+FIRST = ("slurm", "tiny", "torch")
 LONG = (
     "tests/test_resume.py",
     "tests/test_rerun_clean.py",

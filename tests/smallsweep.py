@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +26,7 @@ data: {{kind: toy, toy: {{train_docs: 800, seed_docs: 60, test_docs: 60}}}}
 tokenizer: {{vocab_size: 500}}
 pretrain: {{model: tiny, steps: 80, checkpoint_every: 20, seeds: [1], lr: 3.0e-3, warmup_steps: 5,
            global_batch: 8, micro_batch: 8, seq_len: 64, precision: fp32, log_every: 5, val_batches: 2}}
-generation: {{prompt_tokens: 6, continuations: 2, new_tokens: 48, total_tokens: 9216, shards: 1,
+generation: {{prompt_tokens: 6, continuations: 2, new_tokens: 48, total_tokens: 4608, shards: 1,
              batch_size: 8, chunk_prompts: 6}}
 methods:
   baseline: {{}}
@@ -40,6 +41,25 @@ def write_sweep(tmp_path: Path, name: str) -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(SWEEP.format(workdir=tmp_path / name))
     return path
+
+
+def write_sweep_from(reference: Path, tmp_path: Path, name: str) -> Path:
+    """`write_sweep`, its workdir holding the reference's prepare and tokenizer steps as a launch
+    finds done steps (outputs with their mtimes, receipts): the kill-and-resume tests start at
+    pretraining instead of building the same data and tokenizer again."""
+    from cdhpc.config import load_config
+    from cdhpc.sweep.plan import plan_sweep
+    from cdhpc.sweep.workdir import Workdir
+
+    sweep = write_sweep(tmp_path, name)
+    theirs, ours = Workdir(reference), Workdir(tmp_path / name)
+    Path(ours).mkdir()
+    shutil.copy2(theirs.marker, ours.marker)
+    for s in plan_sweep(load_config(sweep, []), "tokenizer").steps:
+        shutil.copytree(theirs.step_dir(s.stage, s.name, s.key), ours.step_dir(s.stage, s.name, s.key))
+        ours.receipt(s.stage, s.name, s.key).parent.mkdir(parents=True)
+        shutil.copy2(theirs.receipt(s.stage, s.name, s.key), ours.receipt(s.stage, s.name, s.key))
+    return sweep
 
 
 def launch(sweep: Path, until: str, **popen) -> subprocess.Popen:

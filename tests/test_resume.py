@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from smallsweep import digests, kill_step_and_launcher, launch, run_to_end, wait_for, write_sweep
+from smallsweep import digests, kill_step_and_launcher, launch, run_to_end, wait_for, write_sweep_from
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def killed(tmp_path_factory) -> Path:
+def killed(tmp_path_factory, small_sweep_reference) -> Path:
     """The sweep file of the run this module stops and relaunches (its workdir `killed`)."""
-    return write_sweep(tmp_path_factory.mktemp("resume"), "killed")
+    return write_sweep_from(small_sweep_reference, tmp_path_factory.mktemp("resume"), "killed")
 
 
 def kill_when_and_relaunch(killed: Path, stage: str, ready, finished: str) -> str:
@@ -88,10 +88,10 @@ def test_generate_killed_mid_shard_resumes_to_identical_bytes(killed, small_swee
     assert ours.read_bytes() == reference.read_bytes()
 
 
-def test_pretrain_with_two_ranks_from_submitit_job_environment(tmp_path):
+def test_pretrain_with_two_ranks_from_submitit_job_environment(tmp_path, small_sweep_reference):
     """tasks_per_node=2: both ranks get RANK/WORLD_SIZE from submitit's JobEnvironment (as on
     SLURM), train data-parallel with gloo, and only rank 0 writes the receipt."""
-    sweep = write_sweep(tmp_path, "multi")
+    sweep = write_sweep_from(small_sweep_reference, tmp_path, "multi")
     p = subprocess.run(
         [
             sys.executable,

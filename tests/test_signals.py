@@ -214,9 +214,9 @@ def test_sigterm_mid_pretrain_and_mid_shard_then_a_relaunch_gives_identical_outp
     """Real steps: SIGTERM to the pretrain step after its first DeepSpeed checkpoint, then (on the
     relaunch, which resumes it) to the generate step after two flushed chunks. Each stops within
     seconds as cancelled; the last relaunch ends with the bytes of an uninterrupted sweep."""
-    from smallsweep import digests, launch, run_to_end, wait_for, write_sweep
+    from smallsweep import digests, launch, run_to_end, wait_for, write_sweep_from
 
-    killed = write_sweep(tmp_path, "killed")
+    killed = write_sweep_from(small_sweep_reference, tmp_path, "killed")
     work = tmp_path / "killed"
     for stage, started, finished in (
         ("pretrain", "pretrain/baseline-s1-*/ds/progress.json", "pretrain/baseline-s1-*/checkpoints/step_80"),

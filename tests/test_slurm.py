@@ -100,8 +100,10 @@ def test_steps_with_the_same_upstream_share_an_array_and_wait_for_exactly_their_
     evaluate = [a for a in arrays if a.stage == "evaluate"]
     runs = {by_key[s.inputs["model"]].name for a in evaluate for p in a.packs for s in p}
     assert len(evaluate) == len(runs), "one evaluate array per trained run"
-    assert all(len(p) == 21 for a in evaluate for p in a.packs), "steps_per_job: 21, one job per run"
-    assert sum(len(a.packs) for a in arrays) == 46 and len(arrays) == 33
+    assert all(len(p) == 21 for a in evaluate for p in a.packs), "an array per run: one job of its 21 steps"
+    assert sum(len(a.packs) for a in arrays) == 32 and len(arrays) == 25
+    generate = [len(p) for a in arrays if a.stage == "generate" for p in a.packs]
+    assert sorted(generate) == [2, 2, 4, 4], "steps_per_job: 4; cd-small's amateur comes later"
 
 
 def test_arrays_split_at_max_array_size_and_dependents_wait_for_every_part():
@@ -315,8 +317,8 @@ def test_sweep_resources_override_the_profile_key_by_key(tmp_path):
     cfg = load_config(SWEEP, ["executor=slurm", f"executor.profile={tmp_path / 'slurm' / 'site.yaml'}"])
     cfg = apply_profile(cfg, load_profile(cfg, SWEEP))
     ev = cfg.executor.resources_for("evaluate")
-    assert (ev.mem_gb, ev.timeout_min, ev.steps_per_job) == (7, 5, 21), (
-        "steps_per_job: 21 comes from tiny.yaml"
+    assert (ev.mem_gb, ev.timeout_min, ev.steps_per_job) == (7, 5, 42), (
+        "steps_per_job: 42 comes from tiny.yaml"
     )
 
 
@@ -344,7 +346,7 @@ def test_launch_with_a_missing_profile_exits_2_and_writes_nothing(tmp_path):
 
 def test_executor_shorthand_keeps_the_other_executor_keys():
     cfg = load_config(SWEEP, ["executor=slurm"])
-    assert cfg.executor.kind == "slurm" and cfg.executor.resources_for("evaluate").steps_per_job == 21
+    assert cfg.executor.kind == "slurm" and cfg.executor.resources_for("evaluate").steps_per_job == 42
 
 
 @pytest.mark.slow

@@ -369,12 +369,16 @@ def test_a_script_with_a_line_no_parameter_made_is_refused():
 # ----------------------------------------------------------------------------- the scheduler
 def fake_slurm(tmp_path: Path, monkeypatch) -> Path:
     """Fakes of srun and sbatch on PATH (no SLURM here): sbatch keeps a copy of each script it is
-    given and answers like the real one; returns the folder of the copies."""
+    given and answers like the real one; returns the folder of the copies. The read-only queries
+    fail at once, as on a machine without SLURM (a real client with no controller waits for it)."""
     bin_dir, scripts = tmp_path / "fakebin", tmp_path / "sbatch-got"
     bin_dir.mkdir()
     scripts.mkdir()
     for name, body in (
         ("srun", "exit 1"),
+        ("scontrol", "exit 1"),
+        ("sacctmgr", "exit 1"),
+        ("squeue", "exit 1"),
         ("sbatch", f'cp "$1" {scripts}/; echo "Submitted batch job 4242"'),
     ):
         (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")

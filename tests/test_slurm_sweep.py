@@ -55,14 +55,14 @@ SMALL = (
 N_SMALL, N_RUN = 11, 6
 
 
-def copy_upstream(local: Path, workdir: Path) -> int:
-    """The local sweep's steps up to pretrain, as a launch finds done steps: their outputs with
+def copy_upstream(local: Path, workdir: Path, until: str = "pretrain") -> int:
+    """The local sweep's steps up to `until`, as a launch finds done steps: their outputs with
     their mtimes (copy2) and their receipts, in a workdir marked as the tiny sweep's. Returns how
     many."""
     from cdhpc.config import load_config
     from cdhpc.sweep.plan import plan_sweep
 
-    steps = plan_sweep(load_config(ROOT / "configs" / "tiny.yaml", []), "pretrain").steps
+    steps = plan_sweep(load_config(ROOT / "configs" / "tiny.yaml", []), until).steps
     theirs, ours = Workdir(local), Workdir(workdir)
     workdir.mkdir(parents=True)
     shutil.copy2(theirs.marker, ours.marker)
@@ -172,9 +172,9 @@ def cluster_up():
 
 def test_launcher_submits_everything_and_exits_and_a_relaunch_submits_nothing(slurm_sweep):
     s = slurm_sweep
-    # select: one array of 2 (their models are trained: no dependency); generate: 4 steps, two to a
-    # job, one array per selected model
-    assert f"{N_RUN} submitted in 4 job(s), 3 array(s)" in s["first"].stderr, s["first"].stderr[-3000:]
+    # select: both steps in one job (tiny.yaml packs select steps; their models are trained: no
+    # dependency); generate: 4 steps, two to a job, one array of 2 after it
+    assert f"{N_RUN} submitted in 3 job(s), 2 array(s)" in s["first"].stderr, s["first"].stderr[-3000:]
     assert s["launch_s"] < 60, "the launcher returns after submission"
     assert sum(v in ("queued", "running") for v in s["right_after"].values()) >= 4, (
         "it did not wait for the jobs"
@@ -238,6 +238,7 @@ def test_time_limited_pretrain_step_is_requeued_and_resumes_from_its_checkpoint(
     import submitit
 
     workdir = tmp_path / "work"
+    assert copy_upstream(tiny_local_pretrained, workdir, "tokenizer") == 2  # prepare, tokenizer
     out = launch(workdir, "--until", "pretrain", "pretrain.seeds=[1]", "methods={baseline: {}}")
     assert out.returncode == 0, out.stderr[-3000:]
     rec_path = next((workdir / "jobs" / "pretrain").glob("baseline-s1-*.json"))

@@ -163,7 +163,8 @@ def box_puzzle(
     boxes = [
         [pool.pop() for _ in range(min(len(pool), rng.choice([0, 1, 1, 2, 2, 3])))] for _ in range(N_BOXES)
     ]
-    spare = [o for o in objects if not any(o in b for b in boxes)]
+    boxed = {o for b in boxes for o in b}
+    spare = [o for o in objects if o not in boxed]
     text = ", ".join(f"Box {i} contains {_describe(b)}" for i, b in enumerate(boxes)) + "."
     touched, done = [0] * N_BOXES, 0
     for _ in range(n_ops * 3):  # an operation can be impossible (nothing to remove); retry

@@ -305,13 +305,13 @@ def _norm(word: str) -> str:
 def bigram_counts(docs: list[list[str]]) -> tuple[Counter, Counter]:
     """Unigram and within-line bigram counts of normalised words: the grammar's own
     frequency and predictability, estimated on the training text."""
-    uni, bi = Counter(), Counter()
+    every, bi = [], Counter()
     for doc in docs:
         for line in doc:
-            words = [_norm(w) for w in line.split()]
-            uni.update(words)
+            words = [w.strip(".,?!:") for w in line.lower().split()]  # _norm, a line at a time
+            every += words
             bi.update(zip(words, words[1:]))
-    return uni, bi
+    return Counter(every), bi
 
 
 def _surprisal_bits(uni: Counter, bi: Counter, prev: str, word: str) -> float:
