@@ -16,10 +16,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# pytest keeps each test module with its asserts rewritten in tests/__pycache__ (git ignores it) and
-# reads it back on the next run; with PYTHONDONTWRITEBYTECODE set (this machine sets it) every
-# worker would rewrite the 70 modules on every run, ~3.5 s each. This process only: the jobs and
-# commands the tests start keep the environment's setting.
+# pytest keeps each test module with its asserts rewritten in tests/__pycache__ (git ignores every
+# __pycache__) and reads it back on the next run; with PYTHONDONTWRITEBYTECODE set (this machine
+# sets it) every worker would rewrite the 70 modules on every run, ~3.5 s each. Python's default
+# again, in this process only: the jobs and commands the tests start keep the environment's setting.
 sys.dont_write_bytecode = False
 
 
