@@ -327,7 +327,10 @@ def test_after_a_failure_a_relaunch_submits_only_the_failed_step_and_its_depende
 
 def test_scancel_and_a_time_limit_are_seen_as_cancelled_and_timeout(cluster_up, tmp_path):
     sleeper = step("sleeper", {"sleep_s": 600})
-    limited = step("limited", {"sleep_s": 600}, timeout_min=1)
+    # 2 minutes, not 1: SLURM may send --signal=USR2@30 up to 60 s early (sbatch(1)); at a 1-minute
+    # limit it once came a second after the start, before submitit's handler, and killed the task
+    # (FAILED); from 2 minutes on it comes at least 30 s in
+    limited = step("limited", {"sleep_s": 600}, timeout_min=2)
     workdir = tmp_path / "w"
     submit(workdir, [sleeper, limited])
     rec = workdir / "jobs" / "evaluate" / f"sleeper-{sleeper.key[:8]}.json"
