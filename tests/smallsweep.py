@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +15,8 @@ import time
 from pathlib import Path
 
 import psutil
+
+from donesteps import copy_done_steps
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,21 +45,10 @@ def write_sweep(tmp_path: Path, name: str) -> Path:
 
 
 def write_sweep_from(reference: Path, tmp_path: Path, name: str) -> Path:
-    """`write_sweep`, its workdir holding the reference's prepare and tokenizer steps as a launch
-    finds done steps (outputs with their mtimes, receipts): the kill-and-resume tests start at
-    pretraining instead of building the same data and tokenizer again."""
-    from cdhpc.config import load_config
-    from cdhpc.sweep.plan import plan_sweep
-    from cdhpc.sweep.workdir import Workdir
-
+    """`write_sweep`, its workdir holding the reference's prepare and tokenizer steps done: the
+    kill-and-resume tests start at pretraining instead of building the same data and tokenizer."""
     sweep = write_sweep(tmp_path, name)
-    theirs, ours = Workdir(reference), Workdir(tmp_path / name)
-    Path(ours).mkdir()
-    shutil.copy2(theirs.marker, ours.marker)
-    for s in plan_sweep(load_config(sweep, []), "tokenizer").steps:
-        shutil.copytree(theirs.step_dir(s.stage, s.name, s.key), ours.step_dir(s.stage, s.name, s.key))
-        ours.receipt(s.stage, s.name, s.key).parent.mkdir(parents=True)
-        shutil.copy2(theirs.receipt(s.stage, s.name, s.key), ours.receipt(s.stage, s.name, s.key))
+    copy_done_steps(reference, tmp_path / name, sweep, "tokenizer")
     return sweep
 
 

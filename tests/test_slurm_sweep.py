@@ -25,8 +25,8 @@ from cdhpc.executors.launch_slurm import submit_plan
 from cdhpc.executors.scheduler import LIVE_JOB_STATES
 from cdhpc.sweep.manifest import Manifest
 from cdhpc.sweep.plan import Plan, StepSpec, content_key
-from cdhpc.sweep.workdir import Workdir
 from cdhpc.ui.status import SnapshotReader
+from donesteps import copy_done_steps
 from waits import wait_until
 
 pytestmark = [
@@ -56,21 +56,8 @@ N_SMALL, N_RUN = 11, 6
 
 
 def copy_upstream(local: Path, workdir: Path, until: str = "pretrain") -> int:
-    """The local sweep's steps up to `until`, as a launch finds done steps: their outputs with
-    their mtimes (copy2) and their receipts, in a workdir marked as the tiny sweep's. Returns how
-    many."""
-    from cdhpc.config import load_config
-    from cdhpc.sweep.plan import plan_sweep
-
-    steps = plan_sweep(load_config(ROOT / "configs" / "tiny.yaml", []), until).steps
-    theirs, ours = Workdir(local), Workdir(workdir)
-    workdir.mkdir(parents=True)
-    shutil.copy2(theirs.marker, ours.marker)
-    for s in steps:
-        shutil.copytree(theirs.step_dir(s.stage, s.name, s.key), ours.step_dir(s.stage, s.name, s.key))
-        ours.receipt(s.stage, s.name, s.key).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(theirs.receipt(s.stage, s.name, s.key), ours.receipt(s.stage, s.name, s.key))
-    return len(steps)
+    """The local tiny sweep's steps up to `until`, done in `workdir`; how many."""
+    return copy_done_steps(local, workdir, ROOT / "configs" / "tiny.yaml", until)
 
 
 @pytest.fixture(autouse=True)

@@ -298,8 +298,11 @@ READING_COLUMNS = [
 ]
 
 
+PUNCTUATION = ".,?!:"  # stripped from a word's ends before it is counted
+
+
 def _norm(word: str) -> str:
-    return word.lower().strip(".,?!:")
+    return word.lower().strip(PUNCTUATION)
 
 
 def bigram_counts(docs: list[list[str]]) -> tuple[Counter, Counter]:
@@ -308,7 +311,7 @@ def bigram_counts(docs: list[list[str]]) -> tuple[Counter, Counter]:
     every, bi = [], Counter()
     for doc in docs:
         for line in doc:
-            words = [w.strip(".,?!:") for w in line.lower().split()]  # _norm, a line at a time
+            words = [w.strip(PUNCTUATION) for w in line.lower().split()]  # _norm, a line at a time
             every += words
             bi.update(zip(words, words[1:]))
     return Counter(every), bi
