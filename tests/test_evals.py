@@ -493,6 +493,19 @@ def test_prediction_rows_first_argmax():
     assert [r["pred"] for r in rows] == [1, 0] and [r["item_id"] for r in rows] == ["u_0", "u_1"]
 
 
+def test_prediction_rows_choose_as_torch_max_does_with_nan():
+    """A NaN score (a diverged checkpoint) wins, the first one among several, as in the official
+    pipeline's torch.max(stacked log-probs, dim=1); items of mixed sizes keep their order."""
+    import torch
+
+    nan = float("nan")
+    blocks = [[-1.0, nan], [nan, nan], [-1.0, -1.0], [nan, -1.0, nan], [-3.0, -1.0, -2.0], [0.0, nan]]
+    items = [ChoiceItem("u", ("",) * len(b), tuple("abc"[: len(b)])) for b in blocks]
+    rows = prediction_rows(items, [x for b in blocks for x in b])
+    official = [int(torch.max(torch.tensor([b]), dim=1)[1]) for b in blocks]
+    assert [r["pred"] for r in rows] == official == [1, 0, 0, 0, 1, 1]
+
+
 def _reading_columns(rng, n=60):
     cols = {c: rng.normal(size=n) for c in ("Subtlex_log10", "length", "context_length", "prev_length")}
     return cols

@@ -249,9 +249,11 @@ def head_logprobs(head: Any, hidden: Any, plan: HeadPlan, device: str) -> Any:
     bounds = plan.cuts + [(len(plan.rows), len(plan.pair_row))]
     out = []
     for (s, lo), (e, hi) in zip(bounds, bounds[1:]):
-        # one fused log-softmax pass per row of a bounded chunk (cache-resident), then the targets;
-        # the upcast comes first so a bf16 model's log-probs are normalised in fp32
-        logp = torch.log_softmax(head(sel[s:e]).float(), dim=-1)
+        # one fused log-softmax pass per row of a bounded chunk (cache-resident), in place (no
+        # second chunk allocated), then the targets; the upcast comes first so a bf16 model's
+        # log-probs are normalised in fp32
+        logits = head(sel[s:e]).float()
+        logp = torch.log_softmax(logits, dim=-1, out=logits)
         out.append(logp[pair_row[lo:hi] - s, pair_target[lo:hi]])
     return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
 

@@ -76,28 +76,42 @@ def item_requests(items: list[ChoiceItem]) -> list[ScoreRequest]:
 
 def prediction_rows(items: list[ChoiceItem], scores: list[float]) -> list[dict[str, Any]]:
     """One row per item: uid, item_id (`<uid>_<n>`, as the official ids), scores, pred, correct.
-    pred is the first argmax (torch.max's tie rule), so a tie counts as correct."""
-    rows, seen, k = [], {}, 0
+    pred is the official pipeline's choice (`first_argmax`), so a tie counts as correct."""
+    counts = [len(item.continuations) for item in items]
+    preds = first_argmax(scores, counts)
     probs = first_probs(items, scores)
-    for item, prob in zip(items, probs):
-        n = len(item.continuations)
-        cand = scores[k : k + n]
-        k += n
-        pred = max(range(n), key=cand.__getitem__)
+    rows, seen, k = [], {}, 0
+    for item, n, pred, prob in zip(items, counts, preds, probs):
         idx = seen.get(item.uid, 0)
         seen[item.uid] = idx + 1
         row = {
             "uid": item.uid,
             "item_id": f"{item.uid}_{idx}",
-            "scores": cand,
+            "scores": scores[k : k + n],
             "pred": pred,
             "correct": pred == 0,
         }
+        k += n
         if item.ratio is not None:
             row["prob"] = prob
             row["ratio"] = item.ratio
         rows.append(row)
     return rows
+
+
+def first_argmax(scores: list[float], counts: list[int]) -> list[int]:
+    """Each item's chosen candidate (item i owns the next counts[i] scores): the first highest
+    score, a NaN counting as highest, as the official pipeline's torch.max(dim=1) chooses."""
+    import numpy as np
+
+    flat = np.asarray(scores, dtype=np.float64)
+    sizes = np.asarray(counts, dtype=np.int64)
+    starts = np.cumsum(sizes) - sizes
+    preds = np.zeros(len(sizes), dtype=np.int64)
+    for n in np.unique(sizes):  # one (items, n) block per candidate count
+        members = np.flatnonzero(sizes == n)
+        preds[members] = flat[starts[members, None] + np.arange(n)].argmax(axis=1)
+    return preds.tolist()
 
 
 def first_probs(items: list[ChoiceItem], scores: list[float]) -> list[float | None]:
@@ -127,12 +141,11 @@ def first_probs(items: list[ChoiceItem], scores: list[float]) -> list[float | No
 
 def accuracy_by(rows: list[dict[str, Any]], keys: list[str]) -> dict[str, float]:
     """Accuracy (x100) per value of keys, in order of first appearance."""
-    total: dict[str, int] = {}
-    correct: dict[str, int] = {}
-    for row, key in zip(rows, keys):
-        total[key] = total.get(key, 0) + 1
-        correct[key] = correct.get(key, 0) + int(row["correct"])
-    return {k: 100.0 * correct[k] / total[k] for k in total}
+    from collections import Counter
+
+    total = Counter(keys)
+    correct = Counter(key for row, key in zip(rows, keys) if row["correct"])
+    return {k: 100.0 * correct[k] / n for k, n in total.items()}
 
 
 def spearman(rows: list[dict[str, Any]]) -> float:
