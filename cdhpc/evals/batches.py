@@ -249,11 +249,12 @@ def head_logprobs(head: Any, hidden: Any, plan: HeadPlan, device: str) -> Any:
     bounds = plan.cuts + [(len(plan.rows), len(plan.pair_row))]
     out = []
     for (s, lo), (e, hi) in zip(bounds, bounds[1:]):
-        # one fused log-softmax pass per row of a bounded chunk (cache-resident), in place (no
-        # second chunk allocated), then the targets; the upcast comes first so a bf16 model's
-        # log-probs are normalised in fp32
+        # one fused log-softmax pass per row of a bounded chunk (cache-resident), then the targets;
+        # the upcast comes first so a bf16 model's log-probs are normalised in fp32. On the CPU in
+        # place: a fresh 16 MB output per chunk costs page faults (the softmax took twice as long);
+        # a GPU's caching allocator reuses its blocks
         logits = head(sel[s:e]).float()
-        logp = torch.log_softmax(logits, dim=-1, out=logits)
+        logp = torch.log_softmax(logits, dim=-1, out=logits if logits.is_cpu else None)
         out.append(logp[pair_row[lo:hi] - s, pair_target[lo:hi]])
     return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
 
