@@ -31,6 +31,7 @@ from typing import Any
 import submitit
 
 from cdhpc import __version__
+from cdhpc.base.devices import restore_gpus
 from cdhpc.base.jobsignals import (
     StepCancelled,
     ignore_signals_once_done,
@@ -333,6 +334,7 @@ class StepJob(submitit.helpers.Checkpointable):
         self.attempt = attempt
 
     def __call__(self) -> list[str]:
+        restore_gpus()  # a local job sees the launcher's GPUs (before anything initialises CUDA)
         configure_job_logging()
         run_past_last_requeue()
         stop_on_signals()

@@ -6,6 +6,7 @@ Each call appends its step name to ``workdir/calls.log`` so tests can count exec
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import signal
 import time
@@ -50,3 +51,10 @@ def add(ctx: StepContext) -> StepResult:
 def _signal_self(signum: int, linger_s: float) -> None:
     os.kill(os.getpid(), signum)
     time.sleep(linger_s)  # Python runs a handler between instructions: give it the chance
+
+
+def gpus_seen(ctx: StepContext) -> StepResult:
+    """Writes the job's CUDA_VISIBLE_DEVICES (JSON; null when unset) to gpus.json."""
+    _count(ctx)
+    atomic_write_text(ctx.out_dir / "gpus.json", json.dumps(os.environ.get("CUDA_VISIBLE_DEVICES")))
+    return StepResult()

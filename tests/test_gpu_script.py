@@ -90,7 +90,16 @@ def test_dry_run_prints_every_command_with_its_box_and_the_budget():
     assert "--preset llama-12x768" in cmds["bench_train"] and "--preset llama-12x768" in cmds["bench_sampler"]
     assert "--batch 256" in cmds["bench_sampler"] and "--new-tokens 400" in cmds["bench_sampler"]
     assert f"--pairs {gf.BLIMP_PAIRS}" in cmds["bench_eval"]
-    assert "-m pytest -m gpu" in cmds["pytest_gpu"] and "configs/tiny.yaml" in cmds["tiny_sweep"]
+    assert " -m gpu " in cmds["pytest_gpu"] and "configs/tiny.yaml" in cmds["tiny_sweep"]
+    # every file holding a gpu test is named (collecting all of tests/ would need textual, which
+    # no GPU part installs), and pyproject's addopts (-m 'not ... gpu') are replaced
+    gpu_files = {
+        f"tests/{p.name}"
+        for p in (ROOT / "tests").glob("test_*.py")
+        if re.search(r"^(pytestmark = pytest\.mark\.gpu|@pytest\.mark\.gpu)", p.read_text(), re.MULTILINE)
+    }
+    assert gpu_files and gpu_files <= set(cmds["pytest_gpu"].split()), gpu_files
+    assert "-o addopts= " in cmds["pytest_gpu"]
 
 
 def test_without_a_gpu_it_stops_with_one_line(tmp_path):
@@ -117,7 +126,7 @@ FAKE_PYTHON = r"""#!/usr/bin/env bash
 case "$*" in
   *"-m cdhpc.gpufigures"*) exec "$REAL_PYTHON" "$@" ;;
   *"-m cdhpc.bench train"*) echo "[INFO] deepspeed noise {not json"; echo "$TRAIN_JSON" ;;
-  *"-m cdhpc.bench sampler"*) sleep 20 ;;
+  *"-m cdhpc.bench sampler"*) echo "$SAMPLER_JSON"; sleep 20 ;;  # its result printed, then a hang at exit
   *"-m cdhpc.bench eval"*) echo "Traceback: boom" >&2; exit 3 ;;
   *"-m pytest"*) x=$(printf '%s\n' "$@" | grep -A1 -x -- --junitxml | tail -1)
      echo '<testsuites><testsuite tests="3" failures="1" errors="0" skipped="0">'\
@@ -147,6 +156,7 @@ def test_fake_gpu_run_boxes_parts_and_writes_every_figure(tmp_path):
         "REAL_PYTHON": sys.executable,
         "NVIDIA_SMI": str(smi),
         "TRAIN_JSON": json.dumps(TRAIN),
+        "SAMPLER_JSON": json.dumps(SAMPLER),
         "OUT": str(out_dir),
         "CDHPC_GPU_WORK": str(tmp_path / "work"),
         "CDHPC_GPU_BUDGET_S": "27",
@@ -161,6 +171,7 @@ def test_fake_gpu_run_boxes_parts_and_writes_every_figure(tmp_path):
     assert by["train_mfu"]["value"] == 0.41 and by["train_mfu"]["met"] is True
     assert by["train_mfu"]["device"] == "FAKE-GPU" and "--device cuda" in by["train_mfu"]["command"]
     assert by["cd_tokens_per_s"]["status"].startswith("timeout") and by["cd_tokens_per_s"]["met"] is False
+    assert by["cd_tokens_per_s"]["value"] == 80000.0  # what it printed before the hang is kept
     assert by["eval_blimp_s"]["status"] == "failed (exit 3)" and by["eval_blimp_s"]["value"] is None
     assert by["gpu_tests"]["value"] == 2 and by["gpu_tests"]["met"] is False
     assert by["gpu_tests"]["context"]["failed"] == ["t::b"]
@@ -180,6 +191,20 @@ def test_figures_from_benchmark_results():
     assert ev["eval_blimp_s"][0] == pytest.approx(9.0) and ev["eval_blimp_s"][1]["scaled"] is True
     lines = gf.figure_lines("bench_sampler", "ok", sampler, {"device": "X"})
     assert [x["met"] for x in lines] == [True, True, None]
+
+
+def test_bf16_decisions_may_flip_only_near_a_tie():
+    from cdhpc.benchmarks.eval import decision_check
+
+    ref = [[-1.0, -2.0], [-3.0, -3.01], [-5.0, -4.0]]
+    near = decision_check([[-1.0, -2.0], [-3.02, -3.0], [-5.0, -4.0]], ref, 0.05)
+    assert near["decision_flips"] == 1 and near["decisions_agree"] and not near["identical_decisions"]
+    assert near["max_flip_margin"] == pytest.approx(0.01)
+    far = decision_check([[-2.5, -2.0], [-3.0, -3.01], [-5.0, -4.0]], ref, 0.05)
+    assert far["decision_flips"] == 1 and not far["decisions_agree"]
+    assert not decision_check([[-1.0, -2.0], [-3.02, -3.0], [-5.0, -4.0]], ref, 0.0)["decisions_agree"]
+    lines = gf.figure_lines("bench_eval", "ok", gf.from_eval({**EVAL, **far}), {})
+    assert [x["met"] for x in lines] == [True, False] and lines[1]["context"]["decision_flips"] == 1
 
 
 def test_cd_target_needs_batch_256_and_400_tokens():

@@ -152,6 +152,31 @@ def test_resume_after_launcher_sigkill_does_no_duplicate_work(tmp_path):
     assert value(work, last) == 7
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", [None, "", "3,1"])
+def test_a_local_job_asking_for_no_gpu_sees_what_the_launcher_sees(tmp_path, monkeypatch, launcher):
+    """submitit's local executor sets CUDA_VISIBLE_DEVICES="" for a job asking for no GPU; ours
+    sees the launcher's view: every GPU (unset), none (""), or the launcher's list."""
+    from cdhpc.base.devices import LAUNCHER_GPUS
+
+    monkeypatch.setenv(LAUNCHER_GPUS, "null")  # the launcher sets it in this process: undone at teardown
+    if launcher is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", launcher)
+    probe = StepSpec(
+        "evaluate",
+        "gpus",
+        content_key("evaluate", "gpus", {}, {}),
+        {},
+        {},
+        {"entry": "stepfns:gpus_seen"},
+        {"timeout_min": 5, "steps_per_job": 1, "gpus_per_node": 0},
+    )
+    assert run(tmp_path, [probe]).done == [probe.key]
+    assert json.loads((tmp_path / probe.dirname / "gpus.json").read_text()) == launcher
+
+
 def test_classify_is_pure_and_receipt_is_the_proof():
     ok, failed = {"status": "ok"}, {"status": "failed"}
     job = {"state": "RUNNING"}

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cdhpc.base.devices import LAUNCHER_GPUS, launcher_gpus
 from cdhpc.sweep.jobrecords import JobRecord, job_record_path
 from cdhpc.sweep.plan import Plan, StepSpec
 from cdhpc.sweep.receipts import ReceiptError, read_receipt, receipt_path
@@ -187,6 +188,10 @@ class LocalScheduler:
             gpus_per_node=res.get("gpus_per_node", 0),
         )
         os.environ["OMP_NUM_THREADS"] = str(res.get("cpus_per_task", 1))  # inherited by the job process
+        if res.get("gpus_per_node", 0):  # submitit numbers the GPUs the job gets
+            os.environ.pop(LAUNCHER_GPUS, None)
+        else:  # submitit hides every GPU (""): the job restores what this launcher sees
+            os.environ.update(launcher_gpus())
         for s in pack:  # a stale receipt (outputs changed) must not let the job skip the step
             receipt_path(self.workdir, s.stage, s.name, s.key).unlink(missing_ok=True)
         job = executor.submit(StepJob(str(self.workdir), [s.to_dict() for s in pack], attempt))
