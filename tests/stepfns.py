@@ -54,7 +54,11 @@ def _signal_self(signum: int, linger_s: float) -> None:
 
 
 def gpus_seen(ctx: StepContext) -> StepResult:
-    """Writes the job's CUDA_VISIBLE_DEVICES (JSON; null when unset) to gpus.json."""
-    _count(ctx)
-    atomic_write_text(ctx.out_dir / "gpus.json", json.dumps(os.environ.get("CUDA_VISIBLE_DEVICES")))
+    """Writes this rank's CUDA_VISIBLE_DEVICES (JSON; null when unset) to workdir/gpus.<rank>.json
+    (outside the output directory, which rank 0 cleans while the others may already write)."""
+    rank = os.environ.get("RANK", "0")
+    seen = json.dumps(os.environ.get("CUDA_VISIBLE_DEVICES"))
+    atomic_write_text(ctx.workdir / f"gpus.{rank}.json", seen)
+    if rank == "0":
+        atomic_write_text(ctx.out_dir / "gpus.json", seen)  # the step's output
     return StepResult()

@@ -152,11 +152,24 @@ def test_resume_after_launcher_sigkill_does_no_duplicate_work(tmp_path):
     assert value(work, last) == 7
 
 
+def _gpus_probe(tasks: int) -> StepSpec:
+    return StepSpec(
+        "evaluate",
+        "gpus",
+        content_key("evaluate", "gpus", {"tasks": tasks}, {}),
+        {"tasks": tasks},
+        {},
+        {"entry": "stepfns:gpus_seen"},
+        {"timeout_min": 5, "steps_per_job": 1, "gpus_per_node": 0, "tasks_per_node": tasks},
+    )
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", [None, "", "3,1"])
 def test_a_local_job_asking_for_no_gpu_sees_what_the_launcher_sees(tmp_path, monkeypatch, launcher):
     """submitit's local executor sets CUDA_VISIBLE_DEVICES="" for a job asking for no GPU; ours
-    sees the launcher's view: every GPU (unset), none (""), or the launcher's list."""
+    sees the launcher's view: every GPU (unset), none (""), or the launcher's list. A two-task job
+    asking for none keeps "" (CPU ranks)."""
     from cdhpc.base.devices import LAUNCHER_GPUS
 
     monkeypatch.setenv(LAUNCHER_GPUS, "null")  # the launcher sets it in this process: undone at teardown
@@ -164,17 +177,15 @@ def test_a_local_job_asking_for_no_gpu_sees_what_the_launcher_sees(tmp_path, mon
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     else:
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", launcher)
-    probe = StepSpec(
-        "evaluate",
-        "gpus",
-        content_key("evaluate", "gpus", {}, {}),
-        {},
-        {},
-        {"entry": "stepfns:gpus_seen"},
-        {"timeout_min": 5, "steps_per_job": 1, "gpus_per_node": 0},
-    )
-    assert run(tmp_path, [probe]).done == [probe.key]
-    assert json.loads((tmp_path / probe.dirname / "gpus.json").read_text()) == launcher
+    one, two = _gpus_probe(1), _gpus_probe(2)
+    for d in ("one", "two"):
+        (tmp_path / d).mkdir()
+    assert run(tmp_path / "one", [one]).done == [one.key]
+    assert json.loads((tmp_path / "one" / "gpus.0.json").read_text()) == launcher
+    if launcher is None:
+        assert run(tmp_path / "two", [two]).done == [two.key]
+        seen = [json.loads((tmp_path / "two" / f"gpus.{r}.json").read_text()) for r in range(2)]
+        assert seen == ["", ""]
 
 
 def test_classify_is_pure_and_receipt_is_the_proof():

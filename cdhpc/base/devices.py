@@ -1,8 +1,9 @@
 """Which GPUs a local job sees. submitit's local executor sets CUDA_VISIBLE_DEVICES to the first
 `gpus_per_node` device numbers, so a job of a stage that asks for none gets "" and runs on the CPU
-even on a GPU machine. Our local jobs use what the launcher sees (docs/gpu.md: on a GPU machine the
-tiny sweep runs there; `CUDA_VISIBLE_DEVICES=` keeps it on the CPU): the launcher hands its own
-value to the job in LAUNCHER_GPUS, and the job puts it back before anything initialises CUDA."""
+even on a GPU machine. Our single-task local jobs use what the launcher sees (docs/gpu.md: on a GPU
+machine the tiny sweep runs there; `CUDA_VISIBLE_DEVICES=` keeps it on the CPU): the launcher hands
+its own value to the job in LAUNCHER_GPUS, and the job puts it back before anything initialises
+CUDA. A multi-task job asking for no GPU keeps "": its ranks are CPU ranks (gloo)."""
 
 from __future__ import annotations
 

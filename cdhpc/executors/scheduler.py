@@ -188,10 +188,10 @@ class LocalScheduler:
             gpus_per_node=res.get("gpus_per_node", 0),
         )
         os.environ["OMP_NUM_THREADS"] = str(res.get("cpus_per_task", 1))  # inherited by the job process
-        if res.get("gpus_per_node", 0):  # submitit numbers the GPUs the job gets
+        if res.get("gpus_per_node", 0) == 0 and res.get("tasks_per_node", 1) == 1:
+            os.environ.update(launcher_gpus())  # submitit hides every GPU (""): the job restores ours
+        else:  # submitit numbers the GPUs the job gets; CPU ranks (gloo) of a multi-task job stay on the CPU
             os.environ.pop(LAUNCHER_GPUS, None)
-        else:  # submitit hides every GPU (""): the job restores what this launcher sees
-            os.environ.update(launcher_gpus())
         for s in pack:  # a stale receipt (outputs changed) must not let the job skip the step
             receipt_path(self.workdir, s.stage, s.name, s.key).unlink(missing_ok=True)
         job = executor.submit(StepJob(str(self.workdir), [s.to_dict() for s in pack], attempt))
