@@ -465,7 +465,7 @@ def test_wug_probability_rounds_as_float32():
     from cdhpc.evals.choice import first_probs
 
     items = [ChoiceItem("wug_adj", ("", ""), ("a", "b"), ratio=r) for r in (0.2, 0.9)]
-    assert first_probs(items, [-1.0, -21.0, -2.0, -30.0]) == [1.0, 1.0]
+    assert first_probs(items, [2, 2], [-1.0, -21.0, -2.0, -30.0]) == [1.0, 1.0]
 
 
 def test_comps_shows_the_whole_sentence(world, tmp_path):

@@ -4,6 +4,7 @@ Pure apart from reading the data files; scores come from the engine."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,7 @@ def prediction_rows(items: list[ChoiceItem], scores: list[float]) -> list[dict[s
     pred is the official pipeline's choice (`first_argmax`), so a tie counts as correct."""
     counts = [len(item.continuations) for item in items]
     preds = first_argmax(scores, counts)
-    probs = first_probs(items, scores)
+    probs = first_probs(items, counts, scores)
     rows, seen, k = [], {}, 0
     for item, n, pred, prob in zip(items, counts, preds, probs):
         idx = seen.get(item.uid, 0)
@@ -99,43 +100,44 @@ def prediction_rows(items: list[ChoiceItem], scores: list[float]) -> list[dict[s
     return rows
 
 
-def first_argmax(scores: list[float], counts: list[int]) -> list[int]:
-    """Each item's chosen candidate (item i owns the next counts[i] scores): the first highest
-    score, a NaN counting as highest, as the official pipeline's torch.max(dim=1) chooses."""
+def candidate_blocks(scores: list[float], counts: list[int], keep: Any = None) -> Iterator[tuple[Any, Any]]:
+    """Per candidate count n: the indices of the items with n candidates (only those where `keep`
+    is true, when given) and their scores as an (items, n) float64 block; item i owns the next
+    counts[i] scores."""
     import numpy as np
 
     flat = np.asarray(scores, dtype=np.float64)
     sizes = np.asarray(counts, dtype=np.int64)
     starts = np.cumsum(sizes) - sizes
-    preds = np.zeros(len(sizes), dtype=np.int64)
-    for n in np.unique(sizes):  # one (items, n) block per candidate count
-        members = np.flatnonzero(sizes == n)
-        preds[members] = flat[starts[members, None] + np.arange(n)].argmax(axis=1)
-    return preds.tolist()
+    chosen = np.ones(len(sizes), dtype=bool) if keep is None else np.asarray(keep, dtype=bool)
+    for n in np.unique(sizes[chosen]):
+        members = np.flatnonzero(chosen & (sizes == n))
+        yield members, flat[starts[members, None] + np.arange(n)]
 
 
-def first_probs(items: list[ChoiceItem], scores: list[float]) -> list[float | None]:
+def first_argmax(scores: list[float], counts: list[int]) -> list[int]:
+    """Each item's chosen candidate: the first highest score, a NaN counting as highest, as the
+    official pipeline's torch.max(dim=1) chooses."""
+    preds = [0] * len(counts)
+    for members, block in candidate_blocks(scores, counts):
+        for i, pred in zip(members.tolist(), block.argmax(axis=1).tolist()):
+            preds[i] = pred
+    return preds
+
+
+def first_probs(items: list[ChoiceItem], counts: list[int], scores: list[float]) -> list[float | None]:
     """P(candidate 0) of each item with a human ratio (WUG), None for the others: a float32
     softmax over the item's candidate log-probs, as the official pipeline computes it (its
     rounding to exactly 1.0 is part of the official Spearman: tied ranks)."""
-    import numpy as np
-
     out: list[float | None] = [None] * len(items)
-    k = 0
-    groups: dict[int, list[tuple[int, int]]] = {}
-    for i, item in enumerate(items):
-        n = len(item.continuations)
-        if item.ratio is not None:
-            groups.setdefault(n, []).append((i, k))
-        k += n
-    if groups:
+    rated = [item.ratio is not None for item in items]
+    if any(rated):
         import torch
 
-        for n, members in groups.items():
-            block = np.array([scores[k : k + n] for _, k in members], dtype=np.float32)
-            probs = torch.softmax(torch.from_numpy(block), dim=1)[:, 0].tolist()
-            for (i, _), p in zip(members, probs):
-                out[i] = p
+        for members, block in candidate_blocks(scores, counts, rated):
+            probs = torch.softmax(torch.from_numpy(block.astype("float32")), dim=1)[:, 0].tolist()
+            for i, prob in zip(members.tolist(), probs):
+                out[i] = prob
     return out
 
 
