@@ -55,10 +55,18 @@ def _signal_self(signum: int, linger_s: float) -> None:
 
 def gpus_seen(ctx: StepContext) -> StepResult:
     """Writes this rank's CUDA_VISIBLE_DEVICES (JSON; null when unset) to workdir/gpus.<rank>.json
-    (outside the output directory, which rank 0 cleans while the others may already write)."""
+    (outside the output directory, which rank 0 cleans while the others may already write). Rank 0
+    waits for every rank's file before it returns (its receipt ends the step; a real multi-task
+    step's ranks meet at the process group's rendezvous instead)."""
     rank = os.environ.get("RANK", "0")
     seen = json.dumps(os.environ.get("CUDA_VISIBLE_DEVICES"))
     atomic_write_text(ctx.workdir / f"gpus.{rank}.json", seen)
     if rank == "0":
+        files = [ctx.workdir / f"gpus.{r}.json" for r in range(int(os.environ.get("WORLD_SIZE", "1")))]
+        deadline = time.time() + 120
+        while not all(f.exists() for f in files):
+            if time.time() > deadline:
+                raise TimeoutError(f"ranks did not all write: {files}")
+            time.sleep(0.05)
         atomic_write_text(ctx.out_dir / "gpus.json", seen)  # the step's output
     return StepResult()
