@@ -157,6 +157,12 @@ CASES = [
         "no checkpoint is saved",
     ),
     ("second-baseline", edit("methods/real-only", {}), "methods.real-only", "second method without decoding"),
+    (
+        "bf16-accumulation-at-zero-0",
+        edit("pretrain/deepspeed", {"zero_optimization": {"stage": 0}}),
+        "pretrain.deepspeed",
+        "DeepSpeed would accumulate gradients in bf16",
+    ),
 ]
 
 

@@ -194,7 +194,9 @@ PAPER_PATHS = (
 @pytest.mark.slow
 def test_paper_keys_match_the_golden_digest():
     """configs/paper.yaml's 46,008 step keys, as one count and SHA-256 of the sorted `stage/name key`
-    lines (the same before and after the re-layout of issue #18). Regenerate on purpose only:
+    lines (the same before and after the re-layout of issue #18; changed on purpose when bf16
+    training began to accumulate gradients in fp32, `data_types` in the pretrain params). Regenerate
+    on purpose only:
     UPDATE_GOLDEN=1 pytest -m slow tests/test_plan.py"""
     plan = plan_sweep(
         load_config(ROOT / "configs" / "paper.yaml", list(PAPER_PATHS), allow_missing_paths=True)

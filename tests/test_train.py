@@ -107,6 +107,24 @@ def test_deepspeed_config_and_accumulation():
         deepspeed_config(_spec(precision="fp16"), 1)
 
 
+def test_bf16_accumulates_gradients_in_fp32_unless_told_otherwise():
+    """DeepSpeed accumulates bf16 gradients in bf16 unless `data_types.grad_accum_dtype` says fp32,
+    which it supports from ZeRO stage 1 up; stage 0 with bf16 is an error unless bf16 is chosen."""
+    bf16 = {"precision": "bf16", "global_batch": 256, "micro_batch": 16}
+    for stage in (1, 2, 3):
+        config = deepspeed_config(_spec(**bf16, deepspeed={"zero_optimization": {"stage": stage}}), 1)
+        assert config["data_types"] == {"grad_accum_dtype": "fp32"}
+    opted = {"zero_optimization": {"stage": 0}, "data_types": {"grad_accum_dtype": "bf16"}}
+    assert deepspeed_config(_spec(**bf16, deepspeed=opted), 1)["data_types"] == {"grad_accum_dtype": "bf16"}
+    with pytest.raises(ValueError, match="stage 0: DeepSpeed would accumulate gradients in bf16"):
+        deepspeed_config(_spec(**bf16), 1)
+    with pytest.raises(ValueError, match="needs zero_optimization.stage 1, 2 or 3"):
+        deepspeed_config(_spec(**bf16, deepspeed={"data_types": {"grad_accum_dtype": "fp32"}}), 1)
+    with pytest.raises(ValueError, match="grad_accum_dtype='fp16': allowed values are fp32, bf16"):
+        deepspeed_config(_spec(**bf16, deepspeed={"data_types": {"grad_accum_dtype": "fp16"}}), 1)
+    assert "data_types" not in deepspeed_config(_spec(), 1)  # fp32: nothing to choose
+
+
 def test_distributed_env_single_and_multi_process():
     assert distributed_env({}, 29511) == {
         "RANK": "0",
@@ -288,7 +306,9 @@ def test_bf16_mixed_synthetic_run(prepared, tmp_path):
         checkpoint_every=4,
         deepspeed={"zero_optimization": {"stage": 1}},
     )
-    result = _train_with_synthetic(spec, prepared, tmp_path / "syn")
+    logs: list[str] = []
+    result = _train_with_synthetic(spec, prepared, tmp_path / "syn", logs)
+    assert "weights=bfloat16 accumulate_in=float32" in logs[0]  # DeepSpeed's default would be bf16
     assert result["realised_synthetic_share"] == 9 / 32  # floor(4 steps x 0.3 x 8 rows)
     state = load_file(Path(result["checkpoints"][0]["path"]) / "model.safetensors")
     assert state["lm_head.weight"].dtype == torch.bfloat16 and math.isfinite(
@@ -296,10 +316,10 @@ def test_bf16_mixed_synthetic_run(prepared, tmp_path):
     )
 
 
-def _train_with_synthetic(spec: TrainSpec, root: Path, synthetic: Path) -> dict:
+def _train_with_synthetic(spec: TrainSpec, root: Path, synthetic: Path, logs: list[str]) -> dict:
     from cdhpc.lm.train import train
 
-    return train(spec, log=lambda _m: None, **{**_paths(root, "bf16"), "synthetic_array": synthetic})
+    return train(spec, log=logs.append, **{**_paths(root, "bf16"), "synthetic_array": synthetic})
 
 
 @pytest.mark.slow

@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
+from pydantic_core.core_schema import ValidationInfo
 
 from cdhpc import STAGES
 from cdhpc.base.paths import check_name, path_error
 from cdhpc.evals import TASK_NAMES
+from cdhpc.lm.train_engine import with_accumulation_dtype
 
 # Limits of what a sweep may ask for: generous for the study (paper.yaml: 8,000 steps, 16 checkpoints
 # per run, 100M synthetic tokens in 64 shards), small enough that nothing downstream runs out of
@@ -150,10 +152,12 @@ class PretrainConfig(Strict):
     precision: Literal["bf16", "fp32"] = "bf16"
     """Training precision (fp16 is unsupported on CPU)."""
     deepspeed: dict[str, JsonValue] = Field(
-        default_factory=lambda: {"zero_optimization": {"stage": 0}, "gradient_clipping": 1.0}
+        default_factory=lambda: {"zero_optimization": {"stage": 1}, "gradient_clipping": 1.0},
+        validate_default=True,
     )
-    """DeepSpeed config keys, unchanged, merged into the generated config (JSON: string keys, finite
-    numbers)."""
+    """DeepSpeed config keys, merged into the generated config (JSON: string keys, finite numbers).
+    With bf16, `data_types.grad_accum_dtype` defaults to fp32 (gradients accumulate in fp32; needs
+    ZeRO stage 1-3); `bf16` opts into DeepSpeed's bf16 accumulation."""
     log_every: upto(MAX_STEPS) = 10
     """Log loss, lr, tokens/s and MFU (on a CPU: matmul utilisation) every this many steps; metrics.jsonl
     (one line per step) is written at the same interval."""
@@ -161,6 +165,11 @@ class PretrainConfig(Strict):
     """Held-out micro-batches per validation."""
     report_to: list[Literal["tensorboard", "wandb", "csv"]] = Field(default_factory=list, max_length=3)
     """Also feed metrics.jsonl's numbers to these (any of tensorboard, wandb, csv; not part of step keys)."""
+
+    @field_validator("deepspeed")
+    @classmethod
+    def _accumulation(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        return with_accumulation_dtype(info.data["precision"], v) if "precision" in info.data else v
 
     def saved_steps(self) -> list[int]:
         """Checkpoint steps this schedule saves: every checkpoint_every, and the final step."""

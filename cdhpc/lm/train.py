@@ -226,9 +226,11 @@ def train(
     )
     start = resume(engine, out_dir / "ds", world_size)
     params = sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters())  # ZeRO-3
+    weights, accumulated = (str(t).removeprefix("torch.") for t in engine.get_data_types())
     run.say(
         f"train: device={device} world_size={world_size} grad_accumulation="
-        f"{grad_accumulation(spec, world_size)} params={params} start_step={start}"
+        f"{grad_accumulation(spec, world_size)} weights={weights} accumulate_in={accumulated} "
+        f"params={params} start_step={start}"
     )
     stop = max(start, min(spec.steps, stop_after or spec.steps))
     _open_metrics(run, start, report_to, run_info)

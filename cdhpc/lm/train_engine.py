@@ -53,9 +53,43 @@ def _merge(base: dict, override: Mapping) -> dict:
     return out
 
 
+def with_accumulation_dtype(precision: str, deepspeed: Mapping) -> dict:
+    """The sweep's DeepSpeed block with ``data_types.grad_accum_dtype`` filled in: with bf16
+    weights, gradients accumulate in fp32 over the micro-batches of a step (DeepSpeed's
+    BF16_Optimizer at ZeRO 1, fp32 buffers at ZeRO 2 and 3), as under the authors' bf16 Trainer;
+    DeepSpeed's own default accumulates in bf16. ZeRO stage 0 has no fp32 accumulation for bf16,
+    so bf16 there is an error unless the block says ``grad_accum_dtype: bf16`` (opting in)."""
+    types = deepspeed.get("data_types") or {}
+    chosen = types.get("grad_accum_dtype") if isinstance(types, Mapping) else None
+    zero = deepspeed.get("zero_optimization") or {}
+    stage = zero.get("stage", 0) if isinstance(zero, Mapping) else 0
+    if chosen not in (None, "fp32", "bf16"):
+        raise ValueError(f"data_types.grad_accum_dtype={chosen!r}: allowed values are fp32, bf16")
+    if precision == "fp32":
+        if chosen == "bf16":
+            raise ValueError(
+                "data_types.grad_accum_dtype='bf16' with precision fp32: fp32 weights accumulate "
+                "gradients in fp32 (drop the key)"
+            )
+        return dict(deepspeed)
+    if chosen is None and stage == 0:
+        raise ValueError(
+            "precision bf16 with zero_optimization.stage 0: DeepSpeed would accumulate gradients "
+            "in bf16. Use stage 1 (fp32 accumulation), or set data_types.grad_accum_dtype: bf16 "
+            "to accept bf16 accumulation"
+        )
+    if chosen == "fp32" and stage == 0:
+        raise ValueError(
+            "data_types.grad_accum_dtype='fp32' with precision bf16 needs zero_optimization.stage "
+            "1, 2 or 3 (DeepSpeed has no fp32 accumulation for bf16 at stage 0)"
+        )
+    return _merge(dict(deepspeed), {"data_types": {"grad_accum_dtype": chosen or "fp32"}})
+
+
 def deepspeed_config(spec: TrainSpec, world_size: int) -> dict:
     """The DeepSpeed config: batch sizes, clipping 1.0, precision, ZeRO stage 0, then the sweep's
-    ``deepspeed`` block merged over it (its keys win). Optimizer and scheduler come from the spec."""
+    ``deepspeed`` block merged over it (its keys win), with the gradient accumulation dtype of
+    `with_accumulation_dtype`. Optimizer and scheduler come from the spec."""
     if spec.precision not in PRECISIONS:
         raise ValueError(
             f"precision={spec.precision!r}: allowed values are {', '.join(PRECISIONS)} "
@@ -77,7 +111,7 @@ def deepspeed_config(spec: TrainSpec, world_size: int) -> dict:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
-    config = _merge(base, spec.deepspeed)
+    config = _merge(base, with_accumulation_dtype(spec.precision, spec.deepspeed))
     if config["zero_optimization"].get("stage") == 3:
         config["zero_optimization"].setdefault("stage3_gather_16bit_weights_on_model_save", True)
     return config
