@@ -26,7 +26,8 @@ workdir: {workdir}
 data: {{kind: toy, toy: {{train_docs: 800, seed_docs: 60, test_docs: 60}}}}
 tokenizer: {{vocab_size: 500}}
 pretrain: {{model: tiny, steps: 80, checkpoint_every: 20, seeds: [1], lr: 3.0e-3, warmup_steps: 5,
-           global_batch: 8, micro_batch: 8, seq_len: 64, precision: fp32, log_every: 5, val_batches: 2}}
+           global_batch: 8, micro_batch: 8, seq_len: 64, precision: fp32, log_every: 5, val_batches: 2,
+           deepspeed: {{zero_optimization: {{stage: 0}}}}}}  # fp32 on one CPU rank, as tiny.yaml
 generation: {{prompt_tokens: 6, continuations: 2, new_tokens: 48, total_tokens: 4608, shards: 1,
              batch_size: 8, chunk_prompts: 6}}
 methods:

@@ -310,6 +310,9 @@ def test_profile_errors_name_the_file_line_and_the_valid_names(tmp_path):
     assert "unknown stage 'train'" in err
     err = profile_error(tmp_path, "gpus_per_node: 4\nstages: {pretrain: {gpus_per_node: 8}}\n")
     assert "asks for 8 GPUs per node" in err
+    err = profile_error(tmp_path, "signal_delay_s: 90\nstages: {select: {timeout_min: 2}}\n")
+    assert "site.yaml:2: stages.select.timeout_min = 2: a time limit of 120 s is gone" in err
+    assert "give more than 2 min" in err and "stages.generate" not in err
 
 
 def test_sweep_resources_override_the_profile_key_by_key(tmp_path):

@@ -217,23 +217,32 @@ def train_run(spec: TrainSpec, root: Path, out: str, logs: list | None = None, *
     return train(spec, log=(logs.append if logs is not None else lambda _m: None), **_paths(root, out), **kw)
 
 
+RESUME_CASES = {
+    "fp32": {},
+    "bf16-zero1": {"precision": "bf16", "deepspeed": {"zero_optimization": {"stage": 1}}},
+}
+
+
 @pytest.mark.slow
-def test_resume_is_bit_identical(prepared):
-    spec = _spec(preset=ModelPreset(2, 64, 2, 256, context=128))  # a preset object, as jobs pass it
-    whole = train_run(spec, prepared, "whole")
-    partial = train_run(spec, prepared, "resumed", stop_after=3)
+@pytest.mark.parametrize("case", RESUME_CASES)  # bf16-zero1: the paper's (BF16_Optimizer, fp32 state)
+def test_resume_is_bit_identical(prepared, case):
+    preset = ModelPreset(2, 64, 2, 256, context=128)  # a preset object, as jobs pass it
+    spec = _spec(preset=preset, **RESUME_CASES[case])
+    whole_dir, resumed_dir = prepared / f"whole-{case}", prepared / f"resumed-{case}"
+    whole = train_run(spec, prepared, whole_dir.name)
+    partial = train_run(spec, prepared, resumed_dir.name, stop_after=3)
     assert [c["step"] for c in partial["checkpoints"]] == [3] and partial["steps"] == 3
     logs: list[str] = []
-    resumed = train_run(spec, prepared, "resumed", logs)
+    resumed = train_run(spec, prepared, resumed_dir.name, logs)
     assert "start_step=3" in logs[0]
-    assert [p.name for p in (prepared / "resumed" / "ds").glob("step_*")] == ["step_6"]  # latest only
-    a = (prepared / "whole/checkpoints/step_6/model.safetensors").read_bytes()
-    b = (prepared / "resumed/checkpoints/step_6/model.safetensors").read_bytes()
+    assert [p.name for p in (resumed_dir / "ds").glob("step_*")] == ["step_6"]  # latest only
+    a = (whole_dir / "checkpoints/step_6/model.safetensors").read_bytes()
+    b = (resumed_dir / "checkpoints/step_6/model.safetensors").read_bytes()
     assert a == b
-    saved_spec = json.loads((prepared / "resumed/checkpoints/step_6/val.json").read_text())["spec"]
+    saved_spec = json.loads((resumed_dir / "checkpoints/step_6/val.json").read_text())["spec"]
     assert saved_spec["preset"] == {"layers": 2, "hidden": 64, "heads": 2, "mlp": 256, "context": 128}
     assert resumed["checkpoints"] == [
-        {**c, "path": c["path"].replace("/whole/", "/resumed/")} for c in whole["checkpoints"]
+        {**c, "path": c["path"].replace(str(whole_dir), str(resumed_dir))} for c in whole["checkpoints"]
     ]
 
 
@@ -292,7 +301,9 @@ def test_two_process_data_parallel_matches_one_process(prepared):
 
 
 @pytest.mark.slow
-def test_bf16_mixed_synthetic_run(prepared, tmp_path):
+def test_bf16_mixed_synthetic_run(prepared, tmp_path, monkeypatch, capfd):
+    """bf16 weights, fp32 accumulation (DeepSpeed's BF16_Optimizer, named in its INFO lines, which
+    CDHPC_LOG_LEVEL=debug shows), and the exact synthetic share."""
     import torch
     from safetensors.torch import load_file
 
@@ -307,8 +318,10 @@ def test_bf16_mixed_synthetic_run(prepared, tmp_path):
         deepspeed={"zero_optimization": {"stage": 1}},
     )
     logs: list[str] = []
+    monkeypatch.setenv("CDHPC_LOG_LEVEL", "debug")
     result = _train_with_synthetic(spec, prepared, tmp_path / "syn", logs)
     assert "weights=bfloat16 accumulate_in=float32" in logs[0]  # DeepSpeed's default would be bf16
+    assert "DeepSpeed Final Optimizer = BF16_Optimizer" in capfd.readouterr().out
     assert result["realised_synthetic_share"] == 9 / 32  # floor(4 steps x 0.3 x 8 rows)
     state = load_file(Path(result["checkpoints"][0]["path"]) / "model.safetensors")
     assert state["lm_head.weight"].dtype == torch.bfloat16 and math.isfinite(

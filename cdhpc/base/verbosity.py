@@ -127,13 +127,24 @@ def configure(
         logging.basicConfig(level=number, handlers=[handler], force=True)
     for name in OURS:
         logging.getLogger(name).setLevel(number)
-    library = max(number, logging.WARNING) if level != "debug" else logging.INFO
     for name in THIRD_PARTY:
-        logging.getLogger(name).setLevel(library)
+        logging.getLogger(name).setLevel(library_level(level))
     for var, values in LIBRARY_ENV.items():
         environ.setdefault(var, values[level])
     if level != DEFAULT or environ.get(ENV):
         environ[ENV] = level
+
+
+def library_level(level: str | None = None) -> int:
+    """The level of libraries' loggers when cdhpc logs at `level` (default: CDHPC_LOG_LEVEL's, info
+    when unset or bad): INFO at debug, else WARNING or above. For a library that sets its logger's
+    level when imported (DeepSpeed, WARNING on its logger and its handler), after the import."""
+    if level is None:
+        try:
+            level = env_level() or DEFAULT
+        except LogLevelError:
+            level = DEFAULT
+    return logging.INFO if level == "debug" else max(LEVELS[level], logging.WARNING)
 
 
 def setup_command(verbose: bool = False, quiet: bool = False, **kwargs) -> str:

@@ -150,7 +150,7 @@ def load_profile(cfg: SweepConfig, sweep_path: Path) -> ClusterProfile:
     against the sweep's stages. Raises ConfigError naming the profile file or the sweep key."""
     name = cfg.executor.profile
     if name is None:
-        profile, path = ClusterProfile(), sweep_path
+        profile, path, lines = ClusterProfile(), sweep_path, {}
     else:
         path = find_profile(name, sweep_path)
         if path is None:
@@ -184,7 +184,7 @@ def load_profile(cfg: SweepConfig, sweep_path: Path) -> ClusterProfile:
     issues = check_sweep_values(cfg)
     if issues:
         raise ConfigError(sweep_path, issues)
-    issues = check_against_sweep(profile, cfg)
+    issues = located(check_against_sweep(profile, cfg), lines)
     if issues:
         raise ConfigError(path, issues, PROFILE if name is not None else "sweep")
     return profile
@@ -294,11 +294,26 @@ def check_sbatch(profile: ClusterProfile) -> list[Issue]:
     return issues
 
 
+START_S = 60  # a job's start (python, submitit, unpickling) before submitit's USR2 handler is in place
+
+
 def check_against_sweep(profile: ClusterProfile, cfg: SweepConfig) -> list[Issue]:
-    """Requests the cluster cannot meet: more GPUs per node than its nodes have."""
+    """Requests the cluster cannot meet: more GPUs per node than its nodes have, or a time limit
+    so short that USR2 (checkpoint and requeue, `signal_delay_s` before it) comes as the job starts."""
     issues = []
     for stage in STAGES:
         res = profile.resources_for(stage, cfg.executor.resources.get(stage))
+        if res.timeout_min * 60 <= profile.signal_delay_s + START_S:
+            issues.append(
+                Issue(
+                    ("stages", stage, "timeout_min"),
+                    f"a time limit of {res.timeout_min * 60} s is gone before the job works: USR2 "
+                    f"comes signal_delay_s = {profile.signal_delay_s} s before it and a job needs "
+                    f"~{START_S} s to start; give more than {(profile.signal_delay_s + START_S) // 60} "
+                    f"min (here or in executor.resources.{stage}) or a smaller signal_delay_s",
+                    res.timeout_min,
+                )
+            )
         if profile.gpus_per_node and res.gpus_per_node > profile.gpus_per_node:
             issues.append(
                 Issue(

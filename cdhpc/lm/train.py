@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cdhpc.base.verbosity import library_level
 from cdhpc.lm.data import MixedBatches, TokenArray
 from cdhpc.lm.model import ModelPreset, flops_per_token, get_preset, peak_flops
 from cdhpc.lm.train_checkpoints import existing_checkpoints, resume, save_ds, save_hf
@@ -206,7 +207,8 @@ def train(
     import transformers
 
     get_preset(spec.preset)  # fail on an unknown preset before any process group exists
-    deepspeed.utils.logger.setLevel("WARNING")
+    for ds_log in (deepspeed.utils.logger, *deepspeed.utils.logger.handlers):  # its own stdout handler
+        ds_log.setLevel(library_level())  # INFO at -v (or debug), else WARNING or ERROR
     transformers.utils.logging.disable_progress_bar()
     device, rank, world_size = init_distributed()
     out_dir = Path(out_dir)
