@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -301,11 +302,18 @@ def test_two_process_data_parallel_matches_one_process(prepared):
 
 
 @pytest.mark.slow
-def test_bf16_mixed_synthetic_run(prepared, tmp_path, monkeypatch, capfd):
+def test_bf16_mixed_synthetic_run(prepared, tmp_path, monkeypatch):
     """bf16 weights, fp32 accumulation (DeepSpeed's BF16_Optimizer, named in its INFO lines, which
-    CDHPC_LOG_LEVEL=debug shows), and the exact synthetic share."""
+    CDHPC_LOG_LEVEL=debug lets through its logger and its own stdout handler), and the exact
+    synthetic share."""
+    import deepspeed.utils
     import torch
     from safetensors.torch import load_file
+
+    ds_log = deepspeed.utils.logger
+    seen = logging.Handler()
+    seen.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]
+    said: list[str] = []
 
     rng = np.random.default_rng(0)
     docs = [np.concatenate([[1], rng.integers(4, 64, 50), [2]]) for _ in range(40)]
@@ -319,9 +327,16 @@ def test_bf16_mixed_synthetic_run(prepared, tmp_path, monkeypatch, capfd):
     )
     logs: list[str] = []
     monkeypatch.setenv("CDHPC_LOG_LEVEL", "debug")
-    result = _train_with_synthetic(spec, prepared, tmp_path / "syn", logs)
+    ds_log.addHandler(seen)
+    try:
+        result = _train_with_synthetic(spec, prepared, tmp_path / "syn", logs)
+        assert [h.level for h in ds_log.handlers if h is not seen] == [logging.INFO]
+    finally:
+        ds_log.removeHandler(seen)
+        for x in (ds_log, *ds_log.handlers):
+            x.setLevel(logging.WARNING)
     assert "weights=bfloat16 accumulate_in=float32" in logs[0]  # DeepSpeed's default would be bf16
-    assert "DeepSpeed Final Optimizer = BF16_Optimizer" in capfd.readouterr().out
+    assert "[Rank 0] DeepSpeed Final Optimizer = BF16_Optimizer" in said
     assert result["realised_synthetic_share"] == 9 / 32  # floor(4 steps x 0.3 x 8 rows)
     state = load_file(Path(result["checkpoints"][0]["path"]) / "model.safetensors")
     assert state["lm_head.weight"].dtype == torch.bfloat16 and math.isfinite(
