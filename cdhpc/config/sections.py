@@ -155,7 +155,7 @@ class PretrainConfig(Strict):
         default_factory=lambda: {"zero_optimization": {"stage": 1}, "gradient_clipping": 1.0},
         validate_default=True,
     )
-    """DeepSpeed config keys, merged into the generated config (JSON: string keys, finite numbers).
+    """DeepSpeed config keys merged into the generated config, as JSON: string keys, finite numbers.
     With bf16, `data_types.grad_accum_dtype` defaults to fp32 (gradients accumulate in fp32; needs
     ZeRO stage 1-3); `bf16` opts into DeepSpeed's bf16 accumulation."""
     log_every: upto(MAX_STEPS) = 10
