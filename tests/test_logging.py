@@ -119,10 +119,15 @@ def test_the_level_reaches_child_processes_through_the_environment():
             "TRANSFORMERS_VERBOSITY": "detail",
             "DATASETS_VERBOSITY": "error",
             "SUBMITIT_LOG_LEVEL": "ERROR",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
         }
         default: dict[str, str] = {}
         configure("info", environ=default)
         assert ENV not in default and default["SUBMITIT_LOG_LEVEL"] == "INFO"  # a job's life stays in its log
+        assert default["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"  # no "Loading weights" bar per model
+        debug: dict[str, str] = {}
+        configure("debug", environ=debug)
+        assert "HF_HUB_DISABLE_PROGRESS_BARS" not in debug
     finally:
         root.handlers[:], root.level = handlers, level
 

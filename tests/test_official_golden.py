@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -217,8 +218,10 @@ def test_every_zero_shot_task_from_the_console_script(tmp_path):
         capture_output=True,
         text=True,
         timeout=600,
+        env={k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"},
     )
     assert proc.returncode == 0, proc.stderr
+    assert "Loading weights" not in proc.stderr  # transformers' bar, once per task before
     printed = [line.split("\t")[0] for line in proc.stdout.splitlines()]
     assert printed == tasks
     for task in tasks:

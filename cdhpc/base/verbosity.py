@@ -28,10 +28,13 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNI
 DEFAULT = "info"
 OWN = "cdhpc"
 # Libraries that read their level from the environment when imported: variable -> value per level.
-LIBRARY_ENV = {
+LIBRARY_ENV: dict[str, dict[str, str | None]] = {
     "TRANSFORMERS_VERBOSITY": {"debug": "info", "info": "warning", "warning": "warning", "error": "error"},
     "DATASETS_VERBOSITY": {"debug": "info", "info": "warning", "warning": "warning", "error": "error"},
     "SUBMITIT_LOG_LEVEL": {"debug": "INFO", "info": "INFO", "warning": "WARNING", "error": "ERROR"},
+    # transformers' "Loading weights" bars (one per model loaded: dozens per evaluate job's log)
+    # and the hub's and datasets' bars; at debug the libraries decide (None: left unset)
+    "HF_HUB_DISABLE_PROGRESS_BARS": {"debug": None, "info": "1", "warning": "1", "error": "1"},
 }
 OURS = (OWN, "submitit")  # loggers shown at the chosen level: ours and the job life's
 THIRD_PARTY = (
@@ -130,7 +133,8 @@ def configure(
     for name in THIRD_PARTY:
         logging.getLogger(name).setLevel(library_level(level))
     for var, values in LIBRARY_ENV.items():
-        environ.setdefault(var, values[level])
+        if values[level] is not None:
+            environ.setdefault(var, values[level])
     if level != DEFAULT or environ.get(ENV):
         environ[ENV] = level
 
