@@ -274,6 +274,12 @@ def test_pearson_bootstrap_matches_pearsonr_and_official_rules():
         np.array([[0, 1, 2, 3], [0, 1, 3, 3], [0, 0, 1, 1], [0, 0, 0, 0]]),
     )
     np.testing.assert_array_equal(few, [0.0, 0.0, 0.0, 0.0])
+    # exactly 3 distinct usable items beside a left-out one: a correlation (the tiny sweep's case:
+    # 3 of 60 words fitted), in any order of the draw
+    three = stats.pearson_bootstrap(
+        [1.0, 2.0, 3.0, None], [1.0, 3.0, 2.0, 5.0], np.array([[0, 1, 2, 3], [3, 2, 1, 0]])
+    )
+    np.testing.assert_allclose(three, [pearsonr([1, 2, 3], [1, 3, 2])[0]] * 2, atol=1e-12)
     xs, ys = [1.0, 2.0, 3.0, 5.0], [1.0, 2.0, 4.0, 3.0]
     repeated = stats.pearson_bootstrap(xs, ys, np.array([[0, 1, 2, 2]]))[0]  # repeats weigh as drawn
     assert repeated == pytest.approx(pearsonr([1.0, 2.0, 3.0, 3.0], [1.0, 2.0, 4.0, 4.0])[0])

@@ -181,8 +181,8 @@ def pearson_bootstrap(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> np.ndarr
     for rows in _row_chunks(idx.shape[0], x.size):
         keep = usable[idx[rows]]
         m = keep.sum(axis=1)
-        ordered = np.sort(np.where(keep, idx[rows], -1), axis=1)
-        distinct = (np.diff(ordered, axis=1, prepend=-1) != 0).sum(axis=1) - (ordered[:, 0] == -1)
+        ordered = np.sort(np.where(keep, idx[rows], -1), axis=1)  # left out: -1, first
+        distinct = (np.diff(ordered, axis=1, prepend=-1) != 0).sum(axis=1)  # each usable index once
         xs, ys = x[idx[rows]], y[idx[rows]]
         with np.errstate(invalid="ignore", divide="ignore"):  # fewer than 3 distinct items: replaced by 0
             dx = np.where(keep, xs - xs.sum(1, keepdims=True) / m[:, None], 0.0)
