@@ -130,8 +130,9 @@ def configure(
         logging.basicConfig(level=number, handlers=[handler], force=True)
     for name in OURS:
         logging.getLogger(name).setLevel(number)
+    library = library_level(level)
     for name in THIRD_PARTY:
-        logging.getLogger(name).setLevel(library_level(level))
+        logging.getLogger(name).setLevel(library)
     for var, values in LIBRARY_ENV.items():
         if values[level] is not None:
             environ.setdefault(var, values[level])

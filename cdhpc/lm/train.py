@@ -207,8 +207,9 @@ def train(
     import transformers
 
     get_preset(spec.preset)  # fail on an unknown preset before any process group exists
+    library = library_level()  # INFO at -v (or debug), else WARNING or ERROR
     for ds_log in (deepspeed.utils.logger, *deepspeed.utils.logger.handlers):  # its own stdout handler
-        ds_log.setLevel(library_level())  # INFO at -v (or debug), else WARNING or ERROR
+        ds_log.setLevel(library)
     transformers.utils.logging.disable_progress_bar()
     device, rank, world_size = init_distributed()
     out_dir = Path(out_dir)

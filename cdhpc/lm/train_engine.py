@@ -83,7 +83,7 @@ def with_accumulation_dtype(precision: str, deepspeed: Mapping) -> dict:
             "data_types.grad_accum_dtype='fp32' with precision bf16 needs zero_optimization.stage "
             "1, 2 or 3 (DeepSpeed has no fp32 accumulation for bf16 at stage 0)"
         )
-    return _merge(dict(deepspeed), {"data_types": {"grad_accum_dtype": chosen or "fp32"}})
+    return _merge(deepspeed, {"data_types": {"grad_accum_dtype": chosen or "fp32"}})
 
 
 def deepspeed_config(spec: TrainSpec, world_size: int) -> dict:
